@@ -1,0 +1,29 @@
+# `make test` and `make demo` bootstrap everything themselves: a fresh clone needs only python3 >= 3.11.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: test demo bench lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check sciml_bridge tests benchmarks examples
+	$(PY) -m pytest -q
+
+demo: $(STAMP)
+	$(VENV)/bin/sciml-bridge demo
+
+bench: $(STAMP)
+	$(VENV)/bin/sciml-bridge bench
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check sciml_bridge tests benchmarks examples
+
+clean:
+	rm -rf $(VENV) out .pytest_cache .ruff_cache
