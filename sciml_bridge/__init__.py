@@ -1,0 +1,8 @@
+"""sciml_bridge: hand any nested JAX model to tools that want one flat parameter vector."""
+
+from ._destructure import Restructure as Restructure, destructure as destructure
+from ._flat import AbstractFlatModel as AbstractFlatModel, FlatModel as FlatModel, flat as flat
+from ._precision import PrecisionLossWarning as PrecisionLossWarning
+
+
+__version__ = "0.1.0"

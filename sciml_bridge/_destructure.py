@@ -1,0 +1,274 @@
+"""`destructure`: a nested model <-> one flat parameter vector, exactly.
+
+We do not use `jax.flatten_util.ravel_pytree`: it packs integer leaves too, gives a tied array
+two slots, and with mixed leaf dtypes casts every chunk back to its stored dtype (jax#7809).
+Instead the layout (which leaves are parameters, their slots, ties, stored dtypes) is computed
+once, on the concrete tree, and kept as static data; rebuilding is static slicing only.
+"""
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import numpy as np
+
+from ._custom_types import Model, Precision, Theta, ThetaLike
+from ._precision import PRECISIONS, cast_leaf, check_x64, promote
+
+
+_MSG_SIZE = """\
+`{where}` expected a 1-D `theta` of length {want} (the parameters of the model given to
+`sb.destructure`), but got shape {shape}.
+Fix: pass the vector made by `sb.destructure` for this model (or one of the same length)."""
+
+_MSG_NDIM = """\
+`{where}` expected a 1-D `theta`, but got shape {shape}.
+Fix: pass one flat vector; for a batch of vectors map over it with `jax.vmap`."""
+
+_MSG_KIND = """\
+`{where}` expected a floating or complex `theta`, but got dtype {dtype}.
+Fix: `theta.astype(jnp.float64)` (or float32); integer vectors cannot carry gradients."""
+
+_MSG_DTYPE_ARG = """\
+`sb.destructure(..., dtype={dtype})` would {why}.
+Fix: pick a floating dtype wide enough for every parameter (e.g. `dtype=jnp.float64`, or a
+complex dtype for complex parameters), or leave `dtype=None`."""
+
+
+class _Slot(NamedTuple):
+    """One parameter: its place in theta and every place it occupies in the tree."""
+
+    start: int
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    path: str
+    places: tuple[int, ...]
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+
+def _is_state_index(x) -> bool:
+    # Running statistics (BatchNorm) live in `StateIndex.init`: state, not parameters.
+    return isinstance(x, eqx.nn.StateIndex)
+
+
+def check_theta(theta: ThetaLike, size: int, where: str) -> Theta:
+    """Validate a flat vector at trace time and return it as a JAX array."""
+    if not isinstance(theta, jax.Array):
+        theta = np.asarray(theta)
+        check_x64(theta.dtype, f"`{where}`", "a NumPy `theta`")
+    dtype = np.dtype(theta.dtype)
+    if dtype.kind not in "fc":
+        raise TypeError(_MSG_KIND.format(where=where, dtype=dtype))
+    if theta.ndim != 1:
+        raise TypeError(_MSG_NDIM.format(where=where, shape=tuple(theta.shape)))
+    if theta.shape[0] != size:
+        raise ValueError(_MSG_SIZE.format(where=where, want=size, shape=tuple(theta.shape)))
+    return jnp.asarray(theta)
+
+
+class Restructure(eqx.Module):
+    """Rebuilds the model from a flat vector: `re(theta)`. Made by `sb.destructure`.
+
+    Hashable and comparable: two `destructure` calls on the same tree give equal `re`s, and a
+    function jitted over `theta` never retraces for a new `theta` of the same shape and dtype.
+
+    **Attributes:** `size` (length of theta), `dtype` (dtype of the theta `destructure` made),
+    `precision`, and the layout, one entry per parameter slot: `paths`, `shapes`, `dtypes`
+    (stored leaf dtypes), `offsets` (start of each slot in theta).
+    """
+
+    size: int = eqx.field(static=True)
+    dtype: np.dtype = eqx.field(static=True)
+    precision: str = eqx.field(static=True)
+    _slots: tuple[_Slot, ...] = eqx.field(static=True)
+    _treedef: Any = eqx.field(static=True)
+    _static: tuple[Any, ...] = eqx.field(static=True)
+    _arrays: tuple[Any, ...]
+
+    def __call__(self, theta: ThetaLike) -> Model:
+        theta = check_theta(theta, self.size, "re(theta)")
+        leaves = [s if a is None else a for s, a in zip(self._static, self._arrays)]
+        key = id(self._slots)
+        for slot in self._slots:
+            chunk = theta[slot.start : slot.start + slot.size].reshape(slot.shape)
+            value = cast_leaf(chunk, slot.dtype, slot.path, self.precision, key)
+            for place in slot.places:
+                leaves[place] = value
+        return jtu.tree_unflatten(self._treedef, leaves)
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        return tuple(s.path for s in self._slots)
+
+    @property
+    def shapes(self) -> tuple[tuple[int, ...], ...]:
+        return tuple(s.shape for s in self._slots)
+
+    @property
+    def dtypes(self) -> tuple[np.dtype, ...]:
+        return tuple(s.dtype for s in self._slots)
+
+    @property
+    def offsets(self) -> tuple[int, ...]:
+        return tuple(s.start for s in self._slots)
+
+    def _key(self):
+        arrays = tuple(None if a is None else (a.shape, str(a.dtype)) for a in self._arrays)
+        statics = tuple(s if _hashable(s) else id(s) for s in self._static)
+        return (self.size, self.dtype, self.precision, self._slots, self._treedef, statics, arrays)
+
+    def __hash__(self) -> int:
+        # Arrays are unhashable; hash the layout, their shapes and the static leaves.
+        return hash(self._key())
+
+    def __eq__(self, other) -> bool:
+        if type(other) is not type(self) or self._key() != other._key():
+            return False
+        return all(_same_array(a, b) for a, b in zip(self._arrays, other._arrays))
+
+
+def _hashable(x) -> bool:
+    try:
+        hash(x)
+    except TypeError:
+        return False
+    return True
+
+
+def _same_array(a, b) -> bool:
+    if a is b:
+        return True
+    if isinstance(a, jax.core.Tracer) or isinstance(b, jax.core.Tracer):
+        return False
+    return bool(jtu.tree_all(jtu.tree_map(lambda x, y: np.array_equal(x, y), a, b)))
+
+
+_NOT_PARAM = object()
+
+
+def _param_flags(model: Model, leaves: list, params) -> list[bool]:
+    """Which flattened leaves are parameters: inexact arrays, narrowed by `params`."""
+    flags = [eqx.is_inexact_array(leaf) for leaf in leaves]
+    if params is None:
+        return flags
+    # Equinox filter semantics: a callable, or a pytree prefix of bools/callables.
+    chosen = eqx.filter(model, params, replace=_NOT_PARAM, is_leaf=_is_state_index)
+    chosen_leaves = jtu.tree_leaves(chosen, is_leaf=lambda x: x is _NOT_PARAM or _is_state_index(x))
+    if len(chosen_leaves) != len(leaves):
+        raise ValueError(
+            "`sb.destructure(..., params=...)` expected `params` to be a callable or a pytree "
+            f"prefix of the model, but selecting with it gave {len(chosen_leaves)} leaves for "
+            f"a model with {len(leaves)}. Fix: build it with `jax.tree.map(lambda _: False, "
+            "model)` and set the chosen leaves to True (or use `eqx.tree_at`)."
+        )
+    return [f and c is not _NOT_PARAM for f, c in zip(flags, chosen_leaves)]
+
+
+def _slots(paths: list, leaves: list, flags: list[bool]) -> tuple[_Slot, ...]:
+    """One slot per distinct parameter array; ties (same object) share the first slot."""
+    first: dict[int, int] = {}
+    groups: list[list[int]] = []
+    for i, (leaf, flag) in enumerate(zip(leaves, flags)):
+        if not flag:
+            continue
+        if id(leaf) in first:
+            groups[first[id(leaf)]].append(i)
+        else:
+            first[id(leaf)] = len(groups)
+            groups.append([i])
+    slots, start = [], 0
+    for places in groups:
+        leaf = leaves[places[0]]
+        slot = _Slot(start, tuple(leaf.shape), np.dtype(leaf.dtype), jtu.keystr(paths[places[0]]),
+                     tuple(places))
+        slots.append(slot)
+        start += slot.size
+    return tuple(slots)
+
+
+def _theta_dtype(slots: tuple[_Slot, ...], dtype, precision: Precision) -> np.dtype:
+    stored = promote(s.dtype for s in slots)
+    if dtype is None:
+        check_x64(stored, "`sb.destructure`", "a model with parameters")
+        return stored
+    dtype = np.dtype(dtype)
+    check_x64(dtype, "`sb.destructure(..., dtype=...)`", "a request")
+    if dtype.kind not in "fc":
+        raise TypeError(_MSG_DTYPE_ARG.format(dtype=dtype, why="make theta non-floating"))
+    if stored.kind == "c" and dtype.kind != "c":
+        raise TypeError(_MSG_DTYPE_ARG.format(dtype=dtype, why="drop the imaginary parts of "
+                                              "complex parameters"))
+    if precision == "strict" and any(s.dtype != dtype for s in slots):
+        raise TypeError(_MSG_DTYPE_ARG.format(dtype=dtype, why="differ from the stored dtypes "
+                                              "under `precision=\"strict\"`"))
+    return dtype
+
+
+def destructure(
+    model: Model,
+    *,
+    params: Callable[[Any], bool] | Any | None = None,
+    dtype=None,
+    precision: Precision = "vector",
+) -> tuple[Theta, Restructure]:
+    """Flatten the parameters of any pytree into one vector, and say how to rebuild it.
+
+    Parameters are the inexact (floating or complex) array leaves; everything else (integers,
+    booleans, Python scalars, functions, `eqx.nn.StateIndex` buffers) passes through untouched.
+    The same array object at several places is one parameter: one slot in `theta`, written
+    back to every place, its gradient summed over them.
+
+    ```python
+    import jax, jax.numpy as jnp, equinox as eqx
+    import sciml_bridge as sb
+
+    mlp = eqx.nn.MLP(1, 1, 10, 3, key=jax.random.key(0))
+    theta, re = sb.destructure(mlp, dtype=jnp.float64)  # float32 model, run in float64
+    assert theta.shape == (251,) and re(theta)(jnp.ones(1)).dtype == jnp.float64
+    ```
+
+    **Arguments:**
+
+    - `model`: any pytree (Equinox module, dict/list/tuple/NamedTuple, Flax params).
+    - `params`: narrows which leaves are parameters: a callable `leaf -> bool` or an
+        Equinox filter spec (pytree prefix of bools). Unselected leaves ride along as constants.
+    - `dtype`: dtype of `theta`. Default: one that holds every parameter exactly.
+    - `precision`: dtypes that `re(theta)` builds. `"vector"` (default): theta's precision
+        wins (real leaves stay real, complex stay complex; a non-zero imaginary part headed
+        for a real leaf is an error). `"model"`: cast back to the stored dtypes, warning once
+        per leaf on a lossy cast. `"strict"`: any dtype difference is a `TypeError`.
+
+    **Returns:** `(theta, re)`: a 1-D array and a hashable `sb.Restructure`.
+
+    **Raises:** `TypeError` for a float64 request or float64 NumPy data while JAX's x64 mode
+    is off (JAX would truncate silently), a non-floating `dtype`, or a lossy `dtype`;
+    `ValueError` for an unknown `precision` or a malformed `params`.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"`sb.destructure` expected `precision` in {PRECISIONS}, got "
+                         f"{precision!r}.")
+    with_paths, treedef = jtu.tree_flatten_with_path(model, is_leaf=_is_state_index)
+    paths = [p for p, _ in with_paths]
+    leaves = [leaf for _, leaf in with_paths]
+    flags = _param_flags(model, leaves, params)
+    slots = _slots(paths, leaves, flags)
+    theta_dtype = _theta_dtype(slots, dtype, precision)
+    chunks = [jnp.ravel(jnp.asarray(leaves[s.places[0]])).astype(theta_dtype) for s in slots]
+    theta = jnp.concatenate(chunks) if chunks else jnp.zeros((0,), theta_dtype)
+    is_param = [False] * len(leaves)
+    for slot in slots:
+        for place in slot.places:
+            is_param[place] = True
+    dynamic = [not p and (eqx.is_array(x) or _is_state_index(x) or not _hashable(x))
+               for p, x in zip(is_param, leaves)]
+    static = tuple(None if p or d else x for p, d, x in zip(is_param, dynamic, leaves))
+    arrays = tuple(x if d else None for d, x in zip(dynamic, leaves))
+    size = sum(s.size for s in slots)
+    re = Restructure(size, theta_dtype, precision, slots, treedef, static, arrays)
+    return theta, re

@@ -1,0 +1,120 @@
+"""The dtype rules: which dtype a rebuilt leaf gets, and the x64 guard.
+
+JAX's own flattening casts each chunk back to the leaf's stored dtype (jax#7809,
+`jax/_src/flatten_util.py`) and, with x64 off, truncates float64 input to float32 without
+a word (jax#11895). Both lose precision silently; here every loss is either refused or
+announced.
+"""
+
+import warnings
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array
+
+
+PRECISIONS = ("vector", "model", "strict")
+
+
+class PrecisionLossWarning(UserWarning):
+    """A lossy cast made on purpose under `precision="model"` (e.g. float64 -> float32)."""
+
+
+_MSG_X64 = """\
+{where} got {what} of dtype {dtype}, but JAX is running with 64-bit mode off, so JAX would
+silently truncate it to {short}. sciml_bridge refuses to lose precision behind your back.
+Fix: turn on 64-bit mode before creating any arrays:
+
+    import jax
+    jax.config.update("jax_enable_x64", True)
+
+or, to really compute in single precision, convert explicitly first:
+`theta = numpy.asarray(theta, dtype=numpy.float32)`."""
+
+_MSG_IMAG = """\
+`re(theta)` got a complex `theta` whose entries for the real leaf `{path}` have a non-zero
+imaginary part{largest}. Dropping it would silently change the model.
+Fix: keep those entries real, or make that leaf complex in the model."""
+
+_MSG_STRICT = """\
+`re(theta)` with `precision="strict"` got a `theta` of dtype {got}, but the leaf `{path}` is
+stored as {want}. Strict mode allows no cast at all.
+Fix: pass `theta.astype({want})`, or use `precision="vector"` (theta's precision wins) or
+`precision="model"` (cast back to the stored dtypes, warning on loss)."""
+
+_MSG_MODEL = (
+    "`re(theta)` with `precision=\"model\"` casts the {got} entries for leaf `{path}` down to "
+    "its stored dtype {want}, losing precision. Use `precision=\"vector\"` to keep them."
+)
+
+_WARNED: set[tuple[int, str]] = set()
+
+
+def is_wide(dtype) -> bool:
+    """float64 / complex128: the dtypes JAX truncates when x64 is off."""
+    dtype = np.dtype(dtype)
+    return dtype.kind in "fc" and dtype.itemsize == (8 if dtype.kind == "f" else 16)
+
+
+def check_x64(dtype, where: str, what: str = "data") -> None:
+    """Raise instead of letting JAX truncate float64 input with x64 off."""
+    if is_wide(dtype) and not jax.config.read("jax_enable_x64"):
+        short = "float32" if np.dtype(dtype).kind == "f" else "complex64"
+        msg = _MSG_X64.format(where=where, what=what, dtype=np.dtype(dtype), short=short)
+        raise TypeError(msg)
+
+
+def real_dtype(dtype) -> np.dtype:
+    """float64 for complex128, float32 for complex64, itself for a real dtype."""
+    return np.finfo(np.dtype(dtype)).dtype
+
+
+def complex_dtype(dtype) -> np.dtype:
+    """complex128 for float64, complex64 for float32 or narrower, itself for complex."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "c":
+        return dtype
+    return np.dtype(np.complex128) if dtype.itemsize >= 8 else np.dtype(np.complex64)
+
+
+def promote(dtypes) -> np.dtype:
+    """The dtype that holds every dtype in `dtypes` exactly (JAX's lattice, never strict)."""
+    out = None
+    for dtype in dtypes:
+        out = dtype if out is None else jnp.promote_types(out, dtype)
+    return np.dtype(out if out is not None else jnp.zeros(()).dtype)
+
+
+def cast_leaf(chunk: Array, stored, path: str, precision: str, key: int) -> Array:
+    """Give one rebuilt chunk of `theta` the dtype that `precision` asks for."""
+    stored = np.dtype(stored)
+    got = np.dtype(chunk.dtype)
+    if precision == "vector":
+        if stored.kind == "c":
+            return chunk.astype(complex_dtype(got))
+        return _real_part(chunk, path) if got.kind == "c" else chunk
+    if precision == "strict":
+        if got != stored:
+            raise TypeError(_MSG_STRICT.format(got=got, want=stored, path=path))
+        return chunk
+    if not np.can_cast(got, stored, casting="safe") and (key, path) not in _WARNED:
+        _WARNED.add((key, path))
+        warnings.warn(_MSG_MODEL.format(got=got, want=stored, path=path), PrecisionLossWarning,
+                      stacklevel=4)
+    if got.kind == "c" and stored.kind != "c":
+        chunk = jnp.real(chunk)
+    return chunk.astype(stored)
+
+
+def _real_part(chunk: Array, path: str) -> Array:
+    imag = jnp.imag(chunk)
+    if isinstance(chunk, jax.core.Tracer):
+        # Under jit/vmap the check runs on device (Equinox's runtime-error mechanism).
+        chunk = eqx.error_if(chunk, jnp.any(imag != 0), _MSG_IMAG.format(path=path, largest=""))
+        return jnp.real(chunk)
+    largest = float(jnp.max(jnp.abs(imag))) if imag.size else 0.0
+    if largest != 0.0:
+        raise ValueError(_MSG_IMAG.format(path=path, largest=f" (largest |imag| = {largest:.3g})"))
+    return jnp.real(chunk)

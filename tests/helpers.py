@@ -1,0 +1,69 @@
+"""Shared test helpers: tree comparison, trace counting, a subprocess runner."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import numpy as np
+
+
+def tree_allclose(x, y, *, rtol=1e-12, atol=1e-12, check_dtype=True) -> bool:
+    """Same structure, same non-array leaves, arrays close (and of the same dtype)."""
+    xl, xt = jtu.tree_flatten(x)
+    yl, yt = jtu.tree_flatten(y)
+    if xt != yt:
+        return False
+    for a, b in zip(xl, yl):
+        if eqx.is_array_like(a) and not isinstance(a, (bool, int, float, complex)):
+            a, b = np.asarray(a), np.asarray(b)
+            if a.shape != b.shape or (check_dtype and a.dtype != b.dtype):
+                return False
+            if not np.allclose(a, b, rtol=rtol, atol=atol):
+                return False
+        elif a is not b and a != b:
+            return False
+    return True
+
+
+class TraceCounter:
+    """Wrap a function; `count` goes up once per trace, never per call."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.count = 0
+
+    def __call__(self, *args, **kwargs):
+        self.count += 1
+        return self.fn(*args, **kwargs)
+
+
+def central_difference(f, theta, eps=1e-6):
+    """Gradient of scalar `f` at `theta` by central differences (float64 reference)."""
+    theta = np.asarray(theta, dtype=np.float64)
+    out = np.empty_like(theta)
+    for i in range(theta.size):
+        e = np.zeros_like(theta)
+        e[i] = eps
+        out[i] = (float(f(jnp.asarray(theta + e))) - float(f(jnp.asarray(theta - e)))) / (2 * eps)
+    return out
+
+
+def run_python(code: str, *, env: dict | None = None, timeout: int = 300):
+    """Run `code` in a fresh interpreter (for x64-off or multi-device behaviour)."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+    )
+
+
+__all__ = ["tree_allclose", "TraceCounter", "central_difference", "run_python", "jax"]
