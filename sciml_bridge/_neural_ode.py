@@ -1,0 +1,286 @@
+"""Neural ODEs: `dy/dt = fm(theta, y)` solved by Diffrax, differentiable with every adjoint."""
+
+from collections.abc import Callable
+from typing import Any
+
+import diffrax
+import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Inexact, PyTree, Real
+
+from ._custom_types import ThetaLike
+from ._flat import FlatModel
+
+
+_MSG_MAX_STEPS = (
+    "`sb.NeuralODE(...)(theta, y0, ts)`: Diffrax reached `max_steps` before the last time in "
+    "`ts`. The dynamics at this `theta` are probably stiff or blowing up. Fix: raise "
+    "`max_steps=` or loosen `stepsize_controller=` tolerances; during training pass "
+    "`throw=False` so the trajectory comes back as `inf`, the loss is non-finite, and "
+    "`sb.minimize` stops keeping the last good `theta`."
+)
+_MSG_DT_MIN = (
+    "`sb.NeuralODE(...)(theta, y0, ts)`: the step size collapsed to `dtmin` of the step size "
+    "controller. Fix: use a stiff solver (e.g. `solver=diffrax.Kvaerno5()`), lower `dtmin`, or "
+    "pass `throw=False` so training sees a non-finite loss and `sb.minimize` keeps the last "
+    "good `theta`."
+)
+_MSG_FAILED = (
+    "`sb.NeuralODE(...)(theta, y0, ts)`: the Diffrax solve failed (an implicit solver's "
+    "nonlinear solve or the step size controller gave up). Fix: change `solver=` or "
+    "`stepsize_controller=`, or pass `throw=False` so training sees a non-finite loss and "
+    "`sb.minimize` keeps the last good `theta`."
+)
+_MSG_DTYPE = (
+    "`sb.NeuralODE(...)(theta, y0, ts)` expected `y0` and `ts` of the dtype of `theta` "
+    "({theta}), but got `y0` {y0} and `ts` {ts}. Mixing precisions inside the vector field "
+    "would promote (or fail under strict promotion). Fix: cast them, e.g. "
+    "`y0.astype(theta.dtype)`, or build `theta` in the precision you want "
+    "(`sb.flat(model, dtype=...)`)."
+)
+_MSG_TS = (
+    "`sb.NeuralODE(...)(theta, y0, ts)` expected `ts` to be a 1-D array of at least two "
+    "increasing times (the first is the time of `y0`), but got shape {shape}. Fix: pass e.g. "
+    "`ts = jnp.linspace(0.0, 1.5, 30)`."
+)
+_MSG_ARGS = (
+    "`sb.NeuralODE(fm)(theta, y0, ts, args)` got `args`, but a network-only vector field "
+    "`fm(theta, y)` has nowhere to put them. Fix: drop `args`, or use "
+    "`sb.NeuralODE.hybrid(vf)` with `vf(t, y, theta, args)`."
+)
+
+
+_MSG_HYBRID_TIME = (
+    "`sb.NeuralODE.hybrid(vf, time_dependent=...)`: a hybrid vector field `vf(t, y, theta, "
+    "args)` always receives `t`, so `time_dependent` does not apply. Fix: drop it."
+)
+
+
+class _Hybrid(eqx.Module):
+    """Marks a user vector field `vf(t, y, theta, args)` (see `NeuralODE.hybrid`)."""
+
+    vf: Callable
+
+
+def _network_parts(fm: Callable, time_dependent: bool) -> tuple[Callable, Callable]:
+    """`(prepare, field)`: `prepare(theta)` once per solve, `field(t, y, p, args)` per stage.
+
+    PITFALLS (Diffrax): rebuilding a general-path model inside the vector field costs 1.8x per
+    loss+gradient step, because the unravel repeats at every solver stage; rebuilding once
+    outside `diffeqsolve` and passing the rebuilt pytree as `args` costs nothing. Fast-path
+    models (`FlatMLP`) slice `theta` cheaply, so they keep the flat vector.
+    """
+    if isinstance(fm, FlatModel):
+        # Same math as `fm(theta, y)`, which is `fm.apply(fm.restructure(theta), y)`.
+        prepare, apply = fm.restructure, fm.apply
+    else:
+        prepare, apply = _identity, fm
+    if time_dependent:
+        return prepare, lambda t, y, p, args: apply(p, t, y)
+    return prepare, lambda t, y, p, args: apply(p, y)
+
+
+def _identity(theta):
+    return theta
+
+
+def _progress_meter(progress: bool) -> diffrax.AbstractProgressMeter:
+    return diffrax.TqdmProgressMeter() if progress else diffrax.NoProgressMeter()
+
+
+class _Field(eqx.Module):
+    """Diffrax vector field `(t, y, args)` with `args = (prepare(theta), user_args)`."""
+
+    field: Callable
+
+    def __call__(self, t, y, args):
+        p, user_args = args
+        return self.field(t, y, p, user_args)
+
+
+def _check_inputs(theta: Array, y0: Array, ts: Array) -> None:
+    """Trace-time checks: shapes and dtypes are static, so this costs nothing per call."""
+    if ts.ndim != 1 or ts.shape[0] < 2:
+        raise ValueError(_MSG_TS.format(shape=ts.shape))
+    if not (y0.dtype == theta.dtype == ts.dtype):
+        raise TypeError(_MSG_DTYPE.format(theta=theta.dtype, y0=y0.dtype, ts=ts.dtype))
+
+
+def _raise_on_failure(ys: PyTree[Array], result: diffrax.RESULTS) -> PyTree[Array]:
+    """Diffrax's failures with our remedy attached; `branched_error_if` keeps it one check."""
+    failed = ~diffrax.is_okay(result)
+    index = jnp.where(
+        result == diffrax.RESULTS.max_steps_reached,
+        0,
+        jnp.where(result == diffrax.RESULTS.dt_min_reached, 1, 2),
+    )
+    return eqx.branched_error_if(ys, failed, index, (_MSG_MAX_STEPS, _MSG_DT_MIN, _MSG_FAILED))
+
+
+class NeuralODE(eqx.Module):
+    """A neural ODE `dy/dt = fm(theta, y)` as a plain function `node(theta, y0, ts) -> ys`.
+
+    `fm` is any callable of a flat parameter vector: a `sb.FlatModel`, a `sb.FlatMLP`, or a
+    hand-written `fm(theta, y)`. The ODE is solved by `diffrax.diffeqsolve` with the solver,
+    adjoint and step size controller given here, passed through unchanged. `theta` always
+    travels as Diffrax's `args` (never closed over), so every adjoint differentiates it:
+    `RecursiveCheckpointAdjoint`, `BacksolveAdjoint`, `DirectAdjoint` and, for `jax.jvp` /
+    `jax.jacfwd` / Levenberg–Marquardt, `ForwardMode`. For a batch of initial conditions use
+    `jax.vmap(node, in_axes=(None, 0, None))`.
+
+    For known physics plus a network (a universal differential equation), see
+    [`sb.NeuralODE.hybrid`][].
+
+    ```python
+    import diffrax, jax, jax.numpy as jnp
+    import sciml_bridge as sb
+
+    jax.config.update("jax_enable_x64", True)
+    fm = lambda theta, y: theta.reshape(2, 2) @ y    # linear ODE dy/dt = A y
+    node = sb.NeuralODE(fm)
+    theta = jnp.array([0.0, 1.0, -1.0, 0.0])
+    ts = jnp.linspace(0.0, 1.0, 5)
+    ys = node(theta, jnp.array([1.0, 0.0]), ts)       # shape (5, 2): cos/sin
+    loss = lambda theta: jnp.sum(node(theta, jnp.array([1.0, 0.0]), ts) ** 2)
+    grad = jax.grad(loss)(theta)
+    ```
+
+    **Arguments:**
+
+    - `fm`: the network, `fm(theta, y) -> dy/dt` (or `fm(theta, t, y)` when
+        `time_dependent=True`), returning an array of the shape and dtype of `y`.
+    - `solver`: a Diffrax solver. Default `diffrax.Tsit5()`.
+    - `adjoint`: how to differentiate the solve. Default `diffrax.RecursiveCheckpointAdjoint()`,
+        which supports reverse mode only; use `diffrax.ForwardMode()` for forward mode.
+    - `stepsize_controller`: default `diffrax.PIDController(rtol=1e-6, atol=1e-6)`.
+    - `dt0`: the first step size; `None` lets an adaptive controller choose it (a
+        `diffrax.ConstantStepSize()` needs a number).
+    - `max_steps`: the most solver steps per solve. Default 4096.
+    - `time_dependent`: whether `fm` takes `(theta, t, y)`. Default `False`.
+    - `throw`: if `True` (default), a failed solve (max steps reached, step size collapse)
+        raises a runtime error naming the fix. If `False`, the trajectory is `inf` from the
+        time of failure on, so a loss turns non-finite and `sb.minimize` stops with the last
+        good `theta`.
+    - `progress`: show a tqdm progress bar over the time span. Default `False`.
+
+    **Returns:**
+
+    A callable `node(theta, y0, ts) -> ys` (an `eqx.Module`) with `ys` of shape
+    `(len(ts), *y0.shape)` and the dtype of `y0`; `ys[0] == y0`.
+
+    **Raises:**
+
+    At call time: `ValueError` if `ts` is not 1-D with at least two times; `TypeError` if `y0`,
+    `ts` and `theta` differ in dtype; `args` given without a hybrid vector field is a
+    `TypeError`. Inside the solve, see `throw`.
+    """
+
+    fm: Callable
+    solver: diffrax.AbstractSolver
+    adjoint: diffrax.AbstractAdjoint
+    stepsize_controller: diffrax.AbstractStepSizeController
+    dt0: float | None
+    max_steps: int = eqx.field(static=True)
+    time_dependent: bool = eqx.field(static=True)
+    throw: bool = eqx.field(static=True)
+    progress: bool = eqx.field(static=True)
+
+    def __init__(
+        self,
+        fm: Callable,
+        *,
+        solver: diffrax.AbstractSolver = diffrax.Tsit5(),
+        adjoint: diffrax.AbstractAdjoint = diffrax.RecursiveCheckpointAdjoint(),
+        stepsize_controller: diffrax.AbstractStepSizeController = diffrax.PIDController(
+            rtol=1e-6, atol=1e-6
+        ),
+        dt0: float | None = None,
+        max_steps: int = 4096,
+        time_dependent: bool = False,
+        throw: bool = True,
+        progress: bool = False,
+    ):
+        if isinstance(fm, _Hybrid) and time_dependent:
+            raise ValueError(_MSG_HYBRID_TIME)
+        self.fm = fm
+        self.solver = solver
+        self.adjoint = adjoint
+        self.stepsize_controller = stepsize_controller
+        self.dt0 = dt0
+        self.max_steps = max_steps
+        self.time_dependent = time_dependent
+        self.throw = throw
+        self.progress = progress
+
+    @classmethod
+    def hybrid(cls, vector_field: Callable, **kwargs: Any) -> "NeuralODE":
+        """A universal differential equation: known physics plus a network, one `theta`.
+
+        `vector_field(t, y, theta, args) -> dy/dt` is written by the user and calls the
+        network itself, e.g. `fm(theta, y)`. `theta` still travels as Diffrax's `args` (so every
+        adjoint works), next to the user's `args`, which are differentiable too: pass known
+        constants, or physical parameters to learn jointly with `jax.grad(..., argnums=...)`.
+
+        ```python
+        fm = sb.FlatMLP((2, 16, 2), activation="tanh", key=jax.random.key(0),
+                        dtype=jnp.float64)
+
+        def lotka_volterra(t, y, theta, args):
+            alpha, delta = args                     # known linear growth and decay
+            u = fm(theta, y)                        # unknown interactions, learned
+            return jnp.stack([alpha * y[0] + u[0], -delta * y[1] + u[1]])
+
+        node = sb.NeuralODE.hybrid(lotka_volterra)
+        ys = node(fm.theta0, y0, ts, (1.3, 1.8))
+        ```
+
+        **Arguments:**
+
+        - `vector_field`: `vf(t, y, theta, args)` returning an array (or pytree) like `y`.
+        - `**kwargs`: `solver`, `adjoint`, `stepsize_controller`, `dt0`, `max_steps`,
+            `throw`, `progress`, as for [`sb.NeuralODE`][].
+
+        **Returns:**
+
+        A [`sb.NeuralODE`][] called as `node(theta, y0, ts, args=None) -> ys`.
+
+        **Raises:**
+
+        `ValueError` if `time_dependent` is given (`vf` always receives `t`).
+        """
+        return cls(_Hybrid(vector_field), **kwargs)
+
+    def __call__(
+        self,
+        theta: ThetaLike,
+        y0: Inexact[ArrayLike, "*state"],
+        ts: Real[ArrayLike, " times"],
+        args: PyTree[Any] = None,
+    ) -> Inexact[Array, " times *state"]:
+        """Solve from `y0` at `ts[0]` and return the states at every time in `ts`."""
+        theta, y0, ts = jnp.asarray(theta), jnp.asarray(y0), jnp.asarray(ts)
+        _check_inputs(theta, y0, ts)
+        prepare, field = self._parts(args)
+        sol = diffrax.diffeqsolve(
+            diffrax.ODETerm(_Field(field)),
+            self.solver,
+            t0=ts[0],
+            t1=ts[-1],
+            dt0=self.dt0,
+            y0=y0,
+            args=(prepare(theta), args),
+            saveat=diffrax.SaveAt(ts=ts),
+            stepsize_controller=self.stepsize_controller,
+            adjoint=self.adjoint,
+            max_steps=self.max_steps,
+            throw=False,
+            progress_meter=_progress_meter(self.progress),
+        )
+        return _raise_on_failure(sol.ys, sol.result) if self.throw else sol.ys
+
+    def _parts(self, args: PyTree[Any]) -> tuple[Callable, Callable]:
+        if isinstance(self.fm, _Hybrid):
+            return _identity, self.fm.vf
+        if args is not None:
+            raise TypeError(_MSG_ARGS)
+        return _network_parts(self.fm, self.time_dependent)
