@@ -2,6 +2,7 @@
 
 from ._destructure import Restructure as Restructure, destructure as destructure
 from ._flat import AbstractFlatModel as AbstractFlatModel, FlatModel as FlatModel, flat as flat
+from ._neural_ode import NeuralODE as NeuralODE
 from ._precision import PrecisionLossWarning as PrecisionLossWarning
 
 
