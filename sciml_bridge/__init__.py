@@ -1,5 +1,6 @@
 """sciml_bridge: hand any nested JAX model to tools that want one flat parameter vector."""
 
+from ._collocation import collocation_points as collocation_points
 from ._destructure import Restructure as Restructure, destructure as destructure
 from ._flat import AbstractFlatModel as AbstractFlatModel, FlatModel as FlatModel, flat as flat
 from ._neural_ode import NeuralODE as NeuralODE

@@ -1,0 +1,197 @@
+"""Collocation points in a box: grid or random, interior or boundary.
+
+A PINN needs points where the residual is evaluated. For a box `[lower, upper]` in `d`
+dimensions there are four kinds: a regular interior grid, uniform random interior points, a
+regular grid on the boundary faces, and uniform random points on the boundary faces. One
+function makes all four; `faces=` picks a subset of the faces (a space-time box has an initial
+face but no final one).
+"""
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from ._precision import check_x64
+
+
+Face = tuple[int, str]
+"""A face of a box: `(axis, "lower")` or `(axis, "upper")`."""
+
+_WHERE = ("interior", "boundary")
+_SAMPLING = ("grid", "random")
+_SIDES = ("lower", "upper")
+
+_MSG_BOUNDS = """\
+`sb.collocation_points` expected `lower` and `upper` of the same length with every
+`lower[i] < upper[i]`, but got lower={lower} and upper={upper}.
+Fix: give one bound per dimension, e.g. `sb.collocation_points((0.0, 0.0), (1.0, 1.0), 16)`
+for the unit square."""
+
+_MSG_N = """\
+`sb.collocation_points` expected `n` to be a positive int (points per axis for `sampling="grid"`,
+total points for `sampling="random"`), or one positive int per axis for a grid, but got {n!r}."""
+
+_MSG_KEY = """\
+`sb.collocation_points(..., sampling="random")` needs a PRNG key, but got `key=None`.
+Fix: pass `key=jax.random.key(0)` (or any key)."""
+
+_MSG_FACES = """\
+`sb.collocation_points` expected `faces` to be a sequence of `(axis, "lower" | "upper")` with
+0 <= axis < {d}, but got {faces!r}. Example: `faces=[(0, "lower"), (1, "lower"), (1, "upper")]`
+for the initial face and the two spatial walls of a (t, x) box."""
+
+
+def collocation_points(
+    lower: float | Sequence[float],
+    upper: float | Sequence[float],
+    n: int | Sequence[int],
+    *,
+    where: str = "interior",
+    sampling: str = "grid",
+    key: PRNGKeyArray | None = None,
+    faces: Sequence[Face] | None = None,
+    dtype=None,
+) -> Float[Array, "points dim"]:
+    """Collocation points in the box `[lower, upper]`, as one `(points, dim)` array.
+
+    The grid interior holds `n` equally spaced points per axis strictly inside the box (the
+    boundary belongs to the boundary set, so no point is counted twice). The boundary grid is the
+    full grid of `n` points per axis *including* the end points, restricted to the chosen faces,
+    each point once. Random interior points are uniform in the box; random boundary points are
+    uniform on the union of the chosen faces (a face is picked in proportion to its area).
+
+    !!! example
+
+        ```python
+        import sciml_bridge as sb
+        x_in = sb.collocation_points((0.0, 0.0), (1.0, 1.0), 8)   # (64, 2), strictly inside
+        x_bc = sb.collocation_points((0.0, 0.0), (1.0, 1.0), 8, where="boundary")  # (28, 2)
+        ```
+
+    **Arguments:**
+
+    - `lower`, `upper`: the corners of the box, one float per dimension (a float for 1-D).
+    - `n`: for `sampling="grid"`, points per axis (an int, or one int per axis); for
+        `sampling="random"`, the total number of points.
+    - `where`: `"interior"` (default) or `"boundary"`.
+    - `sampling`: `"grid"` (default) or `"random"`.
+    - `key`: a JAX PRNG key; required for `sampling="random"`.
+    - `faces`: for `where="boundary"`, the faces to use as `(axis, "lower" | "upper")` pairs.
+        Defaults to all `2 * dim` faces.
+    - `dtype`: floating dtype of the points; defaults to JAX's default float dtype.
+
+    **Returns:**
+
+    An array of shape `(points, dim)`.
+
+    **Raises:**
+
+    - `ValueError`: mismatched or empty bounds, a non-positive `n`, an unknown `where`, `sampling`
+        or face, or a missing `key` for random sampling.
+    - `TypeError`: `dtype=float64` while JAX runs with 64-bit mode off.
+    """
+    lo, hi = _bounds(lower, upper)
+    d = lo.size
+    dtype = _dtype(dtype)
+    if where not in _WHERE:
+        raise ValueError(f"`sb.collocation_points` expected `where` in {_WHERE}, got {where!r}.")
+    if sampling not in _SAMPLING:
+        raise ValueError(
+            f"`sb.collocation_points` expected `sampling` in {_SAMPLING}, got {sampling!r}."
+        )
+    chosen = _faces(faces, d)
+    if sampling == "grid":
+        counts = _counts(n, d)
+        if where == "interior":
+            points = _interior_grid(lo, hi, counts)
+        else:
+            points = _boundary_grid(lo, hi, counts, chosen)
+        return jnp.asarray(points, dtype=dtype)
+    if key is None:
+        raise ValueError(_MSG_KEY)
+    total = _counts(n, 1)[0]
+    if where == "interior":
+        return _interior_random(key, lo, hi, total, dtype)
+    return _boundary_random(key, lo, hi, total, chosen, dtype)
+
+
+def _bounds(lower, upper) -> tuple[np.ndarray, np.ndarray]:
+    lo = np.atleast_1d(np.asarray(lower, dtype=np.float64))
+    hi = np.atleast_1d(np.asarray(upper, dtype=np.float64))
+    if lo.ndim != 1 or lo.shape != hi.shape or lo.size == 0 or not np.all(lo < hi):
+        raise ValueError(_MSG_BOUNDS.format(lower=lower, upper=upper))
+    return lo, hi
+
+
+def _dtype(dtype) -> np.dtype:
+    if dtype is None:
+        return np.dtype(jnp.zeros(()).dtype)
+    dtype = np.dtype(dtype)
+    if dtype.kind != "f":
+        raise TypeError(
+            f"`sb.collocation_points` expected a floating `dtype`, got {dtype}. "
+            "Fix: pass e.g. `dtype=jnp.float64`."
+        )
+    check_x64(dtype, "`sb.collocation_points`", "`dtype`")
+    return dtype
+
+
+def _counts(n, d: int) -> tuple[int, ...]:
+    counts = (n,) * d if isinstance(n, (int, np.integer)) else tuple(n)
+    ok = len(counts) == d and all(
+        isinstance(c, (int, np.integer)) and not isinstance(c, bool) and c > 0 for c in counts
+    )
+    if not ok:
+        raise ValueError(_MSG_N.format(n=n))
+    return tuple(int(c) for c in counts)
+
+
+def _faces(faces, d: int) -> tuple[Face, ...]:
+    if faces is None:
+        return tuple((axis, side) for axis in range(d) for side in _SIDES)
+    try:
+        chosen = tuple((int(axis), side) for axis, side in faces)
+    except (TypeError, ValueError) as e:
+        raise ValueError(_MSG_FACES.format(d=d, faces=faces)) from e
+    if not chosen or any(not 0 <= a < d or s not in _SIDES for a, s in chosen):
+        raise ValueError(_MSG_FACES.format(d=d, faces=faces))
+    return tuple(dict.fromkeys(chosen))
+
+
+def _mesh(axes: list[np.ndarray]) -> np.ndarray:
+    return np.stack([g.ravel() for g in np.meshgrid(*axes, indexing="ij")], axis=-1)
+
+
+def _interior_grid(lo, hi, counts) -> np.ndarray:
+    # `n + 2` points with the two ends dropped: equal spacing, nothing on the boundary.
+    return _mesh([np.linspace(a, b, c + 2)[1:-1] for a, b, c in zip(lo, hi, counts)])
+
+
+def _boundary_grid(lo, hi, counts, faces) -> np.ndarray:
+    # A 1-point axis still has two ends: at least 2 points per axis so faces exist.
+    points = _mesh([np.linspace(a, b, max(c, 2)) for a, b, c in zip(lo, hi, counts)])
+    keep = np.zeros(len(points), dtype=bool)
+    for axis, side in faces:
+        keep |= points[:, axis] == (lo[axis] if side == "lower" else hi[axis])
+    return points[keep]
+
+
+def _interior_random(key, lo, hi, total: int, dtype) -> Array:
+    u = jax.random.uniform(key, (total, lo.size), dtype=dtype)
+    return jnp.asarray(lo, dtype) + u * jnp.asarray(hi - lo, dtype)
+
+
+def _boundary_random(key, lo, hi, total: int, faces, dtype) -> Array:
+    width = hi - lo
+    # A face's area is the product of the other widths (1 for the end points of a 1-D box).
+    area = np.array([np.prod(np.delete(width, axis)) for axis, _ in faces])
+    face_key, point_key = jax.random.split(key)
+    pick = jax.random.choice(face_key, len(faces), (total,), p=jnp.asarray(area / area.sum()))
+    axis = jnp.asarray([a for a, _ in faces])[pick]
+    value = jnp.asarray([lo[a] if s == "lower" else hi[a] for a, s in faces], dtype)[pick]
+    points = _interior_random(point_key, lo, hi, total, dtype)
+    on_face = jnp.arange(lo.size) == axis[:, None]
+    return jnp.where(on_face, value[:, None], points)
