@@ -1,15 +1,158 @@
-"""Choosing the fast path for `sb.flat`. (Recognition of known networks lands with FlatMLP.)"""
+"""Choosing the fast path for `sb.flat`: recognise networks that `sb.FlatMLP` can run.
 
-from typing import Any
+Recognised: `eqx.nn.MLP` (also `scan=True`) with parameter-free activations, and
+`eqx.nn.Sequential` of `eqx.nn.Linear` layers, each optionally followed by one
+`eqx.nn.Lambda` of a known elementwise activation (`jnp.tanh`, `jax.nn.softplus`, ...).
+The layout is read off `re` (the slots `sb.destructure` made), never recomputed, so the fast
+path uses exactly the same `theta` and `fm.restructure` still rebuilds the original model.
+"""
 
+from typing import Any, NamedTuple
+
+import equinox as eqx
+import jax.tree_util as jtu
+
+from ._activations import Activation, known_activation, make_activation
+from ._custom_types import Theta
 from ._destructure import Restructure
+from ._flat_mlp import FlatMLP, Layer, Param
 
 
-def fast_path(model: Any, theta0, re: Restructure, fast):
-    """A fast FlatModel with `theta0`'s layout for `model`, or None under `fast="auto"`."""
-    if fast is True:
-        raise TypeError(
-            f"`sb.flat(..., fast=True)` has no fast path for a {type(model).__name__}. "
-            "Fix: use `fast=\"auto\"` or `fast=False` for the general path."
-        )
-    return None
+_MSG_FAST = """\
+`sb.flat(..., fast=True)` has no fast path for this {kind}: {reason}.
+The fast path (`sb.FlatMLP`) covers `eqx.nn.MLP` with parameter-free activations and
+`eqx.nn.Sequential` of `eqx.nn.Linear` layers each followed by at most one `eqx.nn.Lambda` of a
+known activation ({known}).
+Fix: use `fast="auto"` (falls back quietly) or `fast=False` for the general path."""
+
+
+class Unsupported(Exception):
+    """Why a model is not one `FlatMLP` can run (the `reason` goes into the error)."""
+
+
+class Recognised(NamedTuple):
+    layers: tuple[Layer, ...]
+    activations: tuple[Activation | None, ...]
+    in_size: Any
+    out_size: Any
+
+
+# A Linear as it appears in the model; `index` picks one layer of a `scan=True` stack.
+class _LinearRef(NamedTuple):
+    linear: eqx.nn.Linear
+    index: int | None
+    where: str
+
+
+def _slot_params(model: Any, re: Restructure) -> dict[int, Param]:
+    """`id(leaf) -> Param` for every array leaf that is a slot of `theta` (ties included)."""
+    by_path = {path: Param(start, shape, dtype, path) for path, start, shape, dtype
+               in zip(re.paths, re.offsets, re.shapes, re.dtypes)}
+    out: dict[int, Param] = {}
+    leaves = jtu.tree_flatten_with_path(model, is_leaf=lambda x: isinstance(x, eqx.nn.StateIndex))
+    for path, leaf in leaves[0]:
+        # A tied array has its slot under its first path; later places resolve by identity.
+        if eqx.is_array(leaf) and id(leaf) not in out and jtu.keystr(path) in by_path:
+            out[id(leaf)] = by_path[jtu.keystr(path)]
+    return out
+
+
+def _param(slots: dict[int, Param], leaf: Any, ref: _LinearRef, name: str, shape) -> Param:
+    param = slots.get(id(leaf))
+    if param is None:
+        raise Unsupported(f"the {name} of {ref.where} is not in `theta` (frozen by `params=` "
+                          "or not a floating array)")
+    if ref.index is not None:
+        size = param.size // param.shape[0]
+        param = Param(param.start + ref.index * size, param.shape[1:], param.stored, param.path)
+    if param.shape != shape:
+        raise Unsupported(f"the {name} of {ref.where} has shape {param.shape}, expected {shape}")
+    return param
+
+
+def _layer(slots: dict[int, Param], ref: _LinearRef) -> Layer:
+    lin = ref.linear
+    n_in = 1 if lin.in_features == "scalar" else lin.in_features
+    n_out = 1 if lin.out_features == "scalar" else lin.out_features
+    weight = _param(slots, lin.weight, ref, "weight", (n_out, n_in))
+    bias = None if lin.bias is None else _param(slots, lin.bias, ref, "bias", (n_out,))
+    return Layer(weight, bias)
+
+
+def _pure_activation(fn: Any, where: str) -> Activation | None:
+    if any(eqx.is_array(leaf) for leaf in jtu.tree_leaves(fn)):
+        raise Unsupported(f"{where} holds arrays (a learnable activation)")
+    return make_activation(fn)
+
+
+def _mlp_parts(mlp: eqx.nn.MLP):
+    if mlp.scan and mlp.depth > 0:
+        first, stack, last = mlp.layers
+        refs = [_LinearRef(first, None, "`layers[0]`")]
+        refs += [_LinearRef(stack, j, f"`layers[1]` (stacked layer {j})")
+                 for j in range(mlp.depth - 1)]
+        refs.append(_LinearRef(last, None, "`layers[2]`"))
+    else:
+        refs = [_LinearRef(lin, None, f"`layers[{i}]`") for i, lin in enumerate(mlp.layers)]
+    hidden = _pure_activation(mlp.activation, "`activation`")
+    final = _pure_activation(mlp.final_activation, "`final_activation`")
+    activations = (hidden,) * (len(refs) - 1) + (final,)
+    return refs, activations, mlp.in_size, mlp.out_size
+
+
+def _sequential_parts(seq: eqx.nn.Sequential):
+    refs: list[_LinearRef] = []
+    activations: list[Activation | None] = []
+    for i, module in enumerate(seq.layers):
+        if type(module) is eqx.nn.Linear:
+            refs.append(_LinearRef(module, None, f"`layers[{i}]`"))
+            activations.append(None)
+        elif type(module) is eqx.nn.Lambda and refs and activations[-1] is None:
+            known = known_activation(module.fn)
+            if known is None:
+                raise Unsupported(f"`layers[{i}]` is a `Lambda` of {module.fn!r}, not a known "
+                                  "elementwise activation")
+            activations[-1] = make_activation(known)
+        else:
+            raise Unsupported(f"`layers[{i}]` is a `{type(module).__name__}` where a `Linear` "
+                              "(or one activation `Lambda` after a `Linear`) was expected")
+    if not refs:
+        raise Unsupported("it has no `Linear` layer")
+    chain = [r.linear for r in refs]
+    if any(a.out_features != b.in_features or a.out_features == "scalar"
+           for a, b in zip(chain, chain[1:])):
+        raise Unsupported("consecutive `Linear` sizes do not chain")
+    return refs, tuple(activations), chain[0].in_features, chain[-1].out_features
+
+
+def recognise(model: Any, re: Restructure) -> Recognised:
+    """The FlatMLP layout of `model` with `re`'s slots, or raise `Unsupported` saying why."""
+    if type(model) is eqx.nn.MLP:
+        refs, activations, in_size, out_size = _mlp_parts(model)
+    elif type(model) is eqx.nn.Sequential:
+        refs, activations, in_size, out_size = _sequential_parts(model)
+    else:
+        raise Unsupported("only `eqx.nn.MLP` and `eqx.nn.Sequential` are recognised")
+    slots = _slot_params(model, re)
+    layers = tuple(_layer(slots, ref) for ref in refs)
+    used = {(p.start, p.size) for layer in layers for p in layer if p is not None}
+    if sum(size for _, size in used) != re.size:
+        raise Unsupported("`theta` holds parameters outside the `Linear` layers")
+    return Recognised(layers, activations, in_size, out_size)
+
+
+def fast_path(model: Any, theta0: Theta, re: Restructure, fast) -> FlatMLP | None:
+    """A `FlatMLP` with `theta0`'s layout for `model`, or None under `fast="auto"`.
+
+    **Raises:** `TypeError` naming what is unsupported when `fast=True`.
+    """
+    try:
+        parts = recognise(model, re)
+    except Unsupported as e:
+        if fast is True:
+            known = ", ".join(f"`{n}`" for n in ("jnp.tanh", "jnp.sin", "jax.nn.softplus",
+                                                   "jax.nn.sigmoid", "jax.nn.relu", "..."))
+            raise TypeError(_MSG_FAST.format(kind=f"`{type(model).__name__}`", reason=e,
+                                             known=known)) from None
+        return None
+    return FlatMLP.from_layout(theta0, re, *parts)

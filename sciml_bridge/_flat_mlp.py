@@ -1,0 +1,248 @@
+"""`FlatMLP`: an MLP that is nothing but a flat vector and static offsets (SimpleChains' idea).
+
+Every weight is a static slice of `theta`; no pytree is rebuilt and nothing walks a tree per
+call. The layout is the one `sb.destructure` gives for the equivalent `eqx.nn.MLP`, so the fast
+and general paths share every number. Knowing the network also gives input derivatives in one
+forward pass: `(value, Jacobian, Laplacian)` propagate layer by layer (Li et al. 2023).
+"""
+
+from collections.abc import Sequence
+from typing import Any, Literal, NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, ArrayLike, PRNGKeyArray
+
+from ._activations import Activation, make_activation
+from ._custom_types import Theta, ThetaLike
+from ._destructure import Restructure, check_theta, destructure
+from ._flat import AbstractFlatModel
+from ._precision import cast_leaf
+
+
+class Param(NamedTuple):
+    """One weight or bias: where it sits in theta and the leaf it rebuilds."""
+
+    start: int
+    shape: tuple[int, ...]
+    stored: np.dtype
+    path: str
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+
+class Layer(NamedTuple):
+    """An affine map `W @ h + b` read from theta."""
+
+    weight: Param
+    bias: Param | None
+
+
+_MSG_X = """\
+`fm(theta, x)` (an `sb.FlatMLP` with input size {size!r}) expected one point `x` of shape
+{want}, but got shape {got}. Like `eqx.nn.MLP`, it takes unbatched inputs.
+Fix: batch with `jax.vmap(fm, in_axes=(None, 0))(theta, xs)`."""
+
+_MSG_SIZES = """\
+`sb.FlatMLP(sizes, ...)` expected `sizes = (in, hidden..., out)`: at least two positive ints,
+with `"scalar"` allowed only as the first or last entry (as in `eqx.nn.MLP`), but got {got!r}."""
+
+
+def _check_sizes(sizes: Sequence[int | str]) -> tuple[int | str, ...]:
+    sizes = tuple(sizes)
+    inner_ok = all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes[1:-1])
+    ends_ok = all(s == "scalar" or (isinstance(s, int) and not isinstance(s, bool) and s > 0)
+                  for s in sizes[::max(len(sizes) - 1, 1)])
+    if len(sizes) < 2 or not inner_ok or not ends_ok:
+        raise ValueError(_MSG_SIZES.format(got=sizes))
+    return sizes
+
+
+def _fn(activation: Activation | None):
+    return (lambda x: x) if activation is None else activation.fn
+
+
+def equivalent_model(sizes, hidden, final, key, dtype, use_bias) -> eqx.Module:
+    """The Equinox network FlatMLP mirrors: `eqx.nn.MLP`, or a `Sequential` for uneven widths.
+
+    Keys are split as `eqx.nn.MLP` splits them (one per layer, in order), so for uniform
+    widths both constructions give the very same numbers.
+    """
+    depth = len(sizes) - 2
+    widths = set(sizes[1:-1])
+    if len(widths) <= 1:
+        width = widths.pop() if widths else 1
+        kwargs = {} if final is None else {"final_activation": final.fn}
+        return eqx.nn.MLP(sizes[0], sizes[-1], width, depth, activation=_fn(hidden),
+                          use_bias=use_bias, use_final_bias=use_bias, dtype=dtype, key=key,
+                          **kwargs)
+    keys = jax.random.split(key, depth + 1)
+    modules: list[Any] = []
+    for i, k in enumerate(keys):
+        modules.append(eqx.nn.Linear(sizes[i], sizes[i + 1], use_bias, dtype=dtype, key=k))
+        act = hidden if i < depth else final
+        if act is not None:
+            modules.append(eqx.nn.Lambda(act.fn))
+    return eqx.nn.Sequential(modules)
+
+
+class FlatMLP(AbstractFlatModel):
+    """A multi-layer perceptron whose only parameters are one flat vector.
+
+    Weights are static-offset slices of `theta`: no pytree is rebuilt, no `eqx.combine`, no
+    per-call Python work. `theta0` is exactly `sb.destructure` of the equivalent `eqx.nn.MLP`
+    made with the same key (an `eqx.nn.Sequential` of `Linear`/`Lambda` for uneven widths),
+    and `fm.restructure(theta)` rebuilds that Equinox network. Inputs follow `eqx.nn.MLP`:
+    one unbatched point; `jax.vmap` over points runs every layer as one matrix product.
+
+    ```python
+    import jax, jax.numpy as jnp, equinox as eqx
+    import sciml_bridge as sb
+
+    key = jax.random.key(0)
+    fm = sb.FlatMLP((2, 16, 16, 1), activation="tanh", key=key)
+    mlp = eqx.nn.MLP(2, 1, 16, 2, activation=jnp.tanh, key=key)
+    assert (fm.theta0 == sb.destructure(mlp)[0]).all()
+    xs = jnp.ones((128, 2))
+    ys = jax.vmap(fm, in_axes=(None, 0))(fm.theta0, xs)  # (128, 1)
+    ```
+
+    Computation follows `theta`'s dtype (`precision="vector"`): a float64 `theta` gives float64
+    output, and `x` is converted to that dtype.
+
+    **Arguments:**
+
+    - `sizes`: `(in, hidden..., out)`; `"scalar"` is allowed first or last, as in
+        `eqx.nn.MLP` (input of shape `()` / output of shape `()`).
+    - `activation`: after every hidden layer. A name (`"tanh"`, `"sin"`, `"cos"`,
+        `"softplus"`, `"sigmoid"`, `"silu"`, `"gelu"`, `"relu"`, `"identity"`), a callable
+        acting on each entry, or `(f, df, d2f)` with its first and second derivatives (used by
+        `sb.laplacian` and `sb.grad_x`; without them a callable's derivatives come from nested
+        forward-mode AD). Default `"tanh"`.
+    - `final_activation`: after the last layer, same forms; `None` (default) is the identity.
+    - `key`: PRNG key, used exactly as `eqx.nn.MLP` uses it.
+    - `dtype`: parameter dtype; default float32, or float64 with x64 on.
+    - `use_bias`: biases on every layer. Default `True`.
+
+    **Raises:** `ValueError` for malformed `sizes` or an unknown activation name; `TypeError`
+    for an activation that is neither a name, a callable nor a tuple of callables.
+    """
+
+    theta0: Theta
+    restructure: Restructure
+    layers: tuple[Layer, ...] = eqx.field(static=True)
+    activations: tuple[Activation | None, ...] = eqx.field(static=True)
+    in_size: int | Literal["scalar"] = eqx.field(static=True)
+    out_size: int | Literal["scalar"] = eqx.field(static=True)
+    is_fast = True
+
+    def __init__(
+        self,
+        sizes: Sequence[int | Literal["scalar"]],
+        activation: Any = "tanh",
+        final_activation: Any = None,
+        *,
+        key: PRNGKeyArray,
+        dtype=None,
+        use_bias: bool = True,
+    ):
+        # `_fast` imports this module, so its recogniser is imported here, at call time.
+        from ._fast import recognise
+
+        sizes = _check_sizes(sizes)
+        hidden, final = make_activation(activation), make_activation(final_activation)
+        model = equivalent_model(sizes, hidden, final, key, dtype, use_bias)
+        self.theta0, self.restructure = destructure(model)
+        self.layers = recognise(model, self.restructure).layers
+        self.activations = (hidden,) * (len(self.layers) - 1) + (final,)
+        self.in_size, self.out_size = sizes[0], sizes[-1]
+
+    @classmethod
+    def from_layout(cls, theta0: Theta, restructure: Restructure, layers: tuple[Layer, ...],
+                    activations: tuple[Activation | None, ...], in_size, out_size) -> "FlatMLP":
+        """Wrap an existing layout (used by `sb.flat(model, fast=...)`); no new numbers."""
+        # `__init__` builds a network from sizes; this is the route Equinox's own unflatten
+        # takes to set fields directly (`object.__new__` then `object.__setattr__`).
+        self = object.__new__(cls)
+        fields = dict(theta0=theta0, restructure=restructure, layers=layers,
+                      activations=activations, in_size=in_size, out_size=out_size)
+        for name, value in fields.items():
+            object.__setattr__(self, name, value)
+        return self
+
+    def __hash__(self) -> int:
+        # `jax.jit(fm)` needs a hash; theta0 is data, not identity (as for `sb.FlatModel`).
+        return hash((self.restructure, self.layers, self.activations, self.in_size,
+                     self.out_size, self.theta0.shape, str(self.theta0.dtype)))
+
+    def __call__(self, theta: ThetaLike, x: ArrayLike) -> Array:
+        """`y = fm(theta, x)`: the network at one point `x` with parameters `theta`."""
+        theta = check_theta(theta, self.size, "fm(theta, x)")
+        h = self._input(theta, x)
+        for layer, activation in zip(self.layers, self.activations):
+            h = self._affine(theta, layer, h)
+            if activation is not None:
+                h = activation(h)
+        return h[0] if self.out_size == "scalar" else h
+
+    def forward_derivatives(self, theta: ThetaLike, x: ArrayLike, order: int = 2):
+        """`(y, dy/dx, Laplacian)` (or `(y, dy/dx)` for `order=1`) in one forward pass.
+
+        Each layer maps `(h, J, L)` (value, Jacobian and Laplacian w.r.t. `x`) as
+        `z = W h + b, Jz = W J, Lz = W L`, then through `f`:
+        `(f(z), f'(z) Jz, f'(z) Lz + f''(z) sum_k Jz[:, k]^2)`.
+        Shapes follow `jax.jacfwd`: the Jacobian is `y.shape + x.shape`.
+        """
+        theta = check_theta(theta, self.size, "fm(theta, x)")
+        h = self._input(theta, x)
+        jac = lap = None
+        for layer, activation in zip(self.layers, self.activations):
+            w = self._read(theta, layer.weight)
+            h = w @ h if layer.bias is None else w @ h + self._read(theta, layer.bias)
+            jac = w if jac is None else w @ jac
+            lap = None if lap is None else w @ lap
+            if activation is not None:
+                h, jac, lap = _through(activation, h, jac, lap, order)
+        lap = jnp.zeros_like(h) if lap is None else lap
+        return self._shape_out(h, jac, lap)[: order + 1]
+
+    def _read(self, theta: Theta, param: Param) -> Array:
+        chunk = theta[param.start : param.start + param.size].reshape(param.shape)
+        # Same dtype rules as `re(theta)`, so both paths agree under every `precision`.
+        return cast_leaf(chunk, param.stored, param.path, self.restructure.precision,
+                         id(self.layers))
+
+    def _affine(self, theta: Theta, layer: Layer, h: Array) -> Array:
+        z = self._read(theta, layer.weight) @ h
+        return z if layer.bias is None else z + self._read(theta, layer.bias)
+
+    def _input(self, theta: Theta, x: ArrayLike) -> Array:
+        x = jnp.asarray(x)
+        want = () if self.in_size == "scalar" else (self.in_size,)
+        if x.shape != want:
+            raise ValueError(_MSG_X.format(size=self.in_size, want=want, got=x.shape))
+        dtype = self._read(theta, self.layers[0].weight).dtype
+        if x.dtype != dtype and not (jnp.iscomplexobj(x) and not jnp.iscomplexobj(theta)):
+            x = x.astype(dtype)
+        return x.reshape(-1)
+
+    def _shape_out(self, h: Array, jac: Array, lap: Array) -> tuple[Array, Array, Array]:
+        if self.in_size == "scalar":
+            jac = jac[:, 0]
+        if self.out_size == "scalar":
+            return h[0], jac[0], lap[0]
+        return h, jac, lap
+
+
+def _through(activation: Activation, z: Array, jac: Array, lap: Array | None, order: int):
+    """Push `(value, Jacobian, Laplacian)` through an elementwise activation."""
+    if order == 1:
+        f, df = activation.derivatives(z, 1)
+        return f, df[:, None] * jac, None
+    f, df, d2f = activation.derivatives(z, 2)
+    curvature = d2f * jnp.sum(jac * jac, axis=1)
+    return f, df[:, None] * jac, curvature if lap is None else df * lap + curvature
