@@ -1,0 +1,129 @@
+"""One result type for `sb.minimize` and `sb.least_squares`, and the failures it can carry.
+
+Failures inside a run are data (the Optimistix `RESULTS` idea): each kind carries its remedy,
+`throw=False` returns it next to the last good `theta`, `throw=True` raises an error that
+still holds that `theta`, so an expensive run is never lost.
+"""
+
+import dataclasses
+import enum
+from typing import Any
+
+import numpy as np
+
+from ._custom_types import Theta
+
+
+class RESULTS(enum.Enum):
+    """How a run ended. `RESULTS.x.message` explains it and says what to try."""
+
+    successful = "converged (or ran its budget of `max_steps` with no stopping rule)"
+    max_steps_reached = (
+        "stopped after `max_steps` steps without meeting the tolerance. Try a larger "
+        "`max_steps=`, a looser `tol=`, or continue from `res.theta` (chaining is free)."
+    )
+    nonfinite = (
+        "the loss became non-finite (NaN or inf). The last `theta` with a finite loss is kept "
+        "in `res.theta`. Try a lower learning rate, float64 (`jax.config.update("
+        '"jax_enable_x64", True)` and a float64 `theta0`), or check the loss for log/sqrt/'
+        "division of values that can reach zero or below."
+    )
+    interrupted = "interrupted (Ctrl-C) between chunks; `res.theta` is the last finished step"
+    solver_failed = (
+        "the backend reported a failure (e.g. a singular linear solve or a failed line search). "
+        "Try another `method=`, a smaller step, or rescaling the problem."
+    )
+
+    @property
+    def message(self) -> str:
+        return self.value
+
+
+@dataclasses.dataclass(frozen=True)
+class Solution:
+    """What `sb.minimize` and `sb.least_squares` return.
+
+    **Fields:**
+
+    - `theta`: the final parameters, same shape and dtype as `theta0` (on failure: the last
+        `theta` whose loss was finite).
+    - `loss`: the loss at `theta`, a Python float (for `sb.least_squares`: `0.5 * sum(r**2)`).
+    - `history`: NumPy float64 array, `history[i]` is the loss after `i` steps (so
+        `history[-1] == loss` and `len(history) == steps + 1`); SciPy methods record one
+        entry per iteration.
+    - `steps`: number of steps taken to reach `theta`.
+    - `success`: whether `result` is `RESULTS.successful`.
+    - `message`: a sentence saying how the run ended and what to try.
+    - `wall_time`: seconds spent in the call, compilation included.
+    - `result`: a `RESULTS` member.
+    - `method`: the method as given (a string or an optimizer object).
+    - `stats`: backend-specific extras (e.g. the SciPy `OptimizeResult`).
+    """
+
+    theta: Theta
+    loss: float
+    history: np.ndarray
+    steps: int
+    success: bool
+    message: str
+    wall_time: float
+    result: RESULTS
+    method: Any = None
+    stats: dict = dataclasses.field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return (
+            f"Solution(success={self.success}, loss={self.loss:.6g}, steps={self.steps}, "
+            f"wall_time={self.wall_time:.3g}s, result={self.result.name}, "
+            f"theta=<{self.theta.dtype} array of {self.theta.size}>)"
+        )
+
+
+class OptimizationError(RuntimeError):
+    """A run failed under `throw=True`. `err.result` is the full `Solution`; `err.theta` the
+    last good parameters (so `sb.minimize(..., throw=True)` never loses work)."""
+
+    def __init__(self, result: Solution):
+        super().__init__(result.message)
+        self.result = result
+        self.theta = result.theta
+
+
+class NonFiniteLossError(OptimizationError):
+    """The loss became NaN or inf; `err.theta` is the last `theta` with a finite loss."""
+
+
+def finish(
+    *,
+    theta,
+    loss: float,
+    history,
+    steps: int,
+    result: RESULTS,
+    wall_time: float,
+    method,
+    where: str,
+    detail: str = "",
+    throw: bool,
+    stats: dict | None = None,
+) -> Solution:
+    """Build the `Solution`, phrase its message, and raise it when `throw=True` and it failed."""
+    message = f"`{where}` {result.message}"
+    if detail:
+        message = f"{message} ({detail})"
+    sol = Solution(
+        theta=theta,
+        loss=float(loss),
+        history=np.asarray(history, dtype=np.float64),
+        steps=int(steps),
+        success=result is RESULTS.successful,
+        message=message,
+        wall_time=float(wall_time),
+        result=result,
+        method=method,
+        stats=dict(stats or {}),
+    )
+    if throw and result not in (RESULTS.successful, RESULTS.interrupted):
+        cls = NonFiniteLossError if result is RESULTS.nonfinite else OptimizationError
+        raise cls(sol)
+    return sol

@@ -1,0 +1,115 @@
+"""`sb.scipy_objective`: a JAX loss as the float64 NumPy callables SciPy-style APIs want.
+
+PITFALLS.md (SciPy): keep one cached jitted `value_and_grad` and one Hessian-vector product, so
+that L-BFGS-B, BFGS and trust-ncg share the same compiled functions, and hand SciPy float64
+NumPy arrays. `fun` and `jac` at the same `x` cost one evaluation: the last result is cached.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._precision import check_x64
+
+
+class ScipyObjective:
+    """Float64 NumPy `fun`, `jac`, `fun_and_jac`, `hessp`, `hess` of `loss(theta, *args)`.
+
+    Made by `sb.scipy_objective`; each is one jitted function, compiled once per objective.
+    """
+
+    def __init__(self, loss: Callable, args: tuple, dtype: Any):
+        dynamic, static = eqx.partition((loss, args), eqx.is_array)
+
+        def f(x, dynamic):
+            loss, args = eqx.combine(dynamic, static)
+            return loss(x, *args)
+
+        def hvp(x, p, dynamic):
+            g = lambda y: jax.grad(f)(y, dynamic)
+            return jax.jvp(g, (x,), (p,))[1]
+
+        self.dtype = np.dtype(dtype)
+        self._dynamic = dynamic
+        self._value_and_grad = jax.jit(jax.value_and_grad(f))
+        self._hvp = jax.jit(hvp)
+        self._hess = jax.jit(jax.hessian(f))
+        self._last_x: np.ndarray | None = None
+        self._last: tuple[float, np.ndarray] | None = None
+
+    def _x(self, x) -> jax.Array:
+        return jnp.asarray(np.asarray(x, dtype=np.float64).astype(self.dtype))
+
+    def fun_and_jac(self, x) -> tuple[float, np.ndarray]:
+        """`(loss, gradient)` as `(float, float64 ndarray)`; use with `jac=True` in SciPy."""
+        x = np.array(x, dtype=np.float64, copy=True)
+        if self._last_x is None or not np.array_equal(x, self._last_x):
+            value, grad = self._value_and_grad(self._x(x), self._dynamic)
+            self._last = (float(value), np.asarray(grad, dtype=np.float64))
+            self._last_x = x
+        return self._last[0], self._last[1].copy()
+
+    def fun(self, x) -> float:
+        """The loss at `x` as a Python float."""
+        return self.fun_and_jac(x)[0]
+
+    def jac(self, x) -> np.ndarray:
+        """The gradient at `x`, a float64 NumPy array."""
+        return self.fun_and_jac(x)[1]
+
+    def hessp(self, x, p) -> np.ndarray:
+        """Hessian-vector product at `x` with `p` (forward-over-reverse), float64 NumPy."""
+        out = self._hvp(self._x(x), self._x(p), self._dynamic)
+        return np.asarray(out, dtype=np.float64)
+
+    def hess(self, x) -> np.ndarray:
+        """The dense Hessian at `x` (for `dogleg`/`trust-exact`; small problems only)."""
+        return np.asarray(self._hess(self._x(x), self._dynamic), dtype=np.float64)
+
+
+def _default_dtype():
+    return jnp.float64 if jax.config.read("jax_enable_x64") else None
+
+
+def scipy_objective(loss: Callable, *args: Any, dtype: Any = None) -> ScipyObjective:
+    """Wrap `loss(theta, *args)` for `scipy.optimize` (or any SciPy-style API).
+
+    SciPy works in float64 NumPy; JAX works on device arrays, possibly in float32. This object
+    converts at the boundary, compiles `value_and_grad` and a Hessian-vector product once, and
+    answers `fun` then `jac` at the same point with one evaluation.
+
+    ```python
+    import scipy.optimize
+    obj = sb.scipy_objective(lambda th, x, y: jnp.mean((fm(th, x) - y) ** 2), x, y)
+    res = scipy.optimize.minimize(obj.fun_and_jac, np.asarray(fm.theta0), jac=True,
+                                  method="L-BFGS-B")
+    res = scipy.optimize.minimize(obj.fun, res.x, jac=obj.jac, hessp=obj.hessp,
+                                  method="trust-ncg")
+    ```
+
+    **Arguments:**
+
+    - `loss`: `loss(theta, *args) -> scalar`, JAX-traceable.
+    - `*args`: extra arguments for `loss` (arrays are passed to the compiled functions, so
+        new values of the same shape do not recompile).
+    - `dtype`: the dtype `theta` is cast to before `loss` sees it (default float64, which
+        needs x64 on).
+
+    **Returns:**
+
+    An object with float64 NumPy `fun(x)`, `jac(x)`, `fun_and_jac(x)`, `hessp(x, p)`, `hess(x)`.
+
+    **Raises:**
+
+    `TypeError` if float64 is asked for (the default) while JAX runs with x64 off.
+    """
+    if dtype is None:
+        dtype = _default_dtype()
+        if dtype is None:
+            check_x64(np.float64, "`sb.scipy_objective`", "SciPy's float64 `x`")
+    check_x64(dtype, "`sb.scipy_objective`", "`dtype=`")
+    return ScipyObjective(loss, args, dtype)

@@ -1,0 +1,1 @@
+"""One module per family of `method=` backends, plus the fused driver they share."""

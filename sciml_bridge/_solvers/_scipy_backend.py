@@ -1,0 +1,169 @@
+"""`"scipy:<Method>"`: `scipy.optimize.minimize` and `scipy.optimize.least_squares`.
+
+SciPy owns the loop (in Python), so here "nothing lost" means: every evaluation is checked, a
+non-finite loss aborts SciPy at once, and the last finite iterate (minimize) or the best finite
+point evaluated (least squares, which reports no iterates) is returned.
+"""
+
+import time
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.optimize
+
+from .._progress import Progress
+from .._result import RESULTS, finish
+from .._scipy import scipy_objective
+from ._driver import Run
+
+
+_GRADIENT = {"cg", "bfgs", "newton-cg", "l-bfgs-b", "tnc", "slsqp", "dogleg", "trust-ncg",
+             "trust-krylov", "trust-exact", "trust-constr"}  # fmt: skip
+_HESSP = {"newton-cg", "trust-ncg", "trust-krylov", "trust-constr"}
+_HESS = {"dogleg", "trust-exact"}
+
+
+class _Abort(Exception):
+    def __init__(self, kind):
+        self.kind = kind
+
+
+class _Tracker:
+    """Iterates seen by SciPy's callback: history, progress, user callback, NaN guard."""
+
+    def __init__(self, theta0, loss0, run: Run, bar: Progress):
+        self.theta, self.loss, self.history = theta0, loss0, [loss0]
+        self.run, self.bar = run, bar
+
+    def see(self, x, loss):
+        if not np.isfinite(loss):
+            raise _Abort(RESULTS.nonfinite)
+        self.theta, self.loss = np.array(x, dtype=np.float64), float(loss)
+        self.history.append(self.loss)
+        self.bar.update(len(self.history) - 1, self.loss)
+        cb = self.run.callback
+        if cb is not None and cb(len(self.history) - 1, jnp.asarray(self.theta), self.loss):
+            raise _Abort(RESULTS.successful)
+
+
+def _options(method: str, max_steps: int, options: dict) -> dict:
+    key = "maxfun" if method == "tnc" else "maxiter"
+    return {key: max_steps, **options}
+
+
+def _checked(fun):
+    def wrapped(x, *a):
+        out = fun(x, *a)
+        value = out[0] if isinstance(out, tuple) else out
+        if not np.all(np.isfinite(value)):
+            raise _Abort(RESULTS.nonfinite)
+        return out
+
+    return wrapped
+
+
+def scipy_minimize(loss, theta0, args, name, tol, options, run: Run):
+    method = name.lower()
+    obj = scipy_objective(loss, *args, dtype=theta0.dtype)
+    x0 = np.asarray(theta0, dtype=np.float64)
+    kwargs = dict(method=name, tol=tol, options=_options(method, run.max_steps, options))
+    fun = obj.fun
+    if method in _GRADIENT:
+        fun, kwargs["jac"] = obj.fun_and_jac, True
+    if method in _HESSP:
+        kwargs["hessp"] = obj.hessp
+    if method in _HESS:
+        kwargs["hess"] = obj.hess
+    with Progress(run.max_steps, run.progress, run.where) as bar:
+        track = _Tracker(x0, obj.fun(x0), run, bar)
+        def cb(intermediate_result):
+            track.see(intermediate_result.x, obj.fun(intermediate_result.x))
+
+        outcome = _call(lambda: scipy.optimize.minimize(_checked(fun), x0, callback=cb, **kwargs))
+    return _scipy_finish(outcome, track, theta0, run)
+
+
+def _call(thunk):
+    try:
+        return thunk()
+    except _Abort as e:
+        return e.kind
+    except KeyboardInterrupt:
+        return RESULTS.interrupted
+
+
+def _scipy_finish(outcome, track, theta0, run: Run):
+    stats, detail = {}, ""
+    if isinstance(outcome, RESULTS):
+        result, x, loss = outcome, track.theta, track.loss
+        detail = "stopped by `callback`" if outcome is RESULTS.successful else detail
+    else:
+        stats["scipy"] = outcome
+        x, loss = outcome.x, float(outcome.fun) if np.ndim(outcome.fun) == 0 else outcome.cost
+        result = RESULTS.successful if outcome.success else RESULTS.solver_failed
+        if not outcome.success and outcome.get("nit", outcome.get("nfev", -1)) >= run.max_steps:
+            result = RESULTS.max_steps_reached
+        detail = "" if outcome.success else f"SciPy: {outcome.message}"
+        if track.history[-1] != loss:
+            track.history.append(float(loss))
+    if result is RESULTS.nonfinite:
+        detail = f"at SciPy iteration {len(track.history)}"
+    return finish(
+        theta=jnp.asarray(np.asarray(x), dtype=theta0.dtype),
+        loss=loss,
+        history=track.history,
+        steps=len(track.history) - 1,
+        result=result,
+        wall_time=time.perf_counter() - run.start,
+        method=run.method,
+        where=run.where,
+        detail=detail,
+        throw=run.throw,
+        stats=stats,
+    )
+
+
+class _Residual:
+    """Jitted flattened residual and dense Jacobian, as float64 NumPy for SciPy."""
+
+    def __init__(self, fn, args, dtype, jac: str):
+        dynamic, static = eqx.partition((fn, args), eqx.is_array)
+
+        def r(x, dynamic):
+            fn, args = eqx.combine(dynamic, static)
+            return jnp.ravel(fn(x, *args))
+
+        self.dtype, self._dynamic = dtype, dynamic
+        self._r = jax.jit(r)
+        self._j = jax.jit(jax.jacfwd(r) if jac == "fwd" else jax.jacrev(r))
+
+    def residual(self, x) -> np.ndarray:
+        out = np.asarray(self._r(jnp.asarray(x, dtype=self.dtype), self._dynamic), np.float64)
+        if not np.all(np.isfinite(out)):
+            raise _Abort(RESULTS.nonfinite)
+        return out
+
+    def jacobian(self, x) -> np.ndarray:
+        out = self._j(jnp.asarray(x, dtype=self.dtype), self._dynamic)
+        return np.asarray(out, dtype=np.float64)
+
+
+def scipy_least_squares(residual, theta0, args, name, tol, jac, options, run: Run):
+    res = _Residual(residual, args, theta0.dtype, jac)
+    x0 = np.asarray(theta0, dtype=np.float64)
+    tols = {} if tol is None else dict(xtol=tol, ftol=tol, gtol=tol)
+    kwargs = dict(method=name.lower(), jac=res.jacobian, max_nfev=run.max_steps, **tols)
+    with Progress(run.max_steps, run.progress, run.where) as bar:
+        r0 = res.residual(x0)
+        track = _Tracker(x0, 0.5 * float(r0 @ r0), run, bar)
+
+        def cb(intermediate_result):
+            track.see(intermediate_result.x, float(intermediate_result.cost))
+
+        # SciPy's `lm` (MINPACK) takes no callback and warns if given one.
+        if kwargs["method"] != "lm":
+            kwargs["callback"] = cb
+        outcome = _call(lambda: scipy.optimize.least_squares(res.residual, x0, **kwargs, **options))
+    return _scipy_finish(outcome, track, theta0, run)
