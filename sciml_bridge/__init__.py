@@ -5,8 +5,18 @@ from ._destructure import Restructure as Restructure, destructure as destructure
 from ._flat import AbstractFlatModel as AbstractFlatModel, FlatModel as FlatModel, flat as flat
 from ._flat_mlp import FlatMLP as FlatMLP
 from ._laplacian import grad_x as grad_x, laplacian as laplacian
+from ._least_squares import least_squares as least_squares
+from ._minimize import minimize as minimize
 from ._neural_ode import NeuralODE as NeuralODE
 from ._precision import PrecisionLossWarning as PrecisionLossWarning
+from ._result import (
+    RESULTS as RESULTS,
+    NonFiniteLossError as NonFiniteLossError,
+    OptimizationError as OptimizationError,
+    Solution as Solution,
+)
+from ._scipy import ScipyObjective as ScipyObjective, scipy_objective as scipy_objective
+from ._serialise import load as load, save as save
 
 
 __version__ = "0.1.0"
