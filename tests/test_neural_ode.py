@@ -1,0 +1,176 @@
+"""`sb.NeuralODE`: trajectories against closed forms, gradients of every adjoint against central
+differences, hybrid vector fields, batching, failures, and least squares through the solve."""
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import central_difference, tree_allclose
+
+import sciml_bridge as sb
+
+
+TIGHT = diffrax.PIDController(rtol=1e-10, atol=1e-10)
+TS = jnp.linspace(0.0, 1.0, 4)
+Y0 = jnp.array([1.0, 0.5])
+ADJOINTS = {
+    "recursive": diffrax.RecursiveCheckpointAdjoint(),
+    "backsolve": diffrax.BacksolveAdjoint(),
+    "direct": diffrax.DirectAdjoint(),
+    "forward": diffrax.ForwardMode(),
+}
+
+
+def _rotation(theta, y):
+    return theta.reshape(2, 2) @ y
+
+
+def _mlp_fm():
+    # 2 -> 8 -> 2 tanh: 42 parameters, small enough for 84 finite-difference solves.
+    mlp = eqx.nn.MLP(2, 2, 8, 1, activation=jnp.tanh, key=jax.random.key(0), dtype=jnp.float64)
+    return sb.flat(mlp)
+
+
+FM = _mlp_fm()
+DATA = jnp.stack([jnp.cos(TS), jnp.sin(TS)], axis=1)
+
+
+def _loss_for(adjoint):
+    node = sb.NeuralODE(FM, adjoint=adjoint, stepsize_controller=TIGHT)
+    return lambda theta: jnp.sum((node(theta, Y0, TS) - DATA) ** 2)
+
+
+@pytest.fixture(scope="module")
+def fd_gradient():
+    return central_difference(jax.jit(_loss_for(ADJOINTS["recursive"])), FM.theta0, eps=1e-5)
+
+
+@pytest.fixture(scope="module")
+def adjoint_gradients():
+    grads = {}
+    for name, adjoint in ADJOINTS.items():
+        # ForwardMode only supports forward-mode AD (PITFALLS: Diffrax), hence `jacfwd`.
+        diff = jax.jacfwd if name == "forward" else jax.grad
+        grads[name] = np.asarray(jax.jit(diff(_loss_for(adjoint)))(FM.theta0))
+    return grads
+
+
+def test_linear_ode_matches_closed_form():
+    node = sb.NeuralODE(_rotation, stepsize_controller=TIGHT)
+    ts = jnp.linspace(0.0, 2.0, 7)
+    ys = node(jnp.array([0.0, 1.0, -1.0, 0.0]), jnp.array([1.0, 0.0]), ts)
+    assert ys.shape == (7, 2) and ys.dtype == jnp.float64
+    assert tree_allclose(ys, jnp.stack([jnp.cos(ts), -jnp.sin(ts)], axis=1), rtol=1e-8, atol=1e-9)
+
+
+def test_output_shape_follows_state_shape_and_dtype():
+    fm = lambda theta, y: -theta[0] * y
+    ys = sb.NeuralODE(fm)(
+        jnp.array([0.5], jnp.float32),
+        jnp.ones((3, 2), jnp.float32),
+        jnp.linspace(0.0, 1.0, 5, dtype=jnp.float32),
+    )
+    assert ys.shape == (5, 3, 2) and ys.dtype == jnp.float32
+    assert np.allclose(ys[-1], np.exp(-0.5), rtol=1e-5)
+
+
+def test_time_dependent_vector_field():
+    node = sb.NeuralODE(
+        lambda theta, t, y: theta * t, time_dependent=True, stepsize_controller=TIGHT
+    )
+    ts = jnp.linspace(0.0, 2.0, 5)
+    ys = node(jnp.array([3.0]), jnp.array([1.0]), ts)
+    assert tree_allclose(ys[:, 0], 1.0 + 1.5 * ts**2, rtol=1e-9, atol=1e-9)
+
+
+def test_general_path_rebuilt_once_gives_identical_trajectory():
+    # NeuralODE rebuilds a general FlatModel outside the solve; the math must be `fm(theta, y)`.
+    plain = sb.NeuralODE(lambda theta, y: FM(theta, y))(FM.theta0, Y0, TS)
+    assert tree_allclose(sb.NeuralODE(FM)(FM.theta0, Y0, TS), plain, rtol=1e-14, atol=1e-14)
+
+
+def test_vmap_over_initial_conditions():
+    node = sb.NeuralODE(FM)
+    y0s = jnp.array([[1.0, 0.5], [-0.3, 0.2], [0.0, 1.0]])
+    batched = jax.vmap(node, in_axes=(None, 0, None))(FM.theta0, y0s, TS)
+    assert batched.shape == (3, 4, 2)
+    one_by_one = jnp.stack([node(FM.theta0, y0, TS) for y0 in y0s])
+    assert tree_allclose(batched, one_by_one, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(ADJOINTS))
+def test_adjoint_gradient_matches_central_differences(name, fd_gradient, adjoint_gradients):
+    grad = adjoint_gradients[name]
+    assert grad.dtype == np.float64 and grad.shape == FM.theta0.shape
+    assert np.linalg.norm(grad - fd_gradient) / np.linalg.norm(fd_gradient) < 1e-6
+    # Every entry, not only the norm (small entries get an absolute floor).
+    assert np.allclose(grad, fd_gradient, rtol=1e-6, atol=1e-6 * np.abs(fd_gradient).max())
+
+
+@pytest.mark.slow
+def test_adjoint_gradients_agree_with_each_other(adjoint_gradients):
+    reference = adjoint_gradients["recursive"]
+    for name, grad in adjoint_gradients.items():
+        # Backsolve integrates a continuous adjoint ODE; the others differentiate the steps.
+        rtol = 1e-7 if name == "backsolve" else 1e-10
+        assert np.allclose(grad, reference, rtol=rtol, atol=rtol * np.abs(reference).max()), name
+
+
+def _decay(t, y, theta, args):
+    rate, scale = args
+    return -rate * scale * theta[0] * y
+
+
+def test_hybrid_vector_field_and_gradient_through_user_args():
+    node = sb.NeuralODE.hybrid(_decay, stepsize_controller=TIGHT)
+    theta, ts = jnp.array([2.0]), jnp.linspace(0.0, 1.0, 3)
+    args = (jnp.array(0.5), jnp.array(1.5))
+    ys = node(theta, jnp.array([1.0]), ts, args)
+    assert tree_allclose(ys[:, 0], jnp.exp(-1.5 * ts), rtol=1e-9, atol=1e-10)
+    # Both `theta` and the user's `args` travel as Diffrax `args`: both are differentiable.
+    end = lambda theta, args: node(theta, jnp.array([1.0]), ts, args)[-1, 0]
+    d_theta, (d_rate, d_scale) = jax.grad(end, argnums=(0, 1))(theta, args)
+    assert np.allclose(d_theta, -0.75 * np.exp(-1.5), rtol=1e-7)
+    assert np.allclose(d_rate, -3.0 * np.exp(-1.5), rtol=1e-7)
+    assert np.allclose(d_scale, -1.0 * np.exp(-1.5), rtol=1e-7)
+
+
+def test_hybrid_rejects_time_dependent():
+    with pytest.raises(ValueError, match="always receives `t`"):
+        sb.NeuralODE.hybrid(_decay, time_dependent=True)
+
+
+def test_args_without_hybrid_is_a_type_error():
+    with pytest.raises(TypeError, match="has nowhere to put them"):
+        sb.NeuralODE(FM)(FM.theta0, Y0, TS, (1.0,))
+
+
+def test_dtype_mismatch_names_the_fix():
+    with pytest.raises(TypeError, match=r"y0.astype\(theta.dtype\)"):
+        sb.NeuralODE(FM)(FM.theta0, Y0.astype(jnp.float32), TS)
+
+
+@pytest.mark.parametrize("ts", [jnp.array([0.0]), jnp.zeros((2, 2))])
+def test_bad_ts_is_a_value_error(ts):
+    with pytest.raises(ValueError, match="at least two"):
+        sb.NeuralODE(FM)(FM.theta0, Y0, ts)
+
+
+def _blow_up(theta, y):
+    return theta * y**2  # y0 = 1, theta = 1: y = 1 / (1 - t) blows up at t = 1
+
+
+def test_solver_failure_raises_with_the_fix():
+    node = sb.NeuralODE(_blow_up)
+    with pytest.raises(eqx.EquinoxRuntimeError, match="reached `max_steps`.*throw=False"):
+        node(jnp.array([1.0]), jnp.array([1.0]), jnp.linspace(0.0, 2.0, 5)).block_until_ready()
+
+
+def test_solver_failure_without_throw_gives_inf_after_failure():
+    ys = sb.NeuralODE(_blow_up, throw=False)(
+        jnp.array([1.0]), jnp.array([1.0]), jnp.linspace(0.0, 2.0, 5)
+    )
+    assert np.isfinite(ys[:2]).all() and np.isinf(ys[3:]).all()
