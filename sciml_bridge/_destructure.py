@@ -38,6 +38,13 @@ Fix: pick a floating dtype wide enough for every parameter (e.g. `dtype=jnp.floa
 complex dtype for complex parameters), or leave `dtype=None`."""
 
 
+_MSG_PARAMS = """\
+`sb.destructure(..., params=...)` expected a callable `leaf -> bool` or a pytree prefix of the
+model (an Equinox filter spec), but got a {got} that does not match the model's structure.
+Fix: `spec = jax.tree.map(lambda _: False, model)`, then set the chosen leaves to True with
+`eqx.tree_at`."""
+
+
 class _Slot(NamedTuple):
     """One parameter: its place in theta and every place it occupies in the tree."""
 
@@ -158,15 +165,13 @@ def _param_flags(model: Model, leaves: list, params) -> list[bool]:
     if params is None:
         return flags
     # Equinox filter semantics: a callable, or a pytree prefix of bools/callables.
-    chosen = eqx.filter(model, params, replace=_NOT_PARAM, is_leaf=_is_state_index)
+    try:
+        chosen = eqx.filter(model, params, replace=_NOT_PARAM, is_leaf=_is_state_index)
+    except ValueError as e:
+        raise ValueError(_MSG_PARAMS.format(got=type(params).__name__)) from e
     chosen_leaves = jtu.tree_leaves(chosen, is_leaf=lambda x: x is _NOT_PARAM or _is_state_index(x))
     if len(chosen_leaves) != len(leaves):
-        raise ValueError(
-            "`sb.destructure(..., params=...)` expected `params` to be a callable or a pytree "
-            f"prefix of the model, but selecting with it gave {len(chosen_leaves)} leaves for "
-            f"a model with {len(leaves)}. Fix: build it with `jax.tree.map(lambda _: False, "
-            "model)` and set the chosen leaves to True (or use `eqx.tree_at`)."
-        )
+        raise ValueError(_MSG_PARAMS.format(got=type(params).__name__))
     return [f and c is not _NOT_PARAM for f, c in zip(flags, chosen_leaves)]
 
 

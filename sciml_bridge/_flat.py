@@ -1,7 +1,7 @@
 """`FlatModel`: a nested model seen as `f(theta, *inputs)`, the object every bridge consumes."""
 
 import abc
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import equinox as eqx
@@ -92,6 +92,13 @@ def _nnx_parts(model: Any):
     return _MergeNNX(graphdef), (params, rest), spec
 
 
+def _params_collection(variables: Model):
+    """Flax-style `{"params": ..., "batch_stats": ...}`: train only the "params" collection."""
+    if isinstance(variables, Mapping) and "params" in variables and len(variables) > 1:
+        return type(variables)({k: k == "params" for k in variables})
+    return None
+
+
 def flat(
     model: Model | Callable[..., Any],
     variables: Model | None = None,
@@ -122,7 +129,9 @@ def flat(
     **Arguments:**
 
     - `model`: the model, or a pure `apply_fn` when `variables` is given.
-    - `variables`: the parameters of `apply_fn` (e.g. Flax's `{"params": ...}`).
+    - `variables`: the parameters of `apply_fn` (e.g. Flax's `{"params": ...}`; when other
+        collections such as `"batch_stats"` are present, only `"params"` is trained unless
+        `params=` says otherwise).
     - `params`, `dtype`, `precision`: as in `sb.destructure`.
     - `fast`: `"auto"` uses the slice-based fast path (`sb.FlatMLP`) when the model is one it
         knows (`eqx.nn.MLP`) with the very same `theta` layout; `True` requires it; `False`
@@ -138,6 +147,8 @@ def flat(
         raise ValueError(f"`sb.flat(..., fast=...)` expected 'auto', True or False, got {fast!r}.")
     kwargs = dict(params=params, dtype=dtype, precision=precision)
     if variables is not None:
+        if params is None:
+            kwargs["params"] = _params_collection(variables)
         theta0, re = destructure(variables, **kwargs)
         return FlatModel(theta0, re, _ApplyVariables(model))
     nnx_parts = _nnx_parts(model)

@@ -82,8 +82,10 @@ def complex_dtype(dtype) -> np.dtype:
 def promote(dtypes) -> np.dtype:
     """The dtype that holds every dtype in `dtypes` exactly (JAX's lattice, never strict)."""
     out = None
-    for dtype in dtypes:
-        out = dtype if out is None else jnp.promote_types(out, dtype)
+    # Our own choice of theta dtype must not depend on the user's promotion mode.
+    with jax.numpy_dtype_promotion("standard"):
+        for dtype in dtypes:
+            out = dtype if out is None else jnp.promote_types(out, dtype)
     return np.dtype(out if out is not None else jnp.zeros(()).dtype)
 
 

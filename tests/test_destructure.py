@@ -1,0 +1,221 @@
+import re as re_module
+from typing import NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import TraceCounter, central_difference, tree_allclose
+
+import sciml_bridge as sb
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    return eqx.nn.MLP(1, 1, 10, 3, activation=jnp.tanh, key=jax.random.key(0))
+
+
+def test_flux_1826_shared_weights_one_slot_gradients_summed():
+    s = jnp.array([7.0, 7.0])
+    tree = {"x": s, "y": jnp.array([3.0, 4.0]), "z": s}
+    theta, re = sb.destructure(tree)
+    np.testing.assert_array_equal(theta, [7.0, 7.0, 3.0, 4.0])
+    rebuilt = re(theta)
+    assert rebuilt["x"] is rebuilt["z"]
+
+    def loss(th):
+        t = re(th)
+        return jnp.sum(t["x"]) + 2 * jnp.sum(t["z"]) + jnp.sum(t["y"] ** 2)
+
+    np.testing.assert_allclose(jax.grad(loss)(theta), [3.0, 3.0, 6.0, 8.0])
+    np.testing.assert_allclose(jax.grad(loss)(theta), central_difference(loss, theta), rtol=1e-8)
+
+
+def test_equinox_shared_ties_embedding():
+    class Tied(eqx.Module):
+        shared: eqx.nn.Shared
+
+        def __init__(self, key):
+            emb = eqx.nn.Linear(3, 4, use_bias=False, key=key)
+            out = eqx.nn.Linear(4, 3, use_bias=False, key=key)
+            self.shared = eqx.nn.Shared((emb, out), lambda p: p[1].weight,
+                                        lambda p: p[0].weight.T)
+
+        def __call__(self, x):
+            emb, out = self.shared()
+            return out(emb(x))
+
+    model = Tied(jax.random.key(1))
+    theta, re = sb.destructure(model)
+    assert theta.shape == (12,)
+    x = jnp.arange(3.0)
+    assert jnp.array_equal(re(theta)(x), model(x))
+    loss = lambda th: jnp.sum(re(th)(x) ** 2)
+    np.testing.assert_allclose(jax.grad(loss)(theta), central_difference(loss, theta), rtol=1e-7)
+
+
+def test_mlp_251_parameters_and_exact_call(mlp):
+    theta, re = sb.destructure(mlp)
+    assert theta.shape == (251,) and re.size == 251
+    x = jnp.array([0.3])
+    assert jnp.array_equal(re(theta)(x), mlp(x))
+    assert re.paths[:2] == (".layers[0].weight", ".layers[0].bias")
+    assert re.offsets[:3] == (0, 10, 20) and re.shapes[2] == (10, 10)
+
+
+def test_batchnorm_buffers_are_not_parameters():
+    bn = eqx.nn.BatchNorm(3, "batch", mode="ema")
+    theta, re = sb.destructure(bn)
+    assert theta.shape == (6,)
+    assert re(theta).ema_state_index is bn.ema_state_index
+
+
+def test_empty_and_parameterless_trees():
+    theta, re = sb.destructure({})
+    assert theta.shape == (0,) and re(theta) == {}
+    tree = {"n": 3, "f": jnp.sin, "i": jnp.arange(3), "s": "name", "none": None}
+    theta, re = sb.destructure(tree)
+    assert theta.shape == (0,)
+    out = re(theta)
+    assert all(out[k] is tree[k] for k in tree)
+
+
+def test_non_parameters_pass_through_as_same_objects():
+    class Pair(NamedTuple):
+        w: jax.Array
+        steps: jax.Array
+
+    tree = [Pair(jnp.ones((2, 2)), jnp.array(5)), (1.5, "tag", np.arange(2)), None]
+    theta, re = sb.destructure(tree)
+    assert theta.shape == (4,)
+    out = re(theta + 1)
+    assert isinstance(out[0], Pair) and out[0].steps is tree[0].steps
+    assert out[1][0] == 1.5 and out[1][1] == "tag" and out[1][2] is tree[1][2]
+    np.testing.assert_array_equal(out[0].w, 2 * np.ones((2, 2)))
+
+
+def test_params_callable_and_filter_spec_freeze_leaves():
+    tree = {"a": jnp.ones(2), "b": jnp.full(3, 2.0)}
+    theta, re = sb.destructure(tree, params=lambda leaf: leaf.shape == (2,))
+    assert theta.shape == (2,) and re(theta)["b"] is tree["b"]
+    theta, re = sb.destructure(tree, params={"a": False, "b": True})
+    np.testing.assert_array_equal(theta, [2.0, 2.0, 2.0])
+    assert re(theta)["a"] is tree["a"]
+    with pytest.raises(ValueError, match="pytree prefix of the\nmodel"):
+        sb.destructure(tree, params=[True, False, True])
+
+
+def test_complex_parameters_keep_imaginary_parts():
+    tree = {"c": jnp.array([1 + 2j, 3 - 1j]), "r": jnp.array([0.5, 1.5])}
+    theta, re = sb.destructure(tree)
+    assert theta.dtype == jnp.complex128
+    out = re(theta)
+    assert out["c"].dtype == jnp.complex128 and out["r"].dtype == jnp.float64
+    assert tree_allclose(out, tree, rtol=0, atol=0)
+    bad = theta.at[2].set(0.5 + 1e-3j)
+    with pytest.raises(ValueError, match=r"real leaf `\['r'\]` have a non-zero\simaginary"):
+        re(bad)
+    with pytest.raises(Exception, match="(?s)non-zero.imaginary"):
+        jax.block_until_ready(jax.jit(re)(bad)["r"])
+
+
+def test_vector_precision_wins(mlp):
+    mlp32 = eqx.nn.MLP(1, 1, 10, 3, activation=jnp.tanh, key=jax.random.key(0),
+                       dtype=jnp.float32)
+    theta32, re = sb.destructure(mlp32)
+    assert theta32.dtype == jnp.float32
+    theta64 = theta32.astype(jnp.float64) + 1e-12
+    out = re(theta64)(jnp.array([0.3]))
+    assert out.dtype == jnp.float64
+    np.testing.assert_allclose(out, mlp32(jnp.array([0.3], jnp.float32)), rtol=1e-5)
+    assert re(theta64).layers[0].weight[0, 0] == theta64[0]  # the 1e-12 survived
+    promoted, _ = sb.destructure(mlp32, dtype=jnp.float64)
+    assert promoted.dtype == jnp.float64
+    mixed = {"a": jnp.ones(2, jnp.float32), "b": jnp.ones(2, jnp.float64)}
+    theta, re = sb.destructure(mixed)
+    assert theta.dtype == jnp.float64 and re(theta)["a"].dtype == jnp.float64
+    assert re(theta.astype(jnp.float32))["b"].dtype == jnp.float32
+
+
+def test_model_precision_casts_back_and_warns_once_per_leaf():
+    tree = {"a": jnp.ones(2, jnp.float32), "b": jnp.ones(1, jnp.float32)}
+    _, re = sb.destructure(tree, precision="model")
+    with pytest.warns(sb.PrecisionLossWarning, match="losing precision") as record:
+        out = re(jnp.full(3, 1 / 3, jnp.float64))
+    leaves = [re_module.search(r"leaf `(.*?)`", str(r.message)).group(1) for r in record]
+    assert leaves == ["['a']", "['b']"]
+    assert out["a"].dtype == jnp.float32
+    with jax.numpy_dtype_promotion("standard"):
+        out = re(jnp.zeros(3, jnp.float64))  # already warned: must stay silent
+    assert out["b"].dtype == jnp.float32
+
+
+def test_strict_precision_refuses_any_cast():
+    tree = {"a": jnp.ones(2, jnp.float32)}
+    theta, re = sb.destructure(tree, precision="strict")
+    assert re(theta)["a"].dtype == jnp.float32
+    with pytest.raises(TypeError, match="Strict mode allows no cast"):
+        re(theta.astype(jnp.float64))
+    with pytest.raises(TypeError, match="precision=\"strict\""):
+        sb.destructure(tree, precision="strict", dtype=jnp.float64)
+
+
+def test_errors_say_expected_got_and_fix(mlp):
+    theta, re = sb.destructure(mlp)
+    with pytest.raises(ValueError, match=r"(?s)length 251 .* got shape \(250,\)"):
+        re(theta[:-1])
+    with pytest.raises(TypeError, match=r"expected a 1-D `theta`, but got shape \(1, 251\)"):
+        re(theta[None])
+    with pytest.raises(TypeError, match="floating or complex `theta`, but got dtype int"):
+        re(jnp.zeros(251, jnp.int32))
+    with pytest.raises(ValueError, match="precision"):
+        sb.destructure(mlp, precision="fast")
+    with pytest.raises(TypeError, match="non-floating"):
+        sb.destructure(mlp, dtype=jnp.int32)
+    with pytest.raises(TypeError, match="imaginary parts"):
+        sb.destructure({"c": jnp.ones(2, jnp.complex128)}, dtype=jnp.float64)
+
+
+def test_transforms_jit_grad_jvp_vmap_hessian(mlp):
+    theta, re = sb.destructure(mlp)
+    x = jnp.array([0.7])
+    f = lambda th: re(th)(x)[0]
+    assert jax.jit(f)(theta) == f(theta)
+    np.testing.assert_allclose(jax.grad(f)(theta), jax.jacfwd(f)(theta), rtol=1e-12)
+    tangent = jnp.ones_like(theta)
+    _, jvp = jax.jvp(f, (theta,), (tangent,))
+    np.testing.assert_allclose(jvp, jax.grad(f)(theta) @ tangent, rtol=1e-12)
+    batch = jnp.stack([theta, 2 * theta, -theta])
+    out = jax.vmap(f)(batch)
+    np.testing.assert_allclose(out, [f(t) for t in batch], rtol=1e-12)
+    hess = jax.hessian(f)(theta)
+    np.testing.assert_allclose(hess, hess.T, atol=1e-12)
+    np.testing.assert_allclose(hess[0], jax.jacfwd(jax.grad(f))(theta)[0], rtol=1e-12)
+
+
+def test_hessian_through_destructure_itself():
+    def g(w):
+        theta, re = sb.destructure({"w": w, "k": 3})
+        return jnp.sum(re(theta)["w"] ** 3)
+
+    w = jnp.array([1.0, -2.0, 0.5])
+    np.testing.assert_allclose(jax.hessian(g)(w), np.diag(6 * np.asarray(w)), rtol=1e-12)
+
+
+def test_restructure_is_hashable_equal_and_never_retraces(mlp):
+    theta, re = sb.destructure(mlp)
+    _, re2 = sb.destructure(mlp)
+    assert re == re2 and hash(re) == hash(re2)
+    counted = TraceCounter(lambda r, th: r(th)(jnp.array([0.1]))[0])
+    f = jax.jit(counted)
+    f(re, theta)
+    f(re2, theta + 1.0)
+    f(re, 2.0 * theta)
+    assert counted.count == 1
+    g = jax.jit(TraceCounter(lambda r, th: r(th)(jnp.array([0.1]))[0]), static_argnums=0)
+    g(re, theta)
+    g(re2, theta - 1.0)
+    assert g.__wrapped__.count == 1
+    other = eqx.nn.MLP(1, 1, 10, 2, key=jax.random.key(0))
+    assert re != sb.destructure(other)[1]

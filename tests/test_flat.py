@@ -1,0 +1,120 @@
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import optimistix as optx
+import pytest
+import scipy.optimize
+from helpers import TraceCounter
+
+import sciml_bridge as sb
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    return eqx.nn.MLP(2, 2, 8, 2, activation=jnp.tanh, key=jax.random.key(3))
+
+
+@pytest.fixture(scope="module")
+def fm(mlp):
+    return sb.flat(mlp, fast=False)
+
+
+def test_flat_equinox_matches_model(mlp, fm):
+    x = jnp.array([0.2, -0.4])
+    assert fm.size == 2 * 8 + 8 + 8 * 8 + 8 + 8 * 2 + 2 and not fm.is_fast
+    assert jnp.array_equal(fm(fm.theta0, x), mlp(x))
+    assert jnp.array_equal(fm.restructure(fm.theta0)(x), mlp(x))
+    assert isinstance(fm, sb.AbstractFlatModel)
+
+
+def test_jitted_flat_model_never_retraces(fm):
+    counted = TraceCounter(fm)
+    f = jax.jit(counted)
+    x = jnp.ones(2)
+    for k in range(3):
+        f(fm.theta0 + k, x)
+    assert counted.count == 1
+    g = jax.jit(jax.grad(lambda th, x: jnp.sum(fm(th, x) ** 2)))
+    g(fm.theta0, x)
+    assert g._cache_size() == 1
+    g(fm.theta0 * 2, x)
+    assert g._cache_size() == 1
+
+
+def test_flax_linen_apply_fn_form():
+    nn = pytest.importorskip("flax.linen")
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x, train: bool = False):
+            x = nn.Dense(4)(x)
+            x = nn.BatchNorm(use_running_average=not train)(x)
+            return nn.Dense(1)(jnp.tanh(x))
+
+    net = Net()
+    variables = net.init(jax.random.key(0), jnp.ones((3, 2), jnp.float32))
+    fm = sb.flat(net.apply, variables)
+    # Only the "params" collection is trained; batch statistics ride along.
+    assert fm.size == (2 * 4 + 4) + (4 + 4) + (4 + 1)
+    x = jnp.arange(6.0, dtype=jnp.float32).reshape(3, 2)  # Flax stores float32 params
+    assert fm.theta0.dtype == jnp.float32
+    assert jnp.array_equal(fm(fm.theta0, x), net.apply(variables, x))
+    grad = jax.grad(lambda th: jnp.sum(fm(th, x)))(fm.theta0)
+    assert grad.shape == (fm.size,) and jnp.all(jnp.isfinite(grad))
+
+
+def test_flax_nnx_module_form():
+    nnx = pytest.importorskip("flax.nnx")
+
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.lin = nnx.Linear(2, 3, rngs=rngs)
+            self.bn = nnx.BatchNorm(3, use_running_average=True, rngs=rngs)
+
+        def __call__(self, x):
+            return self.bn(self.lin(x))
+
+    net = Net(nnx.Rngs(0))
+    fm = sb.flat(net)
+    assert fm.size == 2 * 3 + 3 + 3 + 3
+    x = jnp.ones((4, 2), jnp.float32)
+    np.testing.assert_array_equal(jax.jit(fm)(fm.theta0, x), net(x))
+    shifted = fm(fm.theta0.at[6].add(1.0), x)  # the first bias entry: column 0 moves
+    assert not np.allclose(shifted[:, 0], net(x)[:, 0]) and np.allclose(shifted[:, 1:], net(x)[:, 1:])
+
+
+def test_consumers_take_a_flat_model_as_is(fm):
+    x = jnp.array([0.5, -1.0])
+    target = jnp.array([0.3, -0.2])
+    residual = lambda th, args: fm(th, args[0]) - args[1]
+    sol = optx.least_squares(residual, optx.LevenbergMarquardt(1e-10, 1e-10), fm.theta0,
+                             args=(x, target), max_steps=200)
+    np.testing.assert_allclose(fm(sol.value, x), target, atol=1e-8)
+
+    loss = jax.jit(lambda th: jnp.sum(residual(th, (x, target)) ** 2))
+    grad = jax.jit(jax.grad(lambda th: jnp.sum(residual(th, (x, target)) ** 2)))
+    res = scipy.optimize.minimize(lambda th: float(loss(th)), np.asarray(fm.theta0),
+                                  jac=lambda th: np.asarray(grad(th)), method="BFGS")
+    assert res.fun < 1e-10
+
+    opt = optax.adam(1e-2)
+    theta, state = fm.theta0, opt.init(fm.theta0)
+    with jax.numpy_dtype_promotion("standard"):  # optax 0.2.8 is not strict-promotion clean
+        for _ in range(5):
+            updates, state = opt.update(grad(theta), state)
+            theta = optax.apply_updates(theta, updates)
+    assert loss(theta) < loss(fm.theta0)
+
+    term = diffrax.ODETerm(lambda t, y, th: fm(th, y))
+    sol = diffrax.diffeqsolve(term, diffrax.Tsit5(), 0.0, 0.1, 0.01, x, args=fm.theta0)
+    assert sol.ys.shape == (1, 2) and jnp.all(jnp.isfinite(sol.ys))
+
+
+def test_flat_argument_errors(mlp):
+    with pytest.raises(ValueError, match="fast"):
+        sb.flat(mlp, fast="sometimes")
+    with pytest.raises(TypeError, match="fast=True"):
+        sb.flat({"w": jnp.ones(2)}, fast=True)
