@@ -8,6 +8,13 @@ from ._laplacian import grad_x as grad_x, laplacian as laplacian
 from ._least_squares import least_squares as least_squares
 from ._minimize import minimize as minimize
 from ._neural_ode import NeuralODE as NeuralODE
+from ._pinn import (
+    PINN as PINN,
+    ErrorReport as ErrorReport,
+    Field as Field,
+    error_report as error_report,
+    pinn as pinn,
+)
 from ._precision import PrecisionLossWarning as PrecisionLossWarning
 from ._result import (
     RESULTS as RESULTS,

@@ -1,0 +1,283 @@
+"""Physics-informed losses from a FlatModel: one residual vector, two kinds of solver.
+
+A PINN problem is a list of terms `(residual_fn, points)`: the PDE in the interior, the
+boundary and initial conditions on their faces, data if any. `sb.pinn` evaluates each term at
+its points, scales it, and concatenates everything into one residual vector `r(theta)`, whose
+squared norm is the usual weighted mean-squared PINN loss. The same problem then runs with a
+first-order method (`sb.minimize(problem.loss, ...)`) or with a second-order least-squares method
+(`sb.least_squares(problem.residual, ...)`): switching is a one-word edit.
+
+Residual functions see the network through a `Field`: `u(x)`, `u.grad(x)`, `u.laplacian(x)`,
+`u.hessian(x)`, computed by `sb.grad_x` / `sb.laplacian` (a forward-Laplacian pass on the fast
+path). Nothing here knows about a particular PDE.
+"""
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, PyTree
+
+from ._custom_types import LossScalar, Theta
+from ._flat import AbstractFlatModel
+from ._laplacian import grad_x, laplacian
+
+
+_MSG_TERMS = """\
+`sb.pinn(fm, terms)` expected `terms` to be a non-empty mapping `{{name: (residual_fn, points)}}`
+(or a sequence of `(residual_fn, points)` pairs) where `residual_fn(u, x)` gives the residual at
+one point and `points` has a leading axis of points, but got {got}.
+Example: `sb.pinn(fm, {{"pde": (pde, x_interior), "bc": (lambda u, x: u(x), x_boundary)}})`."""
+
+_MSG_POINTS = """\
+`sb.pinn` term {name!r}: expected `points` whose array leaves all share one non-zero leading
+axis (the points), but got leaf shapes {shapes}.
+Fix: pass a `(points, dim)` array such as the output of `sb.collocation_points`."""
+
+_MSG_WEIGHTS = """\
+`sb.pinn` expected `weights` to map term names (names among {names}) to non-negative
+floats, but got {got!r}. Terms left out of `weights` weigh 1."""
+
+
+class Field(eqx.Module):
+    """The network `x -> fm(theta, x)` at fixed `theta`, with its input derivatives.
+
+    Residual functions given to `sb.pinn` receive one as their first argument. Shapes follow
+    `fm`: for `fm(theta, x)` of shape `out`, `u.grad(x)` has shape `out + x.shape`,
+    `u.laplacian(x)` has shape `out`, and `u.hessian(x)` has shape `out + x.shape + x.shape`.
+
+    !!! example
+
+        ```python
+        def pde(u, x):           # -u'' = f  ->  residual -u'' - f
+            return -u.laplacian(x) - f(x)
+        ```
+    """
+
+    model: AbstractFlatModel
+    theta: Theta
+
+    def __call__(self, x: Array) -> Array:
+        return self.model(self.theta, x)
+
+    def grad(self, x: Array) -> Array:
+        """Jacobian of the output with respect to `x` (`sb.grad_x`)."""
+        return grad_x(self.model)(self.theta, x)
+
+    def laplacian(self, x: Array) -> Array:
+        """Sum of the second derivatives over all input axes (`sb.laplacian`)."""
+        return laplacian(self.model)(self.theta, x)
+
+    def hessian(self, x: Array) -> Array:
+        """All second input derivatives (forward mode over `sb.grad_x`), for mixed operators."""
+        return jax.jacfwd(lambda y: grad_x(self.model)(self.theta, y))(x)
+
+
+class PINN(NamedTuple):
+    """A PINN problem in the two forms solvers want, made by `sb.pinn`.
+
+    - `residual(theta)`: the 1-D vector of all scaled residuals, for `sb.least_squares`.
+    - `loss(theta)`: `0.5 * sum(residual(theta) ** 2)`, for `sb.minimize`. This is the objective
+        `sb.least_squares` reports, so losses of both verbs compare directly; it is half the
+        weighted mean-squared residual.
+    - `term_losses(theta)`: a dict with each term's share of `loss(theta)` (they add up to it),
+        for logging.
+    """
+
+    residual: Callable[[Theta], Array]
+    loss: Callable[[Theta], LossScalar]
+    term_losses: Callable[[Theta], dict[str, Array]]
+
+
+def pinn(
+    fm: AbstractFlatModel,
+    terms: Mapping[str, tuple[Callable, PyTree[Array]]] | Sequence[tuple[Callable, PyTree[Array]]],
+    *,
+    weights: Mapping[str, float] | None = None,
+) -> PINN:
+    """Build the residual and loss of a physics-informed network.
+
+    Each term is `(residual_fn, points)`. `residual_fn(u, x)` returns the residual (any shape)
+    at one point `x`, where `u` is a [`Field`][]; `points` has a leading axis of points (a
+    `(points, dim)` array, or a tuple of such arrays if a term needs data per point, which
+    `residual_fn(u, *row)` then receives). A term with `P` points and weight `w` contributes
+    `sqrt(w / P) * r` to the residual vector, so `loss = 0.5 * sum_k w_k * mean_p |r_k(x_p)|**2`.
+
+    !!! example
+
+        ```python
+        import jax, jax.numpy as jnp, sciml_bridge as sb
+        fm = sb.FlatMLP((1, 16, 1), key=jax.random.key(0), dtype=jnp.float64)
+        x_in = sb.collocation_points(-1.0, 1.0, 32, dtype=jnp.float64)
+        x_bc = sb.collocation_points(-1.0, 1.0, 2, where="boundary", dtype=jnp.float64)
+        f = lambda x: jnp.pi**2 * jnp.sin(jnp.pi * x)
+        problem = sb.pinn(fm, {
+            "pde": (lambda u, x: -u.laplacian(x) - f(x), x_in),
+            "bc": (lambda u, x: u(x), x_bc),
+        })
+        problem.residual(fm.theta0).shape   # (34,)
+        ```
+
+    **Arguments:**
+
+    - `fm`: the network, a FlatModel (`sb.FlatMLP` or `sb.flat(...)`) taking one unbatched `x`.
+    - `terms`: a mapping `{name: (residual_fn, points)}`, or a sequence of pairs (named
+        `"term0"`, `"term1"`, ...).
+    - `weights`: optional `{name: weight}`; missing names weigh 1.
+
+    **Returns:**
+
+    A [`PINN`][] with `residual`, `loss` and `term_losses`, plain pure functions of `theta`.
+
+    **Raises:**
+
+    - `ValueError`: empty or malformed `terms`, points without a common leading axis, unknown
+        names or negative values in `weights`.
+    """
+    named = _named_terms(terms)
+    scales = _scales(named, weights)
+
+    def term_residuals(theta: Theta) -> dict[str, Array]:
+        u = Field(fm, theta)
+        return {
+            name: scales[name] * _evaluate(fn, u, points).reshape(-1)
+            for name, (fn, points) in named.items()
+        }
+
+    def residual(theta: Theta) -> Array:
+        return jnp.concatenate(list(term_residuals(theta).values()))
+
+    def loss(theta: Theta) -> LossScalar:
+        r = residual(theta)
+        return 0.5 * jnp.sum(r * r)
+
+    def term_losses(theta: Theta) -> dict[str, Array]:
+        return {name: 0.5 * jnp.sum(r * r) for name, r in term_residuals(theta).items()}
+
+    return PINN(residual, loss, term_losses)
+
+
+def _evaluate(fn: Callable, u: Field, points: PyTree[Array]) -> Array:
+    if isinstance(points, tuple):
+        return jax.vmap(lambda row: fn(u, *row))(points)
+    return jax.vmap(lambda x: fn(u, x))(points)
+
+
+def _named_terms(terms) -> dict[str, tuple[Callable, Any]]:
+    if isinstance(terms, Mapping):
+        items = list(terms.items())
+    elif isinstance(terms, Sequence) and not isinstance(terms, str):
+        items = [(f"term{i}", term) for i, term in enumerate(terms)]
+    else:
+        raise ValueError(_MSG_TERMS.format(got=type(terms).__name__))
+    ok = items and all(
+        isinstance(t, tuple) and len(t) == 2 and callable(t[0]) for _, t in items
+    )
+    if not ok:
+        raise ValueError(_MSG_TERMS.format(got=repr(terms)[:200]))
+    for name, (_, points) in items:
+        _count(name, points)
+    return {str(name): (fn, points) for name, (fn, points) in items}
+
+
+def _count(name: str, points: PyTree[Array]) -> int:
+    leaves = jax.tree_util.tree_leaves(points)
+    shapes = [np.shape(leaf) for leaf in leaves]
+    if not shapes or any(len(s) == 0 for s in shapes) or len({s[0] for s in shapes}) != 1:
+        raise ValueError(_MSG_POINTS.format(name=name, shapes=shapes))
+    if shapes[0][0] == 0:
+        raise ValueError(_MSG_POINTS.format(name=name, shapes=shapes))
+    return shapes[0][0]
+
+
+def _scales(named: dict, weights: Mapping[str, float] | None) -> dict[str, float]:
+    weights = dict(weights or {})
+    bad = [k for k, w in weights.items() if k not in named or not float(w) >= 0]
+    if bad:
+        raise ValueError(_MSG_WEIGHTS.format(names=list(named), got=weights))
+    # Python floats: weak-typed, so the residual keeps the dtype of theta under strict promotion.
+    return {
+        name: float(np.sqrt(float(weights.get(name, 1.0)) / _count(name, points)))
+        for name, (_, points) in named.items()
+    }
+
+
+class ErrorReport(NamedTuple):
+    """How far a trained network is from a reference solution, made by `sb.error_report`.
+
+    `rel_l2` is `||u - u_ref|| / ||u_ref||` over the points, `max_abs` is `max |u - u_ref|`,
+    `rms` is the root-mean-square error; `prediction` and `reference` are the NumPy values (with
+    the network's output shape per point), kept for plots and error maps.
+    """
+
+    rel_l2: float
+    max_abs: float
+    rms: float
+    prediction: np.ndarray
+    reference: np.ndarray
+
+    def __str__(self) -> str:
+        return (
+            f"relative L2 error {self.rel_l2:.3e}, max |error| {self.max_abs:.3e} "
+            f"over {len(self.prediction)} points"
+        )
+
+
+_MSG_REFERENCE = """\
+`sb.error_report(fm, theta, points, reference)` expected `reference` to hold one value per
+network output ({want} values for prediction shape {shape}), but got shape {got}.
+Fix: pass an array of shape {shape} (or any shape with that many values), or a function of the
+whole `points` array that returns one."""
+
+
+def error_report(
+    fm: AbstractFlatModel,
+    theta: Theta,
+    points: Array,
+    reference: Array | np.ndarray | Callable[[Array], Any],
+) -> ErrorReport:
+    """Compare `fm(theta, x)` with a reference solution at `points`.
+
+    !!! example
+
+        ```python
+        report = sb.error_report(fm, res.theta, x_test, lambda x: jnp.sin(jnp.pi * x))
+        print(report)          # relative L2 error 1.2e-06, max |error| ...
+        ```
+
+    **Arguments:**
+
+    - `fm`, `theta`: the network and its parameters.
+    - `points`: a `(points, dim)` array; `fm` is evaluated at each row.
+    - `reference`: the reference values at `points`, or a function taking the whole `points`
+        array (vectorised NumPy or JAX) and returning them. Any shape with one value per network
+        output is accepted, e.g. `(points,)` for a scalar network with output shape `(1,)`.
+
+    **Returns:**
+
+    An [`ErrorReport`][] (`rel_l2`, `max_abs`, `rms`, `prediction`, `reference`).
+
+    **Raises:**
+
+    - `ValueError`: `reference` does not hold one value per network output.
+    """
+    prediction = np.asarray(jax.vmap(fm, in_axes=(None, 0))(theta, points))
+    values = reference(points) if callable(reference) else reference
+    values = np.asarray(values, dtype=prediction.dtype)
+    if values.size != prediction.size:
+        raise ValueError(
+            _MSG_REFERENCE.format(want=prediction.size, shape=prediction.shape, got=values.shape)
+        )
+    values = values.reshape(prediction.shape)
+    err = prediction - values
+    ref_norm = float(np.linalg.norm(values))
+    return ErrorReport(
+        rel_l2=float(np.linalg.norm(err)) / ref_norm if ref_norm > 0 else float("inf"),
+        max_abs=float(np.max(np.abs(err))),
+        rms=float(np.sqrt(np.mean(err * err))),
+        prediction=prediction,
+        reference=values,
+    )
