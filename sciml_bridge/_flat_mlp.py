@@ -181,10 +181,10 @@ class FlatMLP(AbstractFlatModel):
 
     def __call__(self, theta: ThetaLike, x: ArrayLike) -> Array:
         """`y = fm(theta, x)`: the network at one point `x` with parameters `theta`."""
-        theta = check_theta(theta, self.size, "fm(theta, x)")
-        h = self._input(theta, x)
-        for layer, activation in zip(self.layers, self.activations):
-            h = self._affine(theta, layer, h)
+        params = self._params(theta)
+        h = self._input(x, params[0][0].dtype)
+        for (w, b), activation in zip(params, self.activations):
+            h = w @ h if b is None else w @ h + b
             if activation is not None:
                 h = activation(h)
         return h[0] if self.out_size == "scalar" else h
@@ -197,12 +197,12 @@ class FlatMLP(AbstractFlatModel):
         `(f(z), f'(z) Jz, f'(z) Lz + f''(z) sum_k Jz[:, k]^2)`.
         Shapes follow `jax.jacfwd`: the Jacobian is `y.shape + x.shape`.
         """
-        theta = check_theta(theta, self.size, "fm(theta, x)")
-        h = self._input(theta, x)
+        params = self._params(theta)
+        h = self._input(x, params[0][0].dtype)
         jac = lap = None
-        for layer, activation in zip(self.layers, self.activations):
-            w = self._read(theta, layer.weight)
-            h = w @ h if layer.bias is None else w @ h + self._read(theta, layer.bias)
+        for (w, b), activation in zip(params, self.activations):
+            h = w @ h if b is None else w @ h + b
+            # The first layer's Jacobian is W itself: never multiply by an identity.
             jac = w if jac is None else w @ jac
             lap = None if lap is None else w @ lap
             if activation is not None:
@@ -210,23 +210,28 @@ class FlatMLP(AbstractFlatModel):
         lap = jnp.zeros_like(h) if lap is None else lap
         return self._shape_out(h, jac, lap)[: order + 1]
 
+    def _params(self, theta: ThetaLike) -> list[tuple[Array, Array | None]]:
+        """Every `(W, b)` as a static slice of `theta` (checked once, at trace time)."""
+        theta = check_theta(theta, self.size, "fm(theta, x)")
+        return [(self._read(theta, layer.weight),
+                 None if layer.bias is None else self._read(theta, layer.bias))
+                for layer in self.layers]
+
     def _read(self, theta: Theta, param: Param) -> Array:
         chunk = theta[param.start : param.start + param.size].reshape(param.shape)
         # Same dtype rules as `re(theta)`, so both paths agree under every `precision`.
         return cast_leaf(chunk, param.stored, param.path, self.restructure.precision,
                          id(self.layers))
 
-    def _affine(self, theta: Theta, layer: Layer, h: Array) -> Array:
-        z = self._read(theta, layer.weight) @ h
-        return z if layer.bias is None else z + self._read(theta, layer.bias)
-
-    def _input(self, theta: Theta, x: ArrayLike) -> Array:
+    def _input(self, x: ArrayLike, dtype) -> Array:
         x = jnp.asarray(x)
         want = () if self.in_size == "scalar" else (self.in_size,)
         if x.shape != want:
             raise ValueError(_MSG_X.format(size=self.in_size, want=want, got=x.shape))
-        dtype = self._read(theta, self.layers[0].weight).dtype
-        if x.dtype != dtype and not (jnp.iscomplexobj(x) and not jnp.iscomplexobj(theta)):
+        # Compute in the weights' dtype (theta's, under precision="vector"); a complex `x`
+        # into real weights stays complex rather than losing its imaginary part.
+        keep_complex = jnp.iscomplexobj(x) and np.dtype(dtype).kind != "c"
+        if x.dtype != dtype and not keep_complex:
             x = x.astype(dtype)
         return x.reshape(-1)
 
