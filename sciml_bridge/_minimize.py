@@ -35,7 +35,7 @@ SciPy's own loop, so there is no state between chunks to save. Fix: checkpoint a
 
 def prepare_theta0(theta0: ThetaLike, where: str) -> jnp.ndarray:
     """Refuse what would be silently wrong: float64 under x64 off, ints, complex, not 1-D."""
-    dtype = np.result_type(theta0)
+    dtype = np.dtype(theta0.dtype) if hasattr(theta0, "dtype") else np.asarray(theta0).dtype
     check_x64(dtype, f"`{where}`", "`theta0`")
     if np.ndim(theta0) != 1 or dtype.kind != "f":
         what = f"shape {np.shape(theta0)} and dtype {dtype}"

@@ -108,9 +108,8 @@ def finish(
     stats: dict | None = None,
 ) -> Solution:
     """Build the `Solution`, phrase its message, and raise it when `throw=True` and it failed."""
-    message = f"`{where}` {result.message}"
-    if detail:
-        message = f"{message} ({detail})"
+    head = f"`{where}` ({detail})" if detail else f"`{where}`"
+    message = f"{head}: {result.message}"
     sol = Solution(
         theta=theta,
         loss=float(loss),

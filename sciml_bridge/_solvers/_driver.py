@@ -9,7 +9,6 @@ import os
 import time
 from typing import Any
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
@@ -85,7 +84,6 @@ def _save_checkpoint(run: Run, state, book: _Book) -> None:
 
 def _resume(run: Run, state, book: _Book):
     arrays, layout = read_arrays(run.checkpoint, run.where)
-    check_layout(layout, _state_layout(state, book.good_theta), run.where)
     if layout.get("method") != method_name(run.method):
         raise ValueError(
             f"`{run.where}` found a checkpoint at {os.fspath(run.checkpoint)!r} written by "
@@ -93,6 +91,7 @@ def _resume(run: Run, state, book: _Book):
             f"method={method_name(run.method)!r}. "
             "Fix: use the same method to resume, or another `checkpoint=` path."
         )
+    check_layout(layout, _state_layout(state, book.good_theta), run.where)
     leaves, treedef = jtu.tree_flatten(state)
     new = [jnp.asarray(arrays[f"state_{i}"], dtype=x.dtype) for i, x in enumerate(leaves)]
     state = jtu.tree_unflatten(treedef, new)
@@ -131,18 +130,13 @@ def _chunks(stepper, args, state, book: _Book, run: Run, bar: Progress):
     return state, False
 
 
-def _loss_struct(stepper, args, theta0):
-    return eqx.filter_eval_shape(stepper.value, theta0, args)
-
-
 def drive(stepper: AbstractStepper, theta0, args: tuple, run: Run) -> Solution:
     """Run `stepper` from `theta0` under the options in `run`; see `sb.minimize`."""
-    good_loss = jnp.full((), jnp.nan, dtype=_loss_struct(stepper, args, theta0).dtype)
-    book = _Book(good_theta=theta0, good_loss=good_loss, history=[])
+    book = _Book(good_theta=theta0, good_loss=None, history=[])
     if not stepper.chunkable:
         return _drive_whole(stepper, theta0, args, run, book)
     # The state is donated to each chunk: never hand the user's own `theta0` buffer over.
-    state = init_state(stepper, args, jnp.array(theta0, copy=True))
+    state, book.good_loss = init_state(stepper, args, jnp.array(theta0, copy=True))
     if run.checkpoint is not None and os.path.exists(run.checkpoint):
         state = _resume(run, state, book)
     with Progress(run.max_steps, run.progress, run.where) as bar:
@@ -159,7 +153,7 @@ def drive(stepper: AbstractStepper, theta0, args: tuple, run: Run) -> Solution:
 
 def _drive_whole(stepper, theta0, args, run: Run, book: _Book) -> Solution:
     with Progress(run.max_steps, run.progress, run.where) as bar:
-        out = run_whole(stepper, args, theta0, book.good_loss, run.max_steps)
+        out = run_whole(stepper, args, theta0, run.max_steps)
         good_theta, good_loss, status, count, hist, theta, loss = out
         book.good_theta, book.good_loss = good_theta, good_loss
         _absorb(book, hist, int(status), int(count))

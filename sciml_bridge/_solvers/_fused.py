@@ -88,7 +88,18 @@ def run_chunk(keep, state):
 
 @eqx.filter_jit
 def init_state(stepper, args, theta0):
-    return stepper.init(theta0, args)
+    # Strong-type every leaf: Optax inits hold weak-typed scalars that come back strong from
+    # the first chunk, and a weak/strong flip is a new `jit` signature, i.e. one retrace.
+    state = stepper.init(theta0, args)
+    state = jtu.tree_map(lambda x: jax.lax.convert_element_type(x, x.dtype), state)
+    return state, _nan_loss(stepper, args, theta0)
+
+
+def _nan_loss(stepper, args, theta0):
+    """A NaN of the loss's dtype: the "no good loss yet" placeholder, made inside a trace so
+    that asking for the dtype costs no trace per call."""
+    struct = jax.eval_shape(lambda t: stepper.value(t, args), theta0)
+    return jnp.full((), jnp.nan, dtype=struct.dtype)
 
 
 def _final(stepper, args, state):
@@ -100,10 +111,11 @@ final_value = eqx.filter_jit(_final)
 
 
 @eqx.filter_jit
-def run_whole(stepper, args, theta0, good_loss, max_steps: int):
+def run_whole(stepper, args, theta0, max_steps: int):
     """For backends whose state cannot cross a `jit` boundary (Optimistix linearisations
     hold jaxprs): init, every step and the final loss in one dispatch."""
     state = stepper.init(theta0, args)
+    good_loss = _nan_loss(stepper, args, theta0)
     out = _loop(stepper, args, state, theta0, good_loss, max_steps, max_steps)
     state, good_theta, good_loss, status, i, hist = out
     theta, loss = _final(stepper, args, state)

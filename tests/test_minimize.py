@@ -1,0 +1,287 @@
+"""The contract table (STYLE.md 17): every method of `sb.minimize` and `sb.least_squares`
+converges on a small zoo, keeps float64, never retraces, and keeps the last good theta on NaN.
+Plus the fused loop against a step-by-step Optax loop, chunks, callbacks, Ctrl-C, checkpoints.
+"""
+
+import functools
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from helpers import TraceCounter
+
+import sciml_bridge as sb
+from sciml_bridge._solvers import _fused
+
+
+# --- the zoo: residual form, so both verbs share it (loss = 0.5 * sum(r**2)) --------------
+
+_A = jnp.array([[3.0, 1.0, 0.0], [1.0, 2.0, 0.5], [0.0, 0.5, 1.0], [1.0, 0.0, 1.0]])
+_B = jnp.array([1.0, -2.0, 0.5, 3.0])
+
+
+def quadratic(theta):
+    return _A @ theta - _B
+
+
+def rosenbrock(theta):
+    return jnp.concatenate([10.0 * (theta[1:] - theta[:-1] ** 2), 1.0 - theta[:-1]])
+
+
+_NET = eqx.nn.MLP(1, 1, 6, 1, activation=jnp.tanh, key=jax.random.key(0))
+_MLP = sb.flat(_NET, dtype=jnp.float64)
+_X = jnp.linspace(-1.0, 1.0, 24)[:, None]
+_Y = jnp.sin(2.0 * _X[:, 0])
+
+
+def mlp_fit(theta):
+    return jax.vmap(_MLP, (None, 0))(theta, _X)[:, 0] - _Y
+
+
+ZOO = {
+    "quadratic": (quadratic, jnp.zeros(3)),
+    "rosenbrock": (rosenbrock, jnp.array([-1.2, 1.0, 0.5])),
+    "mlp": (mlp_fit, _MLP.theta0),
+}
+
+
+@functools.cache
+def as_loss(residual):
+    def loss(theta):
+        r = residual(theta)
+        return 0.5 * jnp.sum(r * r)
+
+    return loss
+
+
+# (verb, method, options, kind): kind "first" is judged by relative decrease, "second" by
+# reaching ~machine precision on the zero-residual problems.
+METHODS = (
+    ("minimize", "adam", dict(learning_rate=3e-2), "first"),
+    ("minimize", optax.sgd(2e-3, momentum=0.9), {}, "first"),
+    ("minimize", "lbfgs", {}, "second"),
+    ("minimize", "bfgs", {}, "second"),
+    ("minimize", "nonlinear-cg", {}, "second"),
+    ("minimize", "scipy:BFGS", dict(tol=1e-12), "second"),
+    ("minimize", "scipy:L-BFGS-B", dict(tol=1e-14), "second"),
+    ("minimize", "scipy:trust-ncg", dict(tol=1e-12), "second"),
+    ("least_squares", "gauss-newton", {}, "second"),
+    ("least_squares", "lm", {}, "second"),
+    ("least_squares", "dogleg", {}, "second"),
+    ("least_squares", "scipy:trf", {}, "second"),
+    ("least_squares", "scipy:lm", {}, "second"),
+)
+IDS = [m if isinstance(m, str) else "optax-object" for _, m, _, _ in METHODS]
+
+
+def solve(entry, residual, theta0, **kwargs):
+    verb, method, options, _ = entry
+    kwargs = {"progress": False, **options, **kwargs}
+    if verb == "minimize":
+        return sb.minimize(as_loss(residual), theta0, method, **kwargs)
+    return sb.least_squares(residual, theta0, method, **kwargs)
+
+
+@functools.cache
+def converged_run(index, problem):
+    residual, theta0 = ZOO[problem]
+    steps = 3000 if METHODS[index][3] == "first" else 1000
+    return solve(METHODS[index], residual, theta0, max_steps=steps, throw=False)
+
+
+@pytest.mark.parametrize("index", range(len(METHODS)), ids=IDS)
+@pytest.mark.parametrize("problem", ["quadratic", "rosenbrock", "mlp"])
+def test_converges(index, problem):
+    residual, theta0 = ZOO[problem]
+    res = converged_run(index, problem)
+    loss0 = float(as_loss(residual)(theta0))
+    assert res.loss == pytest.approx(float(as_loss(residual)(res.theta)), rel=1e-9, abs=1e-14)
+    assert res.history[0] == pytest.approx(loss0, rel=1e-12)
+    if problem == "mlp":
+        assert res.loss < 0.1 * loss0
+    elif METHODS[index][3] == "second":
+        floor = 0.5 * float(jnp.sum(quadratic(jnp.linalg.lstsq(_A, _B)[0]) ** 2))
+        target = floor if problem == "quadratic" else 0.0
+        assert res.success, res.message
+        assert res.loss - target < 1e-10
+    else:
+        assert res.loss < 1e-2 * loss0
+
+
+@pytest.mark.parametrize("index", range(len(METHODS)), ids=IDS)
+def test_keeps_float64(index):
+    res = converged_run(index, "quadratic")
+    assert res.theta.dtype == jnp.float64 and res.theta.shape == (3,)
+    assert isinstance(res.loss, float) and res.history.dtype == np.float64
+
+
+@pytest.mark.parametrize("index", range(len(METHODS)), ids=IDS)
+def test_never_retraces(index):
+    # 12 steps in chunks of 3: a retrace per chunk (or per step) would trace the loss again
+    # and add entries to the compiled-function caches of the driver.
+    caches = (_fused.run_chunk._cached, _fused.run_whole._cached, _fused.init_state._cached)
+    before = [c._cache_size() for c in caches]
+    counter = TraceCounter(quadratic)
+    res = solve(METHODS[index], counter, jnp.zeros(3), max_steps=12, chunk_size=3, throw=False)
+    if METHODS[index][0] == "minimize" and METHODS[index][3] == "first":
+        assert res.steps == 12 and len(res.history) == 13
+    assert all(c._cache_size() - b <= 1 for c, b in zip(caches, before))
+    traced = counter.count
+    assert traced <= 8
+    if not str(METHODS[index][1]).startswith("scipy:"):
+        # Same loss, same method: the second call reuses every compiled function.
+        solve(METHODS[index], counter, jnp.ones(3), max_steps=12, chunk_size=3, throw=False)
+        assert counter.count == traced
+
+
+def nan_beyond_one(theta):
+    # Minimum at theta = 3, but NaN as soon as theta[0] passes 1: every method must stop there.
+    r = theta - 3.0
+    return jnp.where(theta[0] > 1.0, jnp.nan, 1.0) * r
+
+
+@pytest.mark.parametrize("index", range(len(METHODS)), ids=IDS)
+def test_keeps_last_good_theta_on_nan(index):
+    kw = dict(max_steps=200)
+    if METHODS[index][1] == "adam":
+        kw["learning_rate"] = 0.2
+    res = solve(METHODS[index], nan_beyond_one, jnp.zeros(2), throw=False, **kw)
+    assert not res.success
+    assert res.result in (sb.RESULTS.nonfinite, sb.RESULTS.max_steps_reached)
+    assert bool(jnp.all(jnp.isfinite(res.theta))) and float(res.theta[0]) <= 1.0
+    assert np.isfinite(res.loss)
+    assert res.loss == pytest.approx(float(as_loss(nan_beyond_one)(res.theta)), rel=1e-12)
+    assert np.all(np.isfinite(res.history))
+    with pytest.raises(sb.OptimizationError) as info:
+        solve(METHODS[index], nan_beyond_one, jnp.zeros(2), throw=True, **kw)
+    assert np.array_equal(np.asarray(info.value.theta), np.asarray(res.theta))
+    assert info.value.result.result is res.result
+
+
+# --- the fused loop itself ---------------------------------------------------------------
+
+
+def mlp_loss(theta, x, y):
+    return jnp.mean((jax.vmap(_MLP, (None, 0))(theta, x)[:, 0] - y) ** 2)
+
+
+def test_fused_curve_equals_step_by_step_loop():
+    opt = optax.adam(1e-2)
+    res = sb.minimize(mlp_loss, _MLP.theta0, opt, args=(_X, _Y), max_steps=25, chunk_size=7,
+                      progress=False)  # fmt: skip
+    theta, state, losses = _MLP.theta0, opt.init(_MLP.theta0), []
+    step = jax.jit(jax.value_and_grad(mlp_loss))
+    for _ in range(25):
+        loss, grad = step(theta, _X, _Y)
+        with jax.numpy_dtype_promotion("standard"):
+            updates, state = opt.update(grad, state, theta)
+        theta = optax.apply_updates(theta, updates)
+        losses.append(float(loss))
+    losses.append(float(mlp_loss(theta, _X, _Y)))
+    np.testing.assert_allclose(res.history, losses, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(np.asarray(res.theta), np.asarray(theta), rtol=1e-12, atol=1e-14)
+    assert res.steps == 25 and res.loss == res.history[-1]
+
+
+def test_float32_stays_float32():
+    theta0 = jnp.zeros(3, dtype=jnp.float32)
+    loss = lambda th: jnp.sum((th - jnp.arange(3, dtype=jnp.float32)) ** 2)
+    res = sb.minimize(loss, theta0, "adam", max_steps=5, progress=False)
+    assert res.theta.dtype == jnp.float32
+    res = sb.least_squares(quadratic_f32, theta0, progress=False, max_steps=20)
+    assert res.theta.dtype == jnp.float32
+
+
+def quadratic_f32(theta):
+    return _A.astype(jnp.float32) @ theta - _B.astype(jnp.float32)
+
+
+def test_does_not_consume_theta0():
+    theta0 = jnp.ones(3)
+    sb.minimize(as_loss(quadratic), theta0, "adam", max_steps=4, progress=False)
+    assert float(theta0.sum()) == 3.0  # still alive: only copies are donated
+
+
+def test_bad_theta0_and_method():
+    with pytest.raises(TypeError, match="1-D real floating"):
+        sb.minimize(as_loss(quadratic), jnp.zeros((3, 1)), progress=False)
+    with pytest.raises(TypeError, match="1-D real floating"):
+        sb.minimize(as_loss(quadratic), jnp.zeros(3, dtype=jnp.int32), progress=False)
+    with pytest.raises(ValueError, match="neither a method"):
+        sb.minimize(as_loss(quadratic), jnp.zeros(3), "no-such-method", progress=False)
+    with pytest.raises(ValueError, match="max_steps"):
+        sb.minimize(as_loss(quadratic), jnp.zeros(3), max_steps=0, progress=False)
+
+
+def test_x64_off_float64_numpy_is_type_error():
+    from helpers import run_python
+
+    out = run_python(
+        """
+        import numpy as np, jax.numpy as jnp, sciml_bridge as sb
+        try:
+            sb.minimize(lambda t: jnp.sum(t ** 2), np.zeros(3), max_steps=2, progress=False)
+        except TypeError as e:
+            print("TYPEERROR", "jax_enable_x64" in str(e))
+        """
+    )
+    assert "TYPEERROR True" in out.stdout, out.stderr
+
+
+def test_callback_sees_chunks_and_can_stop():
+    seen = []
+
+    def callback(step, theta, loss):
+        seen.append((step, loss))
+        return step >= 6
+
+    res = sb.minimize(as_loss(quadratic), jnp.zeros(3), "adam", max_steps=30, chunk_size=3,
+                      callback=callback, progress=False)  # fmt: skip
+    assert [s for s, _ in seen] == [3, 6]
+    assert res.success and res.steps == 6 and "callback" in res.message
+
+
+def test_ctrl_c_between_chunks_returns_partial_result():
+    def callback(step, theta, loss):
+        if step >= 6:
+            raise KeyboardInterrupt
+
+    res = sb.minimize(as_loss(quadratic), jnp.zeros(3), "adam", max_steps=30, chunk_size=3,
+                      callback=callback, progress=False)  # fmt: skip
+    assert res.result is sb.RESULTS.interrupted and not res.success
+    assert res.steps == 5 and len(res.history) == 6
+    assert res.loss == pytest.approx(float(as_loss(quadratic)(res.theta)), rel=1e-12)
+
+
+def test_nonfinite_message_names_step_and_remedy():
+    match = r"at step \d+; the returned .*lower learning rate"
+    with pytest.raises(sb.NonFiniteLossError, match=match):
+        sb.minimize(as_loss(nan_beyond_one), jnp.zeros(2), "adam", learning_rate=0.2,
+                    progress=False)  # fmt: skip
+
+
+def test_checkpoint_resume_matches_uninterrupted(tmp_path):
+    kw = dict(args=(_X, _Y), learning_rate=1e-2, progress=False, checkpoint_every=5)
+    full = sb.minimize(mlp_loss, _MLP.theta0, "adam", max_steps=20,
+                       checkpoint=tmp_path / "full.npz", **kw)  # fmt: skip
+    path = tmp_path / "partial.npz"
+    first = sb.minimize(mlp_loss, _MLP.theta0, "adam", max_steps=10, checkpoint=path, **kw)
+    assert first.steps == 10 and path.exists()
+    resumed = sb.minimize(mlp_loss, _MLP.theta0, "adam", max_steps=20, checkpoint=path, **kw)
+    np.testing.assert_array_equal(np.asarray(resumed.theta), np.asarray(full.theta))
+    np.testing.assert_array_equal(resumed.history, full.history)
+    with pytest.raises(ValueError, match="method="):
+        sb.minimize(mlp_loss, _MLP.theta0, "sgd", max_steps=20, checkpoint=path, **kw)
+    with pytest.raises(NotImplementedError, match="cannot checkpoint"):
+        sb.minimize(mlp_loss, _MLP.theta0, "bfgs", max_steps=20, checkpoint=path, **kw)
+
+
+def test_chaining_adam_then_lbfgs():
+    loss = as_loss(rosenbrock)
+    first = sb.minimize(loss, jnp.array([-1.2, 1.0, 0.5]), "adam", learning_rate=1e-2,
+                        max_steps=200, progress=False)  # fmt: skip
+    second = sb.minimize(loss, first.theta, "lbfgs", max_steps=200, progress=False)
+    assert second.loss < 1e-12 < first.loss
