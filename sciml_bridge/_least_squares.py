@@ -51,11 +51,14 @@ def _forward_ok(residual, theta0, args) -> bool:
 
 
 def _check_forward(residual, theta0, args) -> bool:
-    def jvp(theta, args):
-        return jax.jvp(lambda t: residual(t, *args), (theta,), (theta,))
+    # `jax.jacfwd` (a vmapped jvp), not a bare `jax.jvp`: in jax 0.10 the bare jvp of a
+    # custom_vjp traces fine and the refusal only comes under `vmap`, which is what lineax
+    # and our dense Jacobian do.
+    def jac(theta, args):
+        return jax.jacfwd(lambda t: residual(t, *args))(theta)
 
     try:
-        eqx.filter_eval_shape(jvp, theta0, args)
+        eqx.filter_eval_shape(jac, theta0, args)
     except Exception as e:  # re-raised unless it is the custom_vjp refusal
         if _JVP_OF_CUSTOM_VJP in str(e):
             return False

@@ -112,7 +112,8 @@ def read_arrays(path: str | os.PathLike, where: str) -> tuple[dict[str, np.ndarr
     """Read what `write_arrays` wrote; any damage or pickle is a clear `ValueError`."""
     path = os.fspath(path)
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        # Open the file ourselves: `np.load(path)` leaks its handle when the zip is damaged.
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as npz:
             if not isinstance(npz, np.lib.npyio.NpzFile):
                 raise ValueError("not an .npz archive")
             arrays = {k: npz[k] for k in npz.files}
