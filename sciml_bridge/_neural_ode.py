@@ -62,8 +62,34 @@ class _Hybrid(eqx.Module):
     vf: Callable
 
 
-def _network_parts(fm: Callable, time_dependent: bool) -> tuple[Callable, Callable]:
-    """`(prepare, field)`: `prepare(theta)` once per solve, `field(t, y, p, args)` per stage.
+class _NetworkField(eqx.Module):
+    """Diffrax vector field `(t, y, args) -> apply(p, y)` with `args = (p, None)`.
+
+    A module, not a fresh lambda per call: Diffrax's internal `filter_jit` keys its cache on
+    the term's static parts, so a stable field means repeated `node(...)` calls outside `jit`
+    compile once.
+    """
+
+    apply: Callable
+    time_dependent: bool = eqx.field(static=True)
+
+    def __call__(self, t, y, args):
+        p, _ = args
+        return self.apply(p, t, y) if self.time_dependent else self.apply(p, y)
+
+
+class _HybridField(eqx.Module):
+    """Diffrax vector field `(t, y, args) -> vf(t, y, theta, user_args)`."""
+
+    vf: Callable
+
+    def __call__(self, t, y, args):
+        theta, user_args = args
+        return self.vf(t, y, theta, user_args)
+
+
+def _network_parts(fm: Callable, time_dependent: bool) -> tuple[Callable, eqx.Module]:
+    """`(prepare, field)`: `prepare(theta)` runs once per solve, `field` at every stage.
 
     PITFALLS (Diffrax): rebuilding a general-path model inside the vector field costs 1.8x per
     loss+gradient step, because the unravel repeats at every solver stage; rebuilding once
@@ -72,12 +98,8 @@ def _network_parts(fm: Callable, time_dependent: bool) -> tuple[Callable, Callab
     """
     if isinstance(fm, FlatModel):
         # Same math as `fm(theta, y)`, which is `fm.apply(fm.restructure(theta), y)`.
-        prepare, apply = fm.restructure, fm.apply
-    else:
-        prepare, apply = _identity, fm
-    if time_dependent:
-        return prepare, lambda t, y, p, args: apply(p, t, y)
-    return prepare, lambda t, y, p, args: apply(p, y)
+        return fm.restructure, _NetworkField(fm.apply, time_dependent)
+    return _identity, _NetworkField(fm, time_dependent)
 
 
 def _identity(theta):
@@ -86,16 +108,6 @@ def _identity(theta):
 
 def _progress_meter(progress: bool) -> diffrax.AbstractProgressMeter:
     return diffrax.TqdmProgressMeter() if progress else diffrax.NoProgressMeter()
-
-
-class _Field(eqx.Module):
-    """Diffrax vector field `(t, y, args)` with `args = (prepare(theta), user_args)`."""
-
-    field: Callable
-
-    def __call__(self, t, y, args):
-        p, user_args = args
-        return self.field(t, y, p, user_args)
 
 
 def _check_inputs(theta: Array, y0: Array, ts: Array) -> None:
@@ -262,7 +274,7 @@ class NeuralODE(eqx.Module):
         _check_inputs(theta, y0, ts)
         prepare, field = self._parts(args)
         sol = diffrax.diffeqsolve(
-            diffrax.ODETerm(_Field(field)),
+            diffrax.ODETerm(field),
             self.solver,
             t0=ts[0],
             t1=ts[-1],
@@ -278,9 +290,9 @@ class NeuralODE(eqx.Module):
         )
         return _raise_on_failure(sol.ys, sol.result) if self.throw else sol.ys
 
-    def _parts(self, args: PyTree[Any]) -> tuple[Callable, Callable]:
+    def _parts(self, args: PyTree[Any]) -> tuple[Callable, eqx.Module]:
         if isinstance(self.fm, _Hybrid):
-            return _identity, self.fm.vf
+            return _identity, _HybridField(self.fm.vf)
         if args is not None:
             raise TypeError(_MSG_ARGS)
         return _network_parts(self.fm, self.time_dependent)

@@ -28,9 +28,10 @@ def _rotation(theta, y):
 
 
 def _mlp_fm():
-    # 2 -> 8 -> 2 tanh: 42 parameters, small enough for 84 finite-difference solves.
+    # 2 -> 8 -> 2 tanh: 42 parameters, small enough for 84 finite-difference solves. The general
+    # path (`fast=False`) exercises the rebuild-once-outside-the-solve route.
     mlp = eqx.nn.MLP(2, 2, 8, 1, activation=jnp.tanh, key=jax.random.key(0), dtype=jnp.float64)
-    return sb.flat(mlp)
+    return sb.flat(mlp, fast=False)
 
 
 FM = _mlp_fm()
@@ -85,10 +86,14 @@ def test_time_dependent_vector_field():
     assert tree_allclose(ys[:, 0], 1.0 + 1.5 * ts**2, rtol=1e-9, atol=1e-9)
 
 
-def test_general_path_rebuilt_once_gives_identical_trajectory():
-    # NeuralODE rebuilds a general FlatModel outside the solve; the math must be `fm(theta, y)`.
+def test_general_and_fast_paths_give_the_plain_call_trajectory():
+    # NeuralODE rebuilds a general FlatModel once outside the solve; FlatMLP keeps theta. Both
+    # must be the math of `fm(theta, y)` called inside the vector field.
     plain = sb.NeuralODE(lambda theta, y: FM(theta, y))(FM.theta0, Y0, TS)
-    assert tree_allclose(sb.NeuralODE(FM)(FM.theta0, Y0, TS), plain, rtol=1e-14, atol=1e-14)
+    fast = sb.FlatMLP((2, 8, 2), activation="tanh", key=jax.random.key(0), dtype=jnp.float64)
+    assert not FM.is_fast and fast.is_fast
+    for fm in (FM, fast):
+        assert tree_allclose(sb.NeuralODE(fm)(FM.theta0, Y0, TS), plain, rtol=1e-14, atol=1e-14)
 
 
 def test_vmap_over_initial_conditions():
@@ -128,11 +133,15 @@ def test_hybrid_vector_field_and_gradient_through_user_args():
     node = sb.NeuralODE.hybrid(_decay, stepsize_controller=TIGHT)
     theta, ts = jnp.array([2.0]), jnp.linspace(0.0, 1.0, 3)
     args = (jnp.array(0.5), jnp.array(1.5))
-    ys = node(theta, jnp.array([1.0]), ts, args)
-    assert tree_allclose(ys[:, 0], jnp.exp(-1.5 * ts), rtol=1e-9, atol=1e-10)
+
+    def end(theta, args):
+        ys = node(theta, jnp.array([1.0]), ts, args)
+        return ys[-1, 0], ys
+
     # Both `theta` and the user's `args` travel as Diffrax `args`: both are differentiable.
-    end = lambda theta, args: node(theta, jnp.array([1.0]), ts, args)[-1, 0]
-    d_theta, (d_rate, d_scale) = jax.grad(end, argnums=(0, 1))(theta, args)
+    grad = jax.jit(jax.grad(end, argnums=(0, 1), has_aux=True))
+    (d_theta, (d_rate, d_scale)), ys = grad(theta, args)
+    assert tree_allclose(ys[:, 0], jnp.exp(-1.5 * ts), rtol=1e-9, atol=1e-10)
     assert np.allclose(d_theta, -0.75 * np.exp(-1.5), rtol=1e-7)
     assert np.allclose(d_rate, -3.0 * np.exp(-1.5), rtol=1e-7)
     assert np.allclose(d_scale, -1.0 * np.exp(-1.5), rtol=1e-7)
@@ -174,3 +183,51 @@ def test_solver_failure_without_throw_gives_inf_after_failure():
         jnp.array([1.0]), jnp.array([1.0]), jnp.linspace(0.0, 2.0, 5)
     )
     assert np.isfinite(ys[:2]).all() and np.isinf(ys[3:]).all()
+
+
+def _minimize_up(node):
+    # Gradient ascent on y pushes theta up until y = 1 / (1 - theta t) blows up inside [0, 1].
+    loss = lambda theta: -jnp.mean(node(theta, jnp.array([1.0]), jnp.linspace(0.0, 1.0, 5)))
+    return sb.minimize(
+        loss, jnp.array([0.2]), "sgd", max_steps=200, learning_rate=0.1, chunk_size=10,
+        progress=False, throw=False,
+    )  # fmt: skip
+
+
+def test_solver_failure_in_training_keeps_last_good_theta():
+    res = _minimize_up(sb.NeuralODE(_blow_up, throw=False))
+    assert res.result is sb.RESULTS.nonfinite and not res.success
+    assert 0.2 < float(res.theta[0]) < 1.0 and np.isfinite(res.loss)
+    assert np.isfinite(res.history).all() and res.history[-1] == res.loss
+
+
+def _lotka_like(theta, y):
+    return jnp.stack([theta[0] * y[1], -theta[1] * y[0]])
+
+
+_LS_TS = jnp.linspace(0.0, 1.0, 5)
+_LS_DATA = jnp.stack([jnp.cos(_LS_TS), -jnp.sin(_LS_TS)], axis=1)  # theta = (1, 1)
+
+
+def _fit_lm(adjoint, jac):
+    node = sb.NeuralODE(_lotka_like, adjoint=adjoint, stepsize_controller=TIGHT)
+    residual = lambda theta, data: node(theta, jnp.array([1.0, 0.0]), _LS_TS) - data
+    return sb.least_squares(
+        residual, jnp.array([0.5, 1.5]), "lm", args=(_LS_DATA,), max_steps=50, jac=jac,
+        progress=False,
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "adjoint, jac",
+    [(diffrax.ForwardMode(), "auto"), (diffrax.RecursiveCheckpointAdjoint(), "auto")],
+    ids=["forward-mode", "default-adjoint"],
+)
+def test_levenberg_marquardt_through_the_solve_converges(adjoint, jac):
+    # PITFALLS (Optimistix): LM linearises in forward mode, which a default-adjoint solve
+    # refuses; `jac="auto"` must fall back to reverse mode there and keep forward mode for
+    # `ForwardMode`.
+    res = _fit_lm(adjoint, jac)
+    assert res.success and res.theta.dtype == jnp.float64
+    assert np.allclose(res.theta, 1.0, rtol=1e-7) and res.loss < 1e-16
