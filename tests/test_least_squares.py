@@ -73,21 +73,21 @@ def test_forced_forward_mode_through_custom_vjp_is_jax_error():
 @pytest.mark.slow
 def test_lm_through_default_adjoint_diffrax_solve():
     # The neural-ODE use: a Diffrax solve with RecursiveCheckpointAdjoint inside the residual.
-    ts = jnp.linspace(0.0, 1.0, 8)
+    ts = jnp.linspace(0.0, 1.0, 5)
 
     def solve(theta):
         term = diffrax.ODETerm(lambda t, y, k: -k * y)
         y0 = jnp.ones(1, dtype=theta.dtype)
         saveat = diffrax.SaveAt(ts=ts)
-        sol = diffrax.diffeqsolve(term, diffrax.Tsit5(), 0.0, 1.0, 0.05, y0, args=theta[0],
-                                  saveat=saveat, max_steps=32)  # fmt: skip
+        sol = diffrax.diffeqsolve(term, diffrax.Euler(), 0.0, 1.0, 0.125, y0, args=theta[0],
+                                  saveat=saveat, max_steps=8)  # fmt: skip
         return sol.ys[:, 0]
 
-    data = jnp.exp(-1.5 * ts)
+    data = solve(jnp.array([1.5, 0.0]))
     res = sb.least_squares(lambda th: solve(th) - data, jnp.array([1.0, 0.0]), "lm",
                            progress=False, max_steps=50)  # fmt: skip
     assert res.success
-    np.testing.assert_allclose(float(res.theta[0]), 1.5, rtol=1e-5)
+    np.testing.assert_allclose(float(res.theta[0]), 1.5, rtol=1e-8)
 
 
 def test_scipy_least_squares_methods_agree():
