@@ -20,7 +20,7 @@ CASES = [
     (2, 1, 8, 2, jnp.sin, _identity),
     (3, 2, 6, 1, jax.nn.softplus, _identity),
     (4, "scalar", 5, 2, jax.nn.sigmoid, jnp.tanh),
-    (5, 3, 7, 3, jax.nn.silu, _identity),
+    (5, 3, 7, 2, jax.nn.silu, _identity),
     (6, 1, 4, 0, jnp.tanh, _identity),
     (7, 2, 9, 2, jax.nn.gelu, jax.nn.softplus),
     (8, 1, 6, 2, jax.nn.relu, _identity),

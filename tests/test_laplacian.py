@@ -1,0 +1,176 @@
+"""`sb.laplacian` / `sb.grad_x`: forward Laplacian equals `trace(jax.hessian)`, and composes."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import TraceCounter
+
+import sciml_bridge as sb
+
+
+def _random(build, seed=0):
+    """`build()`'s model with random float64 weights, without compiling Equinox's initialisers."""
+    shapes = eqx.filter_eval_shape(build)
+    rng = np.random.default_rng(seed)
+    fill = lambda s: jnp.asarray(rng.uniform(-0.9, 0.9, s.shape), jnp.float64)
+    return jax.tree.map(lambda s: fill(s) if isinstance(s, jax.ShapeDtypeStruct) else s, shapes)
+
+
+def _mlp(in_size, out_size, width, depth, activation, **kwargs):
+    key = jax.random.key(0)
+    return _random(lambda: eqx.nn.MLP(in_size, out_size, width, depth, activation=activation,
+                                      key=key, **kwargs))
+
+
+def _points(in_size, n=5):
+    shape = (n,) if in_size == "scalar" else (n, in_size)
+    return jax.random.normal(jax.random.key(7), shape, jnp.float64)
+
+
+def _hessian_trace(model, x):
+    """Reference: the Hessian by reverse-over-forward AD, then its trace over input entries."""
+    flat_x = jnp.reshape(x, -1)
+    hess = jax.jacrev(jax.jacfwd(lambda v: model(v.reshape(jnp.shape(x)))))(flat_x)
+    return jnp.trace(hess, axis1=-2, axis2=-1)
+
+
+def _softsign(z):  # not in the table: derivatives come from nested AD
+    return z / (1 + jnp.abs(z) + z * z)
+
+
+CASES = [
+    (1, 1, 10, 3, jnp.tanh),
+    (2, 1, 8, 2, jnp.sin),
+    (3, 2, 6, 1, jax.nn.softplus),
+    (4, "scalar", 5, 2, jax.nn.sigmoid),
+    (5, 1, 7, 1, jax.nn.silu),
+    (6, 3, 6, 2, jax.nn.gelu),
+    (7, 1, 5, 2, _softsign),
+    (8, "scalar", 9, 1, jnp.cos),
+    ("scalar", 2, 6, 2, jnp.tanh),
+]
+
+
+def _both_paths(case):
+    in_size, out_size, width, depth, activation = case
+    mlp = _mlp(in_size, out_size, width, depth, activation)
+    fast, general = sb.flat(mlp), sb.flat(mlp, fast=False)
+    assert fast.is_fast and not general.is_fast
+    return fast, general, _points(in_size)
+
+
+def _assert_all_close(got, want):
+    for a, b in zip(got, want):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"in{c[0]}-{c[4].__name__}")
+def test_forward_laplacian_matches_the_general_path(case):
+    # The general path is `trace(jax.hessian)` and `jax.jacfwd` of the rebuilt Equinox model.
+    fast, general, xs = _both_paths(case)
+
+    @jax.jit
+    def run(theta):
+        return [(jax.vmap(sb.laplacian(fm), in_axes=(None, 0))(theta, xs),
+                 jax.vmap(sb.grad_x(fm), in_axes=(None, 0))(theta, xs))
+                for fm in (fast, general)]
+
+    got, want = run(fast.theta0)
+    assert got[0].shape == jax.vmap(fast, in_axes=(None, 0))(fast.theta0, xs).shape
+    _assert_all_close(got, want)
+
+
+# Differentiating trace(hessian) once more is the costly compile: a few cases suffice here
+# (theta-gradients of outputs are compared for every input dim in test_fast.py).
+@pytest.mark.slow
+@pytest.mark.parametrize("case", [CASES[0], CASES[2], CASES[7]], ids=lambda c: f"in{c[0]}")
+def test_pinn_loss_gradients_match_the_general_path(case):
+    fast, general, xs = _both_paths(case)
+
+    @jax.jit
+    def run(theta):
+        grads = []
+        for fm in (fast, general):
+            lap = jax.vmap(sb.laplacian(fm), in_axes=(None, 0))
+            grads.append(jax.grad(lambda t: jnp.mean((lap(t, xs) + 1.0) ** 2))(theta))
+        return grads
+
+    got, want = run(fast.theta0)
+    _assert_all_close([got], [want])
+
+
+def test_laplacian_is_the_trace_of_the_hessian():
+    mlp = _mlp(3, 2, 6, 2, jnp.tanh)
+    xs = _points(3)
+    model = mlp
+    expect = jax.jit(jax.vmap(lambda x: _hessian_trace(model, x)))(xs)
+    for fm in (sb.flat(mlp), sb.flat(mlp, fast=False)):
+        got = jax.jit(jax.vmap(sb.laplacian(fm), in_axes=(None, 0)))(fm.theta0, xs)
+        np.testing.assert_allclose(got, expect, rtol=1e-12, atol=1e-12)
+
+
+def test_closed_form_one_hidden_layer():
+    # u(x) = sum_j a_j sin(w_j . x + b_j)  =>  Laplacian u = -sum_j a_j |w_j|^2 sin(w_j . x + b_j)
+    mlp = _mlp(3, "scalar", 6, 1, jnp.sin, use_final_bias=False)
+    w, b, a = mlp.layers[0].weight, mlp.layers[0].bias, mlp.layers[1].weight[0]
+    x = jnp.array([0.2, -0.4, 0.9])
+    expect = -jnp.sum(a * jnp.sum(w * w, axis=1) * jnp.sin(w @ x + b))
+    fm = sb.flat(mlp)
+    np.testing.assert_allclose(sb.laplacian(fm)(fm.theta0, x), expect, rtol=1e-13)
+
+
+def test_user_supplied_derivatives_are_used():
+    f, df = (lambda z: z * z * z), (lambda z: 3 * z * z)
+    right, wrong = (lambda z: 6 * z), (lambda z: 0 * z)
+    x = jnp.array([0.3, 0.8])
+    laps = []
+    for d2f in (right, wrong):
+        fm = sb.FlatMLP((2, 4, 1), (f, df, d2f), key=jax.random.key(0), dtype=jnp.float64)
+        laps.append(jax.jit(sb.laplacian(fm))(fm.theta0, x))
+    model = fm.restructure(fm.theta0)
+    expect = jax.jit(lambda x: _hessian_trace(model, x))(x)
+    np.testing.assert_allclose(laps[0], expect, rtol=1e-13)
+    assert not np.allclose(laps[1], expect)
+
+
+def test_relu_is_a_clear_error_for_laplacian_but_fine_for_grad_x():
+    fm = sb.flat(_mlp(2, 1, 5, 2, jax.nn.relu))
+    with pytest.raises(ValueError, match=r"(?s)`relu` is not twice\sdifferentiable.*sb.grad_x"):
+        sb.laplacian(fm)
+    x = jnp.array([0.3, -0.2])
+    np.testing.assert_allclose(sb.grad_x(fm)(fm.theta0, x),
+                               jax.jacfwd(fm.restructure(fm.theta0))(x), rtol=1e-13)
+
+
+def test_general_path_any_input_shape_and_extra_args():
+    def f(theta, x, scale):
+        return scale * jnp.sum(jnp.sin(theta[0] * x) * x)
+
+    theta, scale = jnp.array([1.3]), 2.0
+    lap, jac = jax.jit(sb.laplacian(f)), jax.jit(sb.grad_x(f))
+    for x in (np.array(0.4), np.array([[0.1, 0.2], [0.3, 0.4]])):
+        # d^2/dx^2 [x sin(t x)] = 2 t cos(t x) - t^2 x sin(t x), summed over the entries
+        expect = scale * np.sum(2 * 1.3 * np.cos(1.3 * x) - 1.3**2 * x * np.sin(1.3 * x))
+        np.testing.assert_allclose(lap(theta, x, scale), expect, rtol=1e-13)
+        assert jac(theta, x, scale).shape == x.shape
+
+
+def test_pinn_loss_gradient_never_retraces():
+    fm = sb.flat(_mlp(2, "scalar", 8, 2, jnp.tanh))
+    xs = _points(2, n=16)
+    lap = jax.vmap(sb.laplacian(fm), in_axes=(None, 0))
+    counter = TraceCounter(lambda t: jnp.mean((lap(t, xs) - 1.0) ** 2))
+    step = jax.jit(jax.value_and_grad(counter))
+    loss0, _ = step(fm.theta0)
+    loss1, _ = step(fm.theta0 * 1.1)
+    assert counter.count == 1 and float(loss0) != float(loss1)
+
+
+def test_not_callable_is_a_type_error():
+    with pytest.raises(TypeError, match="`sb.laplacian\\(fm\\)` expected a flat model"):
+        sb.laplacian(jnp.ones(3))
+    with pytest.raises(TypeError, match="`sb.grad_x\\(fm\\)` expected a flat model"):
+        sb.grad_x(None)
