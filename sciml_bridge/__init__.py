@@ -2,6 +2,7 @@
 
 from ._collocation import collocation_points as collocation_points
 from ._destructure import Restructure as Restructure, destructure as destructure
+from ._ensemble import EnsembleSolution as EnsembleSolution
 from ._flat import AbstractFlatModel as AbstractFlatModel, FlatModel as FlatModel, flat as flat
 from ._flat_mlp import FlatMLP as FlatMLP
 from ._laplacian import grad_x as grad_x, laplacian as laplacian
@@ -24,6 +25,7 @@ from ._result import (
 )
 from ._scipy import ScipyObjective as ScipyObjective, scipy_objective as scipy_objective
 from ._serialise import load as load, save as save
+from ._sharding import shard as shard
 
 
 __version__ = "0.1.0"

@@ -14,11 +14,13 @@ import equinox as eqx
 import jax
 import jax.tree_util as jtu
 import numpy as np
+from jax.sharding import Mesh
 
 from ._custom_types import ThetaLike
+from ._ensemble import EnsembleSolution, drive_members, each_member, first_member
 from ._minimize import default_tol, is_scipy, make_run, prepare_theta0, refuse_checkpoint
 from ._result import Solution
-from ._solvers._driver import drive
+from ._sharding import place
 from ._solvers._gauss_newton import GaussNewtonStepper
 from ._solvers._optimistix import is_optimistix_solver, least_squares_solver, optimistix_stepper
 from ._solvers._scipy_backend import scipy_least_squares
@@ -129,8 +131,9 @@ def least_squares(
     throw: bool = True,
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int | None = None,
+    mesh: Mesh | None = None,
     **options: Any,
-) -> Solution:
+) -> Solution | EnsembleSolution:
     """Minimise `0.5 * sum(residual(theta, *args) ** 2)` over the flat vector `theta`.
 
     `"gauss-newton"` (default) is a dense damped Gauss-Newton for small models: the full
@@ -164,7 +167,8 @@ def least_squares(
 
     **Returns:**
 
-    An `sb.Solution`; its `loss` is `0.5 * sum(r**2)`.
+    An `sb.Solution`; its `loss` is `0.5 * sum(r**2)`. For a 2-D `theta0`, an
+    `sb.EnsembleSolution` (see `sb.minimize`).
 
     **Raises:**
 
@@ -172,7 +176,8 @@ def least_squares(
     """
     where = "sb.least_squares"
     theta0 = prepare_theta0(theta0, where)
-    args = tuple(args)
+    theta0, args = place(theta0, args, mesh, where)
+    member = first_member(theta0)
     chunk = options.pop("chunk_size", 1000)
     run = make_run(
         where, method, max_steps=max_steps, progress=progress, callback=callback,
@@ -180,8 +185,11 @@ def least_squares(
     )  # fmt: skip
     if is_scipy(method):
         refuse_checkpoint(run, None)
-        mode = resolve_jac(jac, residual, theta0, args, by_shape=True, where=where)
-        return scipy_least_squares(residual, theta0, args, method[6:], tol, mode, options, run)
-    stepper = _stepper(residual, theta0, method, tol, jac, options, args, where)
+        mode = resolve_jac(jac, residual, member, args, by_shape=True, where=where)
+        solve = lambda theta, run: scipy_least_squares(
+            residual, theta, args, method[6:], tol, mode, options, run
+        )
+        return each_member(solve, theta0, run)
+    stepper = _stepper(residual, member, method, tol, jac, options, args, where)
     refuse_checkpoint(run, stepper)
-    return drive(stepper, theta0, args, run)
+    return drive_members(stepper, theta0, args, run)

@@ -11,11 +11,14 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh
 
 from ._custom_types import ThetaLike
+from ._ensemble import EnsembleSolution, drive_members, each_member, first_member
 from ._precision import check_x64
 from ._result import Solution
-from ._solvers._driver import Run, drive
+from ._sharding import place
+from ._solvers._driver import Run
 from ._solvers._optax import optax_stepper, optax_transform
 from ._solvers._optimistix import is_optimistix_solver, minimiser, optimistix_stepper
 from ._solvers._scipy_backend import scipy_minimize
@@ -23,8 +26,9 @@ from ._solvers._scipy_backend import scipy_minimize
 
 _MSG_THETA = """\
 `{where}` expected `theta0` to be a 1-D real floating array (the flat parameter vector, e.g.
-`fm.theta0` from `sb.flat`), but got {what}. Fix: pass `jnp.ravel(theta0)` for the shape, or
-`theta0.astype(jnp.float64)` (x64 on) / `.astype(jnp.float32)` for the dtype."""
+`fm.theta0` from `sb.flat`; or a 2-D `(members, n)` ensemble), but got {what}.
+Fix: pass `jnp.ravel(theta0)` for the shape, or `theta0.astype(jnp.float64)` (x64 on) /
+`.astype(jnp.float32)` for the dtype."""
 
 _MSG_CHECKPOINT = """\
 `{where}` cannot checkpoint method={method!r}: it runs in one dispatch (Optimistix) or inside
@@ -34,10 +38,11 @@ SciPy's own loop, so there is no state between chunks to save. Fix: checkpoint a
 
 
 def prepare_theta0(theta0: ThetaLike, where: str) -> jnp.ndarray:
-    """Refuse what would be silently wrong: float64 under x64 off, ints, complex, not 1-D."""
+    """Refuse what would be silently wrong: float64 under x64 off, ints, complex, not 1-D
+    (or 2-D: a `(members, n)` ensemble)."""
     dtype = np.dtype(theta0.dtype) if hasattr(theta0, "dtype") else np.asarray(theta0).dtype
     check_x64(dtype, f"`{where}`", "`theta0`")
-    if np.ndim(theta0) != 1 or dtype.kind != "f":
+    if np.ndim(theta0) not in (1, 2) or dtype.kind != "f":
         what = f"shape {np.shape(theta0)} and dtype {dtype}"
         raise TypeError(_MSG_THETA.format(where=where, what=what))
     return jnp.asarray(theta0)
@@ -113,8 +118,9 @@ def minimize(
     throw: bool = True,
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int | None = None,
+    mesh: Mesh | None = None,
     **options: Any,
-) -> Solution:
+) -> Solution | EnsembleSolution:
     """Minimise `loss(theta, *args)` over the flat vector `theta`, with any backend.
 
     First-order methods run fused: `chunk_size` steps per dispatch inside one `jit` (the loss
@@ -152,6 +158,9 @@ def minimize(
     - `checkpoint`, `checkpoint_every`: a path to save the full optimizer state to every
         `checkpoint_every` steps (fused methods only); an existing file there is resumed from,
         and `max_steps` counts the steps before the resume.
+    - `mesh`: a `jax.sharding.Mesh` for data parallelism: `theta` is replicated, the data in
+        `args` is split along its leading axis across the devices (see `sb.shard`), and XLA
+        reduces the gradients. The results equal a single-device run's.
     - `**options`: passed to the Optax constructor (e.g. `learning_rate=`), to Optimistix as
         `options`, or to SciPy as `options`; `chunk_size=` (default 1000) sets the steps per
         dispatch of fused methods.
@@ -159,7 +168,10 @@ def minimize(
     **Returns:**
 
     An `sb.Solution` (`theta`, `loss`, `history`, `steps`, `success`, `message`, `wall_time`,
-    `result`).
+    `result`). For a 2-D `theta0` (an ensemble: one row per member, e.g.
+    `jnp.stack([sb.FlatMLP(sizes, key=k).theta0 for k in keys])`) an `sb.EnsembleSolution`:
+    every member trained at once (vmapped; SciPy methods one after another), each member's
+    own `Solution` in `res[i]`; a member that fails never stops or corrupts the others.
 
     **Raises:**
 
@@ -168,6 +180,7 @@ def minimize(
     method name; `NotImplementedError` for `checkpoint=` with a non-fused method.
     """
     theta0 = prepare_theta0(theta0, "sb.minimize")
+    theta0, args = place(theta0, args, mesh, "sb.minimize")
     chunk = options.pop("chunk_size", 1000)
     run = make_run(
         "sb.minimize", method, max_steps=max_steps, progress=progress, callback=callback,
@@ -175,8 +188,9 @@ def minimize(
     )  # fmt: skip
     if is_scipy(method):
         refuse_checkpoint(run, None)
-        return scipy_minimize(loss, theta0, tuple(args), method[6:], tol, options, run)
-    stepper = _stepper(loss, theta0, method, tol, options, "sb.minimize")
+        solve = lambda theta, run: scipy_minimize(loss, theta, args, method[6:], tol, options, run)
+        return each_member(solve, theta0, run)
+    stepper = _stepper(loss, first_member(theta0), method, tol, options, "sb.minimize")
     refuse_checkpoint(run, stepper)
     run.stops_on_budget = getattr(stepper, "tol", 0.0) is not None
-    return drive(stepper, theta0, tuple(args), run)
+    return drive_members(stepper, theta0, args, run)
