@@ -4,6 +4,10 @@ Every weight is a static slice of `theta`; no pytree is rebuilt and nothing walk
 call. The layout is the one `sb.destructure` gives for the equivalent `eqx.nn.MLP`, so the fast
 and general paths share every number. Knowing the network also gives input derivatives in one
 forward pass: `(value, Jacobian, Laplacian)` propagate layer by layer (Li et al. 2023).
+
+Measured (shared/PITFALLS.md, "Dispatch cost"): inside `jax.jit` the general path's rebuild
+already costs nothing at run time, so this path wins on dispatch and compile time, and on what
+knowing the network makes possible (the forward Laplacian), not on the steady-state kernel.
 """
 
 from collections.abc import Sequence

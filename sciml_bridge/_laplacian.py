@@ -48,7 +48,7 @@ def laplacian(fm: Callable[..., Any]) -> Callable[..., Array]:
     xs = jnp.ones((100, 2))
     residual = lambda theta: jax.vmap(lap, in_axes=(None, 0))(theta, xs) + 1.0
     loss = lambda theta: jnp.mean(residual(theta) ** 2)
-    g = jax.grad(loss)(fm.theta0)  # PINN training differentiates through the Laplacian
+    g = jax.jit(jax.grad(loss))(fm.theta0)  # PINN training differentiates through it
     ```
 
     The forward pass needs each activation's first and second derivatives: known activations

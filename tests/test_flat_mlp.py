@@ -1,5 +1,7 @@
 """`sb.FlatMLP`: same numbers as `eqx.nn.MLP`, static slices only, clear errors."""
 
+import textwrap
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -139,3 +141,10 @@ def test_constructor_errors(getkey):
         sb.FlatMLP((2, 3, 1), "swishy", key=getkey())
     with pytest.raises(TypeError, match="`\\(f, df, d2f\\)`"):
         sb.FlatMLP((2, 3, 1), 3.0, key=getkey())
+
+
+def test_docstring_example_runs():
+    code = sb.FlatMLP.__doc__.split("```python")[1].split("```")[0]
+    namespace: dict = {}
+    exec(textwrap.dedent(code), namespace)
+    assert namespace["ys"].shape == (128, 1)

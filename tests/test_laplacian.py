@@ -1,5 +1,7 @@
 """`sb.laplacian` / `sb.grad_x`: forward Laplacian equals `trace(jax.hessian)`, and composes."""
 
+import textwrap
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -174,3 +176,11 @@ def test_not_callable_is_a_type_error():
         sb.laplacian(jnp.ones(3))
     with pytest.raises(TypeError, match="`sb.grad_x\\(fm\\)` expected a flat model"):
         sb.grad_x(None)
+
+
+@pytest.mark.parametrize("fn, name, shape", [(sb.laplacian, "g", (1185,)), (sb.grad_x, "g", (3,))])
+def test_docstring_examples_run(fn, name, shape):
+    code = fn.__doc__.split("```python")[1].split("```")[0]
+    namespace: dict = {}
+    exec(textwrap.dedent(code), namespace)
+    assert namespace[name].shape == shape
