@@ -84,7 +84,11 @@ def scipy_objective(loss: Callable, *args: Any, dtype: Any = None) -> ScipyObjec
 
     ```python
     import scipy.optimize
-    obj = sb.scipy_objective(lambda th, x, y: jnp.mean((fm(th, x) - y) ** 2), x, y)
+    fm = sb.FlatMLP((1, 8, 1), key=jax.random.key(0), dtype=jnp.float64)
+    x = jnp.linspace(-1, 1, 32)[:, None]
+    y = jnp.sin(3 * x)
+    loss = lambda th, x, y: jnp.mean((jax.vmap(fm, (None, 0))(th, x) - y) ** 2)
+    obj = sb.scipy_objective(loss, x, y)
     res = scipy.optimize.minimize(obj.fun_and_jac, np.asarray(fm.theta0), jac=True,
                                   method="L-BFGS-B")
     res = scipy.optimize.minimize(obj.fun, res.x, jac=obj.jac, hessp=obj.hessp,

@@ -167,6 +167,8 @@ def load(path: str | os.PathLike, fm: Any, *, return_metadata: bool = False) -> 
     """Load a vector saved by `sb.save`, checking it fits `fm`.
 
     ```python
+    fm = sb.flat(eqx.nn.MLP(2, 1, 8, 2, key=jax.random.key(0)))
+    sb.save("net.npz", fm.theta0 + 1.0, fm)
     theta = sb.load("net.npz", fm)
     model = fm.restructure(theta)
     ```
