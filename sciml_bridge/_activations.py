@@ -10,7 +10,6 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-import equinox.nn._mlp as _eqx_mlp
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array
@@ -70,8 +69,17 @@ def _nested_ad(fn: Callable) -> Callable:
     return jax.vmap(one)
 
 
-def _identity_fn(x):
+def identity(x):
+    """The identity activation (what `activation=None` means)."""
     return x
+
+
+try:
+    # `eqx.nn.MLP`'s default `final_activation` is its private `lambda x: x`; knowing it lets
+    # the fast path skip it exactly. If Equinox renames it, it is merely a callable (nested AD).
+    from equinox.nn._mlp import _identity as _EQX_IDENTITY
+except ImportError:  # pragma: no cover - depends on the Equinox version
+    _EQX_IDENTITY = identity
 
 
 # name -> (the function stored in the rebuilt model, z -> (f, f', f'' or None)).
@@ -84,14 +92,12 @@ _TABLE: dict[str, tuple[Callable, Callable]] = {
     "silu": (jax.nn.silu, _silu),
     "gelu": (jax.nn.gelu, _nested_ad(jax.nn.gelu)),
     "relu": (jax.nn.relu, _relu),
-    "identity": (_identity_fn, _identity),
+    "identity": (identity, _identity),
 }
 
-# Callables we recognise by identity (`jax.nn.swish is jax.nn.silu`). `eqx.nn.MLP`'s default
-# `final_activation` is its private `lambda x: x`; naming it lets the fast path skip it exactly.
+# Callables we recognise by identity (`jax.nn.swish is jax.nn.silu`, `jax.nn.tanh is jnp.tanh`).
 _KNOWN: tuple[tuple[Any, str], ...] = tuple((fn, name) for name, (fn, _) in _TABLE.items()) + (
-    (jax.numpy.tanh, "tanh"),
-    (getattr(_eqx_mlp, "_identity", _identity_fn), "identity"),
+    (_EQX_IDENTITY, "identity"),
 )
 
 NAMES = tuple(_TABLE)

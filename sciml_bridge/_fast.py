@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 import equinox as eqx
 import jax.tree_util as jtu
 
-from ._activations import Activation, known_activation, make_activation
+from ._activations import NAMES, Activation, known_activation, make_activation
 from ._custom_types import Theta
 from ._destructure import Restructure
 from ._flat_mlp import FlatMLP, Layer, Param
@@ -22,7 +22,7 @@ _MSG_FAST = """\
 `sb.flat(..., fast=True)` has no fast path for this {kind}: {reason}.
 The fast path (`sb.FlatMLP`) covers `eqx.nn.MLP` with parameter-free activations and
 `eqx.nn.Sequential` of `eqx.nn.Linear` layers each followed by at most one `eqx.nn.Lambda` of a
-known activation ({known}).
+known activation (the `jnp`/`jax.nn` function of: {known}).
 Fix: use `fast="auto"` (falls back quietly) or `fast=False` for the general path."""
 
 
@@ -150,9 +150,7 @@ def fast_path(model: Any, theta0: Theta, re: Restructure, fast) -> FlatMLP | Non
         parts = recognise(model, re)
     except Unsupported as e:
         if fast is True:
-            known = ", ".join(f"`{n}`" for n in ("jnp.tanh", "jnp.sin", "jax.nn.softplus",
-                                                   "jax.nn.sigmoid", "jax.nn.relu", "..."))
             raise TypeError(_MSG_FAST.format(kind=f"`{type(model).__name__}`", reason=e,
-                                             known=known)) from None
+                                             known=", ".join(NAMES))) from None
         return None
     return FlatMLP.from_layout(theta0, re, *parts)

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, PRNGKeyArray
 
-from ._activations import Activation, make_activation
+from ._activations import Activation, identity, make_activation
 from ._custom_types import Theta, ThetaLike
 from ._destructure import Restructure, check_theta, destructure
 from ._flat import AbstractFlatModel
@@ -58,16 +58,22 @@ with `"scalar"` allowed only as the first or last entry (as in `eqx.nn.MLP`), bu
 
 def _check_sizes(sizes: Sequence[int | str]) -> tuple[int | str, ...]:
     sizes = tuple(sizes)
-    inner_ok = all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes[1:-1])
-    ends_ok = all(s == "scalar" or (isinstance(s, int) and not isinstance(s, bool) and s > 0)
-                  for s in sizes[::max(len(sizes) - 1, 1)])
-    if len(sizes) < 2 or not inner_ok or not ends_ok:
+
+    def size(s, end: bool):
+        if end and isinstance(s, str) and s == "scalar":
+            return s
+        if isinstance(s, (bool, np.bool_)) or not isinstance(s, (int, np.integer)) or s <= 0:
+            raise ValueError(_MSG_SIZES.format(got=sizes))
+        return int(s)
+
+    if len(sizes) < 2:
         raise ValueError(_MSG_SIZES.format(got=sizes))
-    return sizes
+    last = len(sizes) - 1
+    return tuple(size(s, i in (0, last)) for i, s in enumerate(sizes))
 
 
 def _fn(activation: Activation | None):
-    return (lambda x: x) if activation is None else activation.fn
+    return identity if activation is None else activation.fn
 
 
 def equivalent_model(sizes, hidden, final, key, dtype, use_bias) -> eqx.Module:

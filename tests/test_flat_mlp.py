@@ -133,6 +133,9 @@ def test_theta_and_x_errors(getkey):
 
 
 def test_constructor_errors(getkey):
+    assert sb.FlatMLP((np.int64(2), 3, 1), key=getkey()).in_size == 2
+    with pytest.raises(ValueError, match="`sb.FlatMLP\\(sizes"):
+        sb.FlatMLP((2, True, 1), key=getkey())
     with pytest.raises(ValueError, match="`sb.FlatMLP\\(sizes"):
         sb.FlatMLP((3,), key=getkey())
     with pytest.raises(ValueError, match="`sb.FlatMLP\\(sizes"):
