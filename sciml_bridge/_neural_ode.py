@@ -138,7 +138,9 @@ class NeuralODE(eqx.Module):
     travels as Diffrax's `args` (never closed over), so every adjoint differentiates it:
     `RecursiveCheckpointAdjoint`, `BacksolveAdjoint`, `DirectAdjoint` and, for `jax.jvp` /
     `jax.jacfwd` / Levenberg–Marquardt, `ForwardMode`. For a batch of initial conditions use
-    `jax.vmap(node, in_axes=(None, 0, None))`.
+    `jax.vmap(node, in_axes=(None, 0, None))`. (PITFALLS, Diffrax: `vmap` over trajectories
+    with `BacksolveAdjoint` is ~20x slower than with the default adjoint; with Backsolve,
+    solve the batch as one `(batch, dim)` state, with `fm` vmapped over the rows, instead.)
 
     For known physics plus a network (a universal differential equation), see
     [`sb.NeuralODE.hybrid`][].
@@ -234,8 +236,11 @@ class NeuralODE(eqx.Module):
         constants, or physical parameters to learn jointly with `jax.grad(..., argnums=...)`.
 
         ```python
-        fm = sb.FlatMLP((2, 16, 2), activation="tanh", key=jax.random.key(0),
-                        dtype=jnp.float64)
+        import jax, jax.numpy as jnp
+        import sciml_bridge as sb
+
+        jax.config.update("jax_enable_x64", True)
+        fm = sb.FlatMLP((2, 16, 2), activation="tanh", key=jax.random.key(0), dtype=jnp.float64)
 
         def lotka_volterra(t, y, theta, args):
             alpha, delta = args                     # known linear growth and decay
@@ -243,7 +248,8 @@ class NeuralODE(eqx.Module):
             return jnp.stack([alpha * y[0] + u[0], -delta * y[1] + u[1]])
 
         node = sb.NeuralODE.hybrid(lotka_volterra)
-        ys = node(fm.theta0, y0, ts, (1.3, 1.8))
+        y0, ts = jnp.array([0.44, 4.6]), jnp.linspace(0.0, 1.0, 11)
+        ys = node(fm.theta0, y0, ts, (1.3, 1.8))   # shape (11, 2)
         ```
 
         **Arguments:**

@@ -1,6 +1,8 @@
 """`sb.NeuralODE`: trajectories against closed forms, gradients of every adjoint against central
 differences, hybrid vector fields, batching, failures, and least squares through the solve."""
 
+import textwrap
+
 import diffrax
 import equinox as eqx
 import jax
@@ -231,3 +233,13 @@ def test_levenberg_marquardt_through_the_solve_converges(adjoint, jac):
     res = _fit_lm(adjoint, jac)
     assert res.success and res.theta.dtype == jnp.float64
     assert np.allclose(res.theta, 1.0, rtol=1e-7) and res.loss < 1e-16
+
+
+def test_hybrid_docstring_example_runs():
+    # tests/test_docs.py runs class docstrings; the `hybrid` classmethod's is checked here.
+    namespace: dict = {}
+    exec(
+        textwrap.dedent(sb.NeuralODE.hybrid.__doc__.split("```python")[1].split("```")[0]),
+        namespace,
+    )
+    assert namespace["ys"].shape == (11, 2) and np.isfinite(namespace["ys"]).all()
