@@ -243,3 +243,15 @@ def test_hybrid_docstring_example_runs():
         namespace,
     )
     assert namespace["ys"].shape == (11, 2) and np.isfinite(namespace["ys"]).all()
+
+
+@pytest.mark.parametrize("theta", [jnp.ones((2, 21)), jnp.ones(42, dtype=jnp.int64)])
+def test_theta_must_be_one_floating_vector(theta):
+    with pytest.raises(TypeError, match="one 1-D floating vector"):
+        sb.NeuralODE(_rotation)(theta, Y0, TS)
+
+
+def test_ensemble_of_thetas_by_vmap():
+    thetas = jnp.stack([FM.theta0, 0.5 * FM.theta0])
+    batched = jax.vmap(sb.NeuralODE(FM), in_axes=(0, None, None))(thetas, Y0, TS)
+    assert tree_allclose(batched[1], sb.NeuralODE(FM)(thetas[1], Y0, TS), rtol=1e-10, atol=1e-12)
