@@ -209,16 +209,19 @@ class FlatMLP(AbstractFlatModel):
         """
         params = self._params(theta)
         h = self._input(x, params[0][0].dtype)
-        jac = lap = None
+        # Row layout (`h @ W.T`, `J.T` of shape (d, n)): under `jax.vmap` the batch stays the
+        # leading axis, so each product is one plain matmul with no transposes (measured up to
+        # 1.6x faster than `W @ J` at d = 2..8, equal at d = 32).
+        jac_t = lap = None
         for (w, b), activation in zip(params, self.activations):
-            h = w @ h if b is None else w @ h + b
+            h = h @ w.T if b is None else h @ w.T + b
             # The first layer's Jacobian is W itself: never multiply by an identity.
-            jac = w if jac is None else w @ jac
-            lap = None if lap is None else w @ lap
+            jac_t = w.T if jac_t is None else jac_t @ w.T
+            lap = None if lap is None else lap @ w.T
             if activation is not None:
-                h, jac, lap = _through(activation, h, jac, lap, order)
+                h, jac_t, lap = _through(activation, h, jac_t, lap, order)
         lap = jnp.zeros_like(h) if lap is None else lap
-        return self._shape_out(h, jac, lap)[: order + 1]
+        return self._shape_out(h, jac_t.T, lap)[: order + 1]
 
     def _params(self, theta: ThetaLike) -> list[tuple[Array, Array | None]]:
         """Every `(W, b)` as a static slice of `theta` (checked once, at trace time)."""
@@ -253,11 +256,11 @@ class FlatMLP(AbstractFlatModel):
         return h, jac, lap
 
 
-def _through(activation: Activation, z: Array, jac: Array, lap: Array | None, order: int):
-    """Push `(value, Jacobian, Laplacian)` through an elementwise activation."""
+def _through(activation: Activation, z: Array, jac_t: Array, lap: Array | None, order: int):
+    """Push `(value, transposed Jacobian (d, n), Laplacian)` through an elementwise activation."""
     if order == 1:
         f, df = activation.derivatives(z, 1)
-        return f, df[:, None] * jac, None
+        return f, jac_t * df, None
     f, df, d2f = activation.derivatives(z, 2)
-    curvature = d2f * jnp.sum(jac * jac, axis=1)
-    return f, df[:, None] * jac, curvature if lap is None else df * lap + curvature
+    curvature = d2f * jnp.sum(jac_t * jac_t, axis=0)
+    return f, jac_t * df, curvature if lap is None else df * lap + curvature
