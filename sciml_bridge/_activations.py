@@ -113,6 +113,11 @@ differentiable (its second derivative is a Dirac delta at 0, which autodiff repo
 Fix: use a smooth activation (`"tanh"`, `"softplus"`, `"silu"`, `"sin"`, ...) for PINNs;
 `sb.grad_x` (first derivatives only) works with `{name}`."""
 
+_MSG_NO_D2F = """\
+`sb.laplacian` needs second derivatives of every activation, but `{name}` was given as
+`(f, df)` without its second derivative.
+Fix: pass `activation=(f, df, d2f)`, or just `f` to get both derivatives by nested autodiff."""
+
 
 @dataclasses.dataclass(frozen=True)
 class Activation:
@@ -150,14 +155,15 @@ class Activation:
         else:
             out = _nested_ad(self.fn)(z)
         if order == 2 and out[2] is None:
-            raise ValueError(_MSG_NOT_C2.format(name=self.name))
+            check_twice_differentiable(self)
         return out[: order + 1]
 
 
 def check_twice_differentiable(activation: "Activation | None") -> None:
     """Raise the promised error for `sb.laplacian` through a non-C2 activation (relu)."""
     if activation is not None and not activation.twice_differentiable:
-        raise ValueError(_MSG_NOT_C2.format(name=activation.name))
+        msg = _MSG_NO_D2F if activation.kind == "user" else _MSG_NOT_C2
+        raise ValueError(msg.format(name=activation.name))
 
 
 def _name_of(fn: Callable) -> str:

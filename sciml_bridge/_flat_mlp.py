@@ -76,7 +76,9 @@ def _fn(activation: Activation | None):
     return identity if activation is None else activation.fn
 
 
-def equivalent_model(sizes, hidden, final, key, dtype, use_bias) -> eqx.Module:
+def equivalent_model(sizes: tuple[int | str, ...], hidden: Activation | None,
+                     final: Activation | None, key: PRNGKeyArray, dtype,
+                     use_bias: bool) -> eqx.Module:
     """The Equinox network FlatMLP mirrors: `eqx.nn.MLP`, or a `Sequential` for uneven widths.
 
     Keys are split as `eqx.nn.MLP` splits them (one per layer, in order), so for uniform
@@ -199,7 +201,8 @@ class FlatMLP(AbstractFlatModel):
                 h = activation(h)
         return h[0] if self.out_size == "scalar" else h
 
-    def forward_derivatives(self, theta: ThetaLike, x: ArrayLike, order: int = 2):
+    def forward_derivatives(self, theta: ThetaLike, x: ArrayLike,
+                            order: int = 2) -> tuple[Array, ...]:
         """`(y, dy/dx, Laplacian)` (or `(y, dy/dx)` for `order=1`) in one forward pass.
 
         Each layer maps `(h, J, L)` (value, Jacobian and Laplacian w.r.t. `x`) as
@@ -207,6 +210,9 @@ class FlatMLP(AbstractFlatModel):
         `(f(z), f'(z) Jz, f'(z) Lz + f''(z) sum_k Jz[:, k]^2)`.
         Shapes follow `jax.jacfwd`: the Jacobian is `y.shape + x.shape`.
         """
+        if order not in (1, 2):
+            raise ValueError(f"`fm.forward_derivatives(theta, x, order)` expected order 1 or 2, "
+                             f"got {order!r}.")
         params = self._params(theta)
         h = self._input(x, params[0][0].dtype)
         # Row layout (`h @ W.T`, `J.T` of shape (d, n)): under `jax.vmap` the batch stays the

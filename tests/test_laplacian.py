@@ -142,7 +142,13 @@ def test_relu_is_a_clear_error_for_laplacian_but_fine_for_grad_x():
     fm = sb.flat(_mlp(2, 1, 5, 2, jax.nn.relu))
     with pytest.raises(ValueError, match=r"(?s)`relu` is not twice\sdifferentiable.*sb.grad_x"):
         sb.laplacian(fm)
+    first_only = sb.FlatMLP((2, 3, 1), (jnp.sin, jnp.cos), key=jax.random.key(0))
+    with pytest.raises(ValueError, match=r"\(f, df\)` without its second derivative"):
+        sb.laplacian(first_only)
     x = jnp.array([0.3, -0.2])
+    np.testing.assert_allclose(sb.grad_x(first_only)(first_only.theta0, x),
+                               jax.jacfwd(first_only.restructure(first_only.theta0))(x),
+                               rtol=1e-13)
     np.testing.assert_allclose(sb.grad_x(fm)(fm.theta0, x),
                                jax.jacfwd(fm.restructure(fm.theta0))(x), rtol=1e-13)
 
