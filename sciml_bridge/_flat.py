@@ -134,8 +134,9 @@ def flat(
         `params=` says otherwise).
     - `params`, `dtype`, `precision`: as in `sb.destructure`.
     - `fast`: `"auto"` uses the slice-based fast path (`sb.FlatMLP`) when the model is one it
-        knows (`eqx.nn.MLP`) with the very same `theta` layout; `True` requires it; `False`
-        forces the general path.
+        knows (`eqx.nn.MLP`, or an `eqx.nn.Sequential` of `Linear` layers each followed by at
+        most one activation `Lambda`) with the very same `theta` layout; `True` requires it;
+        `False` forces the general path.
 
     **Returns:** an `sb.AbstractFlatModel` (`fm.theta0`, `fm.size`, `fm.restructure`,
     `fm.is_fast`).
