@@ -8,8 +8,8 @@ first-order method (`sb.minimize(problem.loss, ...)`) or with a second-order lea
 (`sb.least_squares(problem.residual, ...)`): switching is a one-word edit.
 
 Residual functions see the network through a `Field`: `u(x)`, `u.grad(x)`, `u.laplacian(x)`,
-`u.hessian(x)`, computed by `sb.grad_x` / `sb.laplacian` (a forward-Laplacian pass on the fast
-path). Nothing here knows about a particular PDE.
+`u.hessian(x)`, `u.second_derivative(x, axis)`, computed by `sb.grad_x` / `sb.laplacian` (a
+forward-Laplacian pass on the fast path). Nothing here knows about a particular PDE.
 """
 
 from collections.abc import Callable, Mapping, Sequence
@@ -74,6 +74,17 @@ class Field(eqx.Module):
     def hessian(self, x: Array) -> Array:
         """All second input derivatives (forward mode over `sb.grad_x`), for mixed operators."""
         return jax.jacfwd(lambda y: grad_x(self.model)(self.theta, y))(x)
+
+    def second_derivative(self, x: Array, axis: int) -> Array:
+        """`d^2 u / dx_axis^2` alone (shape of `u(x)`), by forward over forward mode.
+
+        Cheaper than `hessian(x)[..., axis, axis]` when one axis needs it (the `u_xx` of a
+        space-time problem): two directional derivatives instead of the full Hessian.
+        """
+        x = jnp.asarray(x)
+        e = jnp.zeros_like(x).at[axis].set(1)
+        first = lambda y: jax.jvp(lambda z: self.model(self.theta, z), (y,), (e,))[1]
+        return jax.jvp(first, (x,), (e,))[1]
 
 
 class PINN(NamedTuple):

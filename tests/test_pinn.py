@@ -186,6 +186,9 @@ def test_field_hessian_on_the_fast_path_matches_jax_hessian(mlp):
     want = jax.jit(jax.hessian(lambda y: mlp(mlp.theta0, y)))(x)
     assert got.shape == (1, 2, 2)
     assert np.allclose(got, want, rtol=1e-12, atol=1e-12)
+    second = jax.jit(lambda theta, x: sb.Field(mlp, theta).second_derivative(x, 1))(mlp.theta0, x)
+    assert second.shape == (1,)
+    assert np.allclose(second, want[:, 1, 1], rtol=1e-12, atol=1e-12)
 
 
 def test_terms_with_data_per_point_and_sequence_form():
