@@ -70,14 +70,21 @@ def bridge_loss(fm, adjoint, ts, y0, data):
     return lambda theta: jnp.mean((node(theta, y0, ts) - data) ** 2)
 
 
-def median_seconds(step, arg, repeats: int) -> float:
-    jax.block_until_ready(step(arg))  # warm-up: compile
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def median_seconds(contenders: dict, repeats: int) -> dict:
+    """Median seconds per call of each `(step, arg)`, after a warm-up (compilation) call.
+
+    Round-robin over the contenders, one call each per round, so that a shared machine's
+    load drifts over all of them alike.
+    """
+    for step, arg in contenders.values():
         jax.block_until_ready(step(arg))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times = {name: [] for name in contenders}
+    for _ in range(repeats):
+        for name, (step, arg) in contenders.items():
+            start = time.perf_counter()
+            jax.block_until_ready(step(arg))
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def step_contenders(adjoint, mlp, ts, y0, data):
@@ -107,12 +114,11 @@ def step_table(repeats: int, ts, y0, data) -> str:
     ]
     for adjoint_name, adjoint in ADJOINTS.items():
         contenders = step_contenders(adjoint, mlp, ts, y0, data)
-        times, grads = {}, {}
-        for name, (step, arg) in contenders.items():
-            times[name] = median_seconds(step, arg, repeats)
-            grads[name] = jnp.concatenate(
-                [jnp.ravel(g) for g in jax.tree_util.tree_leaves(step(arg)[1])]
-            )
+        times = median_seconds(contenders, repeats)
+        grads = {
+            name: jnp.concatenate([jnp.ravel(g) for g in jax.tree_util.tree_leaves(step(arg)[1])])
+            for name, (step, arg) in contenders.items()
+        }
         base = "(a') Diffrax example: jax.jit over arrays"
         for name, seconds in times.items():
             diff = float(jnp.max(jnp.abs(grads[name] - grads[base])))
