@@ -255,3 +255,10 @@ def test_ensemble_of_thetas_by_vmap():
     thetas = jnp.stack([FM.theta0, 0.5 * FM.theta0])
     batched = jax.vmap(sb.NeuralODE(FM), in_axes=(0, None, None))(thetas, Y0, TS)
     assert tree_allclose(batched[1], sb.NeuralODE(FM)(thetas[1], Y0, TS), rtol=1e-10, atol=1e-12)
+
+
+def test_progress_bar_leaves_the_solution_unchanged(capfd):
+    theta, y0 = jnp.array([0.0, 1.0, -1.0, 0.0]), jnp.array([1.0, 0.0])
+    ys = sb.NeuralODE(_rotation, progress=True)(theta, y0, TS)
+    assert "100.00%" in capfd.readouterr().err
+    assert tree_allclose(ys, sb.NeuralODE(_rotation)(theta, y0, TS), rtol=0, atol=0)
