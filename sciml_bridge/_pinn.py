@@ -255,8 +255,11 @@ def error_report(
     !!! example
 
         ```python
-        report = sb.error_report(fm, res.theta, x_test, lambda x: jnp.sin(jnp.pi * x))
-        print(report)          # relative L2 error 1.2e-06, max |error| ...
+        fm = lambda theta, x: theta[0] * jnp.sin(jnp.pi * x)   # any fm(theta, x)
+        x_test = jnp.linspace(-1.0, 1.0, 101)[:, None]
+        report = sb.error_report(fm, jnp.array([1.01]), x_test,
+                                 lambda x: jnp.sin(jnp.pi * x[:, 0]))
+        print(report)   # relative L2 error 1.000e-02, max |error| 1.000e-02 over 101 points
         ```
 
     **Arguments:**
