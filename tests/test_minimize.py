@@ -287,3 +287,20 @@ def test_chaining_adam_then_lbfgs():
                         max_steps=200, progress=False)  # fmt: skip
     second = sb.minimize(loss, first.theta, "lbfgs", max_steps=200, progress=False)
     assert second.loss < 1e-12 < first.loss
+
+
+def _erroring_loss(theta):
+    # Stands in for a Diffrax solve under `throw=True` failing at run time (max_steps reached).
+    loss = jnp.sum((theta - 3.0) ** 2)
+    return eqx.error_if(loss, theta[0] > 1.5, "solver gave up: max_steps reached")
+
+
+def test_runtime_error_inside_a_chunk_keeps_the_last_good_theta():
+    kw = dict(max_steps=400, progress=False, chunk_size=10, learning_rate=0.05)
+    res = sb.minimize(_erroring_loss, jnp.zeros(2), "adam", throw=False, **kw)
+    assert res.result == sb.RESULTS.solver_failed and "max_steps reached" in res.message
+    assert res.steps > 0 and (res.steps + 1) % 10 == 0  # the last finished chunk
+    assert float(res.theta[0]) <= 1.5 and np.isfinite(res.loss)
+    with pytest.raises(sb.OptimizationError, match="max_steps reached") as info:
+        sb.minimize(_erroring_loss, jnp.zeros(2), "adam", throw=True, **kw)
+    np.testing.assert_array_equal(info.value.theta, res.theta)

@@ -6,9 +6,11 @@ bar, writes a checkpoint and hands the callback the last good `theta`.
 
 import dataclasses
 import os
+import re
 import time
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
@@ -118,6 +120,9 @@ def _chunks(stepper, args, state, book: _Book, run: Run, bar: Progress):
         n = min(run.chunk, run.max_steps - book.evaluated)
         keep = (stepper, args, book.good_theta, book.good_loss, jnp.asarray(n), run.chunk)
         state, good_theta, good_loss, status, count, hist = run_chunk(keep, state)
+        # Wait here: a runtime failure inside the chunk (a Diffrax solve that hits max_steps
+        # under `throw=True`, say) must surface before the book takes the chunk's outputs.
+        jax.block_until_ready((good_theta, good_loss, status))
         book.good_theta, book.good_loss = good_theta, good_loss
         _absorb(book, hist, int(status), int(count))
         bar.update(book.evaluated, float(good_loss))
@@ -145,6 +150,8 @@ def drive(stepper: AbstractStepper, theta0, args: tuple, run: Run) -> Solution:
             state, by_callback = _chunks(stepper, args, state, book, run, bar)
         except KeyboardInterrupt:
             return _conclude(run, book, RESULTS.interrupted, None)
+        except _RUNTIME_ERRORS as e:
+            return _conclude(run, book, RESULTS.solver_failed, None, detail=_first_line(e))
     if book.status in (RUNNING, CONVERGED):
         theta, loss = final_value(stepper, args, state)
         return _conclude(run, book, _ending(run, book, by_callback), (theta, loss), by_callback)
@@ -153,7 +160,11 @@ def drive(stepper: AbstractStepper, theta0, args: tuple, run: Run) -> Solution:
 
 def _drive_whole(stepper, theta0, args, run: Run, book: _Book) -> Solution:
     with Progress(run.max_steps, run.progress, run.where) as bar:
-        out = run_whole(stepper, args, theta0, run.max_steps)
+        try:
+            out = jax.block_until_ready(run_whole(stepper, args, theta0, run.max_steps))
+        except _RUNTIME_ERRORS as e:
+            book.good_loss = jnp.nan
+            return _conclude(run, book, RESULTS.solver_failed, None, detail=_first_line(e))
         good_theta, good_loss, status, count, hist, theta, loss = out
         book.good_theta, book.good_loss = good_theta, good_loss
         _absorb(book, hist, int(status), int(count))
@@ -173,9 +184,25 @@ def _failure(book: _Book) -> RESULTS:
     return RESULTS.nonfinite if book.status == NONFINITE else RESULTS.solver_failed
 
 
-def _conclude(run: Run, book: _Book, result: RESULTS, final, by_callback=False) -> Solution:
+# Failures raised while a compiled chunk runs (not while it is traced): Equinox's `error_if`
+# (Diffrax's max_steps / step-size collapse under `throw=True`) and XLA runtime errors.
+_RUNTIME_ERRORS = (eqx.EquinoxRuntimeError, jax.errors.JaxRuntimeError)
+
+
+def _first_line(e: Exception) -> str:
+    """The failure's own message, without the tracebacks JAX and Equinox wrap around it."""
+    text = str(e)
+    found = re.search(r"EquinoxRuntimeError: (.+)", text)
+    if found:
+        return found.group(1).strip()[:300]
+    lines = [line for line in text.splitlines() if line.strip() and "stack" not in line]
+    return (lines[0] if lines else type(e).__name__)[:300]
+
+
+def _conclude(run: Run, book: _Book, result: RESULTS, final, by_callback=False,
+              detail: str = "") -> Solution:
     theta, loss, history = book.good_theta, book.good_loss, list(book.history)
-    detail = "stopped by `callback`" if by_callback else ""
+    detail = "stopped by `callback`" if by_callback else detail
     if final is not None:
         if bool(jnp.isfinite(final[1])):
             theta, loss = final
