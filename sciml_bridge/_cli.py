@@ -25,7 +25,7 @@ Fix: run it from a clone of the repository installed in editable mode (`pip inst
 which `make demo` / `make bench` do for you)."""
 
 # Reduced settings for `--quick` (a smoke run: seconds, not the accuracy story).
-_QUICK_POISSON = dict(n_points=12, adam_steps=300, gn_steps=25)
+_QUICK_POISSON = dict(n_points=12, adam_steps=300, bfgs_steps=300, gn_steps=25)
 _QUICK_SPIRAL = dict(width=16, steps=150, bfgs_steps=150)
 _QUICK_REPEATS = 2
 
@@ -76,7 +76,7 @@ def demo(out_dir: str = "out", quick: bool = False, progress: bool = True) -> li
     poisson = load_script("examples/pinn/poisson_2d.py")
     spiral = load_script("examples/neural_ode/spiral.py")
     settings = dict(_QUICK_POISSON) if quick else {}
-    print("== 2-D Poisson PINN: Adam baseline vs dense Gauss-Newton ==", flush=True)
+    print("== 2-D Poisson PINN: Adam baseline vs BFGS and dense Gauss-Newton ==", flush=True)
     result = _call_main(poisson, out_dir=out_dir, plot=True, progress=progress, **settings)
     rows = [
         ("Poisson 2-D PINN", method, f"rel. L2 {r['rel_l2']:.2e}", r["time"])

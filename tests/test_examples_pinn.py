@@ -60,9 +60,10 @@ def test_seed_1d_adam_then_bfgs_reaches_its_threshold(tmp_path):
 @pytest.mark.slow
 def test_poisson_2d_gauss_newton_beats_adam_by_orders_of_magnitude(tmp_path):
     poisson = load_script("examples/pinn/poisson_2d.py")
-    out = poisson.main(n_points=12, adam_steps=300, gn_steps=40, out_dir=str(tmp_path),
-                       progress=False)
+    out = poisson.main(n_points=12, adam_steps=300, bfgs_steps=200, gn_steps=40,
+                       out_dir=str(tmp_path), progress=False)
     adam, gn = out["methods"]["adam"], out["methods"]["gauss-newton"]
+    assert set(out["methods"]) == {"adam", "bfgs", "gauss-newton"}
     assert gn["rel_l2"] < 1e-3, gn["rel_l2"]
     assert gn["rel_l2"] < adam["rel_l2"] / 100
     assert out["n_params"] == 2 * 32 + 32 + 32 + 1
