@@ -1,6 +1,8 @@
 # `make test` and `make demo` bootstrap everything themselves: a fresh clone needs only python3 >= 3.11.
 PYTHON ?= python3
 VENV ?= .venv
+# Most test time is XLA compilation, single-threaded per process: one worker per core halves it.
+TEST_WORKERS ?= 2
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
@@ -14,7 +16,7 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check sciml_bridge tests benchmarks examples
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 demo: $(STAMP)
 	$(VENV)/bin/sciml-bridge demo

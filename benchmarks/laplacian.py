@@ -9,32 +9,13 @@ of the loss value and of its theta-gradient (`jax.value_and_grad`); ratios again
 Targets: (a) at least 2x faster than trace(hessian) at d=8 and 3x at d=32.
 """
 
-import pathlib
-import statistics
-import time
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 
 import sciml_bridge as sb
-
-
-def per_call(calls: dict, number: int, repeats: int) -> dict:
-    """Median seconds per call for each `name -> (fn, args)`, every call waited for.
-
-    Contenders take turns within each repeat, so a noisy machine slows all of them alike.
-    """
-    for fn, args in calls.values():
-        jax.block_until_ready(fn(*args))  # warm-up: compile outside the timing
-    times: dict = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, (fn, args) in calls.items():
-            start = time.perf_counter()
-            for _ in range(number):
-                jax.block_until_ready(fn(*args))
-            times[name].append((time.perf_counter() - start) / number)
-    return {name: statistics.median(t) for name, t in times.items()}
+from sciml_bridge._benchmark import per_call, write_result
 
 
 def _hessian_trace(fm):
@@ -99,10 +80,7 @@ def main(dims=(2, 8, 32), width: int = 64, depth: int = 3, batch: int = 1024,
     for d in dims:
         lines += _rows(d, width, depth, batch, dtype, seed, number, repeats)
     text = "\n".join(lines)
-    print(text)
-    out = pathlib.Path(__file__).parent / "results" / "laplacian.md"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(text + "\n")
+    write_result(__file__, text)
     return text
 
 

@@ -8,8 +8,6 @@ waited for), and compile time (first call of a fresh jitted function: trace + co
 Targets: (c) within 1.05x of (d); (c) at least 5x faster than (a) forward, 10x for the gradient.
 """
 
-import pathlib
-import statistics
 import time
 
 import equinox as eqx
@@ -17,38 +15,15 @@ import jax
 import jax.numpy as jnp
 
 import sciml_bridge as sb
+from sciml_bridge._benchmark import hand_mlp as _hand_mlp, per_call, write_result
 
 
 SIZES = (1, 10, 10, 10, 1)
+hand_mlp = _hand_mlp(SIZES)
 
 
-def hand_mlp(theta, x):
-    """The seed MLP written by hand on `theta` (destructure's layout: W then b per layer)."""
-    h, offset = x, 0
-    for i, (n_in, n_out) in enumerate(zip(SIZES[:-1], SIZES[1:])):
-        w = theta[offset : offset + n_in * n_out].reshape(n_out, n_in)
-        offset += n_in * n_out
-        h = w @ h + theta[offset : offset + n_out]
-        offset += n_out
-        h = jnp.tanh(h) if i < len(SIZES) - 2 else h
-    return h
 
 
-def per_call(calls: dict, number: int, repeats: int) -> dict:
-    """Median seconds per call for each `name -> (fn, args)`, every call waited for.
-
-    Contenders take turns within each repeat, so a noisy machine slows all of them alike.
-    """
-    for fn, args in calls.values():
-        jax.block_until_ready(fn(*args))  # warm-up: compile outside the timing
-    times: dict = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, (fn, args) in calls.items():
-            start = time.perf_counter()
-            for _ in range(number):
-                jax.block_until_ready(fn(*args))
-            times[name].append((time.perf_counter() - start) / number)
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def first_call(make, args) -> float:
@@ -119,10 +94,7 @@ def main(repeats: int = 7, number: int = 2000, seed: int = 0) -> str:
     for dtype in (jnp.float32, jnp.float64):
         lines += _rows(dtype, repeats, number, seed)
     text = "\n".join(lines)
-    print(text)
-    out = pathlib.Path(__file__).parent / "results" / "seed_pinn.md"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(text + "\n")
+    write_result(__file__, text)
     return text
 
 

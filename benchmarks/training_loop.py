@@ -10,7 +10,6 @@ Steps per second (median of repeats, after a warm-up that compiles); ratios agai
 Target: (c) at least 10x faster than (a) and within 1.2x of (d).
 """
 
-import pathlib
 import statistics
 import time
 
@@ -20,6 +19,7 @@ import jax.numpy as jnp
 import optax
 
 import sciml_bridge as sb
+from sciml_bridge._benchmark import write_result
 
 
 def problem(n_points: int = 128):
@@ -112,10 +112,7 @@ def main(repeats: int = 5, steps: int = 2000, seed: int = 0) -> str:
             f"| {name} | {rate:,.0f} | {1e6 / rate:.1f} | {rate / base:.1f}x | {scan / rate:.2f}x |"
         )
     table = "\n".join(lines)
-    print(table)
-    out = pathlib.Path(__file__).parent / "results" / "training_loop.md"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(table + "\n")
+    write_result(__file__, table)
     return table
 
 
