@@ -100,7 +100,7 @@ def main(points: int = 1024, steps: int = 500, repeats: int = 5) -> str:
         *_ensemble_table(32, steps, repeats, (1, 10, 10, 1)),
         "",
         "An ensemble shares dispatches and compilation, not arithmetic: on this 2-core CPU",
-        "8 members cost about 5-6 single runs at either size (batched small matmuls are",
+        "8 members cost between 3.5 and 6 single runs over our repeats (batched small matmuls are",
         "barely cheaper per member than separate ones); accelerators batch far better.",
         "",
         *header,
