@@ -95,6 +95,18 @@ def test_compute_follows_theta_dtype(getkey):
     np.testing.assert_allclose(y64, fm.restructure(theta64)(jnp.ones(2)), rtol=1e-14)
 
 
+def test_wider_input_widens_the_computation_instead_of_being_truncated(getkey):
+    fm = sb.FlatMLP((2, 4, 1), key=getkey(), dtype=jnp.float32)
+    x64 = jnp.array([0.1 + 1e-12, -0.3])
+    y = fm(fm.theta0, x64)
+    assert y.dtype == jnp.float64
+    mlp = fm.restructure(fm.theta0)
+    with jax.numpy_dtype_promotion("standard"):  # the general path promotes the same way
+        np.testing.assert_allclose(y, mlp(x64), rtol=1e-14)
+    _, jac, lap = fm.forward_derivatives(fm.theta0, x64)
+    assert jac.dtype == lap.dtype == jnp.float64
+
+
 def test_batched_call_is_matrix_products_and_static_slices(getkey):
     fm = sb.FlatMLP((2, 8, 8, "scalar"), key=getkey())
     jaxpr = jax.make_jaxpr(jax.vmap(fm, in_axes=(None, 0)))(fm.theta0, jnp.ones((5, 2)))
