@@ -11,6 +11,7 @@ import warnings
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import jax.tree_util as jtu
 import numpy as np
 from jaxtyping import Array
 
@@ -64,6 +65,23 @@ def check_x64(dtype, where: str, what: str = "data") -> None:
         short = "float32" if np.dtype(dtype).kind == "f" else "complex64"
         msg = _MSG_X64.format(where=where, what=what, dtype=np.dtype(dtype), short=short)
         raise TypeError(msg)
+
+
+def guard_x64(tree, where: str, what: str = "data") -> None:
+    """The one x64 guard for every array that enters the library (theta, args, data, points,
+    `y0`, `ts`, bounds): any leaf carrying a float64/complex128 dtype (NumPy arrays and
+    scalars, dtype objects) is refused while x64 is off, because `jnp.asarray`,
+    `jax.device_put` and jitted calls would truncate it without a word (jax#11895).
+
+    Python floats pass: they are weakly typed in JAX and follow the computation's dtype.
+    `where` names the call in backticks (e.g. "`sb.minimize`"), `what` the argument.
+    """
+    if jax.config.read("jax_enable_x64"):
+        return
+    for leaf in jtu.tree_leaves(tree):
+        dtype = leaf if isinstance(leaf, np.dtype) else getattr(leaf, "dtype", None)
+        if dtype is not None and not isinstance(leaf, jax.Array):
+            check_x64(dtype, where, what)
 
 
 def real_dtype(dtype) -> np.dtype:
