@@ -155,7 +155,7 @@ class NeuralODE(eqx.Module):
     solve the batch as one `(batch, dim)` state, with `fm` vmapped over the rows, instead.)
 
     For known physics plus a network (a universal differential equation), see
-    [`sb.NeuralODE.hybrid`][].
+    [`sb.NeuralODE.hybrid`][sciml_bridge.NeuralODE.hybrid].
 
     ```python
     import diffrax, jax, jax.numpy as jnp
@@ -268,11 +268,11 @@ class NeuralODE(eqx.Module):
 
         - `vector_field`: `vf(t, y, theta, args)` returning an array (or pytree) like `y`.
         - `**kwargs`: `solver`, `adjoint`, `stepsize_controller`, `dt0`, `max_steps`,
-            `throw`, `progress`, as for [`sb.NeuralODE`][].
+            `throw`, `progress`, as for [`sb.NeuralODE`][sciml_bridge.NeuralODE].
 
         **Returns:**
 
-        A [`sb.NeuralODE`][] called as `node(theta, y0, ts, args=None) -> ys`.
+        A [`sb.NeuralODE`][sciml_bridge.NeuralODE] called as `node(theta, y0, ts, args=None) -> ys`.
 
         **Raises:**
 
