@@ -6,18 +6,20 @@ still holds that `theta`, so an expensive run is never lost.
 """
 
 import dataclasses
-import enum
 from typing import Any
 
+import equinox.internal as eqxi
 import numpy as np
 
 from ._custom_types import Theta
 
 
-class RESULTS(enum.Enum):
-    """How a run ended. `RESULTS.x.message` explains it and says what to try."""
+class RESULTS(eqxi.Enumeration):
+    """How a run ended: one vocabulary inside `jit` (steppers return it as data, as Optimistix
+    and Diffrax do) and on the host (`res.result`). `RESULTS[res.result]` is the message, which
+    says what to try; `res.result == sb.RESULTS.nonfinite` compares."""
 
-    successful = "converged (or ran its budget of `max_steps` with no stopping rule)"
+    successful = "converged"
     max_steps_reached = (
         "stopped after `max_steps` steps without meeting the tolerance. Try a larger "
         "`max_steps=`, a looser `tol=`, or continue from `res.theta` (chaining is free)."
@@ -30,13 +32,29 @@ class RESULTS(enum.Enum):
     )
     interrupted = "interrupted (Ctrl-C) between chunks; `res.theta` is the last finished step"
     solver_failed = (
-        "the backend reported a failure (e.g. a singular linear solve or a failed line search). "
-        "Try another `method=`, a smaller step, or rescaling the problem."
+        "the backend reported a failure (e.g. a singular linear solve, a failed line search, "
+        "or a runtime error inside the loss such as `eqx.error_if`). The last good `theta` is "
+        "kept in `res.theta`. Try another `method=`, a smaller step, or rescaling the problem."
     )
 
-    @property
-    def message(self) -> str:
-        return self.value
+
+_BY_INDEX = {int(item._value): item for item in RESULTS._name_to_item.values()}
+_NAMES = {int(item._value): name for name, item in RESULTS._name_to_item.items()}
+
+
+def canonical(result) -> RESULTS:
+    """The module-level `RESULTS` member for a concrete result (one that came out of `jit`),
+    so that `res.result is sb.RESULTS.nonfinite` holds on the host."""
+    return _BY_INDEX[int(np.asarray(result._value))]
+
+
+def result_name(result) -> str:
+    """`"nonfinite"` for `RESULTS.nonfinite`, etc."""
+    return _NAMES[int(np.asarray(result._value))]
+
+
+def message_of(result) -> str:
+    return RESULTS[canonical(result)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +92,7 @@ class Solution:
     def __repr__(self) -> str:
         return (
             f"Solution(success={self.success}, loss={self.loss:.6g}, steps={self.steps}, "
-            f"wall_time={self.wall_time:.3g}s, result={self.result.name}, "
+            f"wall_time={self.wall_time:.3g}s, result={result_name(self.result)}, "
             f"theta=<{self.theta.dtype} array of {self.theta.size}>)"
         )
 
@@ -108,8 +126,9 @@ def finish(
     stats: dict | None = None,
 ) -> Solution:
     """Build the `Solution`, phrase its message, and raise it when `throw=True` and it failed."""
+    result = canonical(result)
     head = f"`{where}` ({detail})" if detail else f"`{where}`"
-    message = f"{head}: {result.message}"
+    message = f"{head}: {RESULTS[result]}"
     sol = Solution(
         theta=theta,
         loss=float(loss),
@@ -122,7 +141,7 @@ def finish(
         method=method,
         stats=dict(stats or {}),
     )
-    if throw and result not in (RESULTS.successful, RESULTS.interrupted):
+    if throw and result is not RESULTS.successful and result is not RESULTS.interrupted:
         cls = NonFiniteLossError if result is RESULTS.nonfinite else OptimizationError
         raise cls(sol)
     return sol
