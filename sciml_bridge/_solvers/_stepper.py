@@ -32,6 +32,8 @@ class AbstractStepper(eqx.Module):
 
     - `has_stopping_rule()`: whether `step` can ever say `done` (a tolerance). Without one,
         running out of `max_steps` is the normal end of the run (`success=True`).
+    - `criterion()`: a phrase naming the stopping rule, for the "converged" message
+        (optional; the default is generic).
     - `init(theta, args) -> state`.
     - `theta(state) -> theta`: the current point.
     - `value(theta, args) -> scalar`: the loss at a point (for least squares `0.5 * sum(r**2)`).
@@ -46,6 +48,9 @@ class AbstractStepper(eqx.Module):
 
     def has_stopping_rule(self) -> bool:
         return True
+
+    def criterion(self) -> str:
+        return "the method's stopping rule (`tol`) was met"
 
     @abc.abstractmethod
     def init(self, theta: Theta, args: tuple) -> Any: ...
