@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._precision import check_x64
+from ._precision import check_x64, guard_x64
 
 
 def _f(x, dynamic, static):
@@ -138,4 +138,5 @@ def scipy_objective(loss: Callable, *args: Any, dtype: Any = None) -> ScipyObjec
         if dtype is None:
             check_x64(np.float64, "`sb.scipy_objective`", "SciPy's float64 `x`")
     check_x64(dtype, "`sb.scipy_objective`", "`dtype=`")
+    guard_x64(args, "`sb.scipy_objective`", "`*args`")
     return ScipyObjective(loss, args, dtype)

@@ -40,7 +40,7 @@ Fix: use the same method and options to resume, a new `checkpoint=` path to star
 def _describe(x: Any, depth: int = 0) -> str:
     """A process-independent description of an optimiser: reprs of numbers and strings,
     digests of arrays, and the closures/fields of functions and modules, recursively."""
-    if depth > 8:
+    if depth > 12:  # functions and modules nested this deep: enough to tell optimisers apart
         return "..."
     if x is None or isinstance(x, bool | int | float | complex | str):
         return repr(x)
@@ -49,10 +49,10 @@ def _describe(x: Any, depth: int = 0) -> str:
         digest = hashlib.sha1(data.tobytes()).hexdigest()[:12]
         return f"array{data.shape}{data.dtype}:{digest}"
     if isinstance(x, tuple | list):
-        return "(" + ",".join(_describe(v, depth + 1) for v in x) + ")"
+        return "(" + ",".join(_describe(v, depth) for v in x) + ")"
     if isinstance(x, dict):
-        return "{" + ",".join(f"{k}:{_describe(v, depth + 1)}" for k, v in sorted(x.items(),
-                                                                             key=str)) + "}"
+        items = sorted(x.items(), key=str)
+        return "{" + ",".join(f"{k}:{_describe(v, depth)}" for k, v in items) + "}"
     if dataclasses.is_dataclass(x):
         fields = [getattr(x, f.name, None) for f in dataclasses.fields(x)]
         return type(x).__qualname__ + _describe(fields, depth + 1)
