@@ -47,47 +47,68 @@ def minimize(
 ) -> Solution | EnsembleSolution:
     """Minimise `loss(theta, *args)` over the flat vector `theta`, with any backend.
 
-    First-order methods run fused: `chunk_size` steps per dispatch inside one `jit` (the loss
-    curve is the same as a step-by-step loop's), with a progress bar between chunks. A
-    non-finite loss stops the run and keeps the last finite `theta`; Ctrl-C between chunks
-    returns the partial result. Chaining is natural:
+    Every method except SciPy's runs in the same fused driver: `chunk_size` steps per dispatch
+    inside one `jit` (the loss curve is the same as a step-by-step loop's), with progress,
+    callbacks, checkpoints and Ctrl-C between chunks. Chaining is natural:
 
     ```python
     fm = sb.flat(eqx.nn.MLP(1, 1, 10, 2, activation=jnp.tanh, key=jax.random.key(0)))
     x = jnp.linspace(-1, 1, 64)[:, None]
     loss = lambda th, x: jnp.mean((jax.vmap(fm, (None, 0))(th, x) - jnp.sin(3 * x)) ** 2)
     res = sb.minimize(loss, fm.theta0, "adam", args=(x,), max_steps=2000, learning_rate=1e-2)
-    res = sb.minimize(loss, res.theta, "lbfgs", args=(x,), max_steps=500, throw=False)
+    res = sb.minimize(loss, res.theta, "lbfgs", args=(x,), max_steps=500)
     ```
+
+    **The outcome contract** (the same for every method, single runs and ensembles):
+
+    - converged: `success=True`; the message names the stopping rule that was met.
+    - budget used up: returns, never raises, whatever `throw`. With a stopping rule that was
+        not met: `success=False`, `result=sb.RESULTS.max_steps_reached`. Without one (Optax
+        methods without `tol`): `success=True`, and the message says the budget ran out.
+    - non-finite loss, solver breakdown, runtime error inside the loss (`eqx.error_if`, a
+        failing Diffrax solve): `throw=True` raises `sb.OptimizationError` (or its subclass
+        `sb.NonFiniteLossError`) carrying the last good `theta`; `throw=False` returns it.
+        For `"lbfgs"` and the Optimistix methods a non-finite *trial* point is a rejected
+        step: their line search / trust region backs off, as `optx.minimise` does.
+    - Ctrl-C: one SIGINT returns the partial result (`result=sb.RESULTS.interrupted`); the
+        chunk in flight finishes first. A second SIGINT raises `KeyboardInterrupt`.
+    - a checkpoint write that fails: a `RuntimeWarning`; the run goes on.
 
     **Arguments:**
 
-    - `loss`: `loss(theta, *args) -> scalar`, JAX-traceable.
+    - `loss`: `loss(theta, *args) -> scalar`, JAX-traceable (a real scalar; anything else
+        is a `TypeError` saying what it returned).
     - `theta0`: 1-D real floating start (float64 stays float64; float64 NumPy data with x64
-        off is a `TypeError`).
+        off is a `TypeError`), or 2-D `(members, n)` for an ensemble.
     - `method`: `"adam"` (default) or any `optax` alias by name (`"sgd"`, `"adamw"`, ...;
         `learning_rate` defaults to 1e-3), `"lbfgs"` (Optax L-BFGS with zoom line search),
         `"bfgs"`/`"nonlinear-cg"` (Optimistix), `"scipy:<Method>"` (any
         `scipy.optimize.minimize` method; trust-region methods get `hessp`), an
         `optax.GradientTransformation` or an Optimistix minimiser object.
-    - `args`: extra arguments passed to `loss` (default `()`).
+    - `args`: a tuple of extra arguments passed to `loss` (default `()`).
     - `max_steps`: step budget (default 1000).
     - `tol`: gradient-norm tolerance (Optax; default `None` runs the whole budget, except
         `"lbfgs"`), `rtol=atol` (Optimistix), or SciPy's `tol`. `None` means 1e-8 in float64,
         1e-4 in float32 where a default is needed.
     - `progress`: tqdm bar with the loss between chunks (off when stderr is not a terminal).
-    - `callback`: `callback(step, theta, loss)` between chunks (SciPy: every iteration);
-        returning `True` stops the run successfully.
+    - `callback`: `callback(step, theta, loss)` between chunks (SciPy: every iteration), with
+        `loss` a Python float; for an ensemble it is called once per running member with
+        that member's `theta`. Returning `True` stops the run (that member) successfully.
     - `throw`: raise `sb.OptimizationError` on failure (default) or return it in the result.
-    - `checkpoint`, `checkpoint_every`: a path to save the full optimizer state to every
-        `checkpoint_every` steps (fused methods only); an existing file there is resumed from,
-        and `max_steps` counts the steps before the resume.
+    - `checkpoint`, `checkpoint_every`: a path to save the full optimizer state (every
+        member's) to every `checkpoint_every` steps (not for SciPy methods); an existing file
+        there is resumed from, and `max_steps` counts the steps before the resume.
+    - `resume`: `"check"` (default) refuses a checkpoint written with another method, other
+        options or another `tol` (naming what changed); `"force"` resumes it anyway.
     - `mesh`: a `jax.sharding.Mesh` for data parallelism: `theta` is replicated, the data in
         `args` is split along its leading axis across the devices (see `sb.shard`), and XLA
-        reduces the gradients. The results equal a single-device run's.
-    - `**options`: passed to the Optax constructor (e.g. `learning_rate=`), to Optimistix as
-        `options`, or to SciPy as `options`; `chunk_size=` (default 1000) sets the steps per
-        dispatch of fused methods.
+        reduces the gradients. Results agree with a single-device run to rounding (the
+        reduction order differs); quasi-Newton line searches can amplify that over many
+        steps.
+    - `**options`: passed to the Optax constructor (e.g. `learning_rate=`) or to SciPy as
+        `options`; Optimistix methods take `autodiff_mode=`. `chunk_size=` (default 1000)
+        sets the steps per dispatch. An option the method does not take is a `TypeError`
+        naming the nearest valid keyword.
 
     **Returns:**
 
@@ -95,13 +116,16 @@ def minimize(
     `result`). For a 2-D `theta0` (an ensemble: one row per member, e.g.
     `jnp.stack([sb.FlatMLP(sizes, key=k).theta0 for k in keys])`) an `sb.EnsembleSolution`:
     every member trained at once (vmapped; SciPy methods one after another), each member's
-    own `Solution` in `res[i]`; a member that fails never stops or corrupts the others.
+    own `Solution` in `res[i]` under the same contract; a member that fails never stops or
+    corrupts the others, and `res.best` is the member with the lowest finite loss.
 
     **Raises:**
 
-    `sb.NonFiniteLossError` / `sb.OptimizationError` (with `.theta`, `.result`) on failure when
-    `throw=True`; `TypeError` for a bad `theta0` or `method` type; `ValueError` for an unknown
-    method name; `NotImplementedError` for `checkpoint=` with a non-fused method.
+    `sb.NonFiniteLossError` / `sb.OptimizationError` (with `.theta`, `.result`; for an
+    ensemble when any member failed, `.result` is the `EnsembleSolution`) when
+    `throw=True`; `TypeError` for a bad `theta0`, `args`, `tol`, `method` type, loss output or
+    option; `ValueError` for an unknown method name, a non-finite `theta0` or a mismatched
+    checkpoint; `NotImplementedError` for `checkpoint=` with a SciPy method.
     """
     where = "sb.minimize"
     theta0 = prepare_theta0(theta0, where)

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import optimistix as optx
 import pytest
 from helpers import TraceCounter, run_python
 
@@ -433,3 +434,30 @@ def test_ensemble_best_is_the_lowest_finite_loss():
     res = sb.minimize(loss, thetas, "adam", max_steps=1, progress=False, throw=False)
     assert res[1].result is sb.RESULTS.nonfinite
     assert res.best is res[2] and res.best.loss == min(res[0].loss, res[2].loss)
+
+
+# --- Optimistix in chunks: evaluations and memory as `optx.minimise` ----------------------
+
+
+def test_optimistix_evaluates_the_loss_no_more_often_than_optx_minimise():
+    calls = []
+
+    def loss(theta, args):
+        jax.debug.callback(lambda: calls.append(1))
+        return as_loss(rosenbrock)(theta)
+
+    theta0 = jnp.array([-1.2, 1.0, 0.5])
+    sol = optx.minimise(loss, optx.BFGS(rtol=1e-8, atol=1e-8), theta0, max_steps=200)
+    jax.block_until_ready(sol.value)
+    reference, calls[:] = len(calls), []
+    res = sb.minimize(lambda t: loss(t, None), theta0, "bfgs", max_steps=200, chunk_size=7,
+                      progress=False)  # fmt: skip
+    np.testing.assert_allclose(np.asarray(res.theta), np.asarray(sol.value), rtol=1e-10)
+    # One evaluation per step, plus the final loss at `res.theta`.
+    assert len(calls) <= reference + 1, (len(calls), reference)
+
+
+def test_a_huge_budget_allocates_nothing_per_step():
+    # The loss history lives per chunk: `max_steps=10**9` costs what `max_steps=100` does.
+    res = sb.minimize(as_loss(quadratic), jnp.zeros(3), "bfgs", max_steps=10**9, progress=False)
+    assert res.success and res.steps < 100
