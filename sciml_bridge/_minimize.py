@@ -13,6 +13,7 @@ from jax.sharding import Mesh
 from ._custom_types import ThetaLike
 from ._result import EnsembleSolution, Solution
 from ._sharding import place
+from ._solvers._batches import KeyedLoss, takes_key, with_batches
 from ._solvers._checkpoint import fingerprint
 from ._solvers._methods import resolve_minimize
 from ._solvers._outputs import ScalarLoss
@@ -20,6 +21,10 @@ from ._solvers._run import drive
 from ._solvers._scipy_backend import scipy_minimize, solve_scipy
 from ._solvers._setup import check_tol, make_run, prepare_args, prepare_theta0
 
+
+_MSG_SCIPY_BATCHES = """\
+`{where}` cannot draw minibatches or keys for a SciPy method: SciPy expects a deterministic
+objective. Fix: use an Optax method (e.g. "adam") with `batch_size=`/`key=`, or drop them."""
 
 _MSG_CHECKPOINT = """\
 `{where}` cannot checkpoint method={method!r}: SciPy runs its own loop, so there is no state
@@ -43,6 +48,8 @@ def minimize(
     checkpoint_every: int | None = None,
     resume: str = "check",
     mesh: Mesh | None = None,
+    batch_size: int | None = None,
+    key: Any = None,
     **options: Any,
 ) -> Solution | EnsembleSolution:
     """Minimise `loss(theta, *args)` over the flat vector `theta`, with any backend.
@@ -136,14 +143,18 @@ def minimize(
         checkpoint=checkpoint, every=checkpoint_every, chunk=options.pop("chunk_size", 1000),
         resume=resume,
     )  # fmt: skip
-    loss = ScalarLoss(loss, where)
+    pass_key = key is not None and takes_key(loss)
+    loss = ScalarLoss(KeyedLoss(loss) if pass_key else loss, where)
     member = theta0[0] if theta0.ndim == 2 else theta0
     plan = resolve_minimize(loss, member, method, tol, options, where)
     if plan.scipy is not None:
+        if batch_size is not None or key is not None:
+            raise NotImplementedError(_MSG_SCIPY_BATCHES.format(where=where))
         if run.checkpoint is not None:
             raise NotImplementedError(_MSG_CHECKPOINT.format(where=where, method=method))
         solve = lambda theta, run, flag: scipy_minimize(loss, theta, args, plan.scipy, tol,
                                                         options, run, flag)  # fmt: skip
         return solve_scipy(solve, theta0, run)
-    run.fingerprint = fingerprint(method, options, tol)
-    return drive(plan.stepper, theta0, args, run)
+    stepper = with_batches(plan.stepper, args, batch_size, key, pass_key, where)
+    run.fingerprint = fingerprint(method, {**options, "batch_size": batch_size, "key": key}, tol)
+    return drive(stepper, theta0, args, run)
