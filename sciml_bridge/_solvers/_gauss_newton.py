@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import lineax as lx
 
-from ._fused import CONVERGED, NONFINITE, RUNNING, AbstractStepper
+from ._stepper import RESULTS, AbstractStepper
 
 
 class GaussNewtonStepper(AbstractStepper):
@@ -88,6 +88,6 @@ class GaussNewtonStepper(AbstractStepper):
         tiny_step = jnp.linalg.norm(d) <= self.tol * (jnp.linalg.norm(theta) + self.tol)
         small_gain = accepted & (alpha == 1) & (loss - new_loss <= self.tol * loss)
         done = (jnp.max(jnp.abs(g)) <= self.tol) | (loss == 0) | tiny_step | small_gain
-        status = jnp.where(done & solved, CONVERGED, RUNNING)
-        status = jnp.where(solved & ~jnp.isfinite(first), NONFINITE, status)
-        return (new_theta, lam), loss, status
+        result = RESULTS.where(solved & ~jnp.isfinite(first), RESULTS.nonfinite,
+                               RESULTS.successful)
+        return (new_theta, lam), loss, done & solved, result
