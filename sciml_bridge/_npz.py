@@ -129,6 +129,8 @@ def _read(zf: zipfile.ZipFile, expect: Expectations, strict: bool):
     layout = _read_layout(zf, infos)
     try:
         wanted = dict(expect(layout))
+    except Corrupt:
+        raise
     except (ValueError, TypeError) as e:
         raise _Refused(e) from e
     unknown = sorted(set(infos) - set(wanted) - {LAYOUT_KEY})

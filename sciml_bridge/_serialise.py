@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._custom_types import Theta, ThetaLike
-from ._npz import Expect, read_arrays, write_arrays
+from ._npz import Corrupt, Expect, read_arrays, write_arrays
 from ._precision import check_x64, guard_x64, is_inexact
 
 
@@ -115,9 +115,9 @@ def _saved_dtype(layout: dict) -> np.dtype:
     try:
         dtype = np.dtype(str(layout.get("dtype")))
     except TypeError as e:
-        raise ValueError(_MSG_NOT_THETA.format(why=f"unknown dtype {layout.get('dtype')!r}")) from e
+        raise Corrupt(_MSG_NOT_THETA.format(why=f"unknown dtype {layout.get('dtype')!r}")) from e
     if not is_inexact(dtype):
-        raise ValueError(_MSG_NOT_THETA.format(why=f"theta dtype {dtype} is not floating"))
+        raise Corrupt(_MSG_NOT_THETA.format(why=f"theta dtype {dtype} is not floating"))
     return dtype
 
 
@@ -168,7 +168,7 @@ def _expect_theta(fm: Any):
 
     def expect(layout: dict) -> dict[str, Expect]:
         if layout.get("format") != _FORMAT:
-            raise ValueError(_MSG_NOT_THETA.format(why=f"format {layout.get('format')!r}"))
+            raise Corrupt(_MSG_NOT_THETA.format(why=f"format {layout.get('format')!r}"))
         check_layout(layout, want, "sb.load")
         dtype = _saved_dtype(layout)
         check_x64(dtype, "`sb.load`", "a saved theta")
