@@ -43,6 +43,30 @@ def call_module(model: Model, *inputs: Any, **kwargs: Any) -> Any:
     return model(*inputs, **kwargs)
 
 
+_MSG_POINT = """\
+`fm(theta, x)` wraps an `eqx.nn.{kind}` with input size {size!r}, which expects one point `x`
+of shape {want}, but got shape {got}. Equinox layers take unbatched inputs.
+Fix: batch with `jax.vmap(fm, in_axes=(None, 0))(theta, xs)`."""
+
+
+def _check_point(model: Any, inputs: tuple) -> None:
+    """A batched `x` for an Equinox MLP/Linear would fail deep inside a matmul: say why here.
+
+    Only these layers declare their input shape; other models get what they were given.
+    """
+    if type(model) is eqx.nn.MLP:
+        size = model.in_size
+    elif type(model) is eqx.nn.Linear:
+        size = model.in_features
+    else:
+        return
+    want = () if size == "scalar" else (size,)
+    got = getattr(inputs[0], "shape", None) if inputs else None
+    if got is not None and tuple(got) != want:
+        raise ValueError(_MSG_POINT.format(kind=type(model).__name__, size=size, want=want,
+                                           got=tuple(got)))
+
+
 class FlatModel(AbstractFlatModel):
     """The general path: `fm(theta, *inputs) = apply(restructure(theta), *inputs)`.
 
@@ -56,7 +80,9 @@ class FlatModel(AbstractFlatModel):
     is_fast = False
 
     def __call__(self, theta: ThetaLike, *inputs: Any, **kwargs: Any) -> Any:
-        return self.apply(self.restructure(theta), *inputs, **kwargs)
+        model = self.restructure(theta)
+        _check_point(model, inputs)
+        return self.apply(model, *inputs, **kwargs)
 
     def __hash__(self) -> int:
         # `jax.jit(fm)` and static-argument use need a hash; theta0 is data, not identity.
