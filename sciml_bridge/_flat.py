@@ -6,14 +6,12 @@ general and the fast path) lives in `_make_flat.py`, so imports go one way:
 """
 
 import abc
-from collections.abc import Callable
 from typing import Any
 
 import equinox as eqx
 
-from ._custom_types import Model, Theta, ThetaLike
+from ._custom_types import Theta, ThetaLike
 from ._destructure import Restructure
-from ._flax import nnx
 
 
 class AbstractFlatModel(eqx.Module):
@@ -39,70 +37,69 @@ class AbstractFlatModel(eqx.Module):
         return self.restructure.size
 
 
-def call_module(model: Model, *inputs: Any, **kwargs: Any) -> Any:
-    return model(*inputs, **kwargs)
+_MSG_NO_ADAPTER = """\
+`fm(theta, ..., {what})` needs to know how the model keeps its {kind}, but this `sb.FlatModel`
+was built with a plain `apply` function.
+Fix: build it with `sb.flat(...)`, which picks the framework's convention."""
 
 
-_MSG_POINT = """\
-`fm(theta, x)` wraps an `eqx.nn.{kind}` with input size {size!r}, which expects one point `x`
-of shape {want}, but got shape {got}. Equinox layers take unbatched inputs.
-Fix: batch with `jax.vmap(fm, in_axes=(None, 0))(theta, xs)`."""
-
-
-def _check_point(model: Any, inputs: tuple) -> None:
-    """A batched `x` for an Equinox MLP/Linear would fail deep inside a matmul: say why here.
-
-    Only these layers declare their input shape; other models get what they were given.
-    """
-    if type(model) is eqx.nn.MLP:
-        size = model.in_size
-    elif type(model) is eqx.nn.Linear:
-        size = model.in_features
-    else:
-        return
-    want = () if size == "scalar" else (size,)
-    got = getattr(inputs[0], "shape", None) if inputs else None
-    if got is not None and tuple(got) != want:
-        raise ValueError(_MSG_POINT.format(kind=type(model).__name__, size=size, want=want,
-                                           got=tuple(got)))
+_MSG_NO_STATE = """\
+`fm.init_state()` found no state: the model has no batch statistics or RNG streams that
+`sb.flat` knows of. For an Equinox model made with `eqx.nn.make_with_state`, pass its state:
+`model, state = eqx.nn.make_with_state(Net)(...)`, then `fm = sb.flat(model, state=state)`."""
 
 
 class FlatModel(AbstractFlatModel):
-    """The general path: `fm(theta, *inputs) = apply(restructure(theta), *inputs)`.
+    """The general path: `fm(theta, *inputs, **kwargs) = apply(restructure(theta), *inputs)`.
 
     Inside `jax.jit` the rebuild is static slicing and costs nothing at run time (the layout
-    was computed once by `destructure`; nothing walks the tree per call).
+    was computed once by `destructure`; nothing walks the tree per call). Keyword inputs
+    (`key=`, `train=`, `deterministic=`, ...) are forwarded to the model.
+
+    **Modes:** `eqx.nn.inference_mode(fm, True)` (or `fm.inference_mode(True)`) switches the
+    rebuilt model's `inference` flags (Equinox `Dropout`, `BatchNorm`) or calls `.eval()` on a
+    Flax NNX module; `False` switches back to training. `fm.inference` starts as the model's
+    own mode when flattened (`None` if its flags disagree: it then runs as flattened until
+    `fm.inference_mode(...)` sets one). Flax Linen takes its mode as a call argument:
+    `fm(theta, x, train=False)`.
+
+    **State:** `state = fm.init_state()`, then `y, state = fm(theta, x, state=state)`: an
+    `eqx.nn.State` (BatchNorm statistics, given as `sb.flat(model, state=state)` from
+    `eqx.nn.make_with_state`; passed to the model after the inputs), the non-param
+    collections of Flax Linen (`batch_stats`, passed as `mutable`), or the non-param state of
+    a Flax NNX module (batch statistics, `nnx.Rngs` streams). Without `state=` the state
+    stored at flattening time is used and not updated.
     """
 
     theta0: Theta
     restructure: Restructure
-    apply: Callable[..., Any] = eqx.field(static=True)
+    apply: Any = eqx.field(static=True)
+    state0: Any = None
+    inference: bool | None = None
     is_fast = False
 
-    def __call__(self, theta: ThetaLike, *inputs: Any, **kwargs: Any) -> Any:
+    def __call__(self, theta: ThetaLike, *inputs: Any, state: Any = None, **kwargs: Any) -> Any:
         model = self.restructure(theta)
-        _check_point(model, inputs)
+        run = getattr(self.apply, "run", None)
+        if run is not None:
+            return run(model, inputs, kwargs, state, self.inference)
+        if state is not None or self.inference is not None:
+            what, kind = ("state=...", "state") if state is not None else ("", "modes")
+            raise TypeError(_MSG_NO_ADAPTER.format(what=what, kind=kind))
         return self.apply(model, *inputs, **kwargs)
+
+    def init_state(self) -> Any:
+        """The model's initial state (see **State** above), to pass as `state=`."""
+        if self.state0 is None:
+            raise ValueError(_MSG_NO_STATE)
+        return self.state0
+
+    def inference_mode(self, value: bool | None = True) -> "FlatModel":
+        """This model with its mode flags set (as `eqx.nn.inference_mode(fm, value)`)."""
+        return eqx.tree_at(lambda fm: fm.inference, self, value,
+                           is_leaf=lambda x: x is None)
 
     def __hash__(self) -> int:
         # `jax.jit(fm)` and static-argument use need a hash; theta0 is data, not identity.
-        return hash((self.restructure, self.apply, self.theta0.shape, str(self.theta0.dtype)))
-
-
-class ApplyVariables(eqx.Module):
-    """`apply_fn(variables, *inputs)`: Flax Linen's `module.apply`, Haiku's `apply`, ..."""
-
-    apply_fn: Callable[..., Any] = eqx.field(static=True)
-
-    def __call__(self, variables: Model, *inputs: Any, **kwargs: Any) -> Any:
-        return self.apply_fn(variables, *inputs, **kwargs)
-
-
-class MergeNNX(eqx.Module):
-    """Flax NNX: merge the graph definition with the rebuilt state, then call."""
-
-    graphdef: Any = eqx.field(static=True)
-
-    def __call__(self, states: Model, *inputs: Any, **kwargs: Any) -> Any:
-        params, rest = states
-        return nnx.merge(self.graphdef, params, rest)(*inputs, **kwargs)
+        return hash((self.restructure, self.apply, self.inference, self.theta0.shape,
+                     str(self.theta0.dtype)))

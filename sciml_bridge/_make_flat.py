@@ -4,10 +4,11 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ._activations import NAMES
+from ._adapters import ApplyVariables, EquinoxCall, MergeNNX, initial_mode, linen_state
 from ._custom_types import Model, Precision, Theta
 from ._destructure import Restructure, destructure
 from ._fast import Unsupported, recognise
-from ._flat import AbstractFlatModel, ApplyVariables, FlatModel, MergeNNX, call_module
+from ._flat import AbstractFlatModel, FlatModel
 from ._flat_mlp import FlatMLP
 from ._flax import nnx
 
@@ -63,6 +64,7 @@ def flat(
     ties: str = "identity",
     lossy: bool = False,
     fast: bool | str = "auto",
+    state: Any = None,
 ) -> AbstractFlatModel:
     """Turn a model into `fm(theta, *inputs)` with `theta` one flat vector.
 
@@ -93,6 +95,15 @@ def flat(
         most one activation `Lambda`) with the very same `theta` layout; `True` requires it;
         `False` forces the general path.
 
+    - `state`: the model's initial state, returned by `fm.init_state()`: for Equinox the
+        `eqx.nn.State` from `eqx.nn.make_with_state`; Flax state (Linen's non-`"params"`
+        collections, NNX batch statistics and RNG streams) is found without it.
+
+    Keyword inputs are forwarded (`fm(theta, x, key=k)`, `fm(theta, x, train=False)`);
+    `y, state = fm(theta, x, state=state)` threads the model's state, and
+    `eqx.nn.inference_mode(fm)` switches Equinox and NNX models to inference
+    (see `sb.FlatModel`).
+
     **Returns:** an `sb.AbstractFlatModel` (`fm.theta0`, `fm.size`, `fm.restructure`,
     `fm.is_fast`).
 
@@ -106,16 +117,18 @@ def flat(
         if params is None:
             kwargs["params"] = _params_collection(variables)
         theta0, re = destructure(variables, **kwargs)
-        return FlatModel(theta0, re, ApplyVariables(model))
+        state0 = linen_state(variables) if state is None else state
+        return FlatModel(theta0, re, ApplyVariables(model), state0, False)
     nnx_parts = _nnx_parts(model)
     if nnx_parts is not None:
         apply, states, spec = nnx_parts
         theta0, re = destructure(states, **{**kwargs, "params": params or spec})
-        return FlatModel(theta0, re, apply)
+        return FlatModel(theta0, re, apply, states[1] if state is None else state,
+                         initial_mode(model))
     theta0, re = destructure(model, **kwargs)
-    if fast is not False:
+    if fast is not False and state is None:
         fm = _fast_path(model, theta0, re, fast)
         if fm is not None:
             return fm
-    return FlatModel(theta0, re, call_module)
+    return FlatModel(theta0, re, EquinoxCall(), state, initial_mode(model))
 
