@@ -4,10 +4,11 @@ from importlib.metadata import version as _version
 
 from ._collocation import collocation_points as collocation_points
 from ._destructure import Restructure as Restructure, destructure as destructure
-from ._flat import AbstractFlatModel as AbstractFlatModel, FlatModel as FlatModel, flat as flat
+from ._flat import AbstractFlatModel as AbstractFlatModel, FlatModel as FlatModel
 from ._flat_mlp import FlatMLP as FlatMLP
 from ._laplacian import grad_x as grad_x, laplacian as laplacian
 from ._least_squares import least_squares as least_squares
+from ._make_flat import flat as flat
 from ._minimize import minimize as minimize
 from ._neural_ode import NeuralODE as NeuralODE
 from ._pinn import (

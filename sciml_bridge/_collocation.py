@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ._precision import check_x64
+from ._precision import check_x64, guard_x64
 
 
 Face = tuple[int, str]
@@ -25,7 +25,7 @@ _SAMPLING = ("grid", "random")
 _SIDES = ("lower", "upper")
 
 _MSG_BOUNDS = """\
-`sb.collocation_points` expected `lower` and `upper` of the same length with every
+`sb.collocation_points` expected finite `lower` and `upper` of the same length with every
 `lower[i] < upper[i]`, but got lower={lower} and upper={upper}.
 Fix: give one bound per dimension, e.g. `sb.collocation_points((0.0, 0.0), (1.0, 1.0), 16)`
 for the unit square."""
@@ -89,9 +89,10 @@ def collocation_points(
 
     **Raises:**
 
-    - `ValueError`: mismatched or empty bounds, a non-positive `n`, an unknown `where`, `sampling`
-        or face, or a missing `key` for random sampling.
-    - `TypeError`: `dtype=float64` while JAX runs with 64-bit mode off.
+    - `ValueError`: mismatched, empty or non-finite bounds, a non-positive `n`, an unknown
+        `where`, `sampling` or face, or a missing `key` for random sampling.
+    - `TypeError`: `dtype=float64`, or float64 NumPy bounds, while JAX runs with 64-bit mode
+        off.
     """
     lo, hi = _bounds(lower, upper)
     d = lo.size
@@ -119,9 +120,14 @@ def collocation_points(
 
 
 def _bounds(lower, upper) -> tuple[np.ndarray, np.ndarray]:
-    lo = np.atleast_1d(np.asarray(lower, dtype=np.float64))
-    hi = np.atleast_1d(np.asarray(upper, dtype=np.float64))
-    if lo.ndim != 1 or lo.shape != hi.shape or lo.size == 0 or not np.all(lo < hi):
+    guard_x64((lower, upper), "`sb.collocation_points`", "bounds")
+    try:
+        lo = np.atleast_1d(np.asarray(lower, dtype=np.float64))
+        hi = np.atleast_1d(np.asarray(upper, dtype=np.float64))
+    except (TypeError, ValueError) as e:
+        raise ValueError(_MSG_BOUNDS.format(lower=lower, upper=upper)) from e
+    ok = lo.ndim == 1 and lo.shape == hi.shape and lo.size > 0
+    if not ok or not np.all(np.isfinite(lo) & np.isfinite(hi) & (lo < hi)):
         raise ValueError(_MSG_BOUNDS.format(lower=lower, upper=upper))
     return lo, hi
 
@@ -130,7 +136,7 @@ def _dtype(dtype) -> np.dtype:
     if dtype is None:
         return np.dtype(jnp.zeros(()).dtype)
     dtype = np.dtype(dtype)
-    if dtype.kind != "f":
+    if not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(
             f"`sb.collocation_points` expected a floating `dtype`, got {dtype}. "
             "Fix: pass e.g. `dtype=jnp.float64`."

@@ -16,7 +16,17 @@ import jax.tree_util as jtu
 import numpy as np
 
 from ._custom_types import Model, Precision, Theta, ThetaLike
-from ._precision import PRECISIONS, cast_leaf, check_x64, promote
+from ._precision import (
+    PRECISIONS,
+    WarnOnce,
+    cast_leaf,
+    check_x64,
+    guard_x64,
+    is_complex,
+    is_inexact,
+    is_lossless,
+    promote,
+)
 
 
 _MSG_SIZE = """\
@@ -36,6 +46,26 @@ _MSG_DTYPE_ARG = """\
 `sb.destructure(..., dtype={dtype})` would {why}.
 Fix: pick a floating dtype wide enough for every parameter (e.g. `dtype=jnp.float64`, or a
 complex dtype for complex parameters), or leave `dtype=None`."""
+
+_MSG_LOSSY = """\
+`sb.destructure(..., dtype={dtype})` would round the parameter `{path}` (stored as {stored})
+to {dtype}, losing precision.
+Fix: leave `dtype=None` (a dtype that holds every parameter exactly), pick a wider dtype, or,
+to really train in lower precision, opt in with `lossy=True`."""
+
+_MSG_TIE_FILTER = """\
+`sb.destructure(..., params=...)` froze the array at `{frozen}` but trains the very same array
+object at `{trained}` (a tie: one parameter in two places). Training one place and freezing
+the other would silently untie them.
+Fix: select both places or neither in `params=`, or pass `ties="none"` to treat the two places
+as independent copies (Equinox's semantics)."""
+
+_MSG_TIES = """\
+`sb.destructure` expected `ties` to be "identity" (the same array object in several places is
+one parameter) or "none" (every place is its own parameter, as `eqx.filter_grad` sees a model),
+but got {got!r}."""
+
+TIES = ("identity", "none")
 
 
 _MSG_PARAMS = """\
@@ -67,10 +97,10 @@ def _is_state_index(x) -> bool:
 def check_theta(theta: ThetaLike, size: int, where: str) -> Theta:
     """Validate a flat vector at trace time and return it as a JAX array."""
     if not isinstance(theta, jax.Array):
+        guard_x64(theta, f"`{where}`", "a NumPy `theta`")
         theta = np.asarray(theta)
-        check_x64(theta.dtype, f"`{where}`", "a NumPy `theta`")
     dtype = np.dtype(theta.dtype)
-    if dtype.kind not in "fc":
+    if not is_inexact(dtype):
         raise TypeError(_MSG_KIND.format(where=where, dtype=dtype))
     if theta.ndim != 1:
         raise TypeError(_MSG_NDIM.format(where=where, shape=tuple(theta.shape)))
@@ -97,14 +127,14 @@ class Restructure(eqx.Module):
     _treedef: Any = eqx.field(static=True)
     _static: tuple[Any, ...] = eqx.field(static=True)
     _arrays: tuple[Any, ...]
+    _warned: WarnOnce = eqx.field(static=True, default_factory=WarnOnce)
 
     def __call__(self, theta: ThetaLike) -> Model:
         theta = check_theta(theta, self.size, "re(theta)")
         leaves = [s if a is None else a for s, a in zip(self._static, self._arrays)]
-        key = id(self._slots)
         for slot in self._slots:
             chunk = theta[slot.start : slot.start + slot.size].reshape(slot.shape)
-            value = cast_leaf(chunk, slot.dtype, slot.path, self.precision, key)
+            value = cast_leaf(chunk, slot.dtype, slot.path, self.precision, self._warned)
             for place in slot.places:
                 leaves[place] = value
         return jtu.tree_unflatten(self._treedef, leaves)
@@ -175,17 +205,29 @@ def _param_flags(model: Model, leaves: list, params) -> list[bool]:
     return [f and c is not _NOT_PARAM for f, c in zip(flags, chosen_leaves)]
 
 
-def _slots(paths: list, leaves: list, flags: list[bool]) -> tuple[_Slot, ...]:
-    """One slot per distinct parameter array; ties (same object) share the first slot."""
+def _check_filter_ties(paths: list, leaves: list, flags: list[bool]) -> None:
+    """Refuse a `params=` filter that trains one place of a tied array and freezes another."""
+    trained = {id(x): i for i, (x, f) in enumerate(zip(leaves, flags)) if f}
+    for i, (leaf, flag) in enumerate(zip(leaves, flags)):
+        if not flag and id(leaf) in trained and eqx.is_inexact_array(leaf):
+            raise ValueError(_MSG_TIE_FILTER.format(frozen=jtu.keystr(paths[i]),
+                                                    trained=jtu.keystr(paths[trained[id(leaf)]])))
+
+
+def _slots(paths: list, leaves: list, flags: list[bool], ties: str) -> tuple[_Slot, ...]:
+    """One slot per distinct parameter array; ties (same object) share the first slot.
+
+    With `ties="none"` every place is its own slot (Equinox's copy semantics)."""
     first: dict[int, int] = {}
     groups: list[list[int]] = []
     for i, (leaf, flag) in enumerate(zip(leaves, flags)):
         if not flag:
             continue
-        if id(leaf) in first:
-            groups[first[id(leaf)]].append(i)
+        tie = id(leaf) if ties == "identity" else i
+        if tie in first:
+            groups[first[tie]].append(i)
         else:
-            first[id(leaf)] = len(groups)
+            first[tie] = len(groups)
             groups.append([i])
     slots, start = [], 0
     for places in groups:
@@ -197,21 +239,28 @@ def _slots(paths: list, leaves: list, flags: list[bool]) -> tuple[_Slot, ...]:
     return tuple(slots)
 
 
-def _theta_dtype(slots: tuple[_Slot, ...], dtype, precision: Precision) -> np.dtype:
+def _theta_dtype(slots: tuple[_Slot, ...], dtype, precision: Precision,
+                 lossy: bool) -> np.dtype:
     stored = promote(s.dtype for s in slots)
     if dtype is None:
         check_x64(stored, "`sb.destructure`", "a model with parameters")
         return stored
-    dtype = np.dtype(dtype)
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError as e:
+        raise TypeError(_MSG_DTYPE_ARG.format(dtype=dtype, why="not name a dtype")) from e
     check_x64(dtype, "`sb.destructure(..., dtype=...)`", "a request")
-    if dtype.kind not in "fc":
+    if not is_inexact(dtype):
         raise TypeError(_MSG_DTYPE_ARG.format(dtype=dtype, why="make theta non-floating"))
-    if stored.kind == "c" and dtype.kind != "c":
+    if is_complex(stored) and not is_complex(dtype):
         raise TypeError(_MSG_DTYPE_ARG.format(dtype=dtype, why="drop the imaginary parts of "
                                               "complex parameters"))
     if precision == "strict" and any(s.dtype != dtype for s in slots):
         raise TypeError(_MSG_DTYPE_ARG.format(dtype=dtype, why="differ from the stored dtypes "
                                               "under `precision=\"strict\"`"))
+    lost = next((s for s in slots if not is_lossless(s.dtype, dtype)), None)
+    if lost is not None and not lossy:
+        raise TypeError(_MSG_LOSSY.format(dtype=dtype, path=lost.path, stored=lost.dtype))
     return dtype
 
 
@@ -221,6 +270,8 @@ def destructure(
     params: Callable[[Any], bool] | Any | None = None,
     dtype=None,
     precision: Precision = "vector",
+    ties: str = "identity",
+    lossy: bool = False,
 ) -> tuple[Theta, Restructure]:
     """Flatten the parameters of any pytree into one vector, and say how to rebuild it.
 
@@ -243,27 +294,40 @@ def destructure(
     - `model`: any pytree (Equinox module, dict/list/tuple/NamedTuple, Flax params).
     - `params`: narrows which leaves are parameters: a callable `leaf -> bool` or an
         Equinox filter spec (pytree prefix of bools). Unselected leaves ride along as constants.
-    - `dtype`: dtype of `theta`. Default: one that holds every parameter exactly.
+    - `dtype`: dtype of `theta`. Default: one that holds every parameter exactly. A `dtype`
+        that cannot hold some parameter exactly (float64 -> float32 or float16, complex128 ->
+        complex64) is a `TypeError` naming that parameter, unless `lossy=True`.
     - `precision`: dtypes that `re(theta)` builds. `"vector"` (default): theta's precision
         wins (real leaves stay real, complex stay complex; a non-zero imaginary part headed
         for a real leaf is an error). `"model"`: cast back to the stored dtypes, warning once
         per leaf on a lossy cast. `"strict"`: any dtype difference is a `TypeError`.
+    - `ties`: `"identity"` (default): the same array object in several places is one
+        parameter (one slot, gradient summed over places). `"none"`: every place is its own
+        parameter, Equinox's semantics (the same layer twice is two independent copies;
+        `eqx.filter_grad` gives one gradient per place; tie with `eqx.nn.Shared`).
+    - `lossy`: `True` opts in to a lossy `dtype` (e.g. training a float64 model in float32):
+        `theta` is rounded to `dtype`. Default `False`.
 
     **Returns:** `(theta, re)`: a 1-D array and a hashable `sb.Restructure`.
 
     **Raises:** `TypeError` for a float64 request or float64 NumPy data while JAX's x64 mode
-    is off (JAX would truncate silently), a non-floating `dtype`, or a lossy `dtype`;
-    `ValueError` for an unknown `precision` or a malformed `params`.
+    is off (JAX would truncate silently), a non-floating `dtype`, or a lossy `dtype` without
+    `lossy=True`; `ValueError` for an unknown `precision` or `ties`, a malformed `params`, or
+    a `params` that freezes one place of a tied array and trains another.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"`sb.destructure` expected `precision` in {PRECISIONS}, got "
                          f"{precision!r}.")
+    if ties not in TIES:
+        raise ValueError(_MSG_TIES.format(got=ties))
     with_paths, treedef = jtu.tree_flatten_with_path(model, is_leaf=_is_state_index)
     paths = [p for p, _ in with_paths]
     leaves = [leaf for _, leaf in with_paths]
     flags = _param_flags(model, leaves, params)
-    slots = _slots(paths, leaves, flags)
-    theta_dtype = _theta_dtype(slots, dtype, precision)
+    if ties == "identity":
+        _check_filter_ties(paths, leaves, flags)
+    slots = _slots(paths, leaves, flags, ties)
+    theta_dtype = _theta_dtype(slots, dtype, precision, lossy)
     chunks = [jnp.ravel(jnp.asarray(leaves[s.places[0]])).astype(theta_dtype) for s in slots]
     theta = jnp.concatenate(chunks) if chunks else jnp.zeros((0,), theta_dtype)
     is_param = [False] * len(leaves)

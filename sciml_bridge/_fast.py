@@ -1,4 +1,4 @@
-"""Choosing the fast path for `sb.flat`: recognise networks that `sb.FlatMLP` can run.
+"""The fast-path recogniser: networks that `sb.FlatMLP` can run from slices of `theta`.
 
 Recognised: `eqx.nn.MLP` (also `scan=True`) with parameter-free activations, and
 `eqx.nn.Sequential` of `eqx.nn.Linear` layers, each optionally followed by one
@@ -11,19 +11,30 @@ from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax.tree_util as jtu
+import numpy as np
 
-from ._activations import NAMES, Activation, known_activation, make_activation
-from ._custom_types import Theta
+from ._activations import Activation, known_activation, make_activation
 from ._destructure import Restructure
-from ._flat_mlp import FlatMLP, Layer, Param
 
 
-_MSG_FAST = """\
-`sb.flat(..., fast=True)` has no fast path for this {kind}: {reason}.
-The fast path (`sb.FlatMLP`) covers `eqx.nn.MLP` with parameter-free activations and
-`eqx.nn.Sequential` of `eqx.nn.Linear` layers each followed by at most one `eqx.nn.Lambda` of a
-known activation (the `jnp`/`jax.nn` function of: {known}).
-Fix: use `fast="auto"` (falls back quietly) or `fast=False` for the general path."""
+class Param(NamedTuple):
+    """One weight or bias: where it sits in theta and the leaf it rebuilds."""
+
+    start: int
+    shape: tuple[int, ...]
+    stored: np.dtype
+    path: str
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+
+class Layer(NamedTuple):
+    """An affine map `W @ h + b` read from theta."""
+
+    weight: Param
+    bias: Param | None
 
 
 class Unsupported(Exception):
@@ -45,7 +56,11 @@ class _LinearRef(NamedTuple):
 
 
 def _slot_params(model: Any, re: Restructure) -> dict[int, Param]:
-    """`id(leaf) -> Param` for every array leaf that is a slot of `theta` (ties included)."""
+    """`id(leaf) -> Param` for every array leaf that is a slot of `theta` (ties included).
+
+    Under `ties="none"` one array in two places has two slots; it maps to the first, and
+    `recognise` then finds `theta` entries no layer reads and refuses (the general path runs).
+    """
     by_path = {path: Param(start, shape, dtype, path) for path, start, shape, dtype
                in zip(re.paths, re.offsets, re.shapes, re.dtypes)}
     out: dict[int, Param] = {}
@@ -139,18 +154,3 @@ def recognise(model: Any, re: Restructure) -> Recognised:
     if sum(size for _, size in used) != re.size:
         raise Unsupported("`theta` holds parameters outside the `Linear` layers")
     return Recognised(layers, activations, in_size, out_size)
-
-
-def fast_path(model: Any, theta0: Theta, re: Restructure, fast) -> FlatMLP | None:
-    """A `FlatMLP` with `theta0`'s layout for `model`, or None under `fast="auto"`.
-
-    **Raises:** `TypeError` naming what is unsupported when `fast=True`.
-    """
-    try:
-        parts = recognise(model, re)
-    except Unsupported as e:
-        if fast is True:
-            raise TypeError(_MSG_FAST.format(kind=f"`{type(model).__name__}`", reason=e,
-                                             known=", ".join(NAMES))) from None
-        return None
-    return FlatMLP.from_layout(theta0, re, *parts)

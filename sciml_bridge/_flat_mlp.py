@@ -11,7 +11,7 @@ knowing the network makes possible (the forward Laplacian), not on the steady-st
 """
 
 from collections.abc import Sequence
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import equinox as eqx
 import jax
@@ -22,28 +22,9 @@ from jaxtyping import Array, ArrayLike, PRNGKeyArray
 from ._activations import Activation, identity, make_activation
 from ._custom_types import Theta, ThetaLike
 from ._destructure import Restructure, check_theta, destructure
+from ._fast import Layer, Param, recognise
 from ._flat import AbstractFlatModel
-from ._precision import cast_leaf, check_x64, promote
-
-
-class Param(NamedTuple):
-    """One weight or bias: where it sits in theta and the leaf it rebuilds."""
-
-    start: int
-    shape: tuple[int, ...]
-    stored: np.dtype
-    path: str
-
-    @property
-    def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
-
-
-class Layer(NamedTuple):
-    """An affine map `W @ h + b` read from theta."""
-
-    weight: Param
-    bias: Param | None
+from ._precision import cast_leaf, check_x64, guard_x64, is_inexact, promote
 
 
 _MSG_X = """\
@@ -54,6 +35,38 @@ Fix: batch with `jax.vmap(fm, in_axes=(None, 0))(theta, xs)`."""
 _MSG_SIZES = """\
 `sb.FlatMLP(sizes, ...)` expected `sizes = (in, hidden..., out)`: at least two positive ints,
 with `"scalar"` allowed only as the first or last entry (as in `eqx.nn.MLP`), but got {got!r}."""
+
+
+_MSG_KEY = """\
+`sb.FlatMLP(..., key=...)` expected a JAX PRNG key such as `jax.random.key(0)`, but got
+{got}. Fix: `key=jax.random.key({seed})`."""
+
+_MSG_DTYPE = """\
+`sb.FlatMLP(..., dtype=...)` expected a floating or complex parameter dtype (e.g.
+`jnp.float64`, `jnp.float32`, `jnp.bfloat16`), but got {got}."""
+
+
+def _check_key(key: Any) -> None:
+    if isinstance(key, jax.Array):
+        if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+            return
+        if key.dtype == jnp.uint32 and key.shape == (2,):
+            return  # a legacy raw key from `jax.random.PRNGKey`
+    seed = key if isinstance(key, int) and not isinstance(key, bool) else 0
+    got = f"{type(key).__name__} {key!r}"[:120]
+    raise TypeError(_MSG_KEY.format(got=got, seed=seed))
+
+
+def _check_dtype(dtype: Any) -> None:
+    if dtype is None:
+        return
+    try:
+        ok = is_inexact(dtype)
+    except TypeError:
+        ok = False
+    if not ok:
+        raise TypeError(_MSG_DTYPE.format(got=dtype))
+    check_x64(dtype, "`sb.FlatMLP(..., dtype=...)`", "a request")
 
 
 def _check_sizes(sizes: Sequence[int | str]) -> tuple[int | str, ...]:
@@ -142,7 +155,9 @@ class FlatMLP(AbstractFlatModel):
     - `use_bias`: biases on every layer. Default `True`.
 
     **Raises:** `ValueError` for malformed `sizes` or an unknown activation name; `TypeError`
-    for an activation that is neither a name, a callable nor a tuple of callables.
+    for an activation that is neither a name, a callable nor a tuple of callables, a `key`
+    that is not a PRNG key, a non-floating `dtype`, or `dtype=jnp.float64` while JAX's x64
+    mode is off.
     """
 
     theta0: Theta
@@ -163,10 +178,9 @@ class FlatMLP(AbstractFlatModel):
         dtype=None,
         use_bias: bool = True,
     ):
-        # `_fast` imports this module, so its recogniser is imported here, at call time.
-        from ._fast import recognise
-
         sizes = _check_sizes(sizes)
+        _check_key(key)
+        _check_dtype(dtype)
         hidden, final = make_activation(activation), make_activation(final_activation)
         model = equivalent_model(sizes, hidden, final, key, dtype, use_bias)
         self.theta0, self.restructure = destructure(model)
@@ -192,8 +206,10 @@ class FlatMLP(AbstractFlatModel):
         return hash((self.restructure, self.layers, self.activations, self.in_size,
                      self.out_size, self.theta0.shape, str(self.theta0.dtype)))
 
-    def __call__(self, theta: ThetaLike, x: ArrayLike) -> Array:
-        """`y = fm(theta, x)`: the network at one point `x` with parameters `theta`."""
+    def __call__(self, theta: ThetaLike, x: ArrayLike, *, key: Any = None) -> Array:
+        """`y = fm(theta, x)`: the network at one point `x` with parameters `theta`.
+
+        `key` is accepted and ignored, as `eqx.nn.MLP` accepts and ignores it."""
         params, h = self._inputs(self._params(theta), x)
         for (w, b), activation in zip(params, self.activations):
             h = w @ h if b is None else w @ h + b
@@ -238,8 +254,8 @@ class FlatMLP(AbstractFlatModel):
     def _read(self, theta: Theta, param: Param) -> Array:
         chunk = theta[param.start : param.start + param.size].reshape(param.shape)
         # Same dtype rules as `re(theta)`, so both paths agree under every `precision`.
-        return cast_leaf(chunk, param.stored, param.path, self.restructure.precision,
-                         id(self.layers))
+        re = self.restructure
+        return cast_leaf(chunk, param.stored, param.path, re.precision, re._warned)
 
     def _inputs(self, params: list, x: ArrayLike) -> tuple[list, Array]:
         """The weights and `x` (flattened) in the wider of their dtypes.
@@ -247,14 +263,14 @@ class FlatMLP(AbstractFlatModel):
         Upcasting float32 weights for a float64 (or complex) `x` is lossless; truncating the
         input to the weights' dtype would silently lose precision, so we never do that."""
         if not isinstance(x, jax.Array):
+            guard_x64(x, "`fm(theta, x)`", "a NumPy `x`")
             x = np.asarray(x)
-            check_x64(x.dtype, "`fm(theta, x)`", "a NumPy `x`")
         x = jnp.asarray(x)
         want = () if self.in_size == "scalar" else (self.in_size,)
         if x.shape != want:
             raise ValueError(_MSG_X.format(size=self.in_size, want=want, got=x.shape))
         w_dtype = np.dtype(params[0][0].dtype)
-        dtype = promote([w_dtype, x.dtype]) if np.dtype(x.dtype).kind in "fc" else w_dtype
+        dtype = promote([w_dtype, x.dtype]) if is_inexact(x.dtype) else w_dtype
         if dtype != w_dtype:
             params = [(w.astype(dtype), None if b is None else b.astype(dtype)) for w, b in params]
         return params, x.astype(dtype).reshape(-1)

@@ -24,6 +24,7 @@ from jaxtyping import Array, PyTree
 from ._custom_types import LossScalar, Theta
 from ._flat import AbstractFlatModel
 from ._laplacian import grad_x, laplacian
+from ._precision import guard_x64, is_complex
 
 
 _MSG_TERMS = """\
@@ -38,7 +39,7 @@ axis (the points), but got leaf shapes {shapes}.
 Fix: pass a `(points, dim)` array such as the output of `sb.collocation_points`."""
 
 _MSG_WEIGHTS = """\
-`sb.pinn` expected `weights` to map term names (names among {names}) to non-negative
+`sb.pinn` expected `weights` to map term names (names among {names}) to finite, non-negative
 floats, but got {got!r}. Terms left out of `weights` weigh 1."""
 
 
@@ -148,7 +149,8 @@ def pinn(
     **Raises:**
 
     - `ValueError`: empty or malformed `terms`, points without a common leading axis, unknown
-        names or negative values in `weights`.
+        names or negative or non-finite values in `weights`.
+    - `TypeError`: float64 NumPy points while JAX's x64 mode is off (JAX would truncate them).
     """
     named = _named_terms(terms)
     scales = _scales(named, weights)
@@ -192,6 +194,7 @@ def _named_terms(terms) -> dict[str, tuple[Callable, Any]]:
     if not ok:
         raise ValueError(_MSG_TERMS.format(got=repr(terms)[:200]))
     for name, (_, points) in items:
+        guard_x64(points, "`sb.pinn`", f"points of term {name!r}")
         _count(name, points)
     return {str(name): (fn, points) for name, (fn, points) in items}
 
@@ -206,10 +209,17 @@ def _count(name: str, points: PyTree[Array]) -> int:
     return shapes[0][0]
 
 
+def _weight_ok(name, weight, named: dict) -> bool:
+    try:
+        value = float(weight)
+    except (TypeError, ValueError):
+        return False
+    return name in named and np.isfinite(value) and value >= 0
+
+
 def _scales(named: dict, weights: Mapping[str, float] | None) -> dict[str, float]:
     weights = dict(weights or {})
-    bad = [k for k, w in weights.items() if k not in named or not float(w) >= 0]
-    if bad:
+    if not all(_weight_ok(k, w, named) for k, w in weights.items()):
         raise ValueError(_MSG_WEIGHTS.format(names=list(named), got=weights))
     # Python floats: weak-typed, so the residual keeps the dtype of theta under strict promotion.
     return {
@@ -240,10 +250,16 @@ class ErrorReport(NamedTuple):
 
 
 _MSG_REFERENCE = """\
-`sb.error_report(fm, theta, points, reference)` expected `reference` to hold one value per
-network output ({want} values for prediction shape {shape}), but got shape {got}.
-Fix: pass an array of shape {shape} (or any shape with that many values), or a function of the
-whole `points` array that returns one."""
+`sb.error_report(fm, theta, points, reference)` expected `reference` of the prediction's shape
+{shape} (points first, then the network's output shape), but got shape {got}.
+Fix: pass an array of shape {shape} (a scalar-output network also accepts {squeezed}), or a
+function of the whole `points` array that returns one; for a `(outputs, points)` array pass
+`reference.T`."""
+
+_MSG_COMPLEX_REFERENCE = """\
+`sb.error_report` got a complex `reference` (dtype {dtype}) for a network with real output
+({out}): its imaginary part would be dropped without a word.
+Fix: compare real parts explicitly (`reference.real`), or use a complex-valued network."""
 
 
 def error_report(
@@ -269,8 +285,9 @@ def error_report(
     - `fm`, `theta`: the network and its parameters.
     - `points`: a `(points, dim)` array; `fm` is evaluated at each row.
     - `reference`: the reference values at `points`, or a function taking the whole `points`
-        array (vectorised NumPy or JAX) and returning them. Any shape with one value per network
-        output is accepted, e.g. `(points,)` for a scalar network with output shape `(1,)`.
+        array (vectorised NumPy or JAX) and returning them, of shape `(points,) + out` (`out`
+        the network's output shape); `(points,)` is accepted for output shape `(1,)` and
+        `(points, 1)` for output shape `()`.
 
     **Returns:**
 
@@ -279,16 +296,17 @@ def error_report(
 
     **Raises:**
 
-    - `ValueError`: `reference` does not hold one value per network output.
+    - `ValueError`: `reference` does not have the prediction's shape (`(points,) + out`,
+        where a trailing output axis of size 1 may be left out).
+    - `TypeError`: a complex `reference` for a real network; float64 NumPy `points` or
+        `reference` while JAX's x64 mode is off.
     """
+    guard_x64(points, "`sb.error_report`", "`points`")
+    if not callable(reference):
+        guard_x64(reference, "`sb.error_report`", "`reference`")
     prediction = np.asarray(jax.vmap(fm, in_axes=(None, 0))(theta, points))
     values = reference(points) if callable(reference) else reference
-    values = np.asarray(values, dtype=prediction.dtype)
-    if values.size != prediction.size:
-        raise ValueError(
-            _MSG_REFERENCE.format(want=prediction.size, shape=prediction.shape, got=values.shape)
-        )
-    values = values.reshape(prediction.shape)
+    values = _check_reference(np.asarray(values), prediction)
     err = prediction - values
     ref_norm = float(np.linalg.norm(values))
     return ErrorReport(
@@ -298,3 +316,20 @@ def error_report(
         prediction=prediction,
         reference=values,
     )
+
+
+def _check_reference(values: np.ndarray, prediction: np.ndarray) -> np.ndarray:
+    """`values` in the prediction's shape; refuses shapes whose meaning would be guessed."""
+    if is_complex(values.dtype) and not is_complex(prediction.dtype):
+        raise TypeError(_MSG_COMPLEX_REFERENCE.format(dtype=values.dtype,
+                                                      out=prediction.dtype))
+    squeezed = prediction.shape[:1] + tuple(d for d in prediction.shape[1:] if d != 1)
+    unit = prediction.shape[:1] + (1,)
+    accepted = {prediction.shape, squeezed}
+    if prediction.shape == prediction.shape[:1]:
+        accepted.add(unit)
+    if values.shape not in accepted:
+        raise ValueError(_MSG_REFERENCE.format(shape=prediction.shape, got=values.shape,
+                                               squeezed=squeezed if squeezed
+                                               != prediction.shape else unit))
+    return values.reshape(prediction.shape)

@@ -50,19 +50,59 @@ _MSG_MODEL = (
     "its stored dtype {want}, losing precision. Use `precision=\"vector\"` to keep them."
 )
 
-_WARNED: set[tuple[int, str]] = set()
+class WarnOnce:
+    """Which leaves already warned under `precision="model"`, one registry per layout.
+
+    Owned by a `Restructure` (made once per `sb.destructure` call), so no `id()` can be
+    reused by another object. It does not take part in the owner's equality or hash: two
+    equal layouts still share jit caches.
+    """
+
+    def __init__(self):
+        self._seen: set[str] = set()
+
+    def first(self, path: str) -> bool:
+        """True the first time `path` is seen (and remembers it)."""
+        if path in self._seen:
+            return False
+        self._seen.add(path)
+        return True
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, WarnOnce)
+
+    def __hash__(self) -> int:
+        return hash(WarnOnce)
+
+
+def is_inexact(dtype) -> bool:
+    """Floating or complex, bfloat16 and float8 included (NumPy calls their kind `'V'`)."""
+    try:
+        return bool(jnp.issubdtype(np.dtype(dtype), jnp.inexact))
+    except TypeError:
+        return False
+
+
+def is_complex(dtype) -> bool:
+    return bool(jnp.issubdtype(np.dtype(dtype), jnp.complexfloating))
 
 
 def is_wide(dtype) -> bool:
     """float64 / complex128: the dtypes JAX truncates when x64 is off."""
-    dtype = np.dtype(dtype)
-    return dtype.kind in "fc" and dtype.itemsize == (8 if dtype.kind == "f" else 16)
+    return np.dtype(dtype) in (np.dtype(np.float64), np.dtype(np.complex128))
+
+
+def is_lossless(got, want) -> bool:
+    """Every value of dtype `got` is exactly representable in dtype `want` (JAX's lattice)."""
+    got, want = np.dtype(got), np.dtype(want)
+    with jax.numpy_dtype_promotion("standard"):
+        return got == want or np.dtype(jnp.promote_types(got, want)) == want
 
 
 def check_x64(dtype, where: str, what: str = "data") -> None:
     """Raise instead of letting JAX truncate float64 input with x64 off."""
     if is_wide(dtype) and not jax.config.read("jax_enable_x64"):
-        short = "float32" if np.dtype(dtype).kind == "f" else "complex64"
+        short = "complex64" if is_complex(dtype) else "float32"
         msg = _MSG_X64.format(where=where, what=what, dtype=np.dtype(dtype), short=short)
         raise TypeError(msg)
 
@@ -86,13 +126,13 @@ def guard_x64(tree, where: str, what: str = "data") -> None:
 
 def real_dtype(dtype) -> np.dtype:
     """float64 for complex128, float32 for complex64, itself for a real dtype."""
-    return np.finfo(np.dtype(dtype)).dtype
+    return np.dtype(jnp.finfo(np.dtype(dtype)).dtype)
 
 
 def complex_dtype(dtype) -> np.dtype:
     """complex128 for float64, complex64 for float32 or narrower, itself for complex."""
     dtype = np.dtype(dtype)
-    if dtype.kind == "c":
+    if is_complex(dtype):
         return dtype
     return np.dtype(np.complex128) if dtype.itemsize >= 8 else np.dtype(np.complex64)
 
@@ -107,23 +147,22 @@ def promote(dtypes) -> np.dtype:
     return np.dtype(out if out is not None else jnp.zeros(()).dtype)
 
 
-def cast_leaf(chunk: Array, stored, path: str, precision: str, key: int) -> Array:
+def cast_leaf(chunk: Array, stored, path: str, precision: str, warned: WarnOnce) -> Array:
     """Give one rebuilt chunk of `theta` the dtype that `precision` asks for."""
     stored = np.dtype(stored)
     got = np.dtype(chunk.dtype)
     if precision == "vector":
-        if stored.kind == "c":
+        if is_complex(stored):
             return chunk.astype(complex_dtype(got))
-        return _real_part(chunk, path) if got.kind == "c" else chunk
+        return _real_part(chunk, path) if is_complex(got) else chunk
     if precision == "strict":
         if got != stored:
             raise TypeError(_MSG_STRICT.format(got=got, want=stored, path=path))
         return chunk
-    if not np.can_cast(got, stored, casting="safe") and (key, path) not in _WARNED:
-        _WARNED.add((key, path))
+    if not is_lossless(got, stored) and warned.first(path):
         warnings.warn(_MSG_MODEL.format(got=got, want=stored, path=path), PrecisionLossWarning,
                       stacklevel=4)
-    if got.kind == "c" and stored.kind != "c":
+    if is_complex(got) and not is_complex(stored):
         chunk = jnp.real(chunk)
     return chunk.astype(stored)
 

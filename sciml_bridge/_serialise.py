@@ -1,30 +1,24 @@
-"""Checkpoints without pickle: one `.npz` holding the arrays and a JSON layout.
+"""Checkpoints without pickle: one `.npz` holding `theta` and a JSON layout.
 
-`np.load(..., allow_pickle=False)` never runs code from the file, the write goes to a temporary
-file in the same directory followed by `os.replace` (atomic on POSIX and Windows), and the
-layout (leaf paths, shapes, dtypes) makes loading into the wrong model an error that shows both.
+A checkpoint file is untrusted input: `sb.load` reads the layout first, compares it with the
+model, then checks `theta`'s declared shape and dtype from the archive directory and the `.npy`
+header before decompressing anything (`_npz.read_arrays`). Writes are atomic and crash-safe
+(`_npz.write_arrays`). The layout (leaf paths, shapes, dtypes) makes loading into the wrong
+model an error that shows both.
 """
 
-import json
 import os
-import tempfile
-import zipfile
 from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
 
 from ._custom_types import Theta, ThetaLike
-from ._precision import check_x64
+from ._npz import Corrupt, Expect, read_arrays, write_arrays
+from ._precision import check_x64, guard_x64, is_inexact
 
 
-_LAYOUT_KEY = "__layout__"
 _FORMAT = "sciml_bridge.theta/1"
-
-_MSG_CORRUPT = """\
-`{where}` could not read {path!r}: the file is truncated, corrupted, or not a sciml_bridge
-checkpoint ({err}). Checkpoints are written atomically, so a complete earlier one is intact if it
-exists; a file that needs pickle to load is refused on purpose and never unpickled."""
 
 _MSG_MISMATCH = """\
 `{where}` found a checkpoint whose parameter layout does not match the model.
@@ -35,6 +29,18 @@ _MSG_MISMATCH = """\
     expected: {want_leaf}
 Fix: load into the model the checkpoint was saved from (same architecture, same `params=`
 filter), or rebuild that model first and convert its parameters explicitly."""
+
+_MSG_SAVE_KIND = """\
+`sb.save` expected a floating or complex `theta` (the parameter vector of `fm`), but got dtype
+{dtype}. Integer, boolean and object arrays are not parameter vectors (an object array would
+need pickle, which sciml_bridge never writes).
+Fix: save the `theta` that belongs to this `fm`, e.g. `theta.astype(fm.theta0.dtype)`."""
+
+_MSG_SAVE_SIZE = """\
+`sb.save` expected a 1-D `theta` of length {size} (the size of `fm`), but got shape {shape}.
+Fix: save the `theta` that belongs to this `fm`."""
+
+_MSG_NOT_THETA = "not a file written by `sb.save` ({why})"
 
 
 def _restructure(fm: Any):
@@ -59,17 +65,25 @@ def layout_of(fm: Any) -> dict:
     }
 
 
-def _leaf(layout: dict, i: int) -> str:
-    if i >= len(layout["paths"]):
+def _rows(layout: dict) -> list[tuple]:
+    """`(path, shape, dtype)` per leaf; a malformed (forged) layout gives what it can."""
+    columns = [layout.get(k) for k in ("paths", "shapes", "dtypes")]
+    if not all(isinstance(c, list) for c in columns):
+        return []
+    return list(zip(*columns))
+
+
+def _leaf(rows: list[tuple], i: int) -> str:
+    if i >= len(rows):
         return "(none)"
-    return f"{layout['paths'][i]} shape={tuple(layout['shapes'][i])} dtype={layout['dtypes'][i]}"
+    path, shape, dtype = rows[i]
+    shape = tuple(shape) if isinstance(shape, list) else shape
+    return f"{path} shape={shape} dtype={dtype}"
 
 
 def check_layout(saved: dict, want: dict, where: str) -> None:
     """ValueError printing saved vs expected layout and the first differing leaf."""
-    keys = ("paths", "shapes", "dtypes")
-    rows_saved = list(zip(*(saved.get(k, []) for k in keys)))
-    rows_want = list(zip(*(want[k] for k in keys)))
+    rows_saved, rows_want = _rows(saved), _rows(want)
     if saved.get("size") == want["size"] and rows_saved == rows_want:
         return
     index = next(
@@ -84,54 +98,39 @@ def check_layout(saved: dict, want: dict, where: str) -> None:
             want_size=want["size"],
             want_n=len(rows_want),
             index=index,
-            saved_leaf=_leaf(saved, index),
-            want_leaf=_leaf(want, index),
+            saved_leaf=_leaf(rows_saved, index),
+            want_leaf=_leaf(rows_want, index),
         )
     )
 
 
-def write_arrays(path: str | os.PathLike, arrays: dict[str, np.ndarray], layout: dict) -> None:
-    """Write `arrays` plus a JSON `layout` to `path` atomically."""
-    path = os.fspath(path)
-    blob = np.frombuffer(json.dumps(layout).encode("utf-8"), dtype=np.uint8)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **{_LAYOUT_KEY: blob}, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+def _storage(dtype: np.dtype) -> np.dtype:
+    """The dtype `.npy` can name for `dtype`: bfloat16 and other ml_dtypes travel as bits."""
+    if np.lib.format.dtype_to_descr(dtype).lstrip("<>|=").startswith("V"):
+        return np.dtype(f"<u{dtype.itemsize}")
+    return dtype
 
 
-def read_arrays(path: str | os.PathLike, where: str) -> tuple[dict[str, np.ndarray], dict]:
-    """Read what `write_arrays` wrote; any damage or pickle is a clear `ValueError`."""
-    path = os.fspath(path)
+def _saved_dtype(layout: dict) -> np.dtype:
     try:
-        # Open the file ourselves: `np.load(path)` leaks its handle when the zip is damaged.
-        with open(path, "rb") as f, np.load(f, allow_pickle=False) as npz:
-            if not isinstance(npz, np.lib.npyio.NpzFile):
-                raise ValueError("not an .npz archive")
-            arrays = {k: npz[k] for k in npz.files}
-        layout = json.loads(arrays.pop(_LAYOUT_KEY).tobytes().decode("utf-8"))
-    except FileNotFoundError:
-        raise
-    except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile, UnicodeError) as e:
-        raise ValueError(_MSG_CORRUPT.format(where=where, path=path, err=e)) from e
-    if not isinstance(layout, dict):
-        raise ValueError(_MSG_CORRUPT.format(where=where, path=path, err="bad layout"))
-    return arrays, layout
+        dtype = np.dtype(str(layout.get("dtype")))
+    except TypeError as e:
+        raise Corrupt(_MSG_NOT_THETA.format(why=f"unknown dtype {layout.get('dtype')!r}")) from e
+    if not is_inexact(dtype):
+        raise Corrupt(_MSG_NOT_THETA.format(why=f"theta dtype {dtype} is not floating"))
+    return dtype
 
 
 def save(path: str | os.PathLike, theta: ThetaLike, fm: Any, metadata: dict | None = None) -> None:
     """Save a flat parameter vector with the layout of the model it belongs to.
 
-    The file is an ordinary `.npz` (no pickle) written atomically: a crash mid-write leaves
-    any earlier checkpoint at `path` intact.
+    The file is an ordinary `.npz` (no pickle) written atomically and crash-safely: the
+    data goes to a temporary file `.<name>.sb-tmp-<pid>-<random>` next to the target, is
+    fsynced, renamed over the target, and the directory is fsynced. A save killed mid-write
+    leaves any earlier checkpoint at `path` intact; its temporary file is removed by the next
+    save of the same path once the killed process is gone. A replaced file keeps its
+    permission bits (a new one follows the umask). If `path` is a symbolic link, the file it
+    points to is replaced and the link is kept.
 
     ```python
     fm = sb.flat(eqx.nn.MLP(2, 1, 8, 2, key=jax.random.key(0)))
@@ -142,29 +141,51 @@ def save(path: str | os.PathLike, theta: ThetaLike, fm: Any, metadata: dict | No
     **Arguments:**
 
     - `path`: where to write (written exactly there; no suffix is added).
-    - `theta`: the 1-D parameter vector, of length `fm.size`.
+    - `theta`: the 1-D floating or complex parameter vector, of length `fm.size`.
     - `fm`: the flat model (from `sb.flat`) or `Restructure` (from `sb.destructure`) whose
         layout `theta` follows.
     - `metadata`: optional JSON-serialisable dict stored alongside (default `None`).
 
     **Raises:**
 
-    `ValueError` if `theta` does not have `fm.size` entries; `TypeError` if `metadata` is not
-    JSON-serialisable or `fm` has no layout.
+    `ValueError` if `theta` is not 1-D with `fm.size` entries; `TypeError` if `theta` is not
+    floating or complex, `metadata` is not JSON-serialisable or `fm` has no layout.
     """
     layout = layout_of(fm)
+    guard_x64(theta, "`sb.save`", "`theta`")
     theta = np.asarray(theta)
+    if not is_inexact(theta.dtype):
+        raise TypeError(_MSG_SAVE_KIND.format(dtype=theta.dtype))
     if theta.ndim != 1 or theta.size != layout["size"]:
-        raise ValueError(
-            f"`sb.save` expected a 1-D `theta` of length {layout['size']} (the size of `fm`), "
-            f"but got shape {theta.shape}. Fix: save the `theta` that belongs to this `fm`."
-        )
+        raise ValueError(_MSG_SAVE_SIZE.format(size=layout["size"], shape=theta.shape))
     layout.update(format=_FORMAT, dtype=theta.dtype.name, metadata=metadata)
-    write_arrays(path, {"theta": theta}, layout)
+    write_arrays(path, {"theta": theta.view(_storage(theta.dtype))}, layout)
+
+
+def _expect_theta(fm: Any):
+    """What `sb.load` accepts, decided from the layout before any data is decompressed."""
+    want = layout_of(fm)
+
+    def expect(layout: dict) -> dict[str, Expect]:
+        if layout.get("format") != _FORMAT:
+            raise Corrupt(_MSG_NOT_THETA.format(why=f"format {layout.get('format')!r}"))
+        check_layout(layout, want, "sb.load")
+        dtype = _saved_dtype(layout)
+        check_x64(dtype, "`sb.load`", "a saved theta")
+        return {"theta": Expect((want["size"],), _storage(dtype))}
+
+    return expect
 
 
 def load(path: str | os.PathLike, fm: Any, *, return_metadata: bool = False) -> Theta:
     """Load a vector saved by `sb.save`, checking it fits `fm`.
+
+    The file is treated as untrusted: its layout is compared with `fm`'s, and `theta`'s
+    declared shape and dtype are checked against that layout (1-D, `fm.size` entries, a
+    floating or complex dtype) from the archive directory and the `.npy` header before
+    anything is decompressed. Unknown members, object arrays (pickle) and sizes that
+    disagree with the archive directory are refused, so a forged or "zip bomb" file costs
+    milliseconds, not memory.
 
     ```python
     fm = sb.flat(eqx.nn.MLP(2, 1, 8, 2, key=jax.random.key(0)))
@@ -186,15 +207,10 @@ def load(path: str | os.PathLike, fm: Any, *, return_metadata: bool = False) -> 
     **Raises:**
 
     `ValueError` if the layout differs from `fm`'s (showing saved vs expected and the first
-    differing leaf), or the file is truncated, corrupted or needs pickle; `TypeError` if the
-    file holds float64 data while JAX runs with x64 off.
+    differing leaf), or the file is truncated, corrupted, forged or needs pickle; `TypeError`
+    if the file holds float64 data while JAX runs with x64 off.
     """
-    arrays, layout = read_arrays(path, "sb.load")
-    if layout.get("format") != _FORMAT or "theta" not in arrays:
-        raise ValueError(
-            _MSG_CORRUPT.format(where="sb.load", path=os.fspath(path), err="not a saved theta")
-        )
-    check_layout(layout, layout_of(fm), "sb.load")
-    check_x64(arrays["theta"].dtype, "`sb.load`", "a saved theta")
-    theta = jnp.asarray(arrays["theta"])
+    arrays, layout = read_arrays(path, "sb.load", _expect_theta(fm), strict=True)
+    theta = arrays["theta"].view(_saved_dtype(layout))
+    theta = jnp.asarray(theta)
     return (theta, layout.get("metadata")) if return_metadata else theta

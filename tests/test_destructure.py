@@ -220,3 +220,78 @@ def test_restructure_is_hashable_equal_and_never_retraces(mlp):
     assert g.__wrapped__.count == 1
     other = eqx.nn.MLP(1, 1, 10, 2, key=jax.random.key(0))
     assert re != sb.destructure(other)[1]
+
+
+# --- issue 12: lossy dtypes, ties under filters; issue 13: ties="none", bfloat16 --------------
+
+
+@pytest.mark.parametrize("stored, dtype", [(jnp.float64, jnp.float32), (jnp.float64, jnp.float16),
+                                           (jnp.float32, jnp.bfloat16),
+                                           (jnp.complex128, jnp.complex64)])
+def test_a_lossy_dtype_is_a_type_error_naming_the_leaf_unless_opted_in(stored, dtype):
+    tree = {"a": jnp.ones(2, dtype), "b": jnp.full(3, 1 / 3, stored)}
+    with pytest.raises(TypeError, match=r"(?s)round the parameter `\['b'\]`.*lossy=True"):
+        sb.destructure(tree, dtype=dtype)
+    with pytest.raises(TypeError, match="lossy=True"):
+        sb.flat(lambda v, x: v["b"] * x, tree, dtype=dtype)
+    theta, re = sb.destructure(tree, dtype=dtype, lossy=True)
+    assert theta.dtype == dtype
+    want = np.asarray(jnp.full(3, 1 / 3, stored).astype(dtype))
+    np.testing.assert_array_equal(np.asarray(re(theta)["b"]), want)
+
+
+def test_a_lossless_dtype_needs_no_opt_in():
+    tree = {"a": jnp.ones(2, jnp.float16), "b": jnp.ones(3, jnp.bfloat16)}
+    theta, _ = sb.destructure(tree, dtype=jnp.float32)
+    assert theta.dtype == jnp.float32
+    assert sb.destructure(tree)[0].dtype == jnp.float32  # the smallest exact holder
+
+
+def test_a_filter_that_freezes_one_place_of_a_tie_is_refused():
+    shared = jnp.ones(3)
+    tree = {"enc": shared, "dec": shared, "other": jnp.zeros(2)}
+    spec = {"enc": True, "dec": False, "other": True}
+    with pytest.raises(ValueError, match=r"froze the array at `\['dec'\]` but trains"):
+        sb.destructure(tree, params=spec)
+    # Freezing both places, or untying on purpose, is fine.
+    assert sb.destructure(tree, params={"enc": False, "dec": False, "other": True})[1].size == 2
+    assert sb.destructure(tree, params=spec, ties="none")[1].size == 5
+
+
+def test_ties_none_matches_equinox_copy_semantics(getkey):
+    lin = eqx.nn.Linear(3, 3, key=getkey())
+    model = eqx.nn.Sequential([lin, eqx.nn.Lambda(jnp.tanh), lin])
+    x = jnp.linspace(-1.0, 1.0, 3)
+    loss = lambda m: jnp.sum(m(x) ** 2)
+    tied_theta, tied = sb.destructure(model)
+    copy_theta, copies = sb.destructure(model, ties="none")
+    assert (tied.size, copies.size) == (12, 24)
+    # eqx.filter_grad treats the two places as two copies: one gradient per place.
+    want = eqx.filter_grad(loss)(model)
+    got = jax.grad(lambda t: loss(copies(t)))(copy_theta)
+    np.testing.assert_allclose(got, sb.destructure(want, ties="none")[0], rtol=1e-14)
+    # Identity ties sum the two places' gradients into one slot.
+    summed = jax.grad(lambda t: loss(tied(t)))(tied_theta)
+    np.testing.assert_allclose(summed, got[:12] + got[12:], rtol=1e-13, atol=1e-15)
+    with pytest.raises(ValueError, match='"identity"'):
+        sb.destructure(model, ties="copy")
+
+
+def test_bfloat16_parameters_flatten_and_rebuild(getkey):
+    lin = eqx.nn.Linear(3, 2, key=getkey(), dtype=jnp.bfloat16)
+    theta, re = sb.destructure(lin)
+    assert theta.dtype == jnp.bfloat16 and re(theta).weight.dtype == jnp.bfloat16
+    x = jnp.ones(3, jnp.bfloat16)
+    y = sb.flat(lin)(theta, x)
+    np.testing.assert_array_equal(np.asarray(y, np.float32), np.asarray(lin(x), np.float32))
+    assert sb.destructure(lin, dtype=jnp.float32)[0].dtype == jnp.float32  # lossless widening
+
+
+def test_warn_once_registry_is_per_layout_not_per_address():
+    tree = {"a": jnp.ones(2, jnp.float32)}
+    theta = jnp.full(2, 1 / 3, jnp.float64)
+    for _ in range(2):  # a fresh `re` warns again, even if Python reuses the old one's address
+        _, re = sb.destructure(tree, precision="model")
+        with pytest.warns(sb.PrecisionLossWarning):
+            re(theta)
+        del re

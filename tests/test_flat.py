@@ -121,3 +121,12 @@ def test_flat_argument_errors(mlp):
         sb.flat(mlp, fast="sometimes")
     with pytest.raises(TypeError, match="fast=True"):
         sb.flat({"w": jnp.ones(2)}, fast=True)
+
+
+def test_batched_input_on_the_general_path_is_a_clear_error():
+    mlp = eqx.nn.MLP(2, 1, 4, 1, key=jax.random.key(0))
+    fm = sb.flat(mlp, fast=False)
+    with pytest.raises(ValueError, match=r"(?s)expects one point `x`\nof shape \(2,\), but got "
+                                         r"shape \(5, 2\).*jax.vmap"):
+        fm(fm.theta0, jnp.ones((5, 2)))
+    assert jax.vmap(fm, in_axes=(None, 0))(fm.theta0, jnp.ones((5, 2))).shape == (5, 1)

@@ -163,3 +163,44 @@ def test_docstring_example_runs():
     namespace: dict = {}
     exec(textwrap.dedent(code), namespace)
     assert namespace["ys"].shape == (128, 1)
+
+
+# --- issue 12 #8 and issue 13 #4: errors that say what is wrong; bfloat16 -----------------------
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"key": 0}, r"expected a JAX PRNG key.*got\nint 0.*jax.random.key\(0\)"),
+    ({"key": None}, "expected a JAX PRNG key"),
+    ({"key": jnp.zeros(3)}, "expected a JAX PRNG key"),
+    ({"key": jax.random.key(0), "dtype": jnp.int32}, "expected a floating or complex"),
+    ({"key": jax.random.key(0), "dtype": "not-a-dtype"}, "expected a floating or complex"),
+])
+def test_constructor_errors_say_what_is_wrong(kwargs, match):
+    with pytest.raises(TypeError, match=match):
+        sb.FlatMLP((1, 4, 1), **kwargs)
+
+
+def test_legacy_raw_keys_are_accepted():
+    fm = sb.FlatMLP((1, 4, 1), key=jax.random.PRNGKey(0))
+    new = sb.FlatMLP((1, 4, 1), key=jax.random.wrap_key_data(jax.random.PRNGKey(0)))
+    np.testing.assert_array_equal(fm.theta0, new.theta0)
+
+
+def test_bfloat16_flat_mlp_matches_the_equinox_mlp():
+    key = jax.random.key(3)
+    fm = sb.FlatMLP((2, 4, 1), key=key, dtype=jnp.bfloat16)
+    mlp = eqx.nn.MLP(2, 1, 4, 1, activation=jnp.tanh, key=key, dtype=jnp.bfloat16)
+    x = jnp.array([0.5, -0.25], jnp.bfloat16)
+    y = fm(fm.theta0, x)
+    assert fm.theta0.dtype == y.dtype == jnp.bfloat16
+    # One bfloat16 ulp (2**-8 relative): the fast path multiplies in a different order.
+    np.testing.assert_allclose(np.asarray(y, np.float32), np.asarray(mlp(x), np.float32),
+                               rtol=2**-7, atol=2**-7)
+
+
+def test_key_keyword_is_accepted_and_ignored_as_by_eqx_mlp():
+    fm = sb.FlatMLP((2, 4, 1), key=jax.random.key(0))
+    x = jnp.ones(2)
+    np.testing.assert_array_equal(fm(fm.theta0, x, key=jax.random.key(5)), fm(fm.theta0, x))
+    with pytest.raises(TypeError):
+        fm(fm.theta0, x, train=True)  # like `eqx.nn.MLP`, nothing else is accepted

@@ -220,6 +220,9 @@ def test_float32_network_gives_a_float32_residual():
         ({"pde": (lambda u, x: u(x), jnp.ones((0, 2)))}, None, "leading\naxis"),
         ({"pde": (lambda u, x: u(x), X_IN)}, {"bc": 1.0}, "names among \\['pde'\\]"),
         ({"pde": (lambda u, x: u(x), X_IN)}, {"pde": -1.0}, "non-negative"),
+        ({"pde": (lambda u, x: u(x), X_IN)}, {"pde": float("inf")}, "finite, non-negative"),
+        ({"pde": (lambda u, x: u(x), X_IN)}, {"pde": float("nan")}, "finite, non-negative"),
+        ({"pde": (lambda u, x: u(x), X_IN)}, {"pde": "heavy"}, "finite, non-negative"),
     ],
 )
 def test_pinn_errors(terms, weights, match):
@@ -249,5 +252,30 @@ def test_error_report_against_a_function_and_an_array():
 def test_error_report_rejects_a_reference_of_the_wrong_size():
     fm = lambda theta, x: theta[0] * x
     x = jnp.ones((4, 1))
-    with pytest.raises(ValueError, match="4 values for prediction shape \\(4, 1\\)"):
+    with pytest.raises(ValueError, match="prediction's shape\n\\(4, 1\\).*got shape \\(5,\\)"):
         sb.error_report(fm, jnp.array([1.0]), x, np.ones(5))
+
+
+def test_error_report_refuses_a_transposed_reference_for_a_two_output_network():
+    # (outputs, points) has the right number of values but the wrong meaning: no reshape.
+    fm = lambda theta, x: theta * jnp.concatenate([x, 2 * x])  # 2 outputs per point
+    x = jnp.linspace(0.0, 1.0, 5)[:, None]
+    exact = np.asarray(jax.vmap(fm, in_axes=(None, 0))(jnp.ones(1), x))  # (5, 2)
+    assert sb.error_report(fm, jnp.ones(1), x, exact).rel_l2 == 0.0
+    with pytest.raises(ValueError, match="reference.T"):
+        sb.error_report(fm, jnp.ones(1), x, exact.T)
+
+
+def test_error_report_refuses_a_complex_reference_for_a_real_network():
+    fm = lambda theta, x: theta[0] * x
+    x = jnp.ones((4, 1))
+    with pytest.raises(TypeError, match="imaginary part would be dropped"):
+        sb.error_report(fm, jnp.array([1.0]), x, np.ones((4, 1)) * (1 + 1j))
+
+
+@pytest.mark.parametrize("lower, upper", [((0.0, -np.inf), (1.0, 1.0)), (0.0, np.nan),
+                                          ((0.0, 0.0), (1.0, np.inf))])
+def test_collocation_points_refuse_non_finite_bounds(lower, upper):
+    for sampling in ("grid", "random"):
+        with pytest.raises(ValueError, match="expected finite `lower` and `upper`"):
+            sb.collocation_points(lower, upper, 4, sampling=sampling, key=jax.random.key(0))

@@ -1,34 +1,106 @@
-"""With x64 off JAX truncates float64 silently (jax#11895); we raise. Run in a fresh process."""
+"""With x64 off JAX truncates float64 silently (jax#11895); every entry point that takes arrays
+raises instead. One fresh process (x64 off) runs every case."""
 
+import jax.numpy as jnp
+import numpy as np
+import pytest
 from helpers import run_python
 
+import sciml_bridge as sb
 
-def test_float64_with_x64_off_is_a_clear_type_error():
-    code = """
-    import jax, jax.numpy as jnp, numpy as np, equinox as eqx
-    import sciml_bridge as sb
-    assert not jax.config.read("jax_enable_x64")
-    mlp = eqx.nn.MLP(1, 1, 4, 1, key=jax.random.key(0))
-    theta, re = sb.destructure(mlp)
-    assert theta.dtype == jnp.float32
-    assert re(np.asarray(theta, np.float32))(jnp.ones(1)).dtype == jnp.float32
-    checks = {
-        "dtype=float64": lambda: sb.destructure(mlp, dtype=jnp.float64),
-        "numpy theta": lambda: re(np.asarray(theta, np.float64)),
-        "numpy leaves": lambda: sb.destructure({"w": np.ones(3)}),
-        "flat numpy theta": lambda: sb.flat(mlp, fast=False)(np.zeros(theta.size), jnp.ones(1)),
-    }
+
+_CODE = """
+import jax, jax.numpy as jnp, numpy as np, equinox as eqx
+import os, sys
+import sciml_bridge as sb
+assert not jax.config.read("jax_enable_x64")
+PATH = os.environ["SB_TEST_PATH"]
+
+
+class LAYOUT:  # the layout of the float64 file (a float64 `re` cannot be made with x64 off)
+    paths, shapes, dtypes, size = ["['w']"], [(3,)], [np.float64], 3
+
+
+mlp = eqx.nn.MLP(1, 1, 4, 1, key=jax.random.key(0))
+theta, re = sb.destructure(mlp)
+assert theta.dtype == jnp.float32
+assert re(np.asarray(theta, np.float32))(jnp.ones(1)).dtype == jnp.float32
+fm = sb.flat(mlp)
+x64 = np.linspace(0.0, 1.0, 8)[:, None]
+fast = sb.FlatMLP((1, 4, 1), key=jax.random.key(0))
+u = lambda theta, x: theta[0] * x
+checks = {
+    "dtype=float64": lambda: sb.destructure(mlp, dtype=jnp.float64),
+    "numpy theta": lambda: re(np.asarray(theta, np.float64)),
+    "numpy leaves": lambda: sb.destructure({"w": np.ones(3)}),
+    "flat numpy theta": lambda: sb.flat(mlp, fast=False)(np.zeros(theta.size), jnp.ones(1)),
+    "FlatMLP dtype": lambda: sb.FlatMLP((1, 4, 1), key=jax.random.key(0), dtype=jnp.float64),
+    "FlatMLP numpy x": lambda: fast(fast.theta0, np.ones(1)),
+    "pinn points": lambda: sb.pinn(fm, {"bc": (lambda u, x: u(x), x64)}),
+    "error_report points": lambda: sb.error_report(u, jnp.ones(1), x64, np.zeros((8, 1), "f4")),
+    "error_report reference": lambda: sb.error_report(u, jnp.ones(1), x64.astype("f4"),
+                                                      np.zeros((8, 1))),
+    "collocation bounds": lambda: sb.collocation_points(np.zeros(2), np.ones(2), 4),
+    "collocation dtype": lambda: sb.collocation_points(0.0, 1.0, 4, dtype=jnp.float64),
+    "load float64": lambda: sb.load(PATH, LAYOUT),
+    "save numpy float64": lambda: sb.save(PATH + ".new", np.zeros(theta.size), re),
+}
+# Guards added by helpers A (engine) and C (neural ODE): green once their branches merge.
+others = {
+    "minimize args": lambda: sb.minimize(lambda t, a: jnp.sum((t - a[0]) ** 2), theta,
+                                         "adam", args=(np.ones(theta.size),), max_steps=2),
+    "least_squares args": lambda: sb.least_squares(lambda t, a: t - a[0], theta, "lm",
+                                                   args=(np.ones(theta.size),), max_steps=2),
+    "scipy_objective": lambda: sb.scipy_objective(lambda t, a: jnp.sum(t * a),
+                                                  np.ones(theta.size)),
+    "NeuralODE y0/ts": lambda: sb.NeuralODE(sb.flat(eqx.nn.MLP(2, 2, 4, 1,
+                                                               key=jax.random.key(1))))(
+        sb.flat(eqx.nn.MLP(2, 2, 4, 1, key=jax.random.key(1))).theta0, np.ones(2),
+        np.linspace(0.0, 1.0, 3)),
+}
+
+
+def failures(checks):
+    failed = []
     for name, check in checks.items():
         try:
             check()
         except TypeError as e:
             msg = str(e)
-            assert 'jax.config.update("jax_enable_x64", True)' in msg, (name, msg)
-            assert "silently" in msg and "float64" in msg, (name, msg)
+            ok = 'jax.config.update("jax_enable_x64", True)' in msg and "silently" in msg
+            if not (ok and "float64" in msg):
+                failed.append((name, msg[:300]))
+        except Exception as e:
+            failed.append((name, f"{type(e).__name__}: {str(e)[:300]}"))
         else:
-            raise AssertionError(f"{name}: no TypeError")
-    print("ok")
-    """
-    proc = run_python(code, env={"JAX_ENABLE_X64": "0"})
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip().endswith("ok")
+            failed.append((name, "no TypeError"))
+    return failed
+
+
+print("OURS", failures(checks))
+print("OTHERS", failures(others))
+"""
+
+
+@pytest.fixture(scope="module")
+def x64_off_run(tmp_path_factory):
+    """One fresh process with x64 off runs every case; both tests read its report."""
+    path = str(tmp_path_factory.mktemp("x64") / "theta64.npz")
+    _, re = sb.destructure({"w": jnp.zeros(3)})  # a float64 checkpoint (x64 is on here)
+    sb.save(path, np.arange(3.0), re)
+    proc = run_python(_CODE, env={"JAX_ENABLE_X64": "0", "SB_TEST_PATH": path})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = dict(line.split(" ", 1) for line in proc.stdout.splitlines()
+                 if line.startswith(("OURS ", "OTHERS ")))
+    return lines
+
+
+def test_float64_with_x64_off_is_a_clear_type_error_at_every_entry_point(x64_off_run):
+    assert x64_off_run["OURS"] == "[]", x64_off_run["OURS"]
+
+
+# strict: once helpers A (engine: `args=` of `sb.minimize`/`sb.least_squares`) and C
+# (`sb.NeuralODE` `y0`/`ts`) are merged this passes, XPASS fails, and the mark must go.
+@pytest.mark.xfail(strict=True, reason="guards land with the engine and neural-ODE branches")
+def test_engine_and_neural_ode_inputs_refuse_float64_with_x64_off(x64_off_run):
+    assert x64_off_run["OTHERS"] == "[]", x64_off_run["OTHERS"]

@@ -1,0 +1,134 @@
+"""`sb.flat`: any model -> `fm(theta, *inputs)`, on the fast path when one exists."""
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ._activations import NAMES
+from ._adapters import ApplyVariables, EquinoxCall, MergeNNX, initial_mode, linen_state
+from ._custom_types import Model, Precision, Theta
+from ._destructure import Restructure, destructure
+from ._fast import Unsupported, recognise
+from ._flat import AbstractFlatModel, FlatModel
+from ._flat_mlp import FlatMLP
+from ._flax import nnx
+
+
+_MSG_FAST = """\
+`sb.flat(..., fast=True)` has no fast path for this {kind}: {reason}.
+The fast path (`sb.FlatMLP`) covers `eqx.nn.MLP` with parameter-free activations and
+`eqx.nn.Sequential` of `eqx.nn.Linear` layers each followed by at most one `eqx.nn.Lambda` of a
+known activation (the `jnp`/`jax.nn` function of: {known}).
+Fix: use `fast="auto"` (falls back quietly) or `fast=False` for the general path."""
+
+
+def _fast_path(model: Any, theta0: Theta, re: Restructure, fast) -> FlatMLP | None:
+    """A `FlatMLP` with `theta0`'s layout for `model`, or None under `fast="auto"`.
+
+    **Raises:** `TypeError` naming what is unsupported when `fast=True`.
+    """
+    try:
+        parts = recognise(model, re)
+    except Unsupported as e:
+        if fast is True:
+            raise TypeError(_MSG_FAST.format(kind=f"`{type(model).__name__}`", reason=e,
+                                             known=", ".join(NAMES))) from None
+        return None
+    return FlatMLP.from_layout(theta0, re, *parts)
+
+
+def _nnx_parts(model: Any):
+    """`(apply, pytree, params)` for a Flax NNX module; None for anything else."""
+    if nnx is None or not isinstance(model, nnx.Module):
+        return None
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    # Only `nnx.Param` state is trained; batch statistics and RNG state ride along.
+    spec = (True, False)
+    return MergeNNX(graphdef), (params, rest), spec
+
+
+def _params_collection(variables: Model):
+    """Flax-style `{"params": ..., "batch_stats": ...}`: train only the "params" collection."""
+    if isinstance(variables, Mapping) and "params" in variables and len(variables) > 1:
+        return type(variables)({k: k == "params" for k in variables})
+    return None
+
+
+def flat(
+    model: Model | Callable[..., Any],
+    variables: Model | None = None,
+    /,
+    *,
+    params: Callable[[Any], bool] | Any | None = None,
+    dtype=None,
+    precision: Precision = "vector",
+    ties: str = "identity",
+    lossy: bool = False,
+    fast: bool | str = "auto",
+    state: Any = None,
+) -> AbstractFlatModel:
+    """Turn a model into `fm(theta, *inputs)` with `theta` one flat vector.
+
+    Three forms: an Equinox module (or any callable pytree), `flat(apply_fn, variables)` for
+    any pure `apply_fn(variables, *inputs)` (Flax Linen, Haiku, hand-written), and a Flax NNX
+    module (split into graph and state; only `nnx.Param` is trained). Inputs follow the wrapped
+    model's convention (Equinox: unbatched `x`; batch with `jax.vmap`).
+
+    ```python
+    import jax, jax.numpy as jnp, equinox as eqx
+    import sciml_bridge as sb
+
+    mlp = eqx.nn.MLP(2, 1, 16, 2, activation=jnp.tanh, key=jax.random.key(0))
+    fm = sb.flat(mlp)
+    y = jax.jit(fm)(fm.theta0, jnp.ones(2))
+    assert y.shape == (1,) and fm.size == 337
+    ```
+
+    **Arguments:**
+
+    - `model`: the model, or a pure `apply_fn` when `variables` is given.
+    - `variables`: the parameters of `apply_fn` (e.g. Flax's `{"params": ...}`; when other
+        collections such as `"batch_stats"` are present, only `"params"` is trained unless
+        `params=` says otherwise).
+    - `params`, `dtype`, `precision`, `ties`, `lossy`: as in `sb.destructure`.
+    - `fast`: `"auto"` uses the slice-based fast path (`sb.FlatMLP`) when the model is one it
+        knows (`eqx.nn.MLP`, or an `eqx.nn.Sequential` of `Linear` layers each followed by at
+        most one activation `Lambda`) with the very same `theta` layout; `True` requires it;
+        `False` forces the general path.
+
+    - `state`: the model's initial state, returned by `fm.init_state()`: for Equinox the
+        `eqx.nn.State` from `eqx.nn.make_with_state`; Flax state (Linen's non-`"params"`
+        collections, NNX batch statistics and RNG streams) is found without it.
+
+    Keyword inputs are forwarded (`fm(theta, x, key=k)`, `fm(theta, x, train=False)`);
+    `y, state = fm(theta, x, state=state)` threads the model's state, and
+    `eqx.nn.inference_mode(fm)` switches Equinox and NNX models to inference
+    (see `sb.FlatModel`).
+
+    **Returns:** an `sb.AbstractFlatModel` (`fm.theta0`, `fm.size`, `fm.restructure`,
+    `fm.is_fast`).
+
+    **Raises:** as `sb.destructure`; `TypeError` if `fast=True` and there is no fast path for
+    this model.
+    """
+    if fast not in ("auto", True, False):
+        raise ValueError(f"`sb.flat(..., fast=...)` expected 'auto', True or False, got {fast!r}.")
+    kwargs = dict(params=params, dtype=dtype, precision=precision, ties=ties, lossy=lossy)
+    if variables is not None:
+        if params is None:
+            kwargs["params"] = _params_collection(variables)
+        theta0, re = destructure(variables, **kwargs)
+        state0 = linen_state(variables) if state is None else state
+        return FlatModel(theta0, re, ApplyVariables(model), state0, False)
+    nnx_parts = _nnx_parts(model)
+    if nnx_parts is not None:
+        apply, states, spec = nnx_parts
+        theta0, re = destructure(states, **{**kwargs, "params": params or spec})
+        return FlatModel(theta0, re, apply, states[1] if state is None else state,
+                         initial_mode(model))
+    theta0, re = destructure(model, **kwargs)
+    if fast is not False and state is None:
+        fm = _fast_path(model, theta0, re, fast)
+        if fm is not None:
+            return fm
+    return FlatModel(theta0, re, EquinoxCall(), state, initial_mode(model))
+
