@@ -171,6 +171,20 @@ class NeuralODE(eqx.Module):
     For known physics plus a network (a universal differential equation), see
     [`sb.NeuralODE.hybrid`][].
 
+    Paths: a `sb.FlatModel` (and a `sb.FlatMLP`, also the one `sb.flat(eqx.nn.MLP)` picks) is
+    rebuilt into its Equinox model once per solve, outside `diffeqsolve`, and the rebuilt model
+    is the vector field: inside a solve that is faster than slicing `theta` at every stage
+    (issue 15, 2x). Under `BacksolveAdjoint` a `FlatMLP` keeps slicing one flat vector, whose
+    single cotangent is cheaper for the backward solve than one per layer. Same numbers either
+    way (same `theta` layout).
+
+    Failures never give a silent wrong answer: non-finite `theta`/`y0`/`ts`, a field that is not
+    finite at `y0`, a failed forward solve, a failed backward solve of `BacksolveAdjoint`, and a
+    final state that is not steady under `ImplicitAdjoint` each raise their own error under
+    `throw=True`; under `throw=False` they give NaN (or, for a failed forward solve, `inf` after
+    the failure time, as Diffrax does), so a loss or gradient is non-finite and `sb.minimize`
+    keeps the last good `theta`.
+
     ```python
     import diffrax, jax, jax.numpy as jnp
     import sciml_bridge as sb
@@ -195,24 +209,33 @@ class NeuralODE(eqx.Module):
     - `stepsize_controller`: default `diffrax.PIDController(rtol=1e-6, atol=1e-6)`.
     - `dt0`: the first step size; `None` lets an adaptive controller choose it (a
         `diffrax.ConstantStepSize()` needs a number).
-    - `max_steps`: the most solver steps per solve. Default 4096.
+    - `saveat`: a `diffrax.SaveAt`; `None` (default) saves at every time in `ts`. With
+        `SaveAt(t1=True)` or `SaveAt(dense=True)`, only `ts[0]` and `ts[-1]` are used (the span;
+        `ts[-1]` may be `jnp.inf` with a steady-state `event`). `diffrax.ImplicitAdjoint` needs
+        `SaveAt(t1=True)` and a steady state (checked, see above).
+    - `event`: a `diffrax.Event`, e.g. `diffrax.Event(diffrax.steady_state_event())`.
+    - `max_steps`: the most solver steps per solve, a positive int. Default 4096.
     - `time_dependent`: whether `fm` takes `(theta, t, y)`. Default `False`.
-    - `throw`: if `True` (default), a failed solve (max steps reached, step size collapse)
-        raises a runtime error naming the fix. If `False`, the trajectory is `inf` from the
-        time of failure on, so a loss turns non-finite and `sb.minimize` stops with the last
-        good `theta`.
+    - `throw`: if `True` (default), a failure (see above) raises a runtime error naming the
+        cause and the fix, on the forward or the backward pass. If `False`, values and
+        gradients turn non-finite instead, so `sb.minimize` stops with the last good `theta`.
     - `progress`: show a tqdm progress bar over the time span. Default `False`.
 
     **Returns:**
 
     A callable `node(theta, y0, ts) -> ys` (an `eqx.Module`) with `ys` of shape
-    `(len(ts), *y0.shape)` and the dtype of `y0`; `ys[0] == y0`.
+    `(len(ts), *y0.shape)` and the dtype of `y0`; `ys[0] == y0` (with a `saveat=`: what it
+    saves). `node.solve(theta, y0, ts)` returns the whole `diffrax.Solution` (dense output:
+    `sol.evaluate(t)`).
 
     **Raises:**
 
-    At call time: `ValueError` if `ts` is not 1-D with at least two times; `TypeError` if
-    `theta` is not a 1-D floating vector, if `y0`, `ts` and `theta` differ in dtype, or if
-    `args` are given without a hybrid vector field. Inside the solve, see `throw`.
+    At construction: `ValueError` if `max_steps` is not a positive int, or for
+    `ImplicitAdjoint` without an adaptive step size controller. At call time: `ValueError` if
+    `ts` is not 1-D with at least two times or if the vector field returns another shape than
+    `y0`; `TypeError` if `theta` is not a 1-D floating vector, if `y0`, `ts` and `theta` differ
+    in dtype, if float64 NumPy data arrive with x64 off, or if `args` are given without a
+    hybrid vector field. Inside the solve, see `throw`.
     """
 
     fm: Callable
@@ -332,10 +355,11 @@ class NeuralODE(eqx.Module):
         term, p = diffrax.ODETerm(field), (prepare(theta), args)
         _check_field(field, ts[0], y0, p)
         adjoint = honest_adjoint(self.adjoint, self.stepsize_controller, _WHERE, self.throw)
-        bad_inputs = ~all_finite((theta, y0, ts, args))
+        # `ts[-1] = inf` is how a steady-state solve (an `event=`) is asked for; NaN never is.
+        bad_inputs = ~all_finite((theta, y0, args)) | jnp.any(jnp.isnan(ts))
         # Diffrax rejects a NaN `ts` with its own error even under `throw=False`: solve on
         # placeholder times instead and report the NaN as ours.
-        ts = jnp.where(all_finite(ts), ts, jnp.arange(ts.shape[0], dtype=ts.dtype))
+        ts = jnp.where(jnp.any(jnp.isnan(ts)), jnp.arange(ts.shape[0], dtype=ts.dtype), ts)
         sol = diffrax.diffeqsolve(
             term, self.solver, t0=ts[0], t1=ts[-1], dt0=self.dt0, y0=y0, args=p,
             saveat=diffrax.SaveAt(ts=ts) if self.saveat is None else self.saveat,

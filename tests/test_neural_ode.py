@@ -353,3 +353,48 @@ def test_x64_off_guards_theta_y0_and_ts():
     proc = run_python(code, env={"JAX_ENABLE_X64": "0"})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().endswith("ok")
+
+
+def _relax(theta, y):
+    return theta - y  # steady state y = theta, so d y* / d theta = identity
+
+
+def test_implicit_adjoint_at_a_steady_state():
+    node = sb.NeuralODE(
+        _relax, adjoint=diffrax.ImplicitAdjoint(), saveat=diffrax.SaveAt(t1=True),
+        event=diffrax.Event(diffrax.steady_state_event()),
+    )  # fmt: skip
+    theta, ts = jnp.array([0.5, -1.0]), jnp.array([0.0, jnp.inf])
+    ys = node(theta, Y0, ts)
+    assert ys.shape == (1, 2) and np.allclose(ys[0], theta, atol=1e-5)
+    # Diffrax 0.7.2's implicit JVP multiplies `t` by an int64 `direction` (`WrapTerm.vf`),
+    # which only the strict promotion of conftest.py refuses; users run "standard".
+    with jax.numpy_dtype_promotion("standard"):
+        jac = jax.jit(jax.jacrev(lambda theta: node(theta, Y0, ts)[0]))(theta)
+    assert np.allclose(jac, np.eye(2), atol=1e-10)  # the implicit function theorem, exactly
+
+
+def test_implicit_adjoint_away_from_a_steady_state_is_an_error():
+    node = sb.NeuralODE(_relax, adjoint=diffrax.ImplicitAdjoint(), saveat=diffrax.SaveAt(t1=True))
+    with pytest.raises(eqx.EquinoxRuntimeError, match="not a steady state"):
+        node(jnp.array([0.5, -1.0]), Y0, jnp.array([0.0, 0.1])).block_until_ready()
+    quiet = sb.NeuralODE(_relax, adjoint=diffrax.ImplicitAdjoint(), throw=False,
+                         saveat=diffrax.SaveAt(t1=True))  # fmt: skip
+    assert np.isnan(quiet(jnp.array([0.5, -1.0]), Y0, jnp.array([0.0, 0.1]))).all()
+
+
+def test_dense_output_through_solve():
+    node = sb.NeuralODE(_rotation, saveat=diffrax.SaveAt(dense=True), stepsize_controller=TIGHT)
+    theta, ts = jnp.array([0.0, 1.0, -1.0, 0.0]), jnp.array([0.0, 2.0])
+    sol = node.solve(theta, jnp.array([1.0, 0.0]), ts)
+    t = jnp.array(0.7)
+    assert np.allclose(sol.evaluate(t), [np.cos(0.7), -np.sin(0.7)], rtol=1e-7, atol=1e-8)
+    with pytest.raises(TypeError, match=r"node.solve\(theta, y0, ts\)"):
+        node(theta, jnp.array([1.0, 0.0]), ts)
+
+
+def test_save_at_t1_only():
+    node = sb.NeuralODE(_rotation, saveat=diffrax.SaveAt(t1=True), stepsize_controller=TIGHT)
+    ys = node(jnp.array([0.0, 1.0, -1.0, 0.0]), jnp.array([1.0, 0.0]), jnp.array([0.0, 1.0]))
+    assert ys.shape == (1, 2)
+    assert np.allclose(ys[0], [np.cos(1.0), -np.sin(1.0)], rtol=1e-8, atol=1e-9)
