@@ -8,6 +8,7 @@ from ._flat_mlp import FlatMLP as FlatMLP
 from ._laplacian import grad_x as grad_x, laplacian as laplacian
 from ._least_squares import least_squares as least_squares
 from ._minimize import minimize as minimize
+from ._neural_cde import NeuralCDE as NeuralCDE
 from ._neural_ode import NeuralODE as NeuralODE
 from ._neural_sde import NeuralSDE as NeuralSDE
 from ._pinn import (
