@@ -71,3 +71,13 @@ def test_ou_sde_example_learns_the_diffusion(tmp_path, capsys):
     assert out["error"] < 0.1 and np.isfinite(out["loss"])
     with open(out["png"], "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_spiral_cde_example_classifies(capsys):
+    cde = load_script("examples/neural_ode/spiral_cde.py")
+    out = cde.main(dataset_size=64, width_size=16, steps=30, length=30, progress=False)
+    printed = capsys.readouterr().out
+    assert f"test accuracy {out['accuracy']:.3f}" in printed
+    # Reduced run (64 spirals of 30 points, width 16, 30 full-batch steps); the full one: 1.0.
+    assert out["accuracy"] >= 0.95 and np.isfinite(out["loss"])
