@@ -70,6 +70,23 @@ _MSG_BACKWARD = (
     "backward solve a stiff solver (`diffrax.BacksolveAdjoint(solver=diffrax.Kvaerno5())`) or "
     "more `max_steps`; " + _FIX
 )
+_MSG_DTYPE = (
+    "`{where}` expected `{state}` and `ts` of the dtype of `theta` "
+    "({theta}), but got `{state}` {y0} and `ts` {ts}. Mixing precisions inside the vector field "
+    "would promote (or fail under strict promotion). Fix: cast them, e.g. "
+    "`{state}.astype(theta.dtype)`, or build `theta` in the precision you want "
+    "(`sb.flat(model, dtype=...)`)."
+)
+_MSG_THETA = (
+    "`{where}` expected `theta` to be one 1-D floating vector (e.g. "
+    "`fm.theta0`), but got shape {shape} and dtype {dtype}. Fix: pass the flat vector; for an "
+    "ensemble of vectors use `jax.vmap` over `theta` (`in_axes=0` for `theta` only)."
+)
+_MSG_TS = (
+    "`{where}` expected `ts` to be a 1-D array of at least two "
+    "increasing times (the first is the time of `{state}`), but got shape {shape}. Fix: pass e.g. "
+    "`ts = jnp.linspace(0.0, 1.5, 30)`."
+)
 _MSG_MAX_STEPS_ARG = (
     "`{where}` expected `max_steps` to be a positive int (the most solver steps per solve), but "
     "got {got!r}. Fix: pass e.g. `max_steps=4096`."
@@ -179,3 +196,22 @@ def not_steady(sol: diffrax.Solution, terms: Any, solver: Any, controller: Any,
     steady = cond(sol.ts[-1], y1, args, terms=terms, solver=solver,
                   stepsize_controller=controller)
     return ~jax.lax.stop_gradient(steady)
+
+
+def progress_meter(progress: bool) -> diffrax.AbstractProgressMeter:
+    return diffrax.TqdmProgressMeter() if progress else diffrax.NoProgressMeter()
+
+
+def check_inputs(theta: Array, y0: Array, ts: Array, where: str, state: str = "y0") -> None:
+    """Trace-time checks: shapes and dtypes are static, so this costs nothing per call."""
+    if theta.ndim != 1 or not jnp.issubdtype(theta.dtype, jnp.inexact):
+        raise TypeError(_MSG_THETA.format(where=where, shape=theta.shape, dtype=theta.dtype))
+    if ts.ndim != 1 or ts.shape[0] < 2:
+        raise ValueError(_MSG_TS.format(where=where, state=state, shape=ts.shape))
+    if not (y0.dtype == theta.dtype == ts.dtype):
+        raise TypeError(_MSG_DTYPE.format(where=where, state=state, theta=theta.dtype,
+                                          y0=y0.dtype, ts=ts.dtype))
+
+
+def shapes(tree: Any) -> str:
+    return str(jtu.tree_map(lambda x: f"{x.dtype}{list(x.shape)}", tree))

@@ -15,8 +15,16 @@ import jax
 from jaxtyping import Array, ArrayLike, Inexact, PyTree, Real
 
 from ._custom_types import ThetaLike
-from ._diffeq import all_finite, as_arrays, check_max_steps, honest_adjoint, report
-from ._neural_ode import _check_inputs, _network_parts, _shapes
+from ._diffeq import (
+    all_finite,
+    as_arrays,
+    check_inputs,
+    check_max_steps,
+    honest_adjoint,
+    report,
+    shapes,
+)
+from ._network_field import network_parts
 
 
 _WHERE = "sb.NeuralCDE(...)(theta, z0, ts, coeffs)"
@@ -112,9 +120,9 @@ class NeuralCDE(eqx.Module):
         """Solve from `z0` at `ts[0]` driven by the interpolated data; the saved states."""
         theta, z0, ts = as_arrays(_WHERE, theta=theta, z0=z0, ts=ts)
         coeffs = tuple(as_arrays(_WHERE, **{f"coeffs[{i}]": c for i, c in enumerate(coeffs)}))
-        _check_inputs(theta, z0, ts)
+        check_inputs(theta, z0, ts, _WHERE, "z0")
         _check_coeffs(coeffs, ts, theta.dtype)
-        prepare, field = _network_parts(self.fm, False, self.adjoint)
+        prepare, field = network_parts(self.fm, False, self.adjoint)
         control = diffrax.CubicInterpolation(ts, coeffs)
         term, p = diffrax.ControlTerm(field, control).to_ode(), (prepare(theta), None)
         _check_field(field, ts[0], z0, p, coeffs[0].shape[-1])
@@ -159,4 +167,4 @@ def _check_field(field: Callable, t0: Array, z0: Array, p: Any, channels: int) -
     if not isinstance(got, jax.ShapeDtypeStruct) or (got.shape, got.dtype) != (
         want.shape, want.dtype
     ):
-        raise ValueError(_MSG_FIELD.format(want=_shapes(want), got=_shapes(got)))
+        raise ValueError(_MSG_FIELD.format(want=shapes(want), got=shapes(got)))

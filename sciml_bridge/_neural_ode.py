@@ -11,32 +11,24 @@ import jax.tree_util as jtu
 from jaxtyping import Array, ArrayLike, Inexact, PyTree, Real
 
 from ._custom_types import ThetaLike
-from ._diffeq import all_finite, as_arrays, check_max_steps, honest_adjoint, not_steady, report
-from ._flat import AbstractFlatModel, FlatModel
-from ._flat_mlp import FlatMLP
+from ._diffeq import (
+    all_finite,
+    as_arrays,
+    check_inputs,
+    check_max_steps,
+    honest_adjoint,
+    not_steady,
+    progress_meter,
+    report,
+    shapes,
+)
+from ._network_field import identity, network_parts
 from ._precision import guard_x64
 
 
 _WHERE = "sb.NeuralODE(...)(theta, y0, ts)"
 
 
-_MSG_DTYPE = (
-    "`sb.NeuralODE(...)(theta, y0, ts)` expected `y0` and `ts` of the dtype of `theta` "
-    "({theta}), but got `y0` {y0} and `ts` {ts}. Mixing precisions inside the vector field "
-    "would promote (or fail under strict promotion). Fix: cast them, e.g. "
-    "`y0.astype(theta.dtype)`, or build `theta` in the precision you want "
-    "(`sb.flat(model, dtype=...)`)."
-)
-_MSG_THETA = (
-    "`sb.NeuralODE(...)(theta, y0, ts)` expected `theta` to be one 1-D floating vector (e.g. "
-    "`fm.theta0`), but got shape {shape} and dtype {dtype}. Fix: pass the flat vector; for an "
-    "ensemble of vectors use `jax.vmap(node, in_axes=(0, None, None))`."
-)
-_MSG_TS = (
-    "`sb.NeuralODE(...)(theta, y0, ts)` expected `ts` to be a 1-D array of at least two "
-    "increasing times (the first is the time of `y0`), but got shape {shape}. Fix: pass e.g. "
-    "`ts = jnp.linspace(0.0, 1.5, 30)`."
-)
 _MSG_ARGS = (
     "`sb.NeuralODE(fm)(theta, y0, ts, args)` got `args`, but a network-only vector field "
     "`fm(theta, y)` has nowhere to put them. Fix: drop `args`, or use "
@@ -64,22 +56,6 @@ class _Hybrid(eqx.Module):
     vf: Callable
 
 
-class _NetworkField(eqx.Module):
-    """Diffrax vector field `(t, y, args) -> apply(p, y)` with `args = (p, None)`.
-
-    A module, not a fresh lambda per call: Diffrax's internal `filter_jit` keys its cache on
-    the term's static parts, so a stable field means repeated `node(...)` calls outside `jit`
-    compile once.
-    """
-
-    apply: Callable
-    time_dependent: bool = eqx.field(static=True)
-
-    def __call__(self, t, y, args):
-        p, _ = args
-        return self.apply(p, t, y) if self.time_dependent else self.apply(p, y)
-
-
 class _HybridField(eqx.Module):
     """Diffrax vector field `(t, y, args) -> vf(t, y, theta, user_args)`."""
 
@@ -90,56 +66,6 @@ class _HybridField(eqx.Module):
         return self.vf(t, y, theta, user_args)
 
 
-def _network_parts(fm: Callable, time_dependent: bool,
-                   adjoint: diffrax.AbstractAdjoint) -> tuple[Callable, eqx.Module]:
-    """`(prepare, field)`: `prepare(theta)` runs once per solve, `field` at every stage.
-
-    PITFALLS (Diffrax): rebuilding a model inside the vector field repeats the unravel at every
-    solver stage; rebuilding once outside `diffeqsolve` and passing the rebuilt pytree as `args`
-    costs nothing. So every flat model whose call is its rebuilt model's call (`sb.FlatModel`,
-    and `sb.FlatMLP`, whose `restructure` gives the equivalent Equinox network) is rebuilt once
-    per solve: inside a vector field that beat `FlatMLP`'s slicing 2x (issue 15: 0.24 vs
-    0.59 ms per value and gradient, 17.4 vs 27.6 ms for 256 vmapped states). Except under
-    `BacksolveAdjoint`, whose backward solve carries one cotangent per leaf of `args`: there
-    one flat vector is cheaper (1.90 vs 2.13 ms on the spiral), so `FlatMLP` keeps `theta`.
-    """
-    backsolve = isinstance(adjoint, diffrax.BacksolveAdjoint)
-    if isinstance(fm, FlatModel):
-        # Same math as `fm(theta, y)`, which is `fm.apply(fm.restructure(theta), y)`.
-        return fm.restructure, _NetworkField(fm.apply, time_dependent)
-    if isinstance(fm, FlatMLP) and not backsolve and not time_dependent:
-        # `fm(theta, y)` is `fm.restructure(theta)(y)` (the `FlatMLP` layout contract).
-        return fm.restructure, _NetworkField(_call_model, False)
-    if isinstance(fm, AbstractFlatModel):
-        # `theta0` is never read by `fm(theta, y)`, but as an array inside the term
-        # `BacksolveAdjoint` would integrate its (zero) cotangent too: 1.6x slower per
-        # loss+gradient step on the spiral, measured. An empty array keeps the module hashable.
-        fm = eqx.tree_at(lambda m: m.theta0, fm, jnp.zeros((0,), fm.theta0.dtype))
-    return _identity, _NetworkField(fm, time_dependent)
-
-
-def _call_model(model: Callable, y: Array) -> Array:
-    return model(y)
-
-
-def _identity(theta):
-    return theta
-
-
-def _progress_meter(progress: bool) -> diffrax.AbstractProgressMeter:
-    return diffrax.TqdmProgressMeter() if progress else diffrax.NoProgressMeter()
-
-
-def _check_inputs(theta: Array, y0: Array, ts: Array) -> None:
-    """Trace-time checks: shapes and dtypes are static, so this costs nothing per call."""
-    if theta.ndim != 1 or not jnp.issubdtype(theta.dtype, jnp.inexact):
-        raise TypeError(_MSG_THETA.format(shape=theta.shape, dtype=theta.dtype))
-    if ts.ndim != 1 or ts.shape[0] < 2:
-        raise ValueError(_MSG_TS.format(shape=ts.shape))
-    if not (y0.dtype == theta.dtype == ts.dtype):
-        raise TypeError(_MSG_DTYPE.format(theta=theta.dtype, y0=y0.dtype, ts=ts.dtype))
-
-
 def _check_field(field: Callable, t0: Array, y0: Array, args: Any) -> None:
     """A field returning another shape than `y` would be broadcast by Diffrax (issue 12)."""
     out = eqx.filter_eval_shape(field, t0, y0, args)
@@ -148,11 +74,7 @@ def _check_field(field: Callable, t0: Array, y0: Array, args: Any) -> None:
         (o.shape, o.dtype) != (w.shape, w.dtype)
         for o, w in zip(jtu.tree_leaves(out), jtu.tree_leaves(want))
     ):
-        raise ValueError(_MSG_FIELD_SHAPE.format(got=_shapes(out), want=_shapes(want)))
-
-
-def _shapes(tree: Any) -> str:
-    return str(jtu.tree_map(lambda x: f"{x.dtype}{list(x.shape)}", tree))
+        raise ValueError(_MSG_FIELD_SHAPE.format(got=shapes(out), want=shapes(want)))
 
 
 class NeuralODE(eqx.Module):
@@ -350,7 +272,7 @@ class NeuralODE(eqx.Module):
         output, `sol.stats`), with failures handled as in `__call__`."""
         theta, y0, ts = as_arrays(_WHERE, theta=theta, y0=y0, ts=ts)
         guard_x64(args, f"`{_WHERE}`", "`args`")
-        _check_inputs(theta, y0, ts)
+        check_inputs(theta, y0, ts, _WHERE)
         prepare, field = self._parts(args)
         term, p = diffrax.ODETerm(field), (prepare(theta), args)
         _check_field(field, ts[0], y0, p)
@@ -364,7 +286,7 @@ class NeuralODE(eqx.Module):
             term, self.solver, t0=ts[0], t1=ts[-1], dt0=self.dt0, y0=y0, args=p,
             saveat=diffrax.SaveAt(ts=ts) if self.saveat is None else self.saveat,
             stepsize_controller=self.stepsize_controller, adjoint=adjoint, event=self.event,
-            max_steps=self.max_steps, throw=False, progress_meter=_progress_meter(self.progress),
+            max_steps=self.max_steps, throw=False, progress_meter=progress_meter(self.progress),
         )  # fmt: skip
         bad_field = ~all_finite(field(ts[0], y0, p))
         steady = None
@@ -374,7 +296,7 @@ class NeuralODE(eqx.Module):
 
     def _parts(self, args: PyTree[Any]) -> tuple[Callable, eqx.Module]:
         if isinstance(self.fm, _Hybrid):
-            return _identity, _HybridField(self.fm.vf)
+            return identity, _HybridField(self.fm.vf)
         if args is not None:
             raise TypeError(_MSG_ARGS)
-        return _network_parts(self.fm, self.time_dependent, self.adjoint)
+        return network_parts(self.fm, self.time_dependent, self.adjoint)

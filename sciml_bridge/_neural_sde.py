@@ -17,9 +17,18 @@ import lineax as lx
 from jaxtyping import Array, ArrayLike, Inexact, PRNGKeyArray, Real
 
 from ._custom_types import Theta, ThetaLike
-from ._diffeq import all_finite, as_arrays, check_max_steps, honest_adjoint, report
+from ._diffeq import (
+    all_finite,
+    as_arrays,
+    check_inputs,
+    check_max_steps,
+    honest_adjoint,
+    progress_meter,
+    report,
+    shapes,
+)
 from ._flat import AbstractFlatModel
-from ._neural_ode import _check_inputs, _network_parts, _progress_meter, _shapes
+from ._network_field import network_parts
 
 
 _WHERE = "sb.NeuralSDE(...)(theta, y0, ts, key)"
@@ -162,14 +171,14 @@ class NeuralSDE(eqx.Module):
     ) -> Inexact[Array, " times *state"]:
         """One sample path from `y0` at `ts[0]`, driven by the Brownian motion of `key`."""
         theta, y0, ts = as_arrays(_WHERE, theta=theta, y0=y0, ts=ts)
-        _check_inputs(theta, y0, ts)
+        check_inputs(theta, y0, ts, _WHERE)
         _check_key(key)
         terms, p = self._terms(theta, y0, ts, key)
         sol = diffrax.diffeqsolve(
             terms, self.solver, t0=ts[0], t1=ts[-1], dt0=self.dt0, y0=y0, args=p,
             saveat=diffrax.SaveAt(ts=ts),
             adjoint=honest_adjoint(self.adjoint, None, _WHERE, self.throw),
-            max_steps=self.max_steps, throw=False, progress_meter=_progress_meter(self.progress),
+            max_steps=self.max_steps, throw=False, progress_meter=progress_meter(self.progress),
         )  # fmt: skip
         bad_inputs = ~all_finite((theta, y0, ts))
         drift, diffusion = terms.terms[0].vector_field, terms.terms[1].vector_field
@@ -179,25 +188,25 @@ class NeuralSDE(eqx.Module):
     def _terms(self, theta: Array, y0: Array, ts: Array, key: PRNGKeyArray):
         n = self.drift.size if self._split else None
         parts = (theta[:n], theta[n:]) if self._split else (theta, theta)
-        prep_d, field_d = _network_parts(self.drift, False, self.adjoint)
-        prep_s, field_s = _network_parts(self.diffusion, False, self.adjoint)
+        prep_d, field_d = network_parts(self.drift, False, self.adjoint)
+        prep_s, field_s = network_parts(self.diffusion, False, self.adjoint)
         p = (prep_d(parts[0]), prep_s(parts[1]))
         drift, diffusion = _Drift(field_d), _Diffusion(field_s, self.brownian_shape is None)
         noise = y0.shape if self.brownian_shape is None else self.brownian_shape
-        self._check_shapes(drift, diffusion, ts[0], y0, p, noise)
+        self._checkshapes(drift, diffusion, ts[0], y0, p, noise)
         brownian = diffrax.VirtualBrownianTree(
             ts[0], ts[-1], tol=self.dt0 / 2, shape=jax.ShapeDtypeStruct(noise, y0.dtype), key=key
         )
         terms = diffrax.MultiTerm(diffrax.ODETerm(drift), diffrax.ControlTerm(diffusion, brownian))
         return terms, p
 
-    def _check_shapes(self, drift, diffusion, t0, y0, p, noise) -> None:
+    def _checkshapes(self, drift, diffusion, t0, y0, p, noise) -> None:
         want = jax.ShapeDtypeStruct(y0.shape, y0.dtype)
         got = eqx.filter_eval_shape(drift, t0, y0, p)
         if (got.shape, got.dtype) != (want.shape, want.dtype):
             raise ValueError(_MSG_SHAPE.format(
-                which="drift", want_what="the state's shape and dtype", want=_shapes(want),
-                got=_shapes(got), fix="return one dy/dt entry per state entry."))  # fmt: skip
+                which="drift", want_what="the state's shape and dtype", want=shapes(want),
+                got=shapes(got), fix="return one dy/dt entry per state entry."))  # fmt: skip
         shape = y0.shape if self.brownian_shape is None else (*y0.shape, *noise)
         got = eqx.filter_eval_shape(lambda *a: _as_array(diffusion(*a)), t0, y0, p)
         if (got.shape, got.dtype) != (shape, y0.dtype):
@@ -205,7 +214,7 @@ class NeuralSDE(eqx.Module):
                    "`diagonal=False, brownian_shape=...` for a matrix).")  # fmt: skip
             raise ValueError(_MSG_SHAPE.format(
                 which="diffusion", want_what="shape and dtype",
-                want=_shapes(jax.ShapeDtypeStruct(shape, y0.dtype)), got=_shapes(got), fix=fix))
+                want=shapes(jax.ShapeDtypeStruct(shape, y0.dtype)), got=shapes(got), fix=fix))
 
 
 def _as_array(out: Any) -> Array:
