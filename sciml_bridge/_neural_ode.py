@@ -235,11 +235,11 @@ class NeuralODE(eqx.Module):
 
         - `vector_field`: `vf(t, y, theta, args)` returning an array (or pytree) like `y`.
         - `**kwargs`: `solver`, `adjoint`, `stepsize_controller`, `dt0`, `max_steps`,
-            `throw`, `progress`, as for [`sb.NeuralODE`][].
+            `throw`, `progress`, as for [`sb.NeuralODE`][sciml_bridge.NeuralODE].
 
         **Returns:**
 
-        A [`sb.NeuralODE`][] called as `node(theta, y0, ts, args=None) -> ys`.
+        A [`sb.NeuralODE`][sciml_bridge.NeuralODE] called as `node(theta, y0, ts, args=None) -> ys`.
 
         **Raises:**
 

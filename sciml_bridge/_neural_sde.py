@@ -105,11 +105,11 @@ class NeuralSDE(eqx.Module):
     - `adjoint`: default `diffrax.RecursiveCheckpointAdjoint()`; `diffrax.DirectAdjoint()`
         and, for Stratonovich solvers only (Diffrax's rule), `diffrax.BacksolveAdjoint()`.
     - `dt0`: the step size (constant steps). Default 0.01.
-    - `max_steps`, `throw`, `progress`: as for [`sb.NeuralODE`][].
+    - `max_steps`, `throw`, `progress`: as for [`sb.NeuralODE`][sciml_bridge.NeuralODE].
 
     **Returns:** `sde(theta, y0, ts, key) -> ys` of shape `(len(ts), *y0.shape)`.
 
-    **Raises:** as [`sb.NeuralODE`][]; `ValueError` when `drift` or `diffusion` return the
+    **Raises:** as [`sb.NeuralODE`][sciml_bridge.NeuralODE]; `ValueError` when `drift` or `diffusion` return the
     wrong shape; `TypeError` when `key` is not one PRNG key.
     """
 
