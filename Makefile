@@ -6,7 +6,7 @@ TEST_WORKERS ?= 2
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo bench lint clean
+.PHONY: test demo docs bench lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,17 +15,21 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check sciml_bridge tests benchmarks examples
+	$(VENV)/bin/ruff check sciml_bridge tests benchmarks examples docs
 	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 demo: $(STAMP)
 	$(VENV)/bin/sciml-bridge demo
 
+# The site goes to site/; the demo runs first so the examples page shows real figures.
+docs: $(STAMP)
+	SB_DOCS_EXAMPLES=1 NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
 bench: $(STAMP)
 	$(VENV)/bin/sciml-bridge bench
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check sciml_bridge tests benchmarks examples
+	$(VENV)/bin/ruff check sciml_bridge tests benchmarks examples docs
 
 clean:
-	rm -rf $(VENV) out .pytest_cache .ruff_cache
+	rm -rf $(VENV) out site docs/generated .pytest_cache .ruff_cache

@@ -1,5 +1,7 @@
 """sciml_bridge: hand any nested JAX model to tools that want one flat parameter vector."""
 
+from importlib.metadata import version as _version
+
 from ._collocation import collocation_points as collocation_points
 from ._destructure import Restructure as Restructure, destructure as destructure
 from ._ensemble import EnsembleSolution as EnsembleSolution
@@ -30,4 +32,4 @@ from ._serialise import load as load, save as save
 from ._sharding import shard as shard
 
 
-__version__ = "0.1.0"
+__version__ = _version("sciml_bridge")

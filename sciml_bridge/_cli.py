@@ -19,6 +19,11 @@ from types import ModuleType
 
 ROOT = Path(__file__).resolve().parent.parent
 
+_MSG_NO_MATPLOTLIB = """\
+`sciml-bridge demo` draws its figures with matplotlib, which is not installed (the library
+itself does not need it). Fix: `pip install "sciml_bridge[demo]"` (or `make demo`, which installs
+it for you)."""
+
 _MSG_NO_SCRIPT = """\
 `sciml-bridge {command}` runs the scripts of the source checkout, but {path} does not exist.
 Fix: run it from a clone of the repository installed in editable mode (`pip install -e .`,
@@ -134,6 +139,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The examples and benchmarks measure float64 accuracy (1e-5 and below).
     jax.config.update("jax_enable_x64", True)
     if args.command == "demo":
+        if importlib.util.find_spec("matplotlib") is None:
+            print(_MSG_NO_MATPLOTLIB, file=sys.stderr)
+            return 2
         demo(out_dir=args.out, quick=args.quick, progress=not args.no_progress)
     else:
         bench(args.names, quick=args.quick)

@@ -91,7 +91,7 @@ class NeuralODE(eqx.Module):
     solve the batch as one `(batch, dim)` state, with `fm` vmapped over the rows, instead.)
 
     For known physics plus a network (a universal differential equation), see
-    [`sb.NeuralODE.hybrid`][].
+    [`sb.NeuralODE.hybrid`][sciml_bridge.NeuralODE.hybrid].
 
     Paths: a `sb.FlatModel` (and a `sb.FlatMLP`, also the one `sb.flat(eqx.nn.MLP)` picks) is
     rebuilt into its Equinox model once per solve, outside `diffeqsolve`, and the rebuilt model

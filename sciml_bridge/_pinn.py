@@ -112,7 +112,8 @@ def pinn(
     """Build the residual and loss of a physics-informed network.
 
     Each term is `(residual_fn, points)`. `residual_fn(u, x)` returns the residual (any shape)
-    at one point `x`, where `u` is a [`Field`][]; `points` has a leading axis of points (a
+    at one point `x`, where `u` is a [`Field`][sciml_bridge.Field]; `points` has a leading axis
+    of points (a
     `(points, dim)` array, or a tuple of such arrays if a term needs data per point, which
     `residual_fn(u, *row)` then receives). A term with `P` points and weight `w` contributes
     `sqrt(w / P) * r` to the residual vector, so `loss = 0.5 * sum_k w_k * mean_p |r_k(x_p)|**2`.
@@ -141,7 +142,8 @@ def pinn(
 
     **Returns:**
 
-    A [`PINN`][] with `residual`, `loss` and `term_losses`, plain pure functions of `theta`.
+    A [`PINN`][sciml_bridge.PINN] with `residual`, `loss` and `term_losses`, plain pure
+    functions of `theta`.
 
     **Raises:**
 
@@ -272,7 +274,8 @@ def error_report(
 
     **Returns:**
 
-    An [`ErrorReport`][] (`rel_l2`, `max_abs`, `rms`, `prediction`, `reference`).
+    An [`ErrorReport`][sciml_bridge.ErrorReport] (`rel_l2`, `max_abs`, `rms`, `prediction`,
+    `reference`).
 
     **Raises:**
 

@@ -12,6 +12,24 @@ import jax.tree_util as jtu
 import numpy as np
 
 
+def assert_ulp_close(actual, desired, *, ulps: int = 8) -> None:
+    """`actual` equals `desired` up to `ulps` units in the last place of their dtype.
+
+    The comparison for two *differently compiled* programs on the same inputs: jit vs eager,
+    fast path vs general path, vmapped vs looped, a Flax/Equinox module vs its flat model. XLA
+    may fuse, contract to FMA or reorder reductions differently in each, so bit equality holds
+    on one machine and fails on the next (issue 10: one float32 ulp on an AVX-512 Xeon). The
+    tolerance is relative to each entry and, for entries near zero after cancellation, to the
+    largest magnitude in `desired`. Shapes and dtypes must match exactly.
+    """
+    a, d = np.asarray(actual), np.asarray(desired)
+    assert a.shape == d.shape, f"shape {a.shape} != {d.shape}"
+    assert a.dtype == d.dtype, f"dtype {a.dtype} != {d.dtype}"
+    eps = float(np.finfo(d.dtype).eps)
+    scale = float(np.max(np.abs(d))) if d.size else 0.0
+    np.testing.assert_allclose(a, d, rtol=ulps * eps, atol=ulps * eps * scale)
+
+
 def tree_allclose(x, y, *, rtol=1e-12, atol=1e-12, check_dtype=True) -> bool:
     """Same structure, same non-array leaves, arrays close (and of the same dtype)."""
     xl, xt = jtu.tree_flatten(x)
@@ -66,4 +84,6 @@ def run_python(code: str, *, env: dict | None = None, timeout: int = 300):
     )
 
 
-__all__ = ["tree_allclose", "TraceCounter", "central_difference", "run_python", "jax"]
+__all__ = [
+    "assert_ulp_close", "tree_allclose", "TraceCounter", "central_difference", "run_python", "jax",
+]

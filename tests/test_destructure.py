@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import TraceCounter, central_difference, tree_allclose
+from helpers import TraceCounter, assert_ulp_close, central_difference, tree_allclose
 
 import sciml_bridge as sb
 
@@ -50,7 +50,8 @@ def test_equinox_shared_ties_embedding():
     theta, re = sb.destructure(model)
     assert theta.shape == (12,)
     x = jnp.arange(3.0)
-    assert jnp.array_equal(re(theta)(x), model(x))
+    # Module vs rebuilt module: separately dispatched programs, equal up to ulps (tests/README.md).
+    assert_ulp_close(re(theta)(x), model(x))
     loss = lambda th: jnp.sum(re(th)(x) ** 2)
     np.testing.assert_allclose(jax.grad(loss)(theta), central_difference(loss, theta), rtol=1e-7)
 
@@ -59,7 +60,7 @@ def test_mlp_251_parameters_and_exact_call(mlp):
     theta, re = sb.destructure(mlp)
     assert theta.shape == (251,) and re.size == 251
     x = jnp.array([0.3])
-    assert jnp.array_equal(re(theta)(x), mlp(x))
+    assert_ulp_close(re(theta)(x), mlp(x))  # module vs rebuilt module: not one program
     assert re.paths[:2] == (".layers[0].weight", ".layers[0].bias")
     assert re.offsets[:3] == (0, 10, 20) and re.shapes[2] == (10, 10)
 
@@ -181,7 +182,7 @@ def test_transforms_jit_grad_jvp_vmap_hessian(mlp):
     theta, re = sb.destructure(mlp)
     x = jnp.array([0.7])
     f = lambda th: re(th)(x)[0]
-    assert jax.jit(f)(theta) == f(theta)
+    assert_ulp_close(jax.jit(f)(theta), f(theta))  # jit vs eager: differently compiled
     np.testing.assert_allclose(jax.grad(f)(theta), jax.jacfwd(f)(theta), rtol=1e-12)
     tangent = jnp.ones_like(theta)
     _, jvp = jax.jvp(f, (theta,), (tangent,))

@@ -41,3 +41,10 @@ def test_readme_examples_run(tmp_path, monkeypatch):
     assert blocks
     for block in blocks:
         _run(block, tmp_path, monkeypatch)
+
+
+@pytest.mark.parametrize("page", sorted((pathlib.Path(__file__).parents[1] / "docs").rglob("*.md")),
+                         ids=lambda p: p.name)
+def test_docs_site_examples_run(page, tmp_path, monkeypatch):
+    for block in _BLOCK.findall(page.read_text()):
+        _run(block, tmp_path, monkeypatch)

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import TraceCounter, tree_allclose
+from helpers import TraceCounter, assert_ulp_close, tree_allclose
 
 import sciml_bridge as sb
 
@@ -61,7 +61,7 @@ def test_uneven_widths_mirror_a_sequential():
     ])
     np.testing.assert_array_equal(fm.theta0, sb.destructure(seq)[0])
     x = jnp.array([0.4, -1.2])
-    np.testing.assert_allclose(fm(fm.theta0, x), seq(x), rtol=1e-14)
+    assert_ulp_close(fm(fm.theta0, x), seq(x))  # fast path vs the module: two programs
     assert isinstance(fm.restructure(fm.theta0), eqx.nn.Sequential)
 
 
@@ -71,7 +71,7 @@ def test_every_activation_matches_the_rebuilt_mlp(name, getkey):
     theta = fm.theta0 + 0.01
     x = jnp.array([0.3, -0.5, 1.1])
     expect = fm.restructure(theta)(x)
-    np.testing.assert_allclose(fm(theta, x), expect, rtol=1e-13, atol=1e-14)
+    assert_ulp_close(fm(theta, x), expect)  # fast path vs the rebuilt module: two programs
     assert isinstance(fm.restructure(theta), eqx.nn.MLP)
     assert fm.restructure(theta).activation is ACTIVATIONS[name]
 
@@ -82,7 +82,7 @@ def test_callable_and_user_derivative_activations(activation, getkey):
     x = jnp.array([0.7, 0.1])
     mlp = fm.restructure(fm.theta0)
     assert mlp.activation is _cube
-    np.testing.assert_allclose(fm(fm.theta0, x), mlp(x), rtol=1e-14)
+    assert_ulp_close(fm(fm.theta0, x), mlp(x))  # fast path vs the module: two programs
 
 
 def test_compute_follows_theta_dtype(getkey):
@@ -92,7 +92,7 @@ def test_compute_follows_theta_dtype(getkey):
     theta64 = fm.theta0.astype(jnp.float64)
     y64 = fm(theta64, x32)
     assert y64.dtype == jnp.float64
-    np.testing.assert_allclose(y64, fm.restructure(theta64)(jnp.ones(2)), rtol=1e-14)
+    assert_ulp_close(y64, fm.restructure(theta64)(jnp.ones(2)))  # fast vs general path
 
 
 def test_wider_input_widens_the_computation_instead_of_being_truncated(getkey):
@@ -102,7 +102,7 @@ def test_wider_input_widens_the_computation_instead_of_being_truncated(getkey):
     assert y.dtype == jnp.float64
     mlp = fm.restructure(fm.theta0)
     with jax.numpy_dtype_promotion("standard"):  # the general path promotes the same way
-        np.testing.assert_allclose(y, mlp(x64), rtol=1e-14)
+        assert_ulp_close(y, mlp(x64))  # fast vs general path
     _, jac, lap = fm.forward_derivatives(fm.theta0, x64)
     assert jac.dtype == lap.dtype == jnp.float64
 
@@ -127,7 +127,7 @@ def test_jit_never_retraces_for_a_new_theta(getkey):
     f(fm.theta0, x)
     y = f(fm.theta0 * 2, x)
     assert counter.count == 1
-    np.testing.assert_allclose(y, fm.restructure(fm.theta0 * 2)(x), rtol=1e-14)
+    assert_ulp_close(y, fm.restructure(fm.theta0 * 2)(x))  # jitted fast path vs eager module
     assert hash(fm) == hash(sb.FlatMLP((2, 6, 6, 1), key=jax.random.key(5)))
 
 
