@@ -77,17 +77,20 @@ class Classifier:
         return float(jnp.mean((pred > 0.5) == (labels == 1)))
 
 
-def train(model, theta0, ts, coeffs, labels, x0, *, steps, lr, batch_size, key, progress):
+def make_loss(model, ts):
+    """`loss(theta, coeffs, labels, x0)`: every array argument has the series as leading axis."""
+    return lambda theta, coeffs, labels, x0: model.loss(theta, coeffs, labels, x0, ts)
+
+
+def train(loss, theta0, coeffs, labels, x0, *, steps, lr, batch_size, key, progress):
     """Adam through `sb.minimize`; minibatches inside the compiled loop when the engine has
     `batch_size=` (every array of `args` shares the leading axis), full batch otherwise."""
-    args = (coeffs, labels, x0)
     kwargs = dict(max_steps=steps, learning_rate=lr, progress=progress, throw=False)
-    loss = lambda theta, coeffs, labels, x0: model.loss(theta, coeffs, labels, x0, ts)
     if "batch_size" in inspect.signature(sb.minimize).parameters:
         kwargs.update(batch_size=batch_size, key=key)
     else:
         batch_size = labels.shape[0]
-    return sb.minimize(loss, theta0, "adam", args=args, **kwargs), batch_size
+    return sb.minimize(loss, theta0, "adam", args=(coeffs, labels, x0), **kwargs), batch_size
 
 
 def main(dataset_size: int = 256, width_size: int = 128, steps: int = 60, lr: float = 1e-2,
@@ -98,8 +101,8 @@ def main(dataset_size: int = 256, width_size: int = 128, steps: int = 60, lr: fl
     ts, coeffs, labels, x0 = get_data(dataset_size, key=train_key, length=length)
     model = Classifier(width_size=width_size, key=model_key)
     start = time.perf_counter()
-    res, batch = train(model, model.theta0, ts, coeffs, labels, x0, steps=steps, lr=lr,
-                       batch_size=batch_size, key=loader_key, progress=progress)  # fmt: skip
+    res, batch = train(make_loss(model, ts), model.theta0, coeffs, labels, x0, steps=steps,
+                       lr=lr, batch_size=batch_size, key=loader_key, progress=progress)
     seconds = time.perf_counter() - start
     ts_test, coeffs_test, labels_test, x0_test = get_data(dataset_size, key=test_key, length=length)
     accuracy = model.accuracy(res.theta, ts_test, coeffs_test, labels_test, x0_test)
