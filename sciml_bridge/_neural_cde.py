@@ -48,9 +48,10 @@ class NeuralCDE(eqx.Module):
     `X` is the cubic Hermite interpolation (backward differences) of data observed at `ts`,
     given by its `coeffs = diffrax.backward_hermite_coefficients(ts, xs)`. The vector field
     `fm(theta, z)` returns a `(*z.shape, channels)` matrix. Everything else (solver, adjoint,
-    `saveat=`, paths of flat models, failure handling) is as for [`sb.NeuralODE`][sciml_bridge.NeuralODE], except that
-    a plain `diffrax.PIDController` gets `jump_ts=ts`: the solver steps onto every
-    knot of the interpolation, where the control's derivatives jump. For a
+    `saveat=`, paths of flat models, failure handling) is as for
+    [`sb.NeuralODE`][sciml_bridge.NeuralODE], except that a plain `diffrax.PIDController` gets
+    `jump_ts=ts`: the solver steps onto every knot of the interpolation, where the control's
+    derivatives jump. For a
     batch of series use `jax.vmap(cde, in_axes=(None, 0, None, 0))`.
 
     ```python
@@ -71,14 +72,15 @@ class NeuralCDE(eqx.Module):
 
     - `fm`: `fm(theta, z) -> (*z.shape, channels)`.
     - `solver`, `adjoint`, `stepsize_controller`, `dt0`, `saveat`, `max_steps`, `throw`: as
-        for [`sb.NeuralODE`][sciml_bridge.NeuralODE] (defaults `Tsit5`, `RecursiveCheckpointAdjoint`,
-        `PIDController(rtol=1e-6, atol=1e-6)`, `None`, every time in `ts`, 4096, `True`).
+        for [`sb.NeuralODE`][sciml_bridge.NeuralODE] (defaults `Tsit5`,
+        `RecursiveCheckpointAdjoint`, `PIDController(rtol=1e-6, atol=1e-6)`, `None`, every
+        time in `ts`, 4096, `True`).
 
     **Returns:** `cde(theta, z0, ts, coeffs) -> zs`, of shape `(len(ts), *z0.shape)` by
     default (with `saveat=diffrax.SaveAt(t1=True)`: `(1, *z0.shape)`).
 
-    **Raises:** as [`sb.NeuralODE`][sciml_bridge.NeuralODE]; `ValueError` for a field of the wrong shape or `coeffs`
-    that do not fit `ts`.
+    **Raises:** as [`sb.NeuralODE`][sciml_bridge.NeuralODE]; `ValueError` for a field of the wrong
+    shape or `coeffs` that do not fit `ts`.
     """
 
     fm: Callable

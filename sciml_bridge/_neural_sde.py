@@ -109,8 +109,8 @@ class NeuralSDE(eqx.Module):
 
     **Returns:** `sde(theta, y0, ts, key) -> ys` of shape `(len(ts), *y0.shape)`.
 
-    **Raises:** as [`sb.NeuralODE`][sciml_bridge.NeuralODE]; `ValueError` when `drift` or `diffusion` return the
-    wrong shape; `TypeError` when `key` is not one PRNG key.
+    **Raises:** as [`sb.NeuralODE`][sciml_bridge.NeuralODE]; `ValueError` when `drift` or
+    `diffusion` return the wrong shape; `TypeError` when `key` is not one PRNG key.
     """
 
     drift: Callable
