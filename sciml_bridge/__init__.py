@@ -10,7 +10,9 @@ from ._laplacian import grad_x as grad_x, laplacian as laplacian
 from ._least_squares import least_squares as least_squares
 from ._make_flat import flat as flat
 from ._minimize import minimize as minimize
+from ._neural_cde import NeuralCDE as NeuralCDE
 from ._neural_ode import NeuralODE as NeuralODE
+from ._neural_sde import NeuralSDE as NeuralSDE
 from ._pinn import (
     PINN as PINN,
     ErrorReport as ErrorReport,

@@ -5,56 +5,45 @@ from typing import Any
 
 import diffrax
 import equinox as eqx
+import jax
 import jax.numpy as jnp
+import jax.tree_util as jtu
 from jaxtyping import Array, ArrayLike, Inexact, PyTree, Real
 
 from ._custom_types import ThetaLike
-from ._flat import AbstractFlatModel, FlatModel
+from ._diffeq import (
+    all_finite,
+    as_arrays,
+    check_inputs,
+    check_max_steps,
+    honest_adjoint,
+    not_steady,
+    progress_meter,
+    report,
+    shapes,
+)
+from ._network_field import identity, network_parts
+from ._precision import guard_x64
 
 
-_MSG_MAX_STEPS = (
-    "`sb.NeuralODE(...)(theta, y0, ts)`: Diffrax reached `max_steps` before the last time in "
-    "`ts`. The dynamics at this `theta` are probably stiff or blowing up. Fix: raise "
-    "`max_steps=` or loosen `stepsize_controller=` tolerances; during training pass "
-    "`throw=False` so the trajectory comes back as `inf`, the loss is non-finite, and "
-    "`sb.minimize` stops keeping the last good `theta`."
-)
-_MSG_DT_MIN = (
-    "`sb.NeuralODE(...)(theta, y0, ts)`: the step size collapsed to `dtmin` of the step size "
-    "controller. Fix: use a stiff solver (e.g. `solver=diffrax.Kvaerno5()`), lower `dtmin`, or "
-    "pass `throw=False` so training sees a non-finite loss and `sb.minimize` keeps the last "
-    "good `theta`."
-)
-_MSG_FAILED = (
-    "`sb.NeuralODE(...)(theta, y0, ts)`: the Diffrax solve failed (an implicit solver's "
-    "nonlinear solve or the step size controller gave up). Fix: change `solver=` or "
-    "`stepsize_controller=`, or pass `throw=False` so training sees a non-finite loss and "
-    "`sb.minimize` keeps the last good `theta`."
-)
-_MSG_DTYPE = (
-    "`sb.NeuralODE(...)(theta, y0, ts)` expected `y0` and `ts` of the dtype of `theta` "
-    "({theta}), but got `y0` {y0} and `ts` {ts}. Mixing precisions inside the vector field "
-    "would promote (or fail under strict promotion). Fix: cast them, e.g. "
-    "`y0.astype(theta.dtype)`, or build `theta` in the precision you want "
-    "(`sb.flat(model, dtype=...)`)."
-)
-_MSG_THETA = (
-    "`sb.NeuralODE(...)(theta, y0, ts)` expected `theta` to be one 1-D floating vector (e.g. "
-    "`fm.theta0`), but got shape {shape} and dtype {dtype}. Fix: pass the flat vector; for an "
-    "ensemble of vectors use `jax.vmap(node, in_axes=(0, None, None))`."
-)
-_MSG_TS = (
-    "`sb.NeuralODE(...)(theta, y0, ts)` expected `ts` to be a 1-D array of at least two "
-    "increasing times (the first is the time of `y0`), but got shape {shape}. Fix: pass e.g. "
-    "`ts = jnp.linspace(0.0, 1.5, 30)`."
-)
+_WHERE = "sb.NeuralODE(...)(theta, y0, ts)"
+
+
 _MSG_ARGS = (
     "`sb.NeuralODE(fm)(theta, y0, ts, args)` got `args`, but a network-only vector field "
     "`fm(theta, y)` has nowhere to put them. Fix: drop `args`, or use "
     "`sb.NeuralODE.hybrid(vf)` with `vf(t, y, theta, args)`."
 )
-
-
+_MSG_FIELD_SHAPE = (
+    "`sb.NeuralODE(...)(theta, y0, ts)`: the vector field must return dy/dt of the shape and "
+    "dtype of the state `y0`, but it returned {got} for a state {want} (Diffrax would "
+    "broadcast it silently). Fix: make `fm(theta, y)` return one value per state entry."
+)
+_MSG_NO_YS = (
+    "`sb.NeuralODE(...)(theta, y0, ts)` returns `sol.ys`, but `saveat={saveat}` saves none. "
+    "Fix: call `node.solve(theta, y0, ts)` for the whole `diffrax.Solution` (e.g. "
+    "`sol.evaluate(t)` for dense output)."
+)
 _MSG_HYBRID_TIME = (
     "`sb.NeuralODE.hybrid(vf, time_dependent=...)`: a hybrid vector field `vf(t, y, theta, "
     "args)` always receives `t`, so `time_dependent` does not apply. Fix: drop it."
@@ -67,22 +56,6 @@ class _Hybrid(eqx.Module):
     vf: Callable
 
 
-class _NetworkField(eqx.Module):
-    """Diffrax vector field `(t, y, args) -> apply(p, y)` with `args = (p, None)`.
-
-    A module, not a fresh lambda per call: Diffrax's internal `filter_jit` keys its cache on
-    the term's static parts, so a stable field means repeated `node(...)` calls outside `jit`
-    compile once.
-    """
-
-    apply: Callable
-    time_dependent: bool = eqx.field(static=True)
-
-    def __call__(self, t, y, args):
-        p, _ = args
-        return self.apply(p, t, y) if self.time_dependent else self.apply(p, y)
-
-
 class _HybridField(eqx.Module):
     """Diffrax vector field `(t, y, args) -> vf(t, y, theta, user_args)`."""
 
@@ -93,52 +66,15 @@ class _HybridField(eqx.Module):
         return self.vf(t, y, theta, user_args)
 
 
-def _network_parts(fm: Callable, time_dependent: bool) -> tuple[Callable, eqx.Module]:
-    """`(prepare, field)`: `prepare(theta)` runs once per solve, `field` at every stage.
-
-    PITFALLS (Diffrax): rebuilding a general-path model inside the vector field costs 1.8x per
-    loss+gradient step, because the unravel repeats at every solver stage; rebuilding once
-    outside `diffeqsolve` and passing the rebuilt pytree as `args` costs nothing. Fast-path
-    models (`FlatMLP`) slice `theta` cheaply, so they keep the flat vector.
-    """
-    if isinstance(fm, FlatModel):
-        # Same math as `fm(theta, y)`, which is `fm.apply(fm.restructure(theta), y)`.
-        return fm.restructure, _NetworkField(fm.apply, time_dependent)
-    if isinstance(fm, AbstractFlatModel):
-        # `theta0` is never read by `fm(theta, y)`, but as an array inside the term
-        # `BacksolveAdjoint` would integrate its (zero) cotangent too: 1.6x slower per
-        # loss+gradient step on the spiral, measured. An empty array keeps the module hashable.
-        fm = eqx.tree_at(lambda m: m.theta0, fm, jnp.zeros((0,), fm.theta0.dtype))
-    return _identity, _NetworkField(fm, time_dependent)
-
-
-def _identity(theta):
-    return theta
-
-
-def _progress_meter(progress: bool) -> diffrax.AbstractProgressMeter:
-    return diffrax.TqdmProgressMeter() if progress else diffrax.NoProgressMeter()
-
-
-def _check_inputs(theta: Array, y0: Array, ts: Array) -> None:
-    """Trace-time checks: shapes and dtypes are static, so this costs nothing per call."""
-    if theta.ndim != 1 or not jnp.issubdtype(theta.dtype, jnp.inexact):
-        raise TypeError(_MSG_THETA.format(shape=theta.shape, dtype=theta.dtype))
-    if ts.ndim != 1 or ts.shape[0] < 2:
-        raise ValueError(_MSG_TS.format(shape=ts.shape))
-    if not (y0.dtype == theta.dtype == ts.dtype):
-        raise TypeError(_MSG_DTYPE.format(theta=theta.dtype, y0=y0.dtype, ts=ts.dtype))
-
-
-def _raise_on_failure(ys: PyTree[Array], result: diffrax.RESULTS) -> PyTree[Array]:
-    """Diffrax's failures with our remedy attached; `branched_error_if` keeps it one check."""
-    failed = ~diffrax.is_okay(result)
-    index = jnp.where(
-        result == diffrax.RESULTS.max_steps_reached,
-        0,
-        jnp.where(result == diffrax.RESULTS.dt_min_reached, 1, 2),
-    )
-    return eqx.branched_error_if(ys, failed, index, (_MSG_MAX_STEPS, _MSG_DT_MIN, _MSG_FAILED))
+def _check_field(field: Callable, t0: Array, y0: Array, args: Any) -> None:
+    """A field returning another shape than `y` would be broadcast by Diffrax (issue 12)."""
+    out = eqx.filter_eval_shape(field, t0, y0, args)
+    want = jax.eval_shape(lambda: y0)
+    if jtu.tree_structure(out) != jtu.tree_structure(want) or any(
+        (o.shape, o.dtype) != (w.shape, w.dtype)
+        for o, w in zip(jtu.tree_leaves(out), jtu.tree_leaves(want))
+    ):
+        raise ValueError(_MSG_FIELD_SHAPE.format(got=shapes(out), want=shapes(want)))
 
 
 class NeuralODE(eqx.Module):
@@ -156,6 +92,20 @@ class NeuralODE(eqx.Module):
 
     For known physics plus a network (a universal differential equation), see
     [`sb.NeuralODE.hybrid`][sciml_bridge.NeuralODE.hybrid].
+
+    Paths: a `sb.FlatModel` (and a `sb.FlatMLP`, also the one `sb.flat(eqx.nn.MLP)` picks) is
+    rebuilt into its Equinox model once per solve, outside `diffeqsolve`, and the rebuilt model
+    is the vector field: inside a solve that is faster than slicing `theta` at every stage
+    (issue 15, 2x). Under `BacksolveAdjoint` a `FlatMLP` keeps slicing one flat vector, whose
+    single cotangent is cheaper for the backward solve than one per layer. Same numbers either
+    way (same `theta` layout).
+
+    Failures never give a silent wrong answer: non-finite `theta`/`y0`/`ts`, a field that is not
+    finite at `y0`, a failed forward solve, a failed backward solve of `BacksolveAdjoint`, and a
+    final state that is not steady under `ImplicitAdjoint` each raise their own error under
+    `throw=True`; under `throw=False` they give NaN (or, for a failed forward solve, `inf` after
+    the failure time, as Diffrax does), so a loss or gradient is non-finite and `sb.minimize`
+    keeps the last good `theta`.
 
     ```python
     import diffrax, jax, jax.numpy as jnp
@@ -181,24 +131,33 @@ class NeuralODE(eqx.Module):
     - `stepsize_controller`: default `diffrax.PIDController(rtol=1e-6, atol=1e-6)`.
     - `dt0`: the first step size; `None` lets an adaptive controller choose it (a
         `diffrax.ConstantStepSize()` needs a number).
-    - `max_steps`: the most solver steps per solve. Default 4096.
+    - `saveat`: a `diffrax.SaveAt`; `None` (default) saves at every time in `ts`. With
+        `SaveAt(t1=True)` or `SaveAt(dense=True)`, only `ts[0]` and `ts[-1]` are used (the span;
+        `ts[-1]` may be `jnp.inf` with a steady-state `event`). `diffrax.ImplicitAdjoint` needs
+        `SaveAt(t1=True)` and a steady state (checked, see above).
+    - `event`: a `diffrax.Event`, e.g. `diffrax.Event(diffrax.steady_state_event())`.
+    - `max_steps`: the most solver steps per solve, a positive int. Default 4096.
     - `time_dependent`: whether `fm` takes `(theta, t, y)`. Default `False`.
-    - `throw`: if `True` (default), a failed solve (max steps reached, step size collapse)
-        raises a runtime error naming the fix. If `False`, the trajectory is `inf` from the
-        time of failure on, so a loss turns non-finite and `sb.minimize` stops with the last
-        good `theta`.
+    - `throw`: if `True` (default), a failure (see above) raises a runtime error naming the
+        cause and the fix, on the forward or the backward pass. If `False`, values and
+        gradients turn non-finite instead, so `sb.minimize` stops with the last good `theta`.
     - `progress`: show a tqdm progress bar over the time span. Default `False`.
 
     **Returns:**
 
     A callable `node(theta, y0, ts) -> ys` (an `eqx.Module`) with `ys` of shape
-    `(len(ts), *y0.shape)` and the dtype of `y0`; `ys[0] == y0`.
+    `(len(ts), *y0.shape)` and the dtype of `y0`; `ys[0] == y0` (with a `saveat=`: what it
+    saves). `node.solve(theta, y0, ts)` returns the whole `diffrax.Solution` (dense output:
+    `sol.evaluate(t)`).
 
     **Raises:**
 
-    At call time: `ValueError` if `ts` is not 1-D with at least two times; `TypeError` if
-    `theta` is not a 1-D floating vector, if `y0`, `ts` and `theta` differ in dtype, or if
-    `args` are given without a hybrid vector field. Inside the solve, see `throw`.
+    At construction: `ValueError` if `max_steps` is not a positive int, or for
+    `ImplicitAdjoint` without an adaptive step size controller. At call time: `ValueError` if
+    `ts` is not 1-D with at least two times or if the vector field returns another shape than
+    `y0`; `TypeError` if `theta` is not a 1-D floating vector, if `y0`, `ts` and `theta` differ
+    in dtype, if float64 NumPy data arrive with x64 off, or if `args` are given without a
+    hybrid vector field. Inside the solve, see `throw`.
     """
 
     fm: Callable
@@ -206,6 +165,8 @@ class NeuralODE(eqx.Module):
     adjoint: diffrax.AbstractAdjoint
     stepsize_controller: diffrax.AbstractStepSizeController
     dt0: float | None
+    saveat: diffrax.SaveAt | None
+    event: diffrax.Event | None
     max_steps: int = eqx.field(static=True)
     time_dependent: bool = eqx.field(static=True)
     throw: bool = eqx.field(static=True)
@@ -221,6 +182,8 @@ class NeuralODE(eqx.Module):
             rtol=1e-6, atol=1e-6
         ),
         dt0: float | None = None,
+        saveat: diffrax.SaveAt | None = None,
+        event: diffrax.Event | None = None,
         max_steps: int = 4096,
         time_dependent: bool = False,
         throw: bool = True,
@@ -228,11 +191,15 @@ class NeuralODE(eqx.Module):
     ):
         if isinstance(fm, _Hybrid) and time_dependent:
             raise ValueError(_MSG_HYBRID_TIME)
+        max_steps = check_max_steps(max_steps, "sb.NeuralODE(max_steps=...)")
+        honest_adjoint(adjoint, stepsize_controller, _WHERE, throw)  # fails early if it must
         self.fm = fm
         self.solver = solver
         self.adjoint = adjoint
         self.stepsize_controller = stepsize_controller
         self.dt0 = dt0
+        self.saveat = saveat
+        self.event = event
         self.max_steps = max_steps
         self.time_dependent = time_dependent
         self.throw = throw
@@ -287,30 +254,49 @@ class NeuralODE(eqx.Module):
         ts: Real[ArrayLike, " times"],
         args: PyTree[Any] = None,
     ) -> Inexact[Array, " times *state"]:
-        """Solve from `y0` at `ts[0]` and return the states at every time in `ts`."""
-        theta, y0, ts = jnp.asarray(theta), jnp.asarray(y0), jnp.asarray(ts)
-        _check_inputs(theta, y0, ts)
+        """Solve from `y0` at `ts[0]` and return the saved states (by default at every time in
+        `ts`, shape `(len(ts), *y0.shape)`)."""
+        sol = self.solve(theta, y0, ts, args)
+        if sol.ys is None:
+            raise TypeError(_MSG_NO_YS.format(saveat=self.saveat))
+        return sol.ys
+
+    def solve(
+        self,
+        theta: ThetaLike,
+        y0: Inexact[ArrayLike, "*state"],
+        ts: Real[ArrayLike, " times"],
+        args: PyTree[Any] = None,
+    ) -> diffrax.Solution:
+        """The whole `diffrax.Solution` (`sol.ys`, `sol.ts`, `sol.evaluate(t)` for dense
+        output, `sol.stats`), with failures handled as in `__call__`."""
+        theta, y0, ts = as_arrays(_WHERE, theta=theta, y0=y0, ts=ts)
+        guard_x64(args, f"`{_WHERE}`", "`args`")
+        check_inputs(theta, y0, ts, _WHERE)
         prepare, field = self._parts(args)
+        term, p = diffrax.ODETerm(field), (prepare(theta), args)
+        _check_field(field, ts[0], y0, p)
+        adjoint = honest_adjoint(self.adjoint, self.stepsize_controller, _WHERE, self.throw)
+        # `ts[-1] = inf` is how a steady-state solve (an `event=`) is asked for; NaN never is.
+        bad_inputs = ~all_finite((theta, y0, args)) | jnp.any(jnp.isnan(ts))
+        # Diffrax rejects a NaN `ts` with its own error even under `throw=False`: solve on
+        # placeholder times instead and report the NaN as ours.
+        ts = jnp.where(jnp.any(jnp.isnan(ts)), jnp.arange(ts.shape[0], dtype=ts.dtype), ts)
         sol = diffrax.diffeqsolve(
-            diffrax.ODETerm(field),
-            self.solver,
-            t0=ts[0],
-            t1=ts[-1],
-            dt0=self.dt0,
-            y0=y0,
-            args=(prepare(theta), args),
-            saveat=diffrax.SaveAt(ts=ts),
-            stepsize_controller=self.stepsize_controller,
-            adjoint=self.adjoint,
-            max_steps=self.max_steps,
-            throw=False,
-            progress_meter=_progress_meter(self.progress),
-        )
-        return _raise_on_failure(sol.ys, sol.result) if self.throw else sol.ys
+            term, self.solver, t0=ts[0], t1=ts[-1], dt0=self.dt0, y0=y0, args=p,
+            saveat=diffrax.SaveAt(ts=ts) if self.saveat is None else self.saveat,
+            stepsize_controller=self.stepsize_controller, adjoint=adjoint, event=self.event,
+            max_steps=self.max_steps, throw=False, progress_meter=progress_meter(self.progress),
+        )  # fmt: skip
+        bad_field = ~all_finite(field(ts[0], y0, p))
+        steady = None
+        if isinstance(self.adjoint, diffrax.ImplicitAdjoint):
+            steady = not_steady(sol, term, self.solver, self.stepsize_controller, p)
+        return report(sol, bad_inputs, bad_field, _WHERE, self.throw, steady)
 
     def _parts(self, args: PyTree[Any]) -> tuple[Callable, eqx.Module]:
         if isinstance(self.fm, _Hybrid):
-            return _identity, _HybridField(self.fm.vf)
+            return identity, _HybridField(self.fm.vf)
         if args is not None:
             raise TypeError(_MSG_ARGS)
-        return _network_parts(self.fm, self.time_dependent)
+        return network_parts(self.fm, self.time_dependent, self.adjoint)

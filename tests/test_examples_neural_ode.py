@@ -59,3 +59,25 @@ def test_lotka_volterra_example_recovers_the_missing_terms(lotka_volterra, capsy
     # Reduced run: ~0.1 relative error on the interactions (the full run ~0.035).
     assert out["error"] < 0.2 and out["fit_error"] < 0.02
     assert out["png"] is None
+
+
+@pytest.mark.slow
+def test_ou_sde_example_learns_the_diffusion(tmp_path, capsys):
+    ou = load_script("examples/neural_ode/ou_sde.py")
+    out = ou.main(paths=128, steps=120, plot=True, out_dir=str(tmp_path), progress=False)
+    printed = capsys.readouterr().out
+    assert f"learned diffusion {out['sigma']:.4f}" in printed
+    # Reduced run (128 paths, 120 steps) from sigma = 0.1: within 10% of the true 0.3.
+    assert out["error"] < 0.1 and np.isfinite(out["loss"])
+    with open(out["png"], "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_spiral_cde_example_classifies(capsys):
+    cde = load_script("examples/neural_ode/spiral_cde.py")
+    out = cde.main(dataset_size=64, width_size=16, steps=30, length=30, progress=False)
+    printed = capsys.readouterr().out
+    assert f"test accuracy {out['accuracy']:.3f}" in printed
+    # Reduced run (64 spirals of 30 points, width 16, 30 full-batch steps); the full one: 1.0.
+    assert out["accuracy"] >= 0.95 and np.isfinite(out["loss"])

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import central_difference, tree_allclose
+from helpers import central_difference, run_python, tree_allclose
 
 import sciml_bridge as sb
 
@@ -262,3 +262,139 @@ def test_progress_bar_leaves_the_solution_unchanged(capfd):
     ys = sb.NeuralODE(_rotation, progress=True)(theta, y0, TS)
     assert "100.00%" in capfd.readouterr().err
     assert tree_allclose(ys, sb.NeuralODE(_rotation)(theta, y0, TS), rtol=0, atol=0)
+
+
+def _robertson(t, y, theta, args):
+    # Robertson's stiff chemistry with log rate constants as `theta` (rates 0.04, 3e7, 1e4).
+    k1, k2, k3 = jnp.exp(theta)
+    y1, y2, y3 = y
+    return jnp.stack([-k1 * y1 + k3 * y2 * y3, k1 * y1 - k2 * y2**2 - k3 * y2 * y3, k2 * y2**2])
+
+
+_ROB_THETA = jnp.log(jnp.array([0.04, 3e7, 1e4]))
+_ROB_Y0, _ROB_TS = jnp.array([1.0, 0.0, 0.0]), jnp.array([0.0, 0.1, 1.0])
+
+
+def _robertson_loss(throw):
+    # The forward solve is implicit and fine; the backward solve of `BacksolveAdjoint` with an
+    # explicit solver runs out of steps on the stiff adjoint. Plain Diffrax returns a finite,
+    # wrong gradient here (~9e5, where the true one is ~1e-3).
+    node = sb.NeuralODE.hybrid(
+        _robertson, solver=diffrax.ImplicitEuler(),
+        adjoint=diffrax.BacksolveAdjoint(solver=diffrax.Tsit5()),
+        stepsize_controller=diffrax.PIDController(rtol=1e-4, atol=1e-8), max_steps=256,
+        throw=throw,
+    )  # fmt: skip
+    return lambda theta: jnp.sum(node(theta, _ROB_Y0, _ROB_TS)[:, 0])
+
+
+def test_failed_backsolve_is_an_error_under_throw():
+    loss = _robertson_loss(throw=True)
+    assert np.isfinite(loss(_ROB_THETA))  # the forward solve succeeds
+    with pytest.raises(eqx.EquinoxRuntimeError, match=r"backward \(adjoint\) solve.*failed"):
+        eqx.filter_jit(jax.grad(loss))(_ROB_THETA)
+
+
+def test_failed_backsolve_is_nan_and_minimize_keeps_the_last_good_theta():
+    loss = _robertson_loss(throw=False)
+    value, grad = jax.jit(jax.value_and_grad(loss))(_ROB_THETA)
+    assert np.isfinite(value) and np.isnan(grad).all()
+    res = sb.minimize(loss, _ROB_THETA, "adam", max_steps=3, learning_rate=1e-2, progress=False,
+                      throw=False)  # fmt: skip
+    assert not res.success and res.result is sb.RESULTS.nonfinite
+    assert np.array_equal(res.theta, _ROB_THETA) and np.isfinite(res.loss)
+
+
+@pytest.mark.parametrize("max_steps", [0, -1, 2.5, True])
+def test_max_steps_must_be_a_positive_int(max_steps):
+    with pytest.raises(ValueError, match=r"positive int.*max_steps=4096"):
+        sb.NeuralODE(_rotation, max_steps=max_steps)
+
+
+def test_vector_field_of_the_wrong_shape_names_both_shapes():
+    with pytest.raises(ValueError, match=r"returned float64\[\] for a state float64\[2\]"):
+        sb.NeuralODE(lambda theta, y: jnp.sum(theta) * y[0])(jnp.ones(4), Y0, TS)
+
+
+@pytest.mark.parametrize("where", ["theta", "y0", "ts"])
+def test_non_finite_input_is_named_not_blamed_on_max_steps(where):
+    inputs = dict(theta=jnp.array([0.0, 1.0, -1.0, 0.0]), y0=Y0, ts=TS)
+    inputs[where] = inputs[where].at[-1].set(jnp.nan)
+    with pytest.raises(eqx.EquinoxRuntimeError, match="non-finite values") as info:
+        sb.NeuralODE(_rotation)(**inputs).block_until_ready()
+    assert "probably stiff" not in str(info.value)
+    ys = sb.NeuralODE(_rotation, throw=False)(**inputs)
+    assert np.isnan(ys).all()  # not `inf` rows that look like a blow-up
+
+
+def test_non_finite_vector_field_at_y0_is_named():
+    node = sb.NeuralODE(lambda theta, y: jnp.log(y - theta))  # log of a negative number
+    with pytest.raises(eqx.EquinoxRuntimeError, match="vector field returned non-finite"):
+        node(jnp.array([2.0, 2.0]), Y0, TS).block_until_ready()
+
+
+def test_x64_off_guards_theta_y0_and_ts():
+    code = """
+    import jax, jax.numpy as jnp, numpy as np
+    import sciml_bridge as sb
+    node = sb.NeuralODE(lambda theta, y: theta * y)
+    f32 = dict(theta=np.ones(2, np.float32), y0=np.ones(2, np.float32),
+               ts=np.linspace(0, 1, 3, dtype=np.float32))
+    assert node(**f32).dtype == jnp.float32
+    for name in f32:
+        try:
+            node(**{**f32, name: f32[name].astype(np.float64)})
+        except TypeError as e:
+            assert f"`{name}`" in str(e) and "jax_enable_x64" in str(e), str(e)
+        else:
+            raise AssertionError(name)
+    print("ok")
+    """
+    proc = run_python(code, env={"JAX_ENABLE_X64": "0"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith("ok")
+
+
+def _relax(theta, y):
+    return theta - y  # steady state y = theta, so d y* / d theta = identity
+
+
+def test_implicit_adjoint_at_a_steady_state():
+    node = sb.NeuralODE(
+        _relax, adjoint=diffrax.ImplicitAdjoint(), saveat=diffrax.SaveAt(t1=True),
+        event=diffrax.Event(diffrax.steady_state_event()),
+    )  # fmt: skip
+    theta, ts = jnp.array([0.5, -1.0]), jnp.array([0.0, jnp.inf])
+    ys = node(theta, Y0, ts)
+    assert ys.shape == (1, 2) and np.allclose(ys[0], theta, atol=1e-5)
+    # Diffrax 0.7.2's implicit JVP multiplies `t` by an int64 `direction` (`WrapTerm.vf`),
+    # which only the strict promotion of conftest.py refuses; users run "standard".
+    with jax.numpy_dtype_promotion("standard"):
+        jac = jax.jit(jax.jacrev(lambda theta: node(theta, Y0, ts)[0]))(theta)
+    assert np.allclose(jac, np.eye(2), atol=1e-10)  # the implicit function theorem, exactly
+
+
+def test_implicit_adjoint_away_from_a_steady_state_is_an_error():
+    node = sb.NeuralODE(_relax, adjoint=diffrax.ImplicitAdjoint(), saveat=diffrax.SaveAt(t1=True))
+    with pytest.raises(eqx.EquinoxRuntimeError, match="not a steady state"):
+        node(jnp.array([0.5, -1.0]), Y0, jnp.array([0.0, 0.1])).block_until_ready()
+    quiet = sb.NeuralODE(_relax, adjoint=diffrax.ImplicitAdjoint(), throw=False,
+                         saveat=diffrax.SaveAt(t1=True))  # fmt: skip
+    assert np.isnan(quiet(jnp.array([0.5, -1.0]), Y0, jnp.array([0.0, 0.1]))).all()
+
+
+def test_dense_output_through_solve():
+    node = sb.NeuralODE(_rotation, saveat=diffrax.SaveAt(dense=True), stepsize_controller=TIGHT)
+    theta, ts = jnp.array([0.0, 1.0, -1.0, 0.0]), jnp.array([0.0, 2.0])
+    sol = node.solve(theta, jnp.array([1.0, 0.0]), ts)
+    t = jnp.array(0.7)
+    assert np.allclose(sol.evaluate(t), [np.cos(0.7), -np.sin(0.7)], rtol=1e-7, atol=1e-8)
+    with pytest.raises(TypeError, match=r"node.solve\(theta, y0, ts\)"):
+        node(theta, jnp.array([1.0, 0.0]), ts)
+
+
+def test_save_at_t1_only():
+    node = sb.NeuralODE(_rotation, saveat=diffrax.SaveAt(t1=True), stepsize_controller=TIGHT)
+    ys = node(jnp.array([0.0, 1.0, -1.0, 0.0]), jnp.array([1.0, 0.0]), jnp.array([0.0, 1.0]))
+    assert ys.shape == (1, 2)
+    assert np.allclose(ys[0], [np.cos(1.0), -np.sin(1.0)], rtol=1e-8, atol=1e-9)

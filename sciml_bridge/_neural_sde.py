@@ -1,0 +1,230 @@
+"""Neural SDEs: `dy = drift(theta, y) dt + diffusion(theta, y) dW`, solved by Diffrax.
+
+The Brownian motion `W` is a `diffrax.VirtualBrownianTree` built from the `key` of each call,
+so a path is reproducible from its key and a fresh key gives a fresh path. Itô or Stratonovich
+is decided by the solver, as in Diffrax: `diffrax.Euler()` converges to the Itô solution,
+`diffrax.Heun()` / `diffrax.EulerHeun()` / `diffrax.ReversibleHeun()` to the Stratonovich one.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import lineax as lx
+from jaxtyping import Array, ArrayLike, Inexact, PRNGKeyArray, Real
+
+from ._custom_types import Theta, ThetaLike
+from ._diffeq import (
+    all_finite,
+    as_arrays,
+    check_inputs,
+    check_max_steps,
+    honest_adjoint,
+    progress_meter,
+    report,
+    shapes,
+)
+from ._flat import AbstractFlatModel
+from ._network_field import network_parts
+
+
+_WHERE = "sb.NeuralSDE(...)(theta, y0, ts, key)"
+
+_MSG_SHAPE = (
+    "`sb.NeuralSDE(...)(theta, y0, ts, key)`: the {which} must return an array of {want_what} "
+    "{want}, but it returned {got}. Fix: {fix}"
+)
+_MSG_KEY = (
+    "`sb.NeuralSDE(...)(theta, y0, ts, key)` expected `key` to be one PRNG key (e.g. "
+    "`jax.random.key(0)`), but got {got}. Fix: pass one key per path; for many paths use "
+    "`jax.vmap(sde, in_axes=(None, None, None, 0))(theta, y0, ts, jax.random.split(key, n))`."
+)
+_MSG_THETA0 = (
+    "`sb.NeuralSDE(...).theta0` exists only when `drift` and `diffusion` are both flat models "
+    "(`sb.flat(...)`, `sb.FlatMLP`), whose `theta0`s it concatenates. Fix: build `theta0` "
+    "yourself for hand-written callables (both receive the whole `theta`)."
+)
+
+
+class _Drift(eqx.Module):
+    field: eqx.Module
+
+    def __call__(self, t, y, args):
+        return self.field(t, y, (args[0], None))
+
+
+class _Diffusion(eqx.Module):
+    field: eqx.Module
+    diagonal: bool = eqx.field(static=True)
+
+    def __call__(self, t, y, args):
+        out = self.field(t, y, (args[1], None))
+        # Diagonal noise: one Brownian motion per state entry (Diffrax's neural SDE example).
+        return lx.DiagonalLinearOperator(out) if self.diagonal else out
+
+
+class NeuralSDE(eqx.Module):
+    """A neural SDE `dy = drift(theta, y) dt + diffusion(theta, y) dW` as `sde(theta, y0, ts, key)`.
+
+    Built as Diffrax builds one: `MultiTerm(ODETerm(drift), ControlTerm(diffusion,
+    VirtualBrownianTree(ts[0], ts[-1], tol=dt0 / 2, key=key)))`. The `key` is an argument of
+    every call: the same key gives the same Brownian path (and the same `ys`), another key
+    another path. Training follows the engine's convention: a loss with a `key` keyword gets
+    a fresh key per step from `sb.minimize(..., key=key)`.
+
+    When `drift` and `diffusion` are both flat models (`sb.flat`, `sb.FlatMLP`), `theta` is
+    their two vectors concatenated (`sde.theta0`), and each receives its own part; otherwise
+    both receive the whole `theta` (slice it yourself).
+
+    ```python
+    import diffrax, jax, jax.numpy as jnp
+    import sciml_bridge as sb
+
+    jax.config.update("jax_enable_x64", True)
+    drift = lambda theta, y: theta[0] * (theta[1] - y)         # Ornstein-Uhlenbeck
+    diffusion = lambda theta, y: theta[2] * jnp.ones_like(y)   # diagonal noise
+    sde = sb.NeuralSDE(drift, diffusion, dt0=0.01)
+    theta, ts = jnp.array([1.0, 1.0, 0.3]), jnp.linspace(0.0, 1.0, 11)
+    keys = jax.random.split(jax.random.key(0), 64)
+    paths = jax.vmap(sde, in_axes=(None, None, None, 0))(theta, jnp.zeros(1), ts, keys)
+    assert paths.shape == (64, 11, 1)
+    ```
+
+    **Arguments:**
+
+    - `drift`: `drift(theta, y) -> dy/dt`, the shape and dtype of `y`.
+    - `diffusion`: `diffusion(theta, y)`: with `diagonal=True` (default) an array like `y`
+        (one independent Brownian motion per entry); with `diagonal=False` a matrix of shape
+        `(*y.shape, *brownian_shape)`.
+    - `brownian_shape`: the shape of `W` when `diagonal=False`.
+    - `solver`: a Diffrax SDE solver; it decides Itô vs Stratonovich. Default
+        `diffrax.Euler()` (Itô).
+    - `adjoint`: default `diffrax.RecursiveCheckpointAdjoint()`; `diffrax.DirectAdjoint()`
+        and, for Stratonovich solvers only (Diffrax's rule), `diffrax.BacksolveAdjoint()`.
+    - `dt0`: the step size (constant steps). Default 0.01.
+    - `max_steps`, `throw`, `progress`: as for [`sb.NeuralODE`][sciml_bridge.NeuralODE].
+
+    **Returns:** `sde(theta, y0, ts, key) -> ys` of shape `(len(ts), *y0.shape)`.
+
+    **Raises:** as [`sb.NeuralODE`][sciml_bridge.NeuralODE]; `ValueError` when `drift` or
+    `diffusion` return the wrong shape; `TypeError` when `key` is not one PRNG key.
+    """
+
+    drift: Callable
+    diffusion: Callable
+    solver: diffrax.AbstractSolver
+    adjoint: diffrax.AbstractAdjoint
+    dt0: float
+    brownian_shape: tuple[int, ...] | None = eqx.field(static=True)
+    max_steps: int = eqx.field(static=True)
+    throw: bool = eqx.field(static=True)
+    progress: bool = eqx.field(static=True)
+
+    def __init__(
+        self,
+        drift: Callable,
+        diffusion: Callable,
+        *,
+        diagonal: bool = True,
+        brownian_shape: tuple[int, ...] | None = None,
+        solver: diffrax.AbstractSolver = diffrax.Euler(),
+        adjoint: diffrax.AbstractAdjoint = diffrax.RecursiveCheckpointAdjoint(),
+        dt0: float = 0.01,
+        max_steps: int = 4096,
+        throw: bool = True,
+        progress: bool = False,
+    ):
+        if diagonal == (brownian_shape is not None):
+            raise ValueError(
+                "`sb.NeuralSDE(...)` takes `brownian_shape=` exactly when `diagonal=False` "
+                f"(got diagonal={diagonal!r}, brownian_shape={brownian_shape!r}). Fix: e.g. "
+                "`diagonal=False, brownian_shape=(3,)` for a `(*y.shape, 3)` diffusion matrix."
+            )
+        self.drift, self.diffusion = drift, diffusion
+        self.solver, self.adjoint, self.dt0 = solver, adjoint, dt0
+        self.brownian_shape = None if diagonal else tuple(brownian_shape)
+        self.max_steps = check_max_steps(max_steps, "sb.NeuralSDE(max_steps=...)")
+        self.throw, self.progress = throw, progress
+
+    @property
+    def theta0(self) -> Theta:
+        """`drift.theta0` and `diffusion.theta0`, concatenated (flat models only)."""
+        if not self._split:
+            raise TypeError(_MSG_THETA0)
+        return jnp.concatenate([self.drift.theta0, self.diffusion.theta0])
+
+    @property
+    def _split(self) -> bool:
+        return isinstance(self.drift, AbstractFlatModel) and isinstance(
+            self.diffusion, AbstractFlatModel
+        )
+
+    def __call__(
+        self,
+        theta: ThetaLike,
+        y0: Inexact[ArrayLike, "*state"],
+        ts: Real[ArrayLike, " times"],
+        key: PRNGKeyArray,
+    ) -> Inexact[Array, " times *state"]:
+        """One sample path from `y0` at `ts[0]`, driven by the Brownian motion of `key`."""
+        theta, y0, ts = as_arrays(_WHERE, theta=theta, y0=y0, ts=ts)
+        check_inputs(theta, y0, ts, _WHERE)
+        _check_key(key)
+        terms, p = self._terms(theta, y0, ts, key)
+        sol = diffrax.diffeqsolve(
+            terms, self.solver, t0=ts[0], t1=ts[-1], dt0=self.dt0, y0=y0, args=p,
+            saveat=diffrax.SaveAt(ts=ts),
+            adjoint=honest_adjoint(self.adjoint, None, _WHERE, self.throw),
+            max_steps=self.max_steps, throw=False, progress_meter=progress_meter(self.progress),
+        )  # fmt: skip
+        bad_inputs = ~all_finite((theta, y0, ts))
+        drift, diffusion = terms.terms[0].vector_field, terms.terms[1].vector_field
+        bad_field = ~all_finite((drift(ts[0], y0, p), _as_array(diffusion(ts[0], y0, p))))
+        return report(sol, bad_inputs, bad_field, _WHERE, self.throw).ys
+
+    def _terms(self, theta: Array, y0: Array, ts: Array, key: PRNGKeyArray):
+        n = self.drift.size if self._split else None
+        parts = (theta[:n], theta[n:]) if self._split else (theta, theta)
+        prep_d, field_d = network_parts(self.drift, False, self.adjoint)
+        prep_s, field_s = network_parts(self.diffusion, False, self.adjoint)
+        p = (prep_d(parts[0]), prep_s(parts[1]))
+        drift, diffusion = _Drift(field_d), _Diffusion(field_s, self.brownian_shape is None)
+        noise = y0.shape if self.brownian_shape is None else self.brownian_shape
+        self._checkshapes(drift, diffusion, ts[0], y0, p, noise)
+        brownian = diffrax.VirtualBrownianTree(
+            ts[0], ts[-1], tol=self.dt0 / 2, shape=jax.ShapeDtypeStruct(noise, y0.dtype), key=key
+        )
+        terms = diffrax.MultiTerm(diffrax.ODETerm(drift), diffrax.ControlTerm(diffusion, brownian))
+        return terms, p
+
+    def _checkshapes(self, drift, diffusion, t0, y0, p, noise) -> None:
+        want = jax.ShapeDtypeStruct(y0.shape, y0.dtype)
+        got = eqx.filter_eval_shape(drift, t0, y0, p)
+        if (got.shape, got.dtype) != (want.shape, want.dtype):
+            raise ValueError(_MSG_SHAPE.format(
+                which="drift", want_what="the state's shape and dtype", want=shapes(want),
+                got=shapes(got), fix="return one dy/dt entry per state entry."))  # fmt: skip
+        shape = y0.shape if self.brownian_shape is None else (*y0.shape, *noise)
+        got = eqx.filter_eval_shape(lambda *a: _as_array(diffusion(*a)), t0, y0, p)
+        if (got.shape, got.dtype) != (shape, y0.dtype):
+            fix = ("with `diagonal=True`, return one entry per state entry (or pass "
+                   "`diagonal=False, brownian_shape=...` for a matrix).")  # fmt: skip
+            raise ValueError(_MSG_SHAPE.format(
+                which="diffusion", want_what="shape and dtype",
+                want=shapes(jax.ShapeDtypeStruct(shape, y0.dtype)), got=shapes(got), fix=fix))
+
+
+def _as_array(out: Any) -> Array:
+    return out.diagonal if isinstance(out, lx.DiagonalLinearOperator) else out
+
+
+def _check_key(key: Any) -> None:
+    is_key = isinstance(key, jax.Array) and (
+        jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+        or (key.dtype == jnp.uint32 and key.shape == (2,))
+    )
+    if not is_key or (jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape):
+        raise TypeError(_MSG_KEY.format(got=f"{type(key).__name__} {getattr(key, 'shape', '')}"))
