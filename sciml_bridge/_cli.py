@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
+import jax
+
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -134,8 +136,6 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `sciml-bridge` console script and of `python -m sciml_bridge`."""
     args = _parser().parse_args(argv)
-    import jax
-
     # The examples and benchmarks measure float64 accuracy (1e-5 and below).
     jax.config.update("jax_enable_x64", True)
     if args.command == "demo":

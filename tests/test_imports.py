@@ -118,11 +118,9 @@ def test_no_import_cycle():
 
 # strict: `_cli.main` still imports jax inside the function (not this branch's file); once it
 # moves to the module top this XPASSes, fails, and the mark must go.
-_PENDING = {"sciml_bridge._cli": pytest.mark.xfail(strict=True, reason="import jax in main()")}
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=_PENDING.get(n, ())) for n in
-                                  sorted(MODULES)])
+@pytest.mark.parametrize("name", sorted(MODULES))
 def test_no_import_inside_a_function(name):
     nested = GRAPH[name][1]
     assert not nested, f"imports inside functions (move them to the module top): {nested}"

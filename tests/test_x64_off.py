@@ -101,6 +101,5 @@ def test_float64_with_x64_off_is_a_clear_type_error_at_every_entry_point(x64_off
 
 # strict: once helpers A (engine: `args=` of `sb.minimize`/`sb.least_squares`) and C
 # (`sb.NeuralODE` `y0`/`ts`) are merged this passes, XPASS fails, and the mark must go.
-@pytest.mark.xfail(strict=True, reason="guards land with the engine and neural-ODE branches")
 def test_engine_and_neural_ode_inputs_refuse_float64_with_x64_off(x64_off_run):
     assert x64_off_run["OTHERS"] == "[]", x64_off_run["OTHERS"]

@@ -11,7 +11,6 @@ Run: `python examples/neural_ode/ou_sde.py` (prints the learned diffusion, write
 out/neural_sde_ou.png).
 """
 
-import inspect
 import time
 from pathlib import Path
 
@@ -63,16 +62,7 @@ def make_loss(paths: int):
 
 def fit(loss, theta0, args, key, *, steps, learning_rate, progress):
     """`sb.minimize(..., key=key)`: the engine hands the loss a fresh key per step."""
-    if "key" in inspect.signature(sb.minimize).parameters:
-        return sb.minimize(loss, theta0, "adam", args=args, key=key, max_steps=steps,
-                           learning_rate=learning_rate, progress=progress, throw=False)
-    # Engines without `key=`: fold each step's `theta` into the key, so every step (whose
-    # `theta` differs) still draws new paths, reproducibly.
-    def keyed(theta, *args):
-        bits = jnp.sum(jax.lax.bitcast_convert_type(theta, jnp.uint64) % (2**31 - 1))
-        return loss(theta, *args, key=jax.random.fold_in(key, bits.astype(jnp.uint32)))
-
-    return sb.minimize(keyed, theta0, "adam", args=args, max_steps=steps,
+    return sb.minimize(loss, theta0, "adam", args=args, key=key, max_steps=steps,
                        learning_rate=learning_rate, progress=progress, throw=False)
 
 

@@ -9,7 +9,6 @@ mirrored (label 1). Model as there: `z0 = initial(x(t0))`, `dz = f(z) dX`, predi
 Run: `python examples/neural_ode/spiral_cde.py` (prints loss, accuracy and time).
 """
 
-import inspect
 import math
 import time
 
@@ -83,14 +82,12 @@ def make_loss(model, ts):
 
 
 def train(loss, theta0, coeffs, labels, x0, *, steps, lr, batch_size, key, progress):
-    """Adam through `sb.minimize`; minibatches inside the compiled loop when the engine has
-    `batch_size=` (every array of `args` shares the leading axis), full batch otherwise."""
-    kwargs = dict(max_steps=steps, learning_rate=lr, progress=progress, throw=False)
-    if "batch_size" in inspect.signature(sb.minimize).parameters:
-        kwargs.update(batch_size=batch_size, key=key)
-    else:
-        batch_size = labels.shape[0]
-    return sb.minimize(loss, theta0, "adam", args=(coeffs, labels, x0), **kwargs), batch_size
+    """Adam through `sb.minimize`, minibatches drawn inside the compiled loop (every array of
+    `args` shares the leading axis: the series)."""
+    res = sb.minimize(loss, theta0, "adam", args=(coeffs, labels, x0), max_steps=steps,
+                      learning_rate=lr, progress=progress, throw=False, batch_size=batch_size,
+                      key=key)
+    return res, batch_size
 
 
 def main(dataset_size: int = 256, width_size: int = 128, steps: int = 60, lr: float = 1e-2,
