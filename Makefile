@@ -21,7 +21,14 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/sciml-bridge demo
 
-bench: $(STAMP)
+# The peers (folx, torch CPU, torchdiffeq) live in the `bench` extra: only this target installs it.
+BENCH_STAMP := $(VENV)/.installed-bench
+
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e ".[test,bench]"
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	$(VENV)/bin/sciml-bridge bench
 
 lint: $(STAMP)

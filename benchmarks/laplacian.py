@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 
 import sciml_bridge as sb
-from sciml_bridge._benchmark import per_call, write_result
+
+from _timing import per_call, write_result
 
 
 def _hessian_trace(fm):

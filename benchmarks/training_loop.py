@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import optax
 
 import sciml_bridge as sb
-from sciml_bridge._benchmark import write_result
+
+from _timing import write_result
 
 
 def problem(n_points: int = 128):

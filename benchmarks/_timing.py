@@ -1,7 +1,7 @@
 """What every script in `benchmarks/` shares: side-by-side timing and where tables go.
 
-Kept in the package (not in `benchmarks/`) because `sciml-bridge bench` loads the scripts by
-path, where sibling imports would not resolve.
+A private module of the benchmark scripts, not of the package: `python benchmarks/x.py` puts
+this folder on `sys.path`, and `sciml-bridge bench` (`_cli.load_script`) does the same.
 """
 
 import pathlib
