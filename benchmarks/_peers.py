@@ -21,11 +21,19 @@ INSTALL = "not installed (`make bench` or `pip install -e '.[bench]'`)"
 
 
 def optional(name: str):
-    """`(module, None)` when `name` imports, else `(None, reason)` for the table row."""
+    """`(module, None)` when `name` imports, else `(None, reason)` for the table row.
+
+    PyTorch runs with one intra-op thread: these problems are tiny (one point, a 10-wide
+    layer), and on the 2-core benchmark machine under load two OpenMP threads spinning against
+    each other made the tiny PINN's Adam step 10-15x slower (measured: 116 ms vs 7.3 ms/step).
+    """
     try:
-        return importlib.import_module(name), None
+        module = importlib.import_module(name)
     except ImportError:
         return None, INSTALL
+    if name == "torch":
+        module.set_num_threads(1)
+    return module, None
 
 
 # ---- folx ---------------------------------------------------------------------------------
@@ -140,31 +148,37 @@ def torch_pinn_runs(mlp: eqx.nn.MLP, x, f, steps: int, learning_rate: float = 1e
         return ((d2u[:, 0] - ft) ** 2).mean() + (model(ends) ** 2).sum()
 
     def runner(compiled: bool):
+        model = torch_mlp(mlp, np.float32)
+        start = [p.detach().clone() for p in model.parameters()]
+
+        def gradient(model):
+            loss = loss_of(model)
+            loss.backward()
+            return loss
+
+        # Compiled once per model (the same module object every run, so no recompilation).
+        grad_fn = torch.compile(gradient) if compiled else gradient
+
         def run():
-            model = torch_mlp(mlp, np.float32)
+            with torch.no_grad():  # every run starts from the same weights and a fresh Adam
+                for p, p0 in zip(model.parameters(), start):
+                    p.copy_(p0)
             opt = torch.optim.Adam(model.parameters(), lr=learning_rate)
-
-            def step():
-                opt.zero_grad(set_to_none=True)
-                loss = loss_of(model)
-                loss.backward()
-                opt.step()
-                return loss
-
-            step_fn = torch.compile(step) if compiled else step
             for _ in range(steps):
-                step_fn()
+                opt.zero_grad(set_to_none=True)
+                grad_fn(model)
+                opt.step()
             return torch.cat([p.detach().ravel() for p in model.parameters()])
 
         return run
 
     runs = {"PyTorch eager (`create_graph` + `torch.optim.Adam`)": runner(False)}
-    compiled = runner(True)
     try:
+        compiled = runner(True)
         compiled()
-        runs["PyTorch `torch.compile` step"] = compiled
+        runs["PyTorch `torch.compile` loss + backward"] = compiled
     except Exception as e:
-        runs["PyTorch `torch.compile` step"] = (
+        runs["PyTorch `torch.compile` loss + backward"] = (
             f"torch.compile failed on CPU: {type(e).__name__}: {str(e)[:80]}")
     return runs
 
