@@ -132,13 +132,15 @@ def torch_seed_calls(mlp: eqx.nn.MLP, x, dtype) -> dict:
 
 def torch_pinn_runs(mlp: eqx.nn.MLP, x, f, steps: int, learning_rate: float = 1e-3) -> dict:
     """`name -> run()` doing `steps` Adam steps on the 1-D Poisson PINN of `training_loop.py`:
-    `mean((u''(x) - f)^2) + u(0)^2 + u(1)^2`, `u''` by double backward (`create_graph=True`)."""
+    `mean((u''(x) - f)^2) + u(0)^2 + u(1)^2`, `u''` by double backward (`create_graph=True`),
+    in the dtype of `x`."""
     torch, why = optional("torch")
     if torch is None:
         return {"PyTorch": why}
-    xt = torch.from_numpy(np.array(x, dtype=np.float32))[:, None]
-    ft = torch.from_numpy(np.array(f, dtype=np.float32))
-    ends = torch.tensor([[0.0], [1.0]])
+    dtype = np.asarray(x).dtype  # the JAX rows' dtype (float64 under `sciml-bridge bench`)
+    xt = torch.from_numpy(np.array(x, dtype=dtype))[:, None]
+    ft = torch.from_numpy(np.array(f, dtype=dtype))
+    ends = torch.tensor([[0.0], [1.0]], dtype=torch_dtype(dtype))
 
     def loss_of(model):
         xs = xt.clone().requires_grad_(True)
@@ -148,7 +150,7 @@ def torch_pinn_runs(mlp: eqx.nn.MLP, x, f, steps: int, learning_rate: float = 1e
         return ((d2u[:, 0] - ft) ** 2).mean() + (model(ends) ** 2).sum()
 
     def runner(compiled: bool):
-        model = torch_mlp(mlp, np.float32)
+        model = torch_mlp(mlp, dtype)
         start = [p.detach().clone() for p in model.parameters()]
 
         def gradient(model):

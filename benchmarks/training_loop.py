@@ -8,7 +8,7 @@ plus the two boundary values), Adam with learning rate 1e-3, same initial weight
 (d) a bare hand-written `lax.scan` of the same flat step, one dispatch;
 (e) the loop as this library recommends writing it: `sb.laplacian(fm)` (forward Laplacian) in
 the loss, `sb.minimize(method="adam")`;
-and the PyTorch peers (`bench` extra), same weights, float32 like the JAX rows: the usual PINN
+and the PyTorch peers (`bench` extra), same weights and dtype as the JAX rows: the usual PINN
 loop (`u''` by double backward with `create_graph=True`, `torch.optim.Adam`) eager and under
 `torch.compile` (a row says why when a peer is missing or does not compile here).
 Steps per second (median of repeats, after a warm-up that compiles); ratios against (a), (d)
