@@ -5,11 +5,10 @@ The spiral of `examples/neural_ode/spiral.py` (2 -> 50 -> 2 tanh on y**3, 30 tim
 solver (Dormand-Prince 5(4): `diffrax.Dopri5`, torchdiffeq `"dopri5"`), and both ways to get the
 gradient: backpropagation through the solver (`RecursiveCheckpointAdjoint` / `odeint`) and the
 continuous adjoint (`BacksolveAdjoint` / `odeint_adjoint`). The library's default solver (Tsit5)
-is one more row. Contenders are timed round-robin in one process; the ratio column is against
-the best peer. Writes `benchmarks/results/neural_ode_peers.md`.
+is one more row. Contenders are timed round-robin in one process (`_timing.per_call`: the
+turn order rotates each round, so no row always follows torchdiffeq's seconds-long adjoint);
+the ratio column is against the best peer. Writes `benchmarks/results/neural_ode_peers.md`.
 """
-
-import time
 
 import diffrax
 import equinox as eqx
@@ -21,7 +20,7 @@ import sciml_bridge as sb
 from sciml_bridge._cli import load_script
 
 from _peers import torchdiffeq_steps
-from _timing import write_result
+from _timing import per_call, write_result
 
 
 RTOL = ATOL = 1e-6
@@ -48,19 +47,6 @@ def sb_steps(mlp, ts, y0, data) -> dict:
     return steps
 
 
-def round_robin(steps: dict, repeats: int) -> dict[str, float]:
-    """Median seconds per step, one call of each contender per round (after a warm-up)."""
-    for step in steps.values():
-        step()
-    times = {name: [] for name in steps}
-    for _ in range(repeats):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            times[name].append(time.perf_counter() - start)
-    return {name: float(np.median(t)) for name, t in times.items()}
-
-
 def _flat_grad(g) -> np.ndarray:
     if isinstance(g, list):  # torch: weight, bias per layer, the order of `sb.flat`'s theta
         return np.concatenate([p.detach().numpy().ravel() for p in g])
@@ -76,14 +62,14 @@ def main(repeats: int = 20) -> str:
     peers = torchdiffeq_steps(mlp, ts, y0, data, RTOL, ATOL)
     missing = {name: why for name, why in peers.items() if isinstance(why, str)}
     steps.update({name: step for name, step in peers.items() if name not in missing})
-    times = round_robin(steps, repeats)
+    times = per_call({name: (step, ()) for name, step in steps.items()}, 1, repeats)
     peer_times = [times[n] for n in peers if n not in missing]
     best = min(peer_times) if peer_times else None
     reference = _flat_grad(next(iter(steps.values()))())
     lines = [
         f"Spiral neural ODE, loss + gradient per step (2 -> 50 -> 2 tanh on y**3, float64, "
         f"rtol = atol = {RTOL:g}, {jax.devices()[0].device_kind}): median of {repeats}, "
-        "round-robin; ratio = time / best peer (below 1: faster than every peer).",
+        "round-robin, rotating order; ratio = time / best peer (below 1: faster than every peer).",
         "",
         "| contender | ms / step | vs best peer | max rel. grad diff vs first row |",
         "|---|---:|---:|---:|",
