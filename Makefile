@@ -25,7 +25,14 @@ demo: $(STAMP)
 docs: $(STAMP)
 	SB_DOCS_EXAMPLES=1 NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
-bench: $(STAMP)
+# The peers (folx, torch CPU, torchdiffeq) live in the `bench` extra: only this target installs it.
+BENCH_STAMP := $(VENV)/.installed-bench
+
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e ".[test,bench]"
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	$(VENV)/bin/sciml-bridge bench
 
 lint: $(STAMP)

@@ -14,7 +14,8 @@ import jax
 import jax.numpy as jnp
 
 import sciml_bridge as sb
-from sciml_bridge._benchmark import hand_mlp as _hand_mlp, per_call, write_result
+
+from _timing import hand_mlp as _hand_mlp, per_call, write_result
 
 
 SIZES = (1, 10, 10, 10, 1)

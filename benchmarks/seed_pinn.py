@@ -3,8 +3,12 @@
 1 -> 10 -> 10 -> 10 -> 1 tanh MLP on one input point, float32 and float64, same weights for
 every contender: (a) `eqx.filter_jit` on the nested model, (b) the general `sb.FlatModel`
 (`sb.flat(mlp, fast=False)`), (c) the fast path `sb.FlatMLP` (`sb.flat(mlp)`), (d) a
-hand-written MLP on slices of `theta`. Per-call forward and theta-gradient time (each call
-waited for), and compile time (first call of a fresh jitted function: trace + compile + run).
+hand-written MLP on slices of `theta`; and the PyTorch peers (`bench` extra) on the same
+weights and dtype: `nn.Sequential` eager with `.backward()`, `torch.func.grad` over
+`functional_call`, and `torch.compile` of both (a row says why when it does not work here).
+Per-call forward and theta-gradient time (each call waited for; all contenders interleaved in one
+process), and compile time (first call of a fresh jitted function: trace + compile + run).
+Ratios: vs (d), and vs the best peer (the fastest of (a) and the PyTorch rows).
 Targets: (c) within 1.05x of (d); (c) at least 5x faster than (a) forward, 10x for the gradient.
 """
 
@@ -15,15 +19,14 @@ import jax
 import jax.numpy as jnp
 
 import sciml_bridge as sb
-from sciml_bridge._benchmark import hand_mlp as _hand_mlp, per_call, write_result
+
+from _peers import torch_seed_calls
+from _timing import hand_mlp as _hand_mlp, per_call, write_result
 
 
 SIZES = (1, 10, 10, 10, 1)
 hand_mlp = _hand_mlp(SIZES)
-
-
-
-
+PEER_A = "(a) `eqx.filter_jit`, nested"
 
 
 def first_call(make, args) -> float:
@@ -62,22 +65,31 @@ def _rows(dtype, repeats: int, number: int, seed: int) -> list[str]:
     mlp = eqx.nn.MLP(1, 1, 10, 3, activation=jnp.tanh, dtype=dtype, key=jax.random.key(seed))
     x = jnp.array([0.5], dtype)
     table = contenders(mlp, x)
+    torch_calls = torch_seed_calls(mlp, x, dtype)
+    missing = {n: why for n, why in torch_calls.items() if isinstance(why, str)}
+    torch_ok = {n: c for n, c in torch_calls.items() if n not in missing}
     compile_s = {name: first_call(make_f, args) + first_call(make_g, args)
                  for name, (make_f, make_g, args) in table.items()}
-    fwd = per_call({n: (make_f(), args) for n, (make_f, _, args) in table.items()}, number,
-                   repeats)
-    grad = per_call({n: (make_g(), args) for n, (_, make_g, args) in table.items()},
-                    number // 2, repeats)
-    measured = {name: (fwd[name], grad[name], compile_s[name]) for name in table}
-    base_f, base_g, _ = measured["(d) hand-written slices"]
+    fwd_calls = {n: (make_f(), args) for n, (make_f, _, args) in table.items()}
+    grad_calls = {n: (make_g(), args) for n, (_, make_g, args) in table.items()}
+    fwd_calls.update({n: (f, ()) for n, (f, _) in torch_ok.items()})
+    grad_calls.update({n: (g, ()) for n, (_, g) in torch_ok.items()})
+    fwd = per_call(fwd_calls, number, repeats)
+    grad = per_call(grad_calls, number // 2, repeats)
+    base_f, base_g = fwd["(d) hand-written slices"], grad["(d) hand-written slices"]
+    peers = [PEER_A, *torch_ok]
+    best_f, best_g = min(fwd[n] for n in peers), min(grad[n] for n in peers)
     rows = []
-    for name, (f, g, c) in measured.items():
-        rows.append(f"| {jnp.dtype(dtype).name} | {name} | {f * 1e6:.1f} | {f / base_f:.2f}x | "
-                    f"{g * 1e6:.1f} | {g / base_g:.2f}x | {c * 1e3:.0f} |")
-    (a_f, a_g, _), (c_f, c_g, _) = measured["(a) `eqx.filter_jit`, nested"], measured[
-        "(c) `sb.FlatMLP` (fast)"]
-    rows.append(f"| {jnp.dtype(dtype).name} | speed-up (a)/(c) | {a_f / c_f:.1f}x | | "
-                f"{a_g / c_g:.1f}x | | |")
+    for name in fwd:
+        c = f"{compile_s[name] * 1e3:.0f}" if name in compile_s else "-"
+        rows.append(f"| {jnp.dtype(dtype).name} | {name} | {fwd[name] * 1e6:.1f} | "
+                    f"{fwd[name] / base_f:.2f}x | {fwd[name] / best_f:.2f}x | "
+                    f"{grad[name] * 1e6:.1f} | {grad[name] / base_g:.2f}x | "
+                    f"{grad[name] / best_g:.2f}x | {c} |")
+    rows += [f"| {jnp.dtype(dtype).name} | {n} | {why} | | | | | | |" for n, why in missing.items()]
+    c_f, c_g = fwd["(c) `sb.FlatMLP` (fast)"], grad["(c) `sb.FlatMLP` (fast)"]
+    rows.append(f"| {jnp.dtype(dtype).name} | speed-up (a)/(c) | {fwd[PEER_A] / c_f:.1f}x | | | "
+                f"{grad[PEER_A] / c_g:.1f}x | | | |")
     return rows
 
 
@@ -85,11 +97,12 @@ def main(repeats: int = 7, number: int = 2000, seed: int = 0) -> str:
     jax.config.update("jax_enable_x64", True)  # float64 rows need it; float32 rows are explicit
     lines = [
         f"Seed PINN MLP {' -> '.join(map(str, SIZES))} (tanh, one point), {jax.devices()[0]}:"
-        f" median of {repeats} x {number} calls; ratios vs (d).",
+        f" median of {repeats} x {number} calls, interleaved; ratios = time / (d)'s and time / "
+        "the best peer's (the fastest of (a) and PyTorch; below 1.00x: faster than every peer).",
         "",
-        "| dtype | contender | forward (us/call) | vs (d) | gradient (us/call) | vs (d) "
-        "| compile fwd+grad (ms) |",
-        "|---|---|---|---|---|---|---|",
+        "| dtype | contender | forward (us/call) | vs (d) | vs best peer | gradient (us/call) "
+        "| vs (d) | vs best peer | compile fwd+grad (ms) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for dtype in (jnp.float32, jnp.float64):
         lines += _rows(dtype, repeats, number, seed)

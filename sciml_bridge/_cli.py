@@ -38,10 +38,15 @@ _QUICK_REPEATS = 2
 
 
 def load_script(relative: str, command: str = "demo") -> ModuleType:
-    """Import one script of the checkout (e.g. `"examples/pinn/poisson_2d.py"`) by its path."""
+    """Import one script of the checkout (e.g. `"examples/pinn/poisson_2d.py"`) by its path.
+
+    Its folder goes on `sys.path`, as `python path/to/script.py` does, so the script's private
+    siblings (`benchmarks/_timing.py`) import the same way in both cases."""
     path = ROOT / relative
     if not path.is_file():
         raise FileNotFoundError(_MSG_NO_SCRIPT.format(command=command, path=path))
+    if str(path.parent) not in sys.path:
+        sys.path.insert(0, str(path.parent))
     name = "sciml_bridge_scripts." + relative.removesuffix(".py").replace("/", ".")
     if name in sys.modules:
         return sys.modules[name]

@@ -1,7 +1,7 @@
 """What every script in `benchmarks/` shares: side-by-side timing and where tables go.
 
-Kept in the package (not in `benchmarks/`) because `sciml-bridge bench` loads the scripts by
-path, where sibling imports would not resolve.
+A private module of the benchmark scripts, not of the package: `python benchmarks/x.py` puts
+this folder on `sys.path`, and `sciml-bridge bench` (`_cli.load_script`) does the same.
 """
 
 import pathlib
@@ -16,13 +16,17 @@ import jax.numpy as jnp
 def per_call(calls: dict, number: int, repeats: int) -> dict[str, float]:
     """Median seconds per call for each `name -> (fn, args)`, every call waited for.
 
-    Contenders take turns within each repeat, so a noisy machine slows all of them alike.
+    Contenders take turns within each repeat, so a noisy machine slows all of them alike, and
+    the turn order rotates from one repeat to the next: no contender always runs right after
+    the same (possibly much heavier, cache-evicting) neighbour.
     """
     for fn, args in calls.values():
         jax.block_until_ready(fn(*args))  # warm-up: compile outside the timing
     times: dict = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, (fn, args) in calls.items():
+    names = list(calls)
+    for i in range(repeats):
+        for name in names[i % len(names):] + names[: i % len(names)]:
+            fn, args = calls[name]
             start = time.perf_counter()
             for _ in range(number):
                 jax.block_until_ready(fn(*args))
