@@ -93,8 +93,9 @@ def flat(
     - `fast`: `"auto"` uses the slice-based fast path (`sb.FlatMLP`) when the model is one it
         knows (`eqx.nn.MLP`, or an `eqx.nn.Sequential` of `Linear` layers each followed by at
         most one activation `Lambda`) with the very same `theta` layout; `True` requires it;
-        `False` forces the general path.
-
+        `False` forces the general path. Inside `sb.NeuralODE`/`NeuralSDE`/`NeuralCDE` either
+        path is rebuilt into its Equinox network once per solve (cheaper than slicing at every
+        solver stage); only under `BacksolveAdjoint` does a `FlatMLP` keep slicing `theta`.
     - `state`: the model's initial state, returned by `fm.init_state()`: for Equinox the
         `eqx.nn.State` from `eqx.nn.make_with_state`; Flax state (Linen's non-`"params"`
         collections, NNX batch statistics and RNG streams) is found without it.
