@@ -21,7 +21,7 @@ from ._ensemble import EnsembleSolution, drive_members, each_member, first_membe
 from ._minimize import default_tol, is_scipy, make_run, prepare_theta0, refuse_checkpoint
 from ._result import Solution
 from ._sharding import place
-from ._solvers._gauss_newton import GaussNewtonStepper
+from ._solvers._gauss_newton import GaussNewtonStepper, check_options
 from ._solvers._optimistix import is_optimistix_solver, least_squares_solver, optimistix_stepper
 from ._solvers._scipy_backend import scipy_least_squares
 
@@ -101,7 +101,8 @@ def _residual_size(residual, theta0, args) -> int:
 
 def _stepper(residual, theta0, method, tol, jac, options, args, where):
     tol = default_tol(theta0.dtype) if tol is None else tol
-    if method == "gauss-newton":
+    if method in ("gauss-newton", "natural-gradient"):
+        check_options(method, options)
         mode = resolve_jac(jac, residual, theta0, args, by_shape=True, where=where)
         return GaussNewtonStepper(residual, mode, tol, **options)
     mode = resolve_jac(jac, residual, theta0, args, by_shape=False, where=where)

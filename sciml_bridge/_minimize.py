@@ -22,6 +22,7 @@ from ._solvers._driver import Run
 from ._solvers._optax import optax_stepper, optax_transform
 from ._solvers._optimistix import is_optimistix_solver, minimiser, optimistix_stepper
 from ._solvers._scipy_backend import scipy_minimize
+from ._solvers._self_scaled import SelfScaledStepper
 
 
 _MSG_THETA = """\
@@ -98,6 +99,8 @@ def _stepper(loss, theta0, method, tol, options, where):
             f"an Optimistix minimiser, but got {type(method).__name__}."
         )
     tol_or_default = default_tol(theta0.dtype) if tol is None else tol
+    if method in ("ssbfgs", "ssbroyden"):
+        return SelfScaledStepper(loss, method, tol_or_default, **options)
     if method in ("bfgs", "nonlinear-cg"):
         solver = minimiser(method, tol_or_default)
         return optimistix_stepper(loss, solver, least_squares=False, jac=None, options=options)
