@@ -49,26 +49,35 @@ def residual_and_jacobian(
     return r, jax.vmap(lambda e: pullback(e)[0])(eye)
 
 
-def _truncated_inverse(w: Array, rcond: float) -> Array:
+def _truncated_inverse(w: Array, rcond: Array) -> Array:
     # Eigenvalues of J^T J (or J J^T) are the squared singular values of J: a relative cutoff
     # `rcond` on the singular values is `rcond**2` on them. Negative rounding noise is cut too.
     keep = w > (rcond * rcond) * jnp.max(w)
     return jnp.where(keep, 1 / jnp.where(keep, w, 1), 0)
 
 
-def truncated_step(
-    J: Float[Array, "m n"], r: Float[Array, " m"], rcond: float, form: str
-) -> Float[Array, " n"]:
-    """`d = -pinv(J) r`, singular values of `J` below `rcond * sigma_max` cut off.
+def truncated_steps(
+    J: Float[Array, "m n"], r: Float[Array, " m"], rconds: tuple[float, ...], form: str
+) -> Float[Array, "c n"]:
+    """`d = -pinv(J) r` for each cutoff in `rconds`: singular values of `J` below
+    `rcond * sigma_max` cut off, all from one eigendecomposition.
 
     `form="gramian"` decomposes `J^T J` (`n x n`), `"kernel"` decomposes `J J^T` (`m x m`);
     the result is the same (the minimum-norm least-squares step of the truncated problem).
     """
+    cut = jnp.asarray(rconds, dtype=J.dtype)[:, None]
     if form == "gramian":
         w, V = jnp.linalg.eigh(J.T @ J)
-        return -(V @ (_truncated_inverse(w, rcond) * (V.T @ (J.T @ r))))
+        return -((_truncated_inverse(w, cut) * (V.T @ (J.T @ r))) @ V.T)
     w, U = jnp.linalg.eigh(J @ J.T)
-    return -(J.T @ (U @ (_truncated_inverse(w, rcond) * (U.T @ r))))
+    return -((_truncated_inverse(w, cut) * (U.T @ r)) @ U.T @ J)
+
+
+def truncated_step(
+    J: Float[Array, "m n"], r: Float[Array, " m"], rcond: float, form: str
+) -> Float[Array, " n"]:
+    """`truncated_steps` for one cutoff."""
+    return truncated_steps(J, r, (rcond,), form)[0]
 
 
 def cgls_step(
@@ -108,15 +117,18 @@ def cgls_step(
 
 def grid_line_search(
     value: Callable[[Array], Array], theta: Array, d: Array, loss: Array, max_halvings: int
-) -> tuple[Array, Array, Array]:
-    """The best of `alpha = 2^-k`, `k = 0..max_halvings`, evaluated in one `vmap`.
+) -> tuple[Array, Array, Array, Array]:
+    """The best of `theta + 2^-k d_c`, `k = 0..max_halvings`, over the rows `d_c` of `d`
+    (one or more candidate directions), all evaluated in one `vmap`.
 
-    Returns `(alpha, new_loss, decreased)`; non-finite trial losses never win. As in the ENGD
-    reference code, the whole grid is evaluated (no early exit), so the cost is one batched
-    loss evaluation and early steps may take `alpha` far below 2^-11.
+    Returns `(step, new_loss, decreased, alpha)`; non-finite trial losses never win. As in the
+    ENGD reference code, the whole grid is evaluated (no early exit), so the cost is one
+    batched loss evaluation and early steps may take `alpha` far below 2^-11.
     """
+    d = jnp.atleast_2d(d)
     alphas = 0.5 ** jnp.arange(max_halvings + 1, dtype=theta.dtype)
-    trials = jax.vmap(lambda a: value(theta + a * d))(alphas)
+    steps = (alphas[:, None, None] * d[None]).reshape(-1, theta.size)
+    trials = jax.vmap(lambda s: value(theta + s))(steps)
     trials = jnp.where(jnp.isfinite(trials), trials, jnp.inf)
     best = jnp.argmin(trials)
-    return alphas[best], trials[best], trials[best] < loss
+    return steps[best], trials[best], trials[best] < loss, alphas[best // d.shape[0]]
