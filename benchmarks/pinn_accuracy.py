@@ -92,7 +92,7 @@ PROBLEMS = {"poisson": poisson, "helmholtz": helmholtz, "burgers": burgers}
 STEPS = {
     "poisson": dict(second=300, quasi=3000, first=30_000),
     "helmholtz": dict(second=200, quasi=3000, first=30_000),
-    "burgers": dict(second=300, quasi=4000, first=20_000),
+    "burgers": dict(second=100, quasi=4000, first=20_000),
 }
 
 

@@ -2,7 +2,6 @@
 
 from ._collocation import collocation_points as collocation_points
 from ._destructure import Restructure as Restructure, destructure as destructure
-from ._ensemble import EnsembleSolution as EnsembleSolution
 from ._flat import AbstractFlatModel as AbstractFlatModel, FlatModel as FlatModel, flat as flat
 from ._flat_mlp import FlatMLP as FlatMLP
 from ._laplacian import grad_x as grad_x, laplacian as laplacian
@@ -19,6 +18,7 @@ from ._pinn import (
 from ._precision import PrecisionLossWarning as PrecisionLossWarning
 from ._result import (
     RESULTS as RESULTS,
+    EnsembleSolution as EnsembleSolution,
     NonFiniteLossError as NonFiniteLossError,
     OptimizationError as OptimizationError,
     Solution as Solution,

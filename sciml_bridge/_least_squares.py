@@ -6,6 +6,7 @@ through a default-adjoint Diffrax solve ("can't apply forward-mode autodiff (jvp
 custom_vjp function"); `jac="auto"` detects that at trace time and switches to reverse mode.
 """
 
+import collections
 import os
 from collections.abc import Callable
 from typing import Any
@@ -17,39 +18,58 @@ import numpy as np
 from jax.sharding import Mesh
 
 from ._custom_types import ThetaLike
-from ._ensemble import EnsembleSolution, drive_members, each_member, first_member
-from ._minimize import default_tol, is_scipy, make_run, prepare_theta0, refuse_checkpoint
-from ._result import Solution
+from ._result import EnsembleSolution, Solution
 from ._sharding import place
-from ._solvers._gauss_newton import GaussNewtonStepper, check_options
-from ._solvers._optimistix import is_optimistix_solver, least_squares_solver, optimistix_stepper
-from ._solvers._scipy_backend import scipy_least_squares
+from ._solvers._checkpoint import fingerprint
+from ._solvers._methods import resolve_least_squares
+from ._solvers._outputs import Residual
+from ._solvers._run import drive
+from ._solvers._scipy_backend import scipy_least_squares, solve_scipy
+from ._solvers._setup import check_tol, make_run, prepare_args, prepare_theta0
 
 
 _JVP_OF_CUSTOM_VJP = "can't apply forward-mode autodiff (jvp) to a custom_vjp function"
 
+_MSG_CHECKPOINT = """\
+`{where}` cannot checkpoint method={method!r}: SciPy runs its own loop, so there is no state
+between chunks to save. Fix: use "gauss-newton", "lm" or "dogleg" to checkpoint, or save
+`res.theta` yourself with `sb.save` and chain runs."""
+
+
+class _LRU:
+    """A bounded cache: the answers of abstract traces, keyed on what they depend on (the
+    function, shapes, dtypes, static leaves), so repeated runs trace nothing and the cache
+    never grows without bound."""
+
+    def __init__(self, size: int = 128):
+        self.size, self.data = size, collections.OrderedDict()
+
+    def get(self, key, compute):
+        if key is None:
+            return compute()
+        if key in self.data:
+            self.data.move_to_end(key)
+            return self.data[key]
+        value = self.data[key] = compute()
+        if len(self.data) > self.size:
+            self.data.popitem(last=False)
+        return value
+
+
+_FORWARD_OK = _LRU()
+_SIZES = _LRU()
+
 
 def _signature(residual, theta0, args):
-    """What `jax.eval_shape` depends on: the functions, shapes, dtypes and static leaves."""
+    """What `jax.eval_shape` depends on, or None when it cannot be a cache key."""
     leaves, treedef = jtu.tree_flatten(args)
     avals = tuple((x.shape, x.dtype) if eqx.is_array(x) else x for x in leaves)
     key = (residual, theta0.shape, theta0.dtype, treedef, avals)
-    hash(key)
-    return key
-
-
-_FORWARD_OK: dict = {}
-
-
-def _forward_ok(residual, theta0, args) -> bool:
-    # Cached by abstract signature: repeated calls (chained runs, benchmarks) trace nothing.
     try:
-        key = _signature(residual, theta0, args)
+        hash(key)
     except TypeError:
-        return _check_forward(residual, theta0, args)
-    if key not in _FORWARD_OK:
-        _FORWARD_OK[key] = _check_forward(residual, theta0, args)
-    return _FORWARD_OK[key]
+        return None
+    return key
 
 
 def _check_forward(residual, theta0, args) -> bool:
@@ -68,6 +88,11 @@ def _check_forward(residual, theta0, args) -> bool:
     return True
 
 
+def _residual_size(residual, theta0, args) -> int:
+    out = eqx.filter_eval_shape(lambda t, a: residual(t, *a), theta0, args)
+    return int(np.prod(out.shape))
+
+
 def resolve_jac(jac: str, residual, theta0, args, *, by_shape: bool, where: str) -> str:
     """`"fwd"` or `"bwd"`. With `by_shape`, a dense Jacobian picks the cheaper mode: forward
     for tall `J` (residuals >= parameters), reverse for wide."""
@@ -75,47 +100,13 @@ def resolve_jac(jac: str, residual, theta0, args, *, by_shape: bool, where: str)
         raise ValueError(f'`{where}` expected `jac` to be "auto", "fwd" or "bwd", got {jac!r}.')
     if jac != "auto":
         return jac
-    if not _forward_ok(residual, theta0, args):
+    key = _signature(residual, theta0, args)
+    if not _FORWARD_OK.get(key, lambda: _check_forward(residual, theta0, args)):
         return "bwd"
     if by_shape:
-        return "fwd" if theta0.size <= _residual_size(residual, theta0, args) else "bwd"
+        size = _SIZES.get(key, lambda: _residual_size(residual, theta0, args))
+        return "fwd" if theta0.size <= size else "bwd"
     return "fwd"
-
-
-_SIZES: dict = {}
-
-
-def _residual_size(residual, theta0, args) -> int:
-    def size():
-        out = eqx.filter_eval_shape(lambda t, a: residual(t, *a), theta0, args)
-        return int(np.prod(out.shape))
-
-    try:
-        key = _signature(residual, theta0, args)
-    except TypeError:
-        return size()
-    if key not in _SIZES:
-        _SIZES[key] = size()
-    return _SIZES[key]
-
-
-def _stepper(residual, theta0, method, tol, jac, options, args, where):
-    tol = default_tol(theta0.dtype) if tol is None else tol
-    if method in ("gauss-newton", "natural-gradient"):
-        check_options(method, options)
-        mode = resolve_jac(jac, residual, theta0, args, by_shape=True, where=where)
-        return GaussNewtonStepper(residual, mode, tol, **options)
-    mode = resolve_jac(jac, residual, theta0, args, by_shape=False, where=where)
-    if is_optimistix_solver(method):
-        return optimistix_stepper(residual, method, least_squares=True, jac=mode, options=options)
-    if method in ("lm", "dogleg"):
-        solver = least_squares_solver(method, tol)
-        return optimistix_stepper(residual, solver, least_squares=True, jac=mode, options=options)
-    raise ValueError(
-        f"`{where}` got method={method!r}. Fix: use one of \"gauss-newton\", \"lm\", "
-        '"dogleg", "scipy:trf", "scipy:lm", "scipy:dogbox", or an Optimistix least-squares '
-        "solver object."
-    )
 
 
 def least_squares(
@@ -132,6 +123,7 @@ def least_squares(
     throw: bool = True,
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int | None = None,
+    resume: str = "check",
     mesh: Mesh | None = None,
     **options: Any,
 ) -> Solution | EnsembleSolution:
@@ -177,20 +169,25 @@ def least_squares(
     """
     where = "sb.least_squares"
     theta0 = prepare_theta0(theta0, where)
+    args, tol = prepare_args(args, where), check_tol(tol, where)
     theta0, args = place(theta0, args, mesh, where)
-    member = first_member(theta0)
-    chunk = options.pop("chunk_size", 1000)
     run = make_run(
-        where, method, max_steps=max_steps, progress=progress, callback=callback,
-        throw=throw, checkpoint=checkpoint, every=checkpoint_every, chunk=chunk,
+        where, method, max_steps=max_steps, progress=progress, callback=callback, throw=throw,
+        checkpoint=checkpoint, every=checkpoint_every, chunk=options.pop("chunk_size", 1000),
+        resume=resume,
     )  # fmt: skip
-    if is_scipy(method):
-        refuse_checkpoint(run, None)
-        mode = resolve_jac(jac, residual, member, args, by_shape=True, where=where)
-        solve = lambda theta, run: scipy_least_squares(
-            residual, theta, args, method[6:], tol, mode, options, run
+    residual = Residual(residual, where)
+    member = theta0[0] if theta0.ndim == 2 else theta0
+    mode = lambda by_shape: resolve_jac(jac, residual, member, args, by_shape=by_shape,
+                                        where=where)  # fmt: skip
+    plan = resolve_least_squares(residual, member, method, tol, options, mode, where)
+    if plan.scipy is not None:
+        if run.checkpoint is not None:
+            raise NotImplementedError(_MSG_CHECKPOINT.format(where=where, method=method))
+        jac_mode = mode(True)
+        solve = lambda theta, run, flag: scipy_least_squares(
+            residual, theta, args, plan.scipy, tol, jac_mode, options, run, flag
         )
-        return each_member(solve, theta0, run)
-    stepper = _stepper(residual, member, method, tol, jac, options, args, where)
-    refuse_checkpoint(run, stepper)
-    return drive_members(stepper, theta0, args, run)
+        return solve_scipy(solve, theta0, run)
+    run.fingerprint = fingerprint(method, options, tol)
+    return drive(plan.stepper, theta0, args, run)

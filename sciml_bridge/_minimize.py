@@ -8,104 +8,24 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-import jax.numpy as jnp
-import numpy as np
-import optax
 from jax.sharding import Mesh
 
 from ._custom_types import ThetaLike
-from ._ensemble import EnsembleSolution, drive_members, each_member, first_member
-from ._precision import check_x64
-from ._result import Solution
+from ._result import EnsembleSolution, Solution
 from ._sharding import place
-from ._solvers._driver import Run
-from ._solvers._optax import optax_stepper, optax_transform
-from ._solvers._optimistix import is_optimistix_solver, minimiser, optimistix_stepper
-from ._solvers._scipy_backend import scipy_minimize
-from ._solvers._self_scaled import SelfScaledStepper
+from ._solvers._checkpoint import fingerprint
+from ._solvers._methods import resolve_minimize
+from ._solvers._outputs import ScalarLoss
+from ._solvers._run import drive
+from ._solvers._scipy_backend import scipy_minimize, solve_scipy
+from ._solvers._setup import check_tol, make_run, prepare_args, prepare_theta0
 
-
-_MSG_THETA = """\
-`{where}` expected `theta0` to be a 1-D real floating array (the flat parameter vector, e.g.
-`fm.theta0` from `sb.flat`; or a 2-D `(members, n)` ensemble), but got {what}.
-Fix: pass `jnp.ravel(theta0)` for the shape, or `theta0.astype(jnp.float64)` (x64 on) /
-`.astype(jnp.float32)` for the dtype."""
 
 _MSG_CHECKPOINT = """\
-`{where}` cannot checkpoint method={method!r}: it runs in one dispatch (Optimistix) or inside
-SciPy's own loop, so there is no state between chunks to save. Fix: checkpoint a fused method
-(an Optax method such as "adam" or "lbfgs", or "gauss-newton" in `sb.least_squares`), or save
-`res.theta` yourself with `sb.save` and chain runs."""
-
-
-def prepare_theta0(theta0: ThetaLike, where: str) -> jnp.ndarray:
-    """Refuse what would be silently wrong: float64 under x64 off, ints, complex, not 1-D
-    (or 2-D: a `(members, n)` ensemble)."""
-    dtype = np.dtype(theta0.dtype) if hasattr(theta0, "dtype") else np.asarray(theta0).dtype
-    check_x64(dtype, f"`{where}`", "`theta0`")
-    if np.ndim(theta0) not in (1, 2) or dtype.kind != "f":
-        what = f"shape {np.shape(theta0)} and dtype {dtype}"
-        raise TypeError(_MSG_THETA.format(where=where, what=what))
-    return jnp.asarray(theta0)
-
-
-def default_tol(dtype) -> float:
-    """1e-8 in float64, 1e-4 in float32: reachable tolerances for either precision."""
-    return 1e-8 if np.dtype(dtype).itemsize >= 8 else 1e-4
-
-
-def make_run(where, method, *, max_steps, progress, callback, throw, checkpoint, every, chunk):
-    if not isinstance(max_steps, int | np.integer) or max_steps < 1:
-        raise ValueError(f"`{where}` expected `max_steps` to be a positive int, got {max_steps!r}.")
-    if every is not None and (not isinstance(every, int | np.integer) or every < 1):
-        raise ValueError(
-            f"`{where}` expected `checkpoint_every` to be a positive int, got {every!r}."
-        )
-    if checkpoint is not None:
-        checkpoint = os.fspath(checkpoint)
-        every = chunk if every is None else every
-        chunk = every
-    return Run(
-        where=where,
-        method=method,
-        max_steps=int(max_steps),
-        chunk=int(max(1, min(chunk, max_steps))),
-        progress=bool(progress),
-        callback=callback,
-        throw=bool(throw),
-        checkpoint=checkpoint,
-        checkpoint_every=every,
-        stops_on_budget=True,
-    )
-
-
-def is_scipy(method: Any) -> bool:
-    return isinstance(method, str) and method.lower().startswith("scipy:")
-
-
-def refuse_checkpoint(run: Run, stepper) -> None:
-    if run.checkpoint is not None and (stepper is None or not stepper.chunkable):
-        raise NotImplementedError(_MSG_CHECKPOINT.format(where=run.where, method=run.method))
-
-
-def _stepper(loss, theta0, method, tol, options, where):
-    if isinstance(method, optax.GradientTransformation):
-        return optax_stepper(loss, method, theta0, tol)
-    if is_optimistix_solver(method):
-        return optimistix_stepper(loss, method, least_squares=False, jac=None, options=options)
-    if not isinstance(method, str):
-        raise TypeError(
-            f"`{where}` expected `method` to be a string, an `optax.GradientTransformation` or "
-            f"an Optimistix minimiser, but got {type(method).__name__}."
-        )
-    tol_or_default = default_tol(theta0.dtype) if tol is None else tol
-    if method in ("ssbfgs", "ssbroyden"):
-        return SelfScaledStepper(loss, method, tol_or_default, **options)
-    if method in ("bfgs", "nonlinear-cg"):
-        solver = minimiser(method, tol_or_default)
-        return optimistix_stepper(loss, solver, least_squares=False, jac=None, options=options)
-    optimizer = optax_transform(method, options, where)
-    return optax_stepper(loss, optimizer, theta0, tol_or_default if method == "lbfgs" else tol)
+`{where}` cannot checkpoint method={method!r}: SciPy runs its own loop, so there is no state
+between chunks to save. Fix: checkpoint a method of ours (an Optax method such as "adam" or
+"lbfgs", "bfgs", or "gauss-newton"/"lm" in `sb.least_squares`), or save `res.theta` yourself
+with `sb.save` and chain runs."""
 
 
 def minimize(
@@ -121,6 +41,7 @@ def minimize(
     throw: bool = True,
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int | None = None,
+    resume: str = "check",
     mesh: Mesh | None = None,
     **options: Any,
 ) -> Solution | EnsembleSolution:
@@ -182,18 +103,23 @@ def minimize(
     `throw=True`; `TypeError` for a bad `theta0` or `method` type; `ValueError` for an unknown
     method name; `NotImplementedError` for `checkpoint=` with a non-fused method.
     """
-    theta0 = prepare_theta0(theta0, "sb.minimize")
-    theta0, args = place(theta0, args, mesh, "sb.minimize")
-    chunk = options.pop("chunk_size", 1000)
+    where = "sb.minimize"
+    theta0 = prepare_theta0(theta0, where)
+    args, tol = prepare_args(args, where), check_tol(tol, where)
+    theta0, args = place(theta0, args, mesh, where)
     run = make_run(
-        "sb.minimize", method, max_steps=max_steps, progress=progress, callback=callback,
-        throw=throw, checkpoint=checkpoint, every=checkpoint_every, chunk=chunk,
+        where, method, max_steps=max_steps, progress=progress, callback=callback, throw=throw,
+        checkpoint=checkpoint, every=checkpoint_every, chunk=options.pop("chunk_size", 1000),
+        resume=resume,
     )  # fmt: skip
-    if is_scipy(method):
-        refuse_checkpoint(run, None)
-        solve = lambda theta, run: scipy_minimize(loss, theta, args, method[6:], tol, options, run)
-        return each_member(solve, theta0, run)
-    stepper = _stepper(loss, first_member(theta0), method, tol, options, "sb.minimize")
-    refuse_checkpoint(run, stepper)
-    run.stops_on_budget = getattr(stepper, "tol", 0.0) is not None
-    return drive_members(stepper, theta0, args, run)
+    loss = ScalarLoss(loss, where)
+    member = theta0[0] if theta0.ndim == 2 else theta0
+    plan = resolve_minimize(loss, member, method, tol, options, where)
+    if plan.scipy is not None:
+        if run.checkpoint is not None:
+            raise NotImplementedError(_MSG_CHECKPOINT.format(where=where, method=method))
+        solve = lambda theta, run, flag: scipy_minimize(loss, theta, args, plan.scipy, tol,
+                                                        options, run, flag)  # fmt: skip
+        return solve_scipy(solve, theta0, run)
+    run.fingerprint = fingerprint(method, options, tol)
+    return drive(plan.stepper, theta0, args, run)

@@ -6,18 +6,21 @@ still holds that `theta`, so an expensive run is never lost.
 """
 
 import dataclasses
-import enum
 from typing import Any
 
+import equinox.internal as eqxi
+import jax.numpy as jnp
 import numpy as np
 
 from ._custom_types import Theta
 
 
-class RESULTS(enum.Enum):
-    """How a run ended. `RESULTS.x.message` explains it and says what to try."""
+class RESULTS(eqxi.Enumeration):
+    """How a run ended: one vocabulary inside `jit` (steppers return it as data, as Optimistix
+    and Diffrax do) and on the host (`res.result`). `RESULTS[res.result]` is the message, which
+    says what to try; `res.result == sb.RESULTS.nonfinite` compares."""
 
-    successful = "converged (or ran its budget of `max_steps` with no stopping rule)"
+    successful = "converged"
     max_steps_reached = (
         "stopped after `max_steps` steps without meeting the tolerance. Try a larger "
         "`max_steps=`, a looser `tol=`, or continue from `res.theta` (chaining is free)."
@@ -30,13 +33,29 @@ class RESULTS(enum.Enum):
     )
     interrupted = "interrupted (Ctrl-C) between chunks; `res.theta` is the last finished step"
     solver_failed = (
-        "the backend reported a failure (e.g. a singular linear solve or a failed line search). "
-        "Try another `method=`, a smaller step, or rescaling the problem."
+        "the backend reported a failure (e.g. a singular linear solve, a failed line search, "
+        "or a runtime error inside the loss such as `eqx.error_if`). The last good `theta` is "
+        "kept in `res.theta`. Try another `method=`, a smaller step, or rescaling the problem."
     )
 
-    @property
-    def message(self) -> str:
-        return self.value
+
+_BY_INDEX = {int(item._value): item for item in RESULTS._name_to_item.values()}
+_NAMES = {int(item._value): name for name, item in RESULTS._name_to_item.items()}
+
+
+def canonical(result) -> RESULTS:
+    """The module-level `RESULTS` member for a concrete result (one that came out of `jit`),
+    so that `res.result is sb.RESULTS.nonfinite` holds on the host."""
+    return _BY_INDEX[int(np.asarray(result._value))]
+
+
+def result_name(result) -> str:
+    """`"nonfinite"` for `RESULTS.nonfinite`, etc."""
+    return _NAMES[int(np.asarray(result._value))]
+
+
+def message_of(result) -> str:
+    return RESULTS[canonical(result)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,16 +93,71 @@ class Solution:
     def __repr__(self) -> str:
         return (
             f"Solution(success={self.success}, loss={self.loss:.6g}, steps={self.steps}, "
-            f"wall_time={self.wall_time:.3g}s, result={self.result.name}, "
+            f"wall_time={self.wall_time:.3g}s, result={result_name(self.result)}, "
             f"theta=<{self.theta.dtype} array of {self.theta.size}>)"
         )
 
 
-class OptimizationError(RuntimeError):
-    """A run failed under `throw=True`. `err.result` is the full `Solution`; `err.theta` the
-    last good parameters (so `sb.minimize(..., throw=True)` never loses work)."""
+@dataclasses.dataclass(frozen=True)
+class EnsembleSolution:
+    """What `sb.minimize`/`sb.least_squares` return for a `(members, n)` `theta0`.
 
-    def __init__(self, result: Solution):
+    `res[i]` (or `res.members[i]`) is member `i`'s own `sb.Solution`, with the same outcome
+    contract as a single run; `theta` stacks their parameters, `loss`/`success`/`steps` are
+    NumPy arrays over members, and `best` is the member with the lowest finite loss.
+    """
+
+    members: tuple[Solution, ...]
+    wall_time: float
+
+    @property
+    def theta(self) -> Any:
+        return jnp.stack([m.theta for m in self.members])
+
+    @property
+    def loss(self) -> np.ndarray:
+        return np.array([m.loss for m in self.members])
+
+    @property
+    def success(self) -> np.ndarray:
+        return np.array([m.success for m in self.members])
+
+    @property
+    def steps(self) -> np.ndarray:
+        return np.array([m.steps for m in self.members])
+
+    @property
+    def best(self) -> Solution:
+        """The member with the lowest finite loss (`ValueError` if no loss is finite)."""
+        loss = np.where(np.isfinite(self.loss), self.loss, np.inf)
+        if not np.isfinite(loss).any():
+            raise ValueError("`EnsembleSolution.best`: no member has a finite loss; see "
+                             "`res[i].message` for what happened to each.")  # fmt: skip
+        return self.members[int(np.argmin(loss))]
+
+    @property
+    def message(self) -> str:
+        return "\n".join(f"member {i}: {m.message}" for i, m in enumerate(self.members))
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def __getitem__(self, i: int) -> Solution:
+        return self.members[i]
+
+    def __repr__(self) -> str:
+        ok = int(self.success.sum())
+        return (f"EnsembleSolution({len(self)} members, {ok} successful, "
+                f"losses={np.array2string(self.loss, precision=3)}, "
+                f"wall_time={self.wall_time:.3g}s)")
+
+
+class OptimizationError(RuntimeError):
+    """A run failed under `throw=True`. `err.result` is the full `Solution` (an
+    `EnsembleSolution` when a member of an ensemble failed); `err.theta` the last good
+    parameters (so `sb.minimize(..., throw=True)` never loses work)."""
+
+    def __init__(self, result: "Solution | EnsembleSolution"):
         super().__init__(result.message)
         self.result = result
         self.theta = result.theta
@@ -91,6 +165,29 @@ class OptimizationError(RuntimeError):
 
 class NonFiniteLossError(OptimizationError):
     """The loss became NaN or inf; `err.theta` is the last `theta` with a finite loss."""
+
+
+_FAILURES = ("nonfinite", "solver_failed")
+
+
+def failed(result) -> bool:
+    """A failure in the sense of the contract: non-finite loss or a breakdown (not the
+    budget, not Ctrl-C)."""
+    return result_name(result) in _FAILURES
+
+
+def result_at(index: int) -> RESULTS:
+    return _BY_INDEX[int(index)]
+
+
+def raise_if_failed(out: "Solution | EnsembleSolution", throw: bool):
+    """Raise `out` as an `OptimizationError` when `throw` and it (or any member) failed."""
+    members = out.members if isinstance(out, EnsembleSolution) else (out,)
+    bad = [m for m in members if failed(m.result)]
+    if throw and bad:
+        nonfinite = all(m.result is RESULTS.nonfinite for m in bad)
+        raise (NonFiniteLossError if nonfinite else OptimizationError)(out)
+    return out
 
 
 def finish(
@@ -103,13 +200,18 @@ def finish(
     wall_time: float,
     method,
     where: str,
+    text: str = "",
     detail: str = "",
     throw: bool,
     stats: dict | None = None,
 ) -> Solution:
-    """Build the `Solution`, phrase its message, and raise it when `throw=True` and it failed."""
+    """Build the `Solution` and phrase its message: `text` replaces the result's own message
+    (e.g. "converged after 12 steps: ..."), `detail` is put in front of it."""
+    result = canonical(result)
     head = f"`{where}` ({detail})" if detail else f"`{where}`"
-    message = f"{head}: {result.message}"
+    message = f"{head}: {text or RESULTS[result]}"
+    if result is not RESULTS.successful and text and RESULTS[result] not in text:
+        message = f"{message}. {RESULTS[result]}"
     sol = Solution(
         theta=theta,
         loss=float(loss),
@@ -122,7 +224,4 @@ def finish(
         method=method,
         stats=dict(stats or {}),
     )
-    if throw and result not in (RESULTS.successful, RESULTS.interrupted):
-        cls = NonFiniteLossError if result is RESULTS.nonfinite else OptimizationError
-        raise cls(sol)
-    return sol
+    return raise_if_failed(sol, throw)

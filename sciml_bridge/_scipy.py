@@ -13,31 +13,53 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._precision import check_x64
+from ._precision import check_x64, guard_x64
+
+
+def _f(x, dynamic, static):
+    loss, args = eqx.combine(dynamic, static)
+    return loss(x, *args)
+
+
+def _hvp(x, p, dynamic, static):
+    g = lambda y: jax.grad(_f)(y, dynamic, static)
+    return jax.jvp(g, (x,), (p,))[1]
+
+
+# Module-level `jax.jit`s with the static part of `(loss, args)` as a static argument: a new
+# objective for the same loss and argument shapes (each `sb.minimize(..., "scipy:...")` call,
+# each ensemble member) reuses the compiled functions instead of compiling afresh. JAX's own
+# jit cache bounds them.
+_VALUE_AND_GRAD = jax.jit(jax.value_and_grad(_f), static_argnums=2)
+_HVP = jax.jit(_hvp, static_argnums=3)
+_HESS = jax.jit(jax.hessian(_f), static_argnums=2)
+
+
+def _compiled(static):
+    """`(value_and_grad, hvp, hess)` taking `(x[, p], dynamic)`."""
+    try:
+        hash(static)
+    except TypeError:  # e.g. a loss holding a list: compile for this object only
+        f = lambda x, d: _f(x, d, static)
+        return (jax.jit(jax.value_and_grad(f)), jax.jit(lambda x, p, d: _hvp(x, p, d, static)),
+                jax.jit(jax.hessian(f)))  # fmt: skip
+    return (lambda x, d: _VALUE_AND_GRAD(x, d, static),
+            lambda x, p, d: _HVP(x, p, d, static),
+            lambda x, d: _HESS(x, d, static))  # fmt: skip
 
 
 class ScipyObjective:
     """Float64 NumPy `fun`, `jac`, `fun_and_jac`, `hessp`, `hess` of `loss(theta, *args)`.
 
-    Made by `sb.scipy_objective`; each is one jitted function, compiled once per objective.
+    Made by `sb.scipy_objective`; each is one jitted function, compiled once per loss and
+    argument shapes (shared by every objective made for them).
     """
 
     def __init__(self, loss: Callable, args: tuple, dtype: Any):
         dynamic, static = eqx.partition((loss, args), eqx.is_array)
-
-        def f(x, dynamic):
-            loss, args = eqx.combine(dynamic, static)
-            return loss(x, *args)
-
-        def hvp(x, p, dynamic):
-            g = lambda y: jax.grad(f)(y, dynamic)
-            return jax.jvp(g, (x,), (p,))[1]
-
         self.dtype = np.dtype(dtype)
         self._dynamic = dynamic
-        self._value_and_grad = jax.jit(jax.value_and_grad(f))
-        self._hvp = jax.jit(hvp)
-        self._hess = jax.jit(jax.hessian(f))
+        self._value_and_grad, self._hvp, self._hess = _compiled(static)
         self._last_x: np.ndarray | None = None
         self._last: tuple[float, np.ndarray] | None = None
 
@@ -116,4 +138,5 @@ def scipy_objective(loss: Callable, *args: Any, dtype: Any = None) -> ScipyObjec
         if dtype is None:
             check_x64(np.float64, "`sb.scipy_objective`", "SciPy's float64 `x`")
     check_x64(dtype, "`sb.scipy_objective`", "`dtype=`")
+    guard_x64(args, "`sb.scipy_objective`", "`*args`")
     return ScipyObjective(loss, args, dtype)

@@ -84,4 +84,6 @@ def place(theta0, args: tuple, mesh: Mesh | None, where: str):
     """`mesh=` of `sb.minimize`: theta replicated, the data in `args` split across devices."""
     if mesh is None:
         return theta0, tuple(args)
+    if not isinstance(mesh, Mesh):
+        raise TypeError(_MSG_MESH.format(where=where, got=type(mesh).__name__))
     return replicate(theta0, mesh), shard(tuple(args), mesh, where=where)

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import TraceCounter
+from helpers import TraceCounter, run_python
 
 import sciml_bridge as sb
 from sciml_bridge._solvers import _fused
@@ -124,7 +124,8 @@ def test_keeps_float64(index):
 def test_never_retraces(index):
     # 12 steps in chunks of 3: a retrace per chunk (or per step) would trace the loss again
     # and add entries to the compiled-function caches of the driver.
-    caches = (_fused.run_chunk._cached, _fused.run_whole._cached, _fused.init_state._cached)
+    caches = (_fused.run_chunk._cached, _fused.init_members._cached,
+              _fused.final_members._cached)  # fmt: skip
     before = [c._cache_size() for c in caches]
     counter = TraceCounter(quadratic)
     res = solve(METHODS[index], counter, jnp.zeros(3), max_steps=12, chunk_size=3, throw=False)
@@ -145,18 +146,29 @@ def nan_beyond_one(theta):
     return jnp.where(theta[0] > 1.0, jnp.nan, 1.0) * r
 
 
+# Optimistix (and Optax's zoom line search) treat a non-finite trial point as a rejected
+# step and back off, as `optx.minimise` does: the run ends on its budget or its own
+# criterion, never on the NaN.
+_BACKS_OFF = ("lbfgs", "bfgs", "nonlinear-cg", "lm", "dogleg")
+
+
 @pytest.mark.parametrize("index", range(len(METHODS)), ids=IDS)
 def test_keeps_last_good_theta_on_nan(index):
     kw = dict(max_steps=200)
     if METHODS[index][1] == "adam":
         kw["learning_rate"] = 0.2
     res = solve(METHODS[index], nan_beyond_one, jnp.zeros(2), throw=False, **kw)
-    assert not res.success
-    assert res.result in (sb.RESULTS.nonfinite, sb.RESULTS.max_steps_reached)
     assert bool(jnp.all(jnp.isfinite(res.theta))) and float(res.theta[0]) <= 1.0
     assert np.isfinite(res.loss)
     assert res.loss == pytest.approx(float(as_loss(nan_beyond_one)(res.theta)), rel=1e-12)
     assert np.all(np.isfinite(res.history))
+    if METHODS[index][1] in _BACKS_OFF:
+        assert res.result is not sb.RESULTS.nonfinite and float(res.theta[0]) > 0.5
+        again = solve(METHODS[index], nan_beyond_one, jnp.zeros(2), throw=True, **kw)
+        np.testing.assert_array_equal(np.asarray(again.theta), np.asarray(res.theta))
+        return
+    assert not res.success
+    assert res.result in (sb.RESULTS.nonfinite, sb.RESULTS.max_steps_reached)
     with pytest.raises(sb.OptimizationError) as info:
         solve(METHODS[index], nan_beyond_one, jnp.zeros(2), throw=True, **kw)
     assert np.array_equal(np.asarray(info.value.theta), np.asarray(res.theta))
@@ -218,19 +230,33 @@ def test_bad_theta0_and_method():
         sb.minimize(as_loss(quadratic), jnp.zeros(3), max_steps=0, progress=False)
 
 
-def test_x64_off_float64_numpy_is_type_error():
-    from helpers import run_python
-
+def test_x64_off_float64_numpy_is_type_error_for_every_array_entering_the_engine():
+    # theta0, and `args` of both verbs and of `sb.scipy_objective` (issue 12 #2).
     out = run_python(
         """
         import numpy as np, jax.numpy as jnp, sciml_bridge as sb
-        try:
-            sb.minimize(lambda t: jnp.sum(t ** 2), np.zeros(3), max_steps=2, progress=False)
-        except TypeError as e:
-            print("TYPEERROR", "jax_enable_x64" in str(e))
-        """
+        x64 = np.zeros(3)
+        calls = {
+            "theta0": lambda: sb.minimize(lambda t: jnp.sum(t ** 2), x64, max_steps=2),
+            "minimize args": lambda: sb.minimize(lambda t, x: jnp.sum((t - x) ** 2),
+                                                 jnp.zeros(3), args=(x64,), max_steps=2),
+            "least_squares args": lambda: sb.least_squares(lambda t, x: t - x, jnp.zeros(3),
+                                                           args=(x64,), max_steps=2),
+            "scipy_objective args": lambda: sb.scipy_objective(lambda t, x: jnp.sum(t * x),
+                                                               x64, dtype=jnp.float32),
+        }
+        for name, call in calls.items():
+            try:
+                call()
+                print("NO ERROR", name)
+            except TypeError as e:
+                print("TYPEERROR", name, "jax_enable_x64" in str(e))
+        """,
+        env={"JAX_ENABLE_X64": "0"},
     )
-    assert "TYPEERROR True" in out.stdout, out.stderr
+    lines = [x for x in out.stdout.splitlines() if x.startswith(("TYPEERROR", "NO ERROR"))]
+    assert len(lines) == 4 and all(x.startswith("TYPEERROR") and x.endswith("True")
+                                   for x in lines), (out.stdout, out.stderr[-2000:])  # fmt: skip
 
 
 def test_callback_sees_chunks_and_can_stop():
@@ -254,7 +280,7 @@ def test_ctrl_c_between_chunks_returns_partial_result():
     res = sb.minimize(as_loss(quadratic), jnp.zeros(3), "adam", max_steps=30, chunk_size=3,
                       callback=callback, progress=False)  # fmt: skip
     assert res.result is sb.RESULTS.interrupted and not res.success
-    assert res.steps == 5 and len(res.history) == 6
+    assert res.steps == 6 and len(res.history) == 7
     assert res.loss == pytest.approx(float(as_loss(quadratic)(res.theta)), rel=1e-12)
 
 
@@ -275,10 +301,10 @@ def test_checkpoint_resume_matches_uninterrupted(tmp_path):
     resumed = sb.minimize(mlp_loss, _MLP.theta0, "adam", max_steps=20, checkpoint=path, **kw)
     np.testing.assert_array_equal(np.asarray(resumed.theta), np.asarray(full.theta))
     np.testing.assert_array_equal(resumed.history, full.history)
-    with pytest.raises(ValueError, match="method="):
+    with pytest.raises(ValueError, match="different optimiser(.|\n)*method: adam"):
         sb.minimize(mlp_loss, _MLP.theta0, "sgd", max_steps=20, checkpoint=path, **kw)
     with pytest.raises(NotImplementedError, match="cannot checkpoint"):
-        sb.minimize(mlp_loss, _MLP.theta0, "bfgs", max_steps=20, checkpoint=path, **kw)
+        sb.minimize(mlp_loss, _MLP.theta0, "scipy:BFGS", max_steps=20, checkpoint=path, **kw)
 
 
 def test_chaining_adam_then_lbfgs():
@@ -304,3 +330,106 @@ def test_runtime_error_inside_a_chunk_keeps_the_last_good_theta():
     with pytest.raises(sb.OptimizationError, match="max_steps reached") as info:
         sb.minimize(_erroring_loss, jnp.zeros(2), "adam", throw=True, **kw)
     np.testing.assert_array_equal(info.value.theta, res.theta)
+
+
+# --- bad input: each is a clear error saying what was expected, what was got, the fix -----
+# (issue 12 #8; one test per finding)
+
+_SQ = lambda t: jnp.sum((t - 1.0) ** 2)  # noqa: E731
+
+
+def test_misspelt_keyword_names_the_nearest_valid_one():
+    with pytest.raises(TypeError, match="`max_step=`.*Did you mean `max_steps=`"):
+        sb.minimize(_SQ, jnp.zeros(2), "adam", max_step=10, progress=False)
+
+
+def test_options_a_method_does_not_use_are_errors():
+    with pytest.raises(TypeError, match="`learning_rate=`.*method='bfgs'"):
+        sb.minimize(_SQ, jnp.zeros(2), "bfgs", learning_rate=0.1, progress=False)
+    with pytest.raises(TypeError, match="`damping=`.*method='lm'"):
+        sb.least_squares(lambda t: t - 1.0, jnp.zeros(2), "lm", damping=1.0, progress=False)
+    with pytest.raises(TypeError, match="does not take"):
+        sb.minimize(_SQ, jnp.zeros(2), "scipy:BFGS", maxfun=3, progress=False)
+
+
+@pytest.mark.parametrize("method", ["scipy:", "scipy:lbfgs"])
+def test_unknown_scipy_method_lists_the_valid_ones(method):
+    with pytest.raises(ValueError, match="L-BFGS-B, TNC"):
+        sb.minimize(_SQ, jnp.zeros(2), method, progress=False)
+
+
+def test_tol_as_a_string_is_a_type_error():
+    with pytest.raises(TypeError, match="`tol` to be None or a positive real number"):
+        sb.minimize(_SQ, jnp.zeros(2), "lbfgs", tol="1e-6", progress=False)
+
+
+@pytest.mark.parametrize(
+    "bad,said",
+    [(lambda t: (_SQ(t), t), "tuple of 2"), (lambda t: t ** 2, r"shape \(2,\)"),
+     (lambda t: _SQ(t).astype(jnp.complex128), "complex")],
+)  # fmt: skip
+def test_loss_of_the_wrong_kind_says_what_it_returned(bad, said):
+    with pytest.raises(TypeError, match=f"(?s)real scalar.*returned.*{said}"):
+        sb.minimize(bad, jnp.zeros(2), "adam", max_steps=2, progress=False)
+
+
+@pytest.mark.parametrize(
+    "bad,said",
+    [(lambda t: (t - 1.0).astype(jnp.complex128), "complex128"),
+     (lambda t: jnp.round(t).astype(jnp.int64), "int64"),
+     (lambda t: {"a": t - 1.0}, "dict of 1")],
+)  # fmt: skip
+def test_residual_of_the_wrong_kind_says_what_it_returned(bad, said):
+    with pytest.raises(TypeError, match=f"(?s)real floating array.*returned.*{said}"):
+        sb.least_squares(bad, jnp.zeros(2), max_steps=2, progress=False)
+
+
+def test_args_must_be_a_tuple():
+    with pytest.raises(TypeError, match=r"args=\(x,\)"):
+        sb.minimize(lambda t, x: jnp.sum((t - x) ** 2), jnp.zeros(2), args=jnp.ones(2),
+                    progress=False)  # fmt: skip
+
+
+def test_nan_theta0_is_a_clear_error():
+    match = r"non-finite entries \(1 NaN/inf, the first at index\s+1\)"
+    with pytest.raises(ValueError, match=match):
+        sb.minimize(_SQ, jnp.array([0.0, jnp.nan]), progress=False)
+
+
+def test_mesh_must_be_a_mesh():
+    with pytest.raises(TypeError, match="jax.make_mesh"):
+        sb.minimize(_SQ, jnp.zeros(2), mesh=jax.devices(), progress=False)
+
+
+def test_ensemble_of_zero_members_is_a_value_error():
+    with pytest.raises(ValueError, match="zero members"):
+        sb.minimize(_SQ, jnp.zeros((0, 2)), progress=False)
+
+
+def test_checkpoint_with_other_hyperparameters_is_refused_unless_forced(tmp_path):
+    path = tmp_path / "c.npz"
+    kw = dict(max_steps=4, checkpoint=path, checkpoint_every=2, progress=False)
+    sb.minimize(_SQ, jnp.zeros(2), "adam", learning_rate=0.1, **kw)
+    with pytest.raises(ValueError, match=r"option learning_rate: 0.1 in the checkpoint, 0.2"):
+        sb.minimize(_SQ, jnp.zeros(2), "adam", learning_rate=0.2, **kw)
+    kw["max_steps"] = 6
+    res = sb.minimize(_SQ, jnp.zeros(2), "adam", learning_rate=0.2, resume="force", **kw)
+    assert res.steps == 6
+    sb.minimize(_SQ, jnp.zeros(2), optax.adam(0.1), **{**kw, "checkpoint": tmp_path / "o.npz"})
+    with pytest.raises(ValueError, match="optimizer: "):
+        sb.minimize(_SQ, jnp.zeros(2), optax.adam(0.3), **{**kw, "checkpoint": tmp_path / "o.npz"})
+
+
+def test_a_theta_file_is_not_a_checkpoint(tmp_path):
+    fm = sb.flat({"w": jnp.zeros(2)})
+    sb.save(tmp_path / "theta.npz", fm.theta0, fm)
+    with pytest.raises(ValueError, match="saved by `sb.save`"):
+        sb.minimize(_SQ, jnp.zeros(2), checkpoint=tmp_path / "theta.npz", progress=False)
+
+
+def test_ensemble_best_is_the_lowest_finite_loss():
+    loss = lambda t: jnp.sum((t - 1.0) ** 2) + jnp.where(t[0] > 5, jnp.nan, 0.0)  # noqa: E731
+    thetas = jnp.array([[0.0, 0.0], [9.0, 0.0], [1.0, 1.5]])
+    res = sb.minimize(loss, thetas, "adam", max_steps=1, progress=False, throw=False)
+    assert res[1].result is sb.RESULTS.nonfinite
+    assert res.best is res[2] and res.best.loss == min(res[0].loss, res[2].loss)

@@ -64,10 +64,17 @@ def test_ensemble_with_scipy_runs_members_one_by_one():
     np.testing.assert_allclose(res.theta, np.ones((2, 3)), atol=1e-6)
 
 
-def test_ensemble_rejects_checkpoints(tmp_path):
-    with pytest.raises(NotImplementedError, match="ensemble"):
-        sb.minimize(_target_loss, THETAS, "adam", checkpoint=tmp_path / "c.npz",
-                    progress=False)
+def test_ensemble_checkpoint_resumes_every_member(tmp_path):
+    kw = dict(learning_rate=0.1, progress=False, throw=False, checkpoint_every=5)
+    full = sb.minimize(_target_loss, THETAS, "adam", max_steps=20,
+                       checkpoint=tmp_path / "full.npz", **kw)  # fmt: skip
+    path = tmp_path / "c.npz"
+    sb.minimize(_target_loss, THETAS, "adam", max_steps=10, checkpoint=path, **kw)
+    resumed = sb.minimize(_target_loss, THETAS, "adam", max_steps=20, checkpoint=path, **kw)
+    np.testing.assert_array_equal(np.asarray(resumed.theta), np.asarray(full.theta))
+    for a, b in zip(resumed.members, full.members):
+        np.testing.assert_array_equal(a.history, b.history)
+        assert a.result is b.result
 
 
 _SHARDED = """

@@ -1,122 +1,122 @@
-"""The fused driver: many steps per dispatch, the last good `theta` always kept.
+"""The compiled side of the driver: a few steps of a stepper per dispatch, members vmapped.
 
-Every compiled backend (Optax, Optimistix, the dense Gauss-Newton) is an `AbstractStepper`:
-`init`, `step` and `value` written for one step. The driver runs `chunk` steps inside one
-`eqx.filter_jit` of a `lax.while_loop` (PITFALLS.md, "Dispatch cost": ~29 us/step fused versus
-~320 us/step for an `eqx.filter_jit` step in a Python loop), donates the solver state, and
-returns to Python between chunks only, for the progress bar, callbacks and checkpoints.
-The number of steps in a chunk is a traced scalar, so the last, shorter chunk never retraces.
+The driver (`_run.py`) calls three kernels: `init_members`, `run_chunk` and `final_members`,
+each one `eqx.filter_jit`. A chunk is a `lax.while_loop` of at most `n` steps (a traced
+scalar, so the last, shorter chunk never retraces) that stops at the first step that is not
+`RESULTS.successful` or says `done`. For an ensemble the loop is `jax.vmap`ped over members: a
+batched `while_loop` runs while any member runs and freezes the carry of the others, so each
+member keeps its own last good `theta` and a failing member leaves the others untouched.
+
+Solver states may hold jaxprs next to arrays (Optimistix linearisations): only the array part
+crosses the `jit` boundary; the static part is computed once at `init` and handed back
+unchanged to every chunk, exactly as `optimistix/_iterate.py` carries its `while_loop` state.
+Every kernel takes and returns arrays with a leading member axis; a single run (N = 1) runs
+the plain, un-vmapped loop and adds that axis inside the `jit`, where it costs nothing.
 """
-
-import abc
-from typing import Any, ClassVar
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 
-from .._custom_types import LossScalar, Theta
-
-
-RUNNING, CONVERGED, NONFINITE, FAILED = 0, 1, 2, 3
-
-
-class AbstractStepper(eqx.Module):
-    """One step of one method, on `loss(theta, *args)` (or a residual for least squares).
-
-    `step(state, args)` returns `(new_state, loss, status)`: `loss` is the loss at
-    `theta(state)` (the point before the step) and `status` one of `RUNNING`, `CONVERGED`
-    (apply this step, then stop), `NONFINITE` (a trial point had a non-finite loss: stop
-    without applying) or `FAILED` (stop without applying).
-    """
-
-    chunkable: ClassVar[bool] = True
-
-    @abc.abstractmethod
-    def init(self, theta: Theta, args: tuple) -> Any: ...
-
-    @abc.abstractmethod
-    def theta(self, state: Any) -> Theta: ...
-
-    @abc.abstractmethod
-    def value(self, theta: Theta, args: tuple) -> LossScalar: ...
-
-    @abc.abstractmethod
-    def step(self, state: Any, args: tuple) -> tuple[Any, LossScalar, jax.Array]: ...
+from ._stepper import RESULTS
 
 
 def _tree_where(pred, new, old):
     return jtu.tree_map(lambda a, b: jnp.where(pred, a, b), new, old)
 
 
-def _loop(stepper, args, state, good_theta, good_loss, n, chunk):
-    # Optimistix states hold jaxprs next to arrays: carry the arrays, keep the rest static,
-    # exactly as `optimistix/_iterate.py` does. For array-only states this is a no-op.
-    dynamic, static = eqx.partition(state, eqx.is_array)
+def _loop(stepper, args, static, dynamic, good_theta, good_loss, active, n, chunk):
     hist = jnp.full((chunk,), jnp.nan, dtype=good_loss.dtype)
-    init = (dynamic, good_theta, good_loss, jnp.asarray(RUNNING), jnp.asarray(0), hist)
+    init = (dynamic, good_theta, good_loss, RESULTS.successful, ~active, jnp.asarray(0), hist)
 
     def cond(carry):
-        return (carry[4] < n) & (carry[3] == RUNNING)
+        _, _, _, result, done, i, _ = carry
+        return (i < n) & (result == RESULTS.successful) & ~done
 
     def body(carry):
-        dynamic, good_theta, good_loss, _, i, hist = carry
+        dynamic, good_theta, good_loss, _, _, i, hist = carry
         state = eqx.combine(dynamic, static)
         theta = stepper.theta(state)
-        new_state, loss, step_status = stepper.step(state, args)
-        new_dynamic = eqx.filter(new_state, eqx.is_array)
+        new_state, loss, done, result = stepper.step(state, args)
         finite = jnp.isfinite(loss)
-        status = jnp.where(finite, step_status, NONFINITE)
-        apply = finite & ((step_status == RUNNING) | (step_status == CONVERGED))
-        dynamic = _tree_where(apply, new_dynamic, dynamic)
+        result = RESULTS.where(finite, result, RESULTS.nonfinite)
+        apply = result == RESULTS.successful
+        dynamic = _tree_where(apply, eqx.filter(new_state, eqx.is_array), dynamic)
         good_theta = jnp.where(finite, theta, good_theta)
         good_loss = jnp.where(finite, loss, good_loss)
-        return dynamic, good_theta, good_loss, status, i + 1, hist.at[i].set(loss)
+        done = jnp.asarray(done) & apply
+        return dynamic, good_theta, good_loss, result, done, i + 1, hist.at[i].set(loss)
 
-    dynamic, *rest = jax.lax.while_loop(cond, body, init)
-    return (eqx.combine(dynamic, static), *rest)
+    dynamic, good_theta, good_loss, result, done, i, hist = jax.lax.while_loop(cond, body, init)
+    return dynamic, (good_theta, good_loss, result._value, done, i, hist)
+
+
+def _member_axis(batched: bool, fn, in_axes):
+    """`fn` vmapped over members, or called plainly with a member axis added to its output."""
+    if batched:
+        return jax.vmap(fn, in_axes=in_axes)
+
+    def plain(*xs):
+        xs = [x if a is None else jtu.tree_map(lambda y: y[0], x) for x, a in zip(xs, in_axes)]
+        return jtu.tree_map(lambda y: y[None], fn(*xs))
+
+    return plain
+
+
+def _strong(tree):
+    # Optax inits hold weak-typed scalars that come back strong from the first chunk, and a
+    # weak/strong flip is a new `jit` signature, i.e. one retrace: strong-type every leaf.
+    return jtu.tree_map(lambda x: jax.lax.convert_element_type(x, x.dtype), tree)
+
+
+def _init_one(stepper, args, theta):
+    state = stepper.init(theta, args)
+    struct = jax.eval_shape(lambda t: stepper.value(t, args), theta)
+    return state, jnp.full((), jnp.nan, dtype=struct.dtype)
+
+
+@eqx.filter_jit
+def init_members(stepper, args, thetas, batched: bool):
+    """`(dynamic, static, nan_losses)`: the array part of every member's state (leading
+    member axis), the static part shared by all, and "no good loss yet" placeholders."""
+    fn = lambda t: _init_one(stepper, args, t)
+    static_box = []
+
+    def one(t):
+        state, nan = fn(t)
+        dynamic, static = eqx.partition(state, eqx.is_array)
+        static_box.append(static)
+        return _strong(dynamic), nan
+
+    dynamic, nan = _member_axis(batched, one, (0,))(thetas)
+    return dynamic, static_box[0], nan
 
 
 @eqx.filter_jit(donate="all-except-first")
-def run_chunk(keep, state):
-    """`chunk` steps at most; only the solver `state` is donated, so the last good `theta`
-    survives a Ctrl-C that arrives while the chunk runs."""
-    stepper, args, good_theta, good_loss, n, chunk = keep
-    return _loop(stepper, args, state, good_theta, good_loss, n, chunk)
+def run_chunk(keep, dynamic):
+    """At most `n` steps for every active member. Only the solver state is donated, so the
+    last good `theta` survives a failure or Ctrl-C while the chunk runs."""
+    stepper, args, static, good_theta, good_loss, active, n, chunk, batched = keep
+
+    def one(dynamic, good_theta, good_loss, active):
+        return _loop(stepper, args, static, dynamic, good_theta, good_loss, active, n, chunk)
+
+    return _member_axis(batched, one, (0, 0, 0, 0))(dynamic, good_theta, good_loss, active)
 
 
 @eqx.filter_jit
-def init_state(stepper, args, theta0):
-    # Strong-type every leaf: Optax inits hold weak-typed scalars that come back strong from
-    # the first chunk, and a weak/strong flip is a new `jit` signature, i.e. one retrace.
-    state = stepper.init(theta0, args)
-    state = jtu.tree_map(lambda x: jax.lax.convert_element_type(x, x.dtype), state)
-    return state, _nan_loss(stepper, args, theta0)
+def final_members(stepper, args, static, dynamic, batched: bool):
+    """The current `theta` of every member and the loss there."""
 
+    def one(dynamic):
+        theta = stepper.theta(eqx.combine(dynamic, static))
+        return theta, stepper.value(theta, args)
 
-def _nan_loss(stepper, args, theta0):
-    """A NaN of the loss's dtype: the "no good loss yet" placeholder, made inside a trace so
-    that asking for the dtype costs no trace per call."""
-    struct = jax.eval_shape(lambda t: stepper.value(t, args), theta0)
-    return jnp.full((), jnp.nan, dtype=struct.dtype)
-
-
-def _final(stepper, args, state):
-    theta = stepper.theta(state)
-    return theta, stepper.value(theta, args)
-
-
-final_value = eqx.filter_jit(_final)
+    return _member_axis(batched, one, (0,))(dynamic)
 
 
 @eqx.filter_jit
-def run_whole(stepper, args, theta0, max_steps: int):
-    """For backends whose state cannot cross a `jit` boundary (Optimistix linearisations
-    hold jaxprs): init, every step and the final loss in one dispatch."""
-    state = stepper.init(theta0, args)
-    good_loss = _nan_loss(stepper, args, theta0)
-    out = _loop(stepper, args, state, theta0, good_loss, max_steps, max_steps)
-    state, good_theta, good_loss, status, i, hist = out
-    theta, loss = _final(stepper, args, state)
-    return good_theta, good_loss, status, i, hist, theta, loss
+def values_at(stepper, args, thetas, batched: bool):
+    """The loss of every member at `thetas` (for a run stopped before its first step)."""
+    return _member_axis(batched, lambda t: stepper.value(t, args), (0,))(thetas)

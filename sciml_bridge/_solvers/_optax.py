@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import optax
 import optax.tree_utils as otu
 
-from ._fused import CONVERGED, RUNNING, AbstractStepper
+from ._setup import check_options
+from ._stepper import RESULTS, AbstractStepper
 
 
 _MSG_UNKNOWN = """\
@@ -36,6 +37,12 @@ class OptaxStepper(AbstractStepper):
     optimizer: optax.GradientTransformation
     tol: float | None = eqx.field(static=True)
     linesearch: bool = eqx.field(static=True)
+
+    def has_stopping_rule(self) -> bool:
+        return self.tol is not None
+
+    def criterion(self) -> str:
+        return f"the gradient norm fell to `tol={self.tol:g}` or below"
 
     def init(self, theta, args):
         with _optax_promotion():
@@ -59,10 +66,10 @@ class OptaxStepper(AbstractStepper):
         with _optax_promotion():
             updates, opt_state = self.optimizer.update(grad, opt_state, theta, **extra)
         new_theta = optax.apply_updates(theta, updates)
-        status = jnp.asarray(RUNNING)
+        done = jnp.asarray(False)
         if self.tol is not None:
-            status = jnp.where(optax.tree.norm(grad) <= self.tol, CONVERGED, RUNNING)
-        return (new_theta, opt_state), loss, status
+            done = optax.tree.norm(grad) <= self.tol
+        return (new_theta, opt_state), loss, done, RESULTS.successful
 
 
 @functools.lru_cache(maxsize=64)
@@ -77,12 +84,15 @@ def _build(name: str, options: dict) -> optax.GradientTransformation:
     return factory(**options)
 
 
-def optax_transform(name: str, options: dict, where: str) -> optax.GradientTransformation:
-    """The Optax transformation for `method=name`; cached so repeated calls share one compile."""
+def optax_transform(name: str, options: dict, where: str, valid) -> optax.GradientTransformation:
+    """The Optax transformation for `method=name`; cached so repeated calls share one compile.
+    `valid`: the keywords its factory takes (None: any)."""
     factory = getattr(optax, name, None)
     if name.startswith("_") or not callable(factory) or isinstance(factory, type):
         known = '"adam", "lbfgs", "bfgs", "nonlinear-cg"'
         raise ValueError(_MSG_UNKNOWN.format(where=where, name=name, known=known))
+    if valid is not None:
+        check_options(options, valid, where, name)
     try:
         return _cached(name, tuple(sorted(options.items())))
     except TypeError:

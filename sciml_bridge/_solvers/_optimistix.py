@@ -1,19 +1,24 @@
 """Optimistix backends: `"bfgs"`, `"nonlinear-cg"` (minimize), `"lm"`, `"dogleg"` (least squares).
 
-We drive `solver.init/step/terminate` ourselves (as `optimistix/_iterate.py` does) so the loss
-curve, the last good `theta` and the stop-on-non-finite rule are the same as for every other
-method. Their states hold jaxprs (PITFALLS.md: a whole `optx.Solution` cannot leave a `jit`), so
-the whole solve is one dispatch rather than chunks.
+We drive `solver.init/step/terminate` ourselves (as `optimistix/_iterate.py` does) so that the
+loss curve, the last good `theta`, progress, Ctrl-C and checkpoints are the same as for every
+other method; the driver carries the array part of the state across chunks and keeps the
+static part (jaxprs) fixed, as `_iterate.py` does inside its `while_loop`.
+
+One loss evaluation per step, as in `optx.minimise`: the loss at the accepted point is read
+from the solver's own `f_info` instead of being recomputed. A non-finite trial point is left to
+the solver's line search / trust region, which rejects it and backs off, as `optx.minimise`
+would; only a non-finite loss at an accepted point stops the run.
 """
 
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any
 
 import equinox as eqx
 import jax.numpy as jnp
 import optimistix as optx
 
-from ._fused import CONVERGED, FAILED, NONFINITE, RUNNING, AbstractStepper
+from ._stepper import RESULTS, AbstractStepper
 
 
 def _sum_squares(r):
@@ -22,11 +27,14 @@ def _sum_squares(r):
 
 
 class OptimistixStepper(AbstractStepper):
-    chunkable: ClassVar[bool] = False
     fn: Callable
     solver: Any
     least_squares: bool = eqx.field(static=True)
     options: dict
+
+    def criterion(self) -> str:
+        return ("Optimistix's Cauchy criterion was met (the changes in `theta` and in the "
+                "loss fell below `rtol`/`atol`, i.e. `tol`)")
 
     def _wrapped(self, y, args):
         return self.fn(y, *args), None
@@ -45,22 +53,25 @@ class OptimistixStepper(AbstractStepper):
         out = self.fn(theta, *args)
         return _sum_squares(out) if self.least_squares else out
 
+    def _loss_before(self, y, st, new_st, args):
+        # optimistix/_solver/{quasi_newton,gradient_methods,gauss_newton}.py: `f_info` holds
+        # the loss at the accepted `y`; the first step accepts `y0` itself, so after it
+        # `new_st.f_info` is the loss at `y0`. Solvers without that state are evaluated.
+        if hasattr(st, "f_info") and hasattr(st, "first_step"):
+            return jnp.where(st.first_step, new_st.f_info.as_min(), st.f_info.as_min())
+        return self.value(y, args)
+
     def step(self, state, args):
         y, st = state
-        loss = self.value(y, args)
         tags = frozenset()
         new_y, new_st, _ = self.solver.step(self._wrapped, y, args, self.options, st, tags)
         done, result = self.solver.terminate(
             self._wrapped, new_y, args, self.options, new_st, tags
         )
-        status = jnp.where(result == optx.RESULTS.successful, RUNNING, FAILED)
-        status = jnp.where(done & (status == RUNNING), CONVERGED, status)
-        # The point the solver will evaluate next: a non-finite loss there stops the run
-        # (the line search would otherwise quietly back off from NaNs we promised to report).
-        trial = getattr(new_st, "y_eval", new_y)
-        trial_ok = jnp.isfinite(self.value(trial, args)) & jnp.all(jnp.isfinite(new_y))
-        status = jnp.where(trial_ok, status, NONFINITE)
-        return (new_y, new_st), loss, status
+        loss = self._loss_before(y, st, new_st, args)
+        failed = result != optx.RESULTS.successful
+        result = RESULTS.where(failed, RESULTS.solver_failed, RESULTS.successful)
+        return (new_y, new_st), loss, done & ~failed, result
 
 
 def minimiser(name: str, tol: float):

@@ -6,6 +6,7 @@ point evaluated (least squares, which reports no iterates) is returned.
 """
 
 import time
+import warnings
 
 import equinox as eqx
 import jax
@@ -16,7 +17,14 @@ import scipy.optimize
 from .._progress import Progress
 from .._result import RESULTS, finish
 from .._scipy import scipy_objective
-from ._driver import Run
+from ._interrupt import catch_sigint
+from ._run import _RUNTIME_ERRORS, deliver, first_line
+from ._setup import Run
+
+
+_MSG_SCIPY_OPTIONS = """\
+`{where}` got options that SciPy's method {method!r} does not take ({err}).
+Fix: remove them; `scipy.optimize.show_options("minimize", {method!r})` lists the valid ones."""
 
 
 _GRADIENT = {"cg", "bfgs", "newton-cg", "l-bfgs-b", "tnc", "slsqp", "dogleg", "trust-ncg",
@@ -26,18 +34,27 @@ _HESS = {"dogleg", "trust-exact"}
 
 
 class _Abort(Exception):
-    def __init__(self, kind):
-        self.kind = kind
+    def __init__(self, kind, detail: str = ""):
+        self.kind, self.detail = kind, detail
 
 
 class _Tracker:
     """Iterates seen by SciPy's callback: history, progress, user callback, NaN guard."""
 
-    def __init__(self, theta0, loss0, run: Run, bar: Progress):
-        self.theta, self.loss, self.history = theta0, loss0, [loss0]
-        self.run, self.bar = run, bar
+    def __init__(self, theta0, run: Run, bar: Progress, interrupt):
+        self.theta, self.loss, self.history = theta0, float("nan"), []
+        self.run, self.bar, self.interrupt = run, bar, interrupt
+
+    def start(self, loss0: float) -> None:
+        if not np.isfinite(loss0):
+            raise _Abort(RESULTS.nonfinite)
+        self.loss, self.history = float(loss0), [float(loss0)]
+        if self.interrupt:
+            raise _Abort(RESULTS.interrupted)
 
     def see(self, x, loss):
+        if self.interrupt:
+            raise _Abort(RESULTS.interrupted)
         if not np.isfinite(loss):
             raise _Abort(RESULTS.nonfinite)
         self.theta, self.loss = np.array(x, dtype=np.float64), float(loss)
@@ -64,7 +81,7 @@ def _checked(fun):
     return wrapped
 
 
-def scipy_minimize(loss, theta0, args, name, tol, options, run: Run):
+def scipy_minimize(loss, theta0, args, name, tol, options, run: Run, interrupt):
     method = name.lower()
     obj = scipy_objective(loss, *args, dtype=theta0.dtype)
     x0 = np.asarray(theta0, dtype=np.float64)
@@ -77,28 +94,49 @@ def scipy_minimize(loss, theta0, args, name, tol, options, run: Run):
     if method in _HESS:
         kwargs["hess"] = obj.hess
     with Progress(run.max_steps, run.progress, run.where) as bar:
-        track = _Tracker(x0, obj.fun(x0), run, bar)
+        track = _Tracker(x0, run, bar, interrupt)
+
         def cb(intermediate_result):
             track.see(intermediate_result.x, obj.fun(intermediate_result.x))
 
-        outcome = _call(lambda: scipy.optimize.minimize(_checked(fun), x0, callback=cb, **kwargs))
+        def thunk():
+            track.start(obj.fun(x0))
+            return scipy.optimize.minimize(_checked(fun), x0, callback=cb, **kwargs)
+
+        outcome = _call(thunk, run, name)
     return _scipy_finish(outcome, track, theta0, run)
 
 
-def _call(thunk):
+def _call(thunk, run: Run, name: str):
+    """SciPy's outcome, or the `RESULTS` member (with detail) that stopped it: no private
+    exception ever leaves this module."""
     try:
-        return thunk()
+        with warnings.catch_warnings():
+            # SciPy only warns about options a method does not use; we promise an error.
+            warnings.filterwarnings("error", "Unknown solver options",
+                                    scipy.optimize.OptimizeWarning)  # fmt: skip
+            return thunk()
     except _Abort as e:
-        return e.kind
+        return e.kind, e.detail
     except KeyboardInterrupt:
-        return RESULTS.interrupted
+        return RESULTS.interrupted, ""
+    except _RUNTIME_ERRORS as e:
+        return RESULTS.solver_failed, first_line(e)
+    except ValueError as e:
+        # Under plain `jax.jit` (our SciPy objective) an `eqx.error_if` inside the loss
+        # arrives as XLA's callback error wrapping Equinox's message.
+        if "EquinoxRuntimeError" not in str(e):
+            raise
+        return RESULTS.solver_failed, first_line(e)
+    except scipy.optimize.OptimizeWarning as e:
+        raise TypeError(_MSG_SCIPY_OPTIONS.format(where=run.where, method=name, err=e)) from e
 
 
 def _scipy_finish(outcome, track, theta0, run: Run):
     stats, detail = {}, ""
-    if isinstance(outcome, RESULTS):
-        result, x, loss = outcome, track.theta, track.loss
-        detail = "stopped by `callback`" if outcome is RESULTS.successful else detail
+    if isinstance(outcome, tuple):
+        (result, detail), x, loss = outcome, track.theta, track.loss
+        detail = "stopped by `callback`" if result is RESULTS.successful else detail
     else:
         stats["scipy"] = outcome
         x, loss = outcome.x, float(outcome.fun) if np.ndim(outcome.fun) == 0 else outcome.cost
@@ -110,6 +148,8 @@ def _scipy_finish(outcome, track, theta0, run: Run):
             track.history.append(float(loss))
     if result is RESULTS.nonfinite:
         detail = f"at SciPy iteration {len(track.history)}"
+    if not track.history:
+        track.history.append(float(loss))
     return finish(
         theta=jnp.asarray(np.asarray(x), dtype=theta0.dtype),
         loss=loss,
@@ -120,7 +160,7 @@ def _scipy_finish(outcome, track, theta0, run: Run):
         method=run.method,
         where=run.where,
         detail=detail,
-        throw=run.throw,
+        throw=False,
         stats=stats,
     )
 
@@ -150,14 +190,13 @@ class _Residual:
         return np.asarray(out, dtype=np.float64)
 
 
-def scipy_least_squares(residual, theta0, args, name, tol, jac, options, run: Run):
+def scipy_least_squares(residual, theta0, args, name, tol, jac, options, run: Run, interrupt):
     res = _Residual(residual, args, theta0.dtype, jac)
     x0 = np.asarray(theta0, dtype=np.float64)
     tols = {} if tol is None else dict(xtol=tol, ftol=tol, gtol=tol)
     kwargs = dict(method=name.lower(), jac=res.jacobian, max_nfev=run.max_steps, **tols)
     with Progress(run.max_steps, run.progress, run.where) as bar:
-        r0 = res.residual(x0)
-        track = _Tracker(x0, 0.5 * float(r0 @ r0), run, bar)
+        track = _Tracker(x0, run, bar, interrupt)
 
         def cb(intermediate_result):
             track.see(intermediate_result.x, float(intermediate_result.cost))
@@ -165,5 +204,20 @@ def scipy_least_squares(residual, theta0, args, name, tol, jac, options, run: Ru
         # SciPy's `lm` (MINPACK) takes no callback and warns if given one.
         if kwargs["method"] != "lm":
             kwargs["callback"] = cb
-        outcome = _call(lambda: scipy.optimize.least_squares(res.residual, x0, **kwargs, **options))
+
+        def thunk():
+            r0 = res.residual(x0)
+            track.start(0.5 * float(r0 @ r0))
+            return scipy.optimize.least_squares(res.residual, x0, **kwargs, **options)
+
+        outcome = _call(thunk, run, name)
     return _scipy_finish(outcome, track, theta0, run)
+
+
+def solve_scipy(solve_one, theta0, run: Run):
+    """SciPy owns its loop: members one after another, one Ctrl-C stops them all."""
+    batched = theta0.ndim == 2
+    thetas = theta0 if batched else theta0[None]
+    with catch_sigint() as interrupt:
+        solutions = [solve_one(theta, run, interrupt) for theta in thetas]
+    return deliver(solutions, batched, run)

@@ -27,13 +27,14 @@ rescales the initial identity to the curvature seen along the first step. An upd
 """
 
 from collections.abc import Callable
+from typing import ClassVar
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from ._fused import CONVERGED, RUNNING, AbstractStepper
+from ._stepper import RESULTS, AbstractStepper
 from ._wolfe import strong_wolfe
 
 
@@ -89,6 +90,8 @@ def self_scaled_update(
 class SelfScaledStepper(AbstractStepper):
     """One self-scaled quasi-Newton step; the state is `(theta, f, g, H, k)`."""
 
+    OPTIONS: ClassVar[tuple] = ("c1", "c2", "line_search_steps")
+
     fn: Callable
     kind: str = eqx.field(static=True)
     tol: float = eqx.field(static=True)
@@ -125,6 +128,5 @@ class SelfScaledStepper(AbstractStepper):
         H_new = self_scaled_update(H, s, y, g, alpha, k == 0, self.kind)
         H = jnp.where(moved, H_new, H)
         done = ~moved | (jnp.max(jnp.abs(g_new)) <= self.tol)
-        status = jnp.where(done, CONVERGED, RUNNING)
         new_state = (theta + s, f_new, g_new, H, k + moved.astype(k.dtype))
-        return new_state, f, status
+        return new_state, f, done, RESULTS.successful

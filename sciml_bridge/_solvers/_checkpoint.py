@@ -1,0 +1,144 @@
+"""Checkpoints: the full solver state of every member, saved between chunks and resumed.
+
+A checkpoint records, next to the state, a fingerprint of what determines the optimiser (the
+method, its options, `tol`, and for an optimiser object the hyperparameters captured in its
+closures or fields). Resuming with different ones would silently continue with the old
+state, so it is an error naming what changed, unless `resume="force"` is passed.
+Files are untrusted input: `_serialise.read_arrays` refuses pickle and damage, and the state
+layout (paths, shapes, dtypes) must match before anything is used.
+"""
+
+import dataclasses
+import hashlib
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import numpy as np
+
+from .._serialise import check_layout, read_arrays, write_arrays
+
+
+KIND = "sciml_bridge.checkpoint/2"
+
+_MSG_NOT_CHECKPOINT = """\
+`{where}` got checkpoint={path!r}, but that file was not written by a checkpointed run
+(it holds {what}). Resuming from it would start from a state it does not have.
+Fix: pass a new path as `checkpoint=` (it is created), and to start from a `theta` saved with
+`sb.save`, load it (`sb.load(path, fm)`) and pass it as `theta0`."""
+
+_MSG_CHANGED = """\
+`{where}` found a checkpoint at {path!r} written with a different optimiser:
+{changes}
+Resuming would continue with the old optimiser state under the new settings.
+Fix: use the same method and options to resume, a new `checkpoint=` path to start afresh, or
+`resume="force"` to resume the saved state anyway."""
+
+
+def _describe(x: Any, depth: int = 0) -> str:
+    """A process-independent description of an optimiser: reprs of numbers and strings,
+    digests of arrays, and the closures/fields of functions and modules, recursively."""
+    if depth > 12:  # functions and modules nested this deep: enough to tell optimisers apart
+        return "..."
+    if x is None or isinstance(x, bool | int | float | complex | str):
+        return repr(x)
+    if isinstance(x, np.ndarray | jax.Array | np.generic):
+        data = np.asarray(x)
+        digest = hashlib.sha1(data.tobytes()).hexdigest()[:12]
+        return f"array{data.shape}{data.dtype}:{digest}"
+    if isinstance(x, tuple | list):
+        return "(" + ",".join(_describe(v, depth) for v in x) + ")"
+    if isinstance(x, dict):
+        items = sorted(x.items(), key=str)
+        return "{" + ",".join(f"{k}:{_describe(v, depth)}" for k, v in items) + "}"
+    if dataclasses.is_dataclass(x):
+        fields = [getattr(x, f.name, None) for f in dataclasses.fields(x)]
+        return type(x).__qualname__ + _describe(fields, depth + 1)
+    code = getattr(x, "__code__", None)
+    if code is not None:
+        cells = [c.cell_contents for c in (getattr(x, "__closure__", None) or ())
+                 if not _empty(c)]  # fmt: skip
+        return f"{x.__qualname__}[{_describe(cells, depth + 1)}]"
+    return type(x).__qualname__
+
+
+def _empty(cell) -> bool:
+    try:
+        cell.cell_contents
+    except ValueError:
+        return True
+    return False
+
+
+def fingerprint(method: Any, options: dict, tol) -> dict:
+    """What a resumed run must share with the checkpoint: `{what: description}`."""
+    out = {"method": method if isinstance(method, str) else type(method).__name__,
+           "tol": repr(tol)}  # fmt: skip
+    if not isinstance(method, str):
+        out["optimizer"] = hashlib.sha1(_describe(method).encode()).hexdigest()
+    for key, value in options.items():
+        out[f"option {key}"] = _describe(value)
+    return out
+
+
+def _layout(dynamic, good_theta) -> dict:
+    leaves = jtu.tree_leaves_with_path(dynamic)
+    return {
+        "size": int(good_theta.shape[-1]),
+        "paths": [f"members{good_theta.shape[0]}" + jtu.keystr(p) for p, _ in leaves],
+        "shapes": [list(np.shape(x)) for _, x in leaves],
+        "dtypes": [np.dtype(x.dtype).name for _, x in leaves],
+    }
+
+
+def save(path: str, fp: dict, dynamic, good_theta, good_loss, books: dict) -> None:
+    """Write one checkpoint atomically; `books` holds per-member host records (NumPy)."""
+    arrays = {f"state_{i}": np.asarray(x) for i, x in enumerate(jtu.tree_leaves(dynamic))}
+    arrays.update(good_theta=np.asarray(good_theta), good_loss=np.asarray(good_loss))
+    arrays.update({f"book_{k}": np.asarray(v) for k, v in books.items()})
+    layout = _layout(dynamic, good_theta)
+    layout.update(kind=KIND, fingerprint=fp)
+    write_arrays(path, arrays, layout)
+
+
+def _check_fingerprint(saved: dict, fp: dict, where: str, path: str) -> None:
+    keys = sorted(set(saved) | set(fp))
+    changes = [f"  {k}: {saved.get(k, '(not set)')} in the checkpoint, {fp.get(k, '(not set)')}"
+               " now" for k in keys if saved.get(k) != fp.get(k)]  # fmt: skip
+    if changes:
+        raise ValueError(_MSG_CHANGED.format(where=where, path=path, changes="\n".join(changes)))
+
+
+def resume(path: str, fp: dict, force: bool, dynamic, good_theta, good_loss, where: str):
+    """`(dynamic, good_theta, good_loss, books)` read back, checked against the fresh run."""
+    arrays, layout = read_arrays(path, where)
+    if layout.get("kind") != KIND:
+        what = "a `theta` saved by `sb.save`" if "theta" in arrays else "something else"
+        raise ValueError(_MSG_NOT_CHECKPOINT.format(where=where, path=path, what=what))
+    if not force:
+        _check_fingerprint(layout.get("fingerprint", {}), fp, where, path)
+    check_layout(layout, _layout(dynamic, good_theta), where)
+    try:
+        return _restore(arrays, dynamic, good_theta, good_loss)
+    except (KeyError, ValueError, TypeError) as e:
+        raise ValueError(f"`{where}` found a damaged checkpoint at {path!r} ({e}). Fix: "
+                         "remove it, or pass another `checkpoint=` path.") from e
+
+
+def _restore(arrays: dict, dynamic, good_theta, good_loss):
+    leaves, treedef = jtu.tree_flatten(dynamic)
+    pairs = [(arrays[f"state_{i}"], x) for i, x in enumerate(leaves)]
+    pairs += [(arrays["good_theta"], good_theta), (arrays["good_loss"], good_loss)]
+    for saved, fresh in pairs:
+        if saved.shape != fresh.shape:
+            raise ValueError(f"an array of shape {saved.shape} where {fresh.shape} belongs")
+    new = [jnp.asarray(saved, dtype=fresh.dtype) for saved, fresh in pairs]
+    *new, good_theta, good_loss = new
+    books = {k[5:]: v for k, v in arrays.items() if k.startswith("book_")}
+    return jtu.tree_unflatten(treedef, new), good_theta, good_loss, books
+
+
+def exists(path: str | None) -> bool:
+    return path is not None and os.path.exists(path)

@@ -1,0 +1,263 @@
+"""The one host loop: N >= 1 members (a single run is N = 1), every method, one contract.
+
+Nothing here runs per step. Between chunks (`_fused.run_chunk`, vmapped over members or not)
+the host reads back each member's losses and status, updates the progress bar, writes a
+checkpoint, calls the callback with Python floats, and checks for Ctrl-C. Every way a run
+can end is decided here, once, for all methods (DESIGN.md, "The outcome contract"):
+
+- converged (`done`): `success=True`, the message names the stopping rule;
+- budget used up: returns, never raises; `max_steps_reached` if the method has a stopping
+  rule, else `success=True` with a message that says the budget ran out;
+- non-finite loss, solver breakdown, runtime error inside the loss: the last good `theta`,
+  raised as `sb.OptimizationError` under `throw=True`, per member in an ensemble;
+- Ctrl-C: the partial result, `result=interrupted`;
+- a failing checkpoint write: a warning, the run goes on.
+"""
+
+import dataclasses
+import re
+import time
+import warnings
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._progress import Progress
+from .._result import RESULTS, EnsembleSolution, Solution, finish, raise_if_failed, result_at
+from . import _checkpoint
+from ._fused import final_members, init_members, run_chunk, values_at
+from ._interrupt import catch_sigint
+from ._setup import Run
+from ._stepper import AbstractStepper
+
+
+# Failures raised while a compiled chunk runs (not while it is traced): Equinox's `error_if`
+# (Diffrax's max_steps / step-size collapse under `throw=True`) and XLA runtime errors.
+_RUNTIME_ERRORS = (eqx.EquinoxRuntimeError, jax.errors.JaxRuntimeError)
+
+_MSG_CHECKPOINT_FAILED = """\
+`{where}` could not write the checkpoint {path!r} ({err}). The run goes on and its result is
+returned as usual, but no checkpoint is kept until a write succeeds.
+Fix: free disk space or restore the directory, or pass another `checkpoint=` path."""
+
+
+@dataclasses.dataclass
+class _Member:
+    """What the host keeps per member between chunks."""
+
+    history: list
+    steps: int = 0
+    result: RESULTS | None = None  # a failure reported by a chunk (or a runtime error)
+    done: bool = False  # the method's stopping rule was met
+    by_callback: bool = False
+    detail: str = ""
+
+    @property
+    def running(self) -> bool:
+        return self.result is None and not self.done and not self.by_callback
+
+
+def first_line(e: Exception) -> str:
+    """The failure's own message, without the tracebacks JAX and Equinox wrap around it."""
+    text = str(e)
+    found = re.search(r"EquinoxRuntimeError: (.+)", text)
+    if found:
+        return found.group(1).strip()[:300]
+    lines = [line for line in text.splitlines() if line.strip() and "stack" not in line]
+    return (lines[0] if lines else type(e).__name__)[:300]
+
+
+class _Driver:
+    def __init__(self, stepper: AbstractStepper, thetas, args: tuple, run: Run, batched: bool):
+        self.stepper, self.args, self.run, self.batched = stepper, args, run, batched
+        self.members = [_Member([]) for _ in range(thetas.shape[0])]
+        self.warned = False
+        # The state is donated to each chunk: never hand the user's own buffer over.
+        copy = jnp.array(thetas, copy=True)
+        self.dynamic, self.static, self.good_loss = init_members(stepper, args, copy, batched)
+        self.good_theta = thetas
+        if _checkpoint.exists(run.checkpoint):
+            self._resume()
+
+    # -- checkpoints ---------------------------------------------------------------------
+    def _books(self) -> dict:
+        ms = self.members
+        results = [-1 if m.result is None else int(m.result._value) for m in ms]
+        history = np.concatenate([np.asarray(m.history, np.float64) for m in ms])
+        return dict(steps=[m.steps for m in ms], results=results, done=[m.done for m in ms],
+                    by_callback=[m.by_callback for m in ms],
+                    lengths=[len(m.history) for m in ms], history=history)  # fmt: skip
+
+    def _resume(self) -> None:
+        run = self.run
+        self.dynamic, self.good_theta, self.good_loss, books = _checkpoint.resume(
+            run.checkpoint, run.fingerprint, run.resume == "force", self.dynamic,
+            self.good_theta, self.good_loss, run.where,
+        )  # fmt: skip
+        ends = np.cumsum(books["lengths"])
+        for i, m in enumerate(self.members):
+            m.history = books["history"][ends[i] - books["lengths"][i] : ends[i]].tolist()
+            m.steps, m.done = int(books["steps"][i]), bool(books["done"][i])
+            m.by_callback = bool(books["by_callback"][i])
+            r = int(books["results"][i])
+            m.result = None if r < 0 else result_at(r)
+
+    def _save(self, evaluated: int) -> None:
+        run = self.run
+        if run.checkpoint is None:
+            return
+        finished = evaluated >= run.max_steps or not any(m.running for m in self.members)
+        if evaluated % run.checkpoint_every and not finished:
+            return
+        try:
+            _checkpoint.save(run.checkpoint, run.fingerprint, self.dynamic, self.good_theta,
+                             self.good_loss, self._books())  # fmt: skip
+        except OSError as e:
+            if not self.warned:
+                self.warned = True
+                msg = _MSG_CHECKPOINT_FAILED.format(where=run.where, path=run.checkpoint, err=e)
+                warnings.warn(msg, RuntimeWarning, stacklevel=5)
+
+    # -- the loop --------------------------------------------------------------------------
+    def _absorb(self, out) -> None:
+        self.dynamic, (self.good_theta, self.good_loss, result, done, count, hist) = out
+        result, done, count, hist = jax.device_get((result, done, count, hist))
+        for i, m in enumerate(self.members):
+            if not m.running:
+                continue
+            losses = np.asarray(hist[i, : int(count[i])], dtype=np.float64)
+            m.steps += int(count[i])
+            if int(result[i]) != int(RESULTS.successful._value):
+                m.result = result_at(int(result[i]))
+                if losses.size and not np.isfinite(losses[-1]):
+                    losses = losses[:-1]
+            elif bool(done[i]):
+                m.done = True
+            m.history.extend(losses.tolist())
+
+    def _callbacks(self, evaluated: int) -> None:
+        losses = np.asarray(self.good_loss, dtype=np.float64)
+        for i, m in enumerate(self.members):
+            if m.running and self.run.callback(evaluated, self.good_theta[i], float(losses[i])):
+                m.by_callback = True
+
+    def _report(self, bar: Progress, evaluated: int) -> None:
+        losses = np.asarray(self.good_loss, dtype=np.float64)
+        finite = losses[np.isfinite(losses)]
+        bar.update(evaluated, float(finite.min()) if finite.size else float("nan"))
+
+    def chunks(self, bar: Progress, interrupt) -> None:
+        run = self.run
+        while not interrupt:
+            running = [m for m in self.members if m.running]
+            if not running or running[0].steps >= run.max_steps:
+                return
+            n = min(run.chunk, run.max_steps - running[0].steps)
+            active = jnp.asarray([m.running for m in self.members])
+            keep = (self.stepper, self.args, self.static, self.good_theta, self.good_loss,
+                    active, jnp.asarray(n), run.chunk, self.batched)  # fmt: skip
+            dynamic, self.dynamic = self.dynamic, None  # donated: gone if the chunk fails
+            self._absorb(run_chunk(keep, dynamic))
+            evaluated = running[0].steps
+            self._report(bar, evaluated)
+            self._save(evaluated)
+            if run.callback is not None:
+                self._callbacks(evaluated)
+
+    def stop_all(self, result: RESULTS, detail: str = "") -> None:
+        for m in self.members:
+            if m.running:
+                m.result, m.detail = result, detail
+
+    # -- the end -------------------------------------------------------------------------
+    def conclude(self) -> list[Solution]:
+        final = None
+        if self.dynamic is not None:
+            theta, loss = final_members(self.stepper, self.args, self.static, self.dynamic,
+                                        self.batched)  # fmt: skip
+            final = (theta, np.asarray(loss, dtype=np.float64))  # theta stays where it is
+        good = (self.good_theta, np.asarray(self.good_loss, dtype=np.float64))
+        if any(not m.history for m in self.members):
+            good = (good[0], self._start_values(good[1]))
+        return [self._one(i, m, good, final) for i, m in enumerate(self.members)]
+
+    def _start_values(self, losses):
+        """A member stopped before any step finished keeps `theta0`: report its loss there
+        (`loss == loss(theta)`), unless evaluating it fails too."""
+        try:
+            start = values_at(self.stepper, self.args, self.good_theta, self.batched)
+            start = np.asarray(jax.device_get(start), dtype=np.float64)
+        except _RUNTIME_ERRORS:
+            return losses
+        return np.array([lo if m.history else s
+                         for lo, s, m in zip(losses, start, self.members)])  # fmt: skip
+
+    def _one(self, i: int, m: _Member, good, final) -> Solution:
+        theta, loss, history = good[0][i], float(good[1][i]), list(m.history)
+        result, text = self._ending(m)
+        failed = m.result is not None and m.result is not RESULTS.interrupted
+        if final is not None and not failed:
+            if np.isfinite(final[1][i]):
+                theta, loss = final[0][i], float(final[1][i])
+                history.append(loss)
+            else:
+                result, text = RESULTS.nonfinite, ""
+        if result is RESULTS.nonfinite and not text:
+            text = self._nonfinite_text(len(history))
+        run = self.run
+        return finish(theta=theta, loss=loss,
+                      history=history or [loss], steps=max(len(history) - 1, 0),
+                      result=result, wall_time=time.perf_counter() - run.start,
+                      method=run.method, where=run.where, text=text, throw=False)  # fmt: skip
+
+    @staticmethod
+    def _nonfinite_text(n_good: int) -> str:
+        if n_good == 0:
+            return "the loss is non-finite at `theta0` itself (step 0)"
+        return (f"the loss became non-finite at step {n_good}; the returned `theta` is from "
+                f"step {n_good - 1}, the last with a finite loss")  # fmt: skip
+
+    def _ending(self, m: _Member) -> tuple[RESULTS, str]:
+        if m.result is RESULTS.interrupted:
+            return m.result, f"interrupted (Ctrl-C) after {m.steps} steps; `res.theta` is the " \
+                             "point reached at the last finished chunk"
+        if m.result is not None:
+            return m.result, m.detail
+        if m.by_callback:
+            return RESULTS.successful, f"stopped by `callback` after {m.steps} steps"
+        if m.done:
+            return RESULTS.successful, f"converged after {m.steps} steps: " \
+                                       f"{self.stepper.criterion()}"
+        if self.stepper.has_stopping_rule():
+            return RESULTS.max_steps_reached, ""
+        return RESULTS.successful, (
+            f"ran its full budget of `max_steps={self.run.max_steps}` steps. This method has no "
+            "stopping rule here, so that is its normal end, not a convergence test (pass `tol=` "
+            "to stop on the gradient norm)")
+
+
+def drive(stepper: AbstractStepper, theta0, args: tuple, run: Run):
+    """Run `stepper` from `theta0` (1-D: one run; 2-D: one member per row) under `run`."""
+    batched = theta0.ndim == 2
+    thetas = theta0 if batched else theta0[None]
+    with Progress(run.max_steps, run.progress, run.where) as bar, catch_sigint() as interrupt:
+        driver = _Driver(stepper, thetas, args, run, batched)
+        try:
+            driver.chunks(bar, interrupt)
+        except KeyboardInterrupt:
+            driver.stop_all(RESULTS.interrupted)
+        except _RUNTIME_ERRORS as e:
+            driver.stop_all(RESULTS.solver_failed, first_line(e))
+        if interrupt:
+            driver.stop_all(RESULTS.interrupted)
+    return deliver(driver.conclude(), batched, run)
+
+
+def deliver(solutions: list[Solution], batched: bool, run: Run):
+    """A `Solution` (1-D `theta0`) or an `EnsembleSolution`, raised under `throw=True` when
+    a run (or any member) failed."""
+    out = EnsembleSolution(tuple(solutions), time.perf_counter() - run.start) if batched \
+        else solutions[0]  # fmt: skip
+    return raise_if_failed(out, run.throw)

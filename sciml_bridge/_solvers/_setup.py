@@ -1,0 +1,150 @@
+"""What every run needs before the first step: the checked `theta0`, `args`, `tol`, and `Run`.
+
+One validator per input, one message set, used by `sb.minimize` and `sb.least_squares` alike
+(STYLE.md 5: each message says what was expected, what was got, and the fix).
+"""
+
+import dataclasses
+import difflib
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._precision import guard_x64
+
+
+_MSG_THETA = """\
+`{where}` expected `theta0` to be a 1-D real floating array (the flat parameter vector, e.g.
+`fm.theta0` from `sb.flat`; or a 2-D `(members, n)` ensemble), but got {what}.
+Fix: pass `jnp.ravel(theta0)` for the shape, or `theta0.astype(jnp.float64)` (x64 on) /
+`.astype(jnp.float32)` for the dtype."""
+
+_MSG_NONFINITE_THETA = """\
+`{where}` got a `theta0` with non-finite entries ({count} NaN/inf, the first at index
+{first}). No method can start from there. Fix: start from finite parameters (e.g.
+`fm.theta0`), or find where the NaN came from (`jnp.isnan(theta0)`)."""
+
+_MSG_ARGS = """\
+`{where}` expected `args` to be a tuple of extra arguments for the loss
+(`loss(theta, *args)`), but got {got}. An array would be unpacked row by row.
+Fix: `args=(x,)` (note the comma) or `args=(x, y)`."""
+
+_MSG_TOL = """\
+`{where}` expected `tol` to be None or a positive real number, but got {got!r}.
+Fix: `tol=1e-6` (a number, not a string)."""
+
+
+# The keywords of the verbs themselves: a misspelt one must be reported as such.
+VERB_KEYWORDS = ("args", "max_steps", "tol", "progress", "callback", "throw", "checkpoint",
+                 "checkpoint_every", "resume", "mesh", "chunk_size")  # fmt: skip
+
+_MSG_OPTION = """\
+`{where}` got the keyword `{key}=`, which neither `{where}` nor method={method!r} takes{hint}.
+Options that method={method!r} takes: {valid}."""
+
+
+@dataclasses.dataclass
+class Run:
+    """Options of one run that are not the method's own."""
+
+    where: str
+    method: Any
+    max_steps: int
+    chunk: int
+    progress: bool
+    callback: Any
+    throw: bool
+    checkpoint: str | None
+    checkpoint_every: int | None
+    resume: str = "check"
+    fingerprint: dict = dataclasses.field(default_factory=dict)
+    start: float = dataclasses.field(default_factory=time.perf_counter)
+
+
+def _positive_int(value, name: str, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise ValueError(f"`{where}` expected `{name}` to be a positive int, got {value!r}.")
+    return int(value)
+
+
+def make_run(where, method, *, max_steps, progress, callback, throw, checkpoint, every, chunk,
+             resume="check") -> Run:  # fmt: skip
+    max_steps = _positive_int(max_steps, "max_steps", where)
+    chunk = _positive_int(chunk, "chunk_size", where)
+    if every is not None:
+        every = _positive_int(every, "checkpoint_every", where)
+    if resume not in ("check", "force"):
+        raise ValueError(f'`{where}` expected `resume` to be "check" or "force", got {resume!r}.')
+    if checkpoint is not None:
+        checkpoint = os.fspath(checkpoint)
+        every = chunk if every is None else every
+        chunk = every
+    if callback is not None and not callable(callback):
+        raise TypeError(f"`{where}` expected `callback` to be callable or None, got "
+                        f"{type(callback).__name__}.")  # fmt: skip
+    return Run(where=where, method=method, max_steps=max_steps, chunk=min(chunk, max_steps),
+               progress=bool(progress), callback=callback, throw=bool(throw),
+               checkpoint=checkpoint, checkpoint_every=every, resume=resume)  # fmt: skip
+
+
+def prepare_theta0(theta0, where: str) -> jax.Array:
+    """The one `theta0` validator: x64 guard, 1-D or 2-D real floating, finite, non-empty."""
+    guard_x64(theta0, f"`{where}`", "`theta0`")
+    dtype = np.dtype(theta0.dtype) if hasattr(theta0, "dtype") else np.asarray(theta0).dtype
+    if np.ndim(theta0) not in (1, 2) or not np.issubdtype(dtype, np.floating):
+        what = f"shape {np.shape(theta0)} and dtype {dtype}"
+        raise TypeError(_MSG_THETA.format(where=where, what=what))
+    if np.ndim(theta0) == 2 and np.shape(theta0)[0] == 0:
+        raise ValueError(f"`{where}` got an ensemble `theta0` with zero members (shape "
+                         f"{np.shape(theta0)}). Fix: stack at least one `theta` row.")  # fmt: skip
+    theta0 = jnp.asarray(theta0)
+    bad = ~np.isfinite(np.asarray(theta0))
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        first = first[0] if len(first) == 1 else first
+        raise ValueError(_MSG_NONFINITE_THETA.format(where=where, count=int(bad.sum()),
+                                                     first=first))  # fmt: skip
+    return theta0
+
+
+def prepare_args(args, where: str) -> tuple:
+    if not isinstance(args, tuple | list):
+        got = f"a {type(args).__name__}"
+        if hasattr(args, "shape"):
+            got += f" of shape {tuple(args.shape)}"
+        raise TypeError(_MSG_ARGS.format(where=where, got=got))
+    guard_x64(args, f"`{where}`", "`args`")
+    return tuple(args)
+
+
+def check_tol(tol, where: str):
+    ok = tol is None or (
+        isinstance(tol, int | float | np.integer | np.floating) and not isinstance(tol, bool)
+    )
+    if not ok:
+        raise TypeError(_MSG_TOL.format(where=where, got=tol))
+    if tol is not None and not tol > 0:
+        raise ValueError(_MSG_TOL.format(where=where, got=tol))
+    return None if tol is None else float(tol)
+
+
+def default_tol(dtype) -> float:
+    """1e-8 in float64, 1e-4 in float32: reachable tolerances for either precision."""
+    return 1e-8 if np.dtype(dtype).itemsize >= 8 else 1e-4
+
+
+def check_options(options: dict, valid, where: str, method: Any, extra=()) -> None:
+    """Every key of `options` must be in `valid`; else name the nearest valid keyword."""
+    for key in options:
+        if key in valid:
+            continue
+        near = difflib.get_close_matches(key, [*valid, *VERB_KEYWORDS, *extra], n=1)
+        hint = f". Did you mean `{near[0]}=`?" if near else ""
+        shown = ", ".join(f"`{v}`" for v in valid) or "none"
+        label = method if isinstance(method, str) else type(method).__name__
+        raise TypeError(_MSG_OPTION.format(where=where, key=key, method=label, hint=hint,
+                                           valid=shown))  # fmt: skip

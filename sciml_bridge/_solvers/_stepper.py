@@ -1,0 +1,67 @@
+"""The stepper protocol: one step of one method, written once, driven by `_run.py`.
+
+Every backend of `method=` (Optax, Optimistix, the dense Gauss-Newton, ...) is an
+`AbstractStepper`. The driver runs many steps per dispatch inside one `jit` (PITFALLS.md,
+"Dispatch cost"), vmapped over ensemble members or not, and owns everything around the steps:
+the last good `theta`, the loss curve, progress, callbacks, checkpoints and Ctrl-C.
+
+Status is data, as in Optimistix and Diffrax: `step` returns a `RESULTS` member (an
+`equinox.internal.Enumeration`), the same vocabulary the host reports in `res.result`.
+"""
+
+import abc
+from typing import Any, ClassVar
+
+import equinox as eqx
+import jax
+
+from .._custom_types import LossScalar, Theta
+from .._result import RESULTS as RESULTS
+
+
+class AbstractStepper(eqx.Module):
+    """One step of one method on `loss(theta, *args)` (or a residual, for least squares).
+
+    **Class variables:**
+
+    - `chunkable`: whether the driver may run a few steps per dispatch and carry the state
+        across `jit` boundaries (array leaves carried, the rest kept static, as
+        `optimistix/_iterate.py` does). Default `True`.
+
+    **Methods:**
+
+    - `has_stopping_rule()`: whether `step` can ever say `done` (a tolerance). Without one,
+        running out of `max_steps` is the normal end of the run (`success=True`).
+    - `criterion()`: a phrase naming the stopping rule, for the "converged" message
+        (optional; the default is generic).
+    - `init(theta, args) -> state`.
+    - `theta(state) -> theta`: the current point.
+    - `value(theta, args) -> scalar`: the loss at a point (for least squares `0.5 * sum(r**2)`).
+    - `step(state, args) -> (new_state, loss, done, result)`: `loss` is the loss at
+        `theta(state)` (the point *before* the step); `done` a bool array, stop after applying
+        this step (converged); `result` a `RESULTS` member: `RESULTS.successful` applies the
+        step, any failure member stops the run without applying it (the driver keeps the last
+        good `theta`). A non-finite `loss` is turned into `RESULTS.nonfinite` by the driver.
+    """
+
+    chunkable: ClassVar[bool] = True
+
+    def has_stopping_rule(self) -> bool:
+        return True
+
+    def criterion(self) -> str:
+        return "the method's stopping rule (`tol`) was met"
+
+    @abc.abstractmethod
+    def init(self, theta: Theta, args: tuple) -> Any: ...
+
+    @abc.abstractmethod
+    def theta(self, state: Any) -> Theta: ...
+
+    @abc.abstractmethod
+    def value(self, theta: Theta, args: tuple) -> LossScalar: ...
+
+    @abc.abstractmethod
+    def step(
+        self, state: Any, args: tuple
+    ) -> tuple[Any, LossScalar, jax.Array, RESULTS]: ...
