@@ -105,7 +105,7 @@ def multi_start(problem, width: int, starts: int, steps: int, progress: bool) ->
     start = time.perf_counter()
     res = sb.least_squares(problem.residual, thetas, method=BEST, max_steps=steps, tol=1e-14,
                            progress=progress, throw=False)
-    best = res[int(np.argmin(res.loss))]
+    best = res.best  # the member with the lowest loss
     return dict(theta=best.theta, loss=best.loss, time=time.perf_counter() - start,
                 losses=np.asarray(res.loss))
 
