@@ -20,6 +20,7 @@ from jax.sharding import Mesh
 from ._custom_types import ThetaLike
 from ._result import EnsembleSolution, Solution
 from ._sharding import place
+from ._solvers._batches import KeyedLoss, takes_key, with_batches
 from ._solvers._checkpoint import fingerprint
 from ._solvers._methods import resolve_least_squares
 from ._solvers._outputs import Residual
@@ -29,6 +30,10 @@ from ._solvers._setup import check_tol, make_run, prepare_args, prepare_theta0
 
 
 _JVP_OF_CUSTOM_VJP = "can't apply forward-mode autodiff (jvp) to a custom_vjp function"
+
+_MSG_SCIPY_BATCHES = """\
+`{where}` cannot draw minibatches or keys for a SciPy method: SciPy expects a deterministic
+objective. Fix: use an Optax method (e.g. "adam") with `batch_size=`/`key=`, or drop them."""
 
 _MSG_CHECKPOINT = """\
 `{where}` cannot checkpoint method={method!r}: SciPy runs its own loop, so there is no state
@@ -125,6 +130,8 @@ def least_squares(
     checkpoint_every: int | None = None,
     resume: str = "check",
     mesh: Mesh | None = None,
+    batch_size: int | None = None,
+    key: Any = None,
     **options: Any,
 ) -> Solution | EnsembleSolution:
     """Minimise `0.5 * sum(residual(theta, *args) ** 2)` over the flat vector `theta`.
@@ -176,12 +183,16 @@ def least_squares(
         checkpoint=checkpoint, every=checkpoint_every, chunk=options.pop("chunk_size", 1000),
         resume=resume,
     )  # fmt: skip
-    residual = Residual(residual, where)
+    pass_key = key is not None and takes_key(residual)
+    residual = Residual(KeyedLoss(residual) if pass_key else residual, where)
     member = theta0[0] if theta0.ndim == 2 else theta0
-    mode = lambda by_shape: resolve_jac(jac, residual, member, args, by_shape=by_shape,
+    probe = (*args, jax.random.key(0)) if pass_key else args  # what the residual is called with
+    mode = lambda by_shape: resolve_jac(jac, residual, member, probe, by_shape=by_shape,
                                         where=where)  # fmt: skip
     plan = resolve_least_squares(residual, member, method, tol, options, mode, where)
     if plan.scipy is not None:
+        if batch_size is not None or key is not None:
+            raise NotImplementedError(_MSG_SCIPY_BATCHES.format(where=where))
         if run.checkpoint is not None:
             raise NotImplementedError(_MSG_CHECKPOINT.format(where=where, method=method))
         jac_mode = mode(True)
@@ -189,5 +200,6 @@ def least_squares(
             residual, theta, args, plan.scipy, tol, jac_mode, options, run, flag
         )
         return solve_scipy(solve, theta0, run)
-    run.fingerprint = fingerprint(method, options, tol)
-    return drive(plan.stepper, theta0, args, run)
+    stepper = with_batches(plan.stepper, args, batch_size, key, pass_key, where)
+    run.fingerprint = fingerprint(method, {**options, "batch_size": batch_size, "key": key}, tol)
+    return drive(stepper, theta0, args, run)

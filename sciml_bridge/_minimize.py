@@ -13,6 +13,7 @@ from jax.sharding import Mesh
 from ._custom_types import ThetaLike
 from ._result import EnsembleSolution, Solution
 from ._sharding import place
+from ._solvers._batches import KeyedLoss, takes_key, with_batches
 from ._solvers._checkpoint import fingerprint
 from ._solvers._methods import resolve_minimize
 from ._solvers._outputs import ScalarLoss
@@ -20,6 +21,10 @@ from ._solvers._run import drive
 from ._solvers._scipy_backend import scipy_minimize, solve_scipy
 from ._solvers._setup import check_tol, make_run, prepare_args, prepare_theta0
 
+
+_MSG_SCIPY_BATCHES = """\
+`{where}` cannot draw minibatches or keys for a SciPy method: SciPy expects a deterministic
+objective. Fix: use an Optax method (e.g. "adam") with `batch_size=`/`key=`, or drop them."""
 
 _MSG_CHECKPOINT = """\
 `{where}` cannot checkpoint method={method!r}: SciPy runs its own loop, so there is no state
@@ -43,51 +48,74 @@ def minimize(
     checkpoint_every: int | None = None,
     resume: str = "check",
     mesh: Mesh | None = None,
+    batch_size: int | None = None,
+    key: Any = None,
     **options: Any,
 ) -> Solution | EnsembleSolution:
     """Minimise `loss(theta, *args)` over the flat vector `theta`, with any backend.
 
-    First-order methods run fused: `chunk_size` steps per dispatch inside one `jit` (the loss
-    curve is the same as a step-by-step loop's), with a progress bar between chunks. A
-    non-finite loss stops the run and keeps the last finite `theta`; Ctrl-C between chunks
-    returns the partial result. Chaining is natural:
+    Every method except SciPy's runs in the same fused driver: `chunk_size` steps per dispatch
+    inside one `jit` (the loss curve is the same as a step-by-step loop's), with progress,
+    callbacks, checkpoints and Ctrl-C between chunks. Chaining is natural:
 
     ```python
     fm = sb.flat(eqx.nn.MLP(1, 1, 10, 2, activation=jnp.tanh, key=jax.random.key(0)))
     x = jnp.linspace(-1, 1, 64)[:, None]
     loss = lambda th, x: jnp.mean((jax.vmap(fm, (None, 0))(th, x) - jnp.sin(3 * x)) ** 2)
     res = sb.minimize(loss, fm.theta0, "adam", args=(x,), max_steps=2000, learning_rate=1e-2)
-    res = sb.minimize(loss, res.theta, "lbfgs", args=(x,), max_steps=500, throw=False)
+    res = sb.minimize(loss, res.theta, "lbfgs", args=(x,), max_steps=500)
     ```
+
+    **The outcome contract** (the same for every method, single runs and ensembles):
+
+    - converged: `success=True`; the message names the stopping rule that was met.
+    - budget used up: returns, never raises, whatever `throw`. With a stopping rule that was
+        not met: `success=False`, `result=sb.RESULTS.max_steps_reached`. Without one (Optax
+        methods without `tol`): `success=True`, and the message says the budget ran out.
+    - non-finite loss, solver breakdown, runtime error inside the loss (`eqx.error_if`, a
+        failing Diffrax solve): `throw=True` raises `sb.OptimizationError` (or its subclass
+        `sb.NonFiniteLossError`) carrying the last good `theta`; `throw=False` returns it.
+        For `"lbfgs"` and the Optimistix methods a non-finite *trial* point is a rejected
+        step: their line search / trust region backs off, as `optx.minimise` does.
+    - Ctrl-C: one SIGINT returns the partial result (`result=sb.RESULTS.interrupted`); the
+        chunk in flight finishes first. A second SIGINT raises `KeyboardInterrupt`.
+    - a checkpoint write that fails: a `RuntimeWarning`; the run goes on.
 
     **Arguments:**
 
-    - `loss`: `loss(theta, *args) -> scalar`, JAX-traceable.
+    - `loss`: `loss(theta, *args) -> scalar`, JAX-traceable (a real scalar; anything else
+        is a `TypeError` saying what it returned).
     - `theta0`: 1-D real floating start (float64 stays float64; float64 NumPy data with x64
-        off is a `TypeError`).
+        off is a `TypeError`), or 2-D `(members, n)` for an ensemble.
     - `method`: `"adam"` (default) or any `optax` alias by name (`"sgd"`, `"adamw"`, ...;
         `learning_rate` defaults to 1e-3), `"lbfgs"` (Optax L-BFGS with zoom line search),
         `"bfgs"`/`"nonlinear-cg"` (Optimistix), `"scipy:<Method>"` (any
         `scipy.optimize.minimize` method; trust-region methods get `hessp`), an
         `optax.GradientTransformation` or an Optimistix minimiser object.
-    - `args`: extra arguments passed to `loss` (default `()`).
+    - `args`: a tuple of extra arguments passed to `loss` (default `()`).
     - `max_steps`: step budget (default 1000).
     - `tol`: gradient-norm tolerance (Optax; default `None` runs the whole budget, except
         `"lbfgs"`), `rtol=atol` (Optimistix), or SciPy's `tol`. `None` means 1e-8 in float64,
         1e-4 in float32 where a default is needed.
     - `progress`: tqdm bar with the loss between chunks (off when stderr is not a terminal).
-    - `callback`: `callback(step, theta, loss)` between chunks (SciPy: every iteration);
-        returning `True` stops the run successfully.
+    - `callback`: `callback(step, theta, loss)` between chunks (SciPy: every iteration), with
+        `loss` a Python float; for an ensemble it is called once per running member with
+        that member's `theta`. Returning `True` stops the run (that member) successfully.
     - `throw`: raise `sb.OptimizationError` on failure (default) or return it in the result.
-    - `checkpoint`, `checkpoint_every`: a path to save the full optimizer state to every
-        `checkpoint_every` steps (fused methods only); an existing file there is resumed from,
-        and `max_steps` counts the steps before the resume.
+    - `checkpoint`, `checkpoint_every`: a path to save the full optimizer state (every
+        member's) to every `checkpoint_every` steps (not for SciPy methods); an existing file
+        there is resumed from, and `max_steps` counts the steps before the resume.
+    - `resume`: `"check"` (default) refuses a checkpoint written with another method, other
+        options or another `tol` (naming what changed); `"force"` resumes it anyway.
     - `mesh`: a `jax.sharding.Mesh` for data parallelism: `theta` is replicated, the data in
         `args` is split along its leading axis across the devices (see `sb.shard`), and XLA
-        reduces the gradients. The results equal a single-device run's.
-    - `**options`: passed to the Optax constructor (e.g. `learning_rate=`), to Optimistix as
-        `options`, or to SciPy as `options`; `chunk_size=` (default 1000) sets the steps per
-        dispatch of fused methods.
+        reduces the gradients. Results agree with a single-device run to rounding (the
+        reduction order differs); quasi-Newton line searches can amplify that over many
+        steps.
+    - `**options`: passed to the Optax constructor (e.g. `learning_rate=`) or to SciPy as
+        `options`; Optimistix methods take `autodiff_mode=`. `chunk_size=` (default 1000)
+        sets the steps per dispatch. An option the method does not take is a `TypeError`
+        naming the nearest valid keyword.
 
     **Returns:**
 
@@ -95,13 +123,16 @@ def minimize(
     `result`). For a 2-D `theta0` (an ensemble: one row per member, e.g.
     `jnp.stack([sb.FlatMLP(sizes, key=k).theta0 for k in keys])`) an `sb.EnsembleSolution`:
     every member trained at once (vmapped; SciPy methods one after another), each member's
-    own `Solution` in `res[i]`; a member that fails never stops or corrupts the others.
+    own `Solution` in `res[i]` under the same contract; a member that fails never stops or
+    corrupts the others, and `res.best` is the member with the lowest finite loss.
 
     **Raises:**
 
-    `sb.NonFiniteLossError` / `sb.OptimizationError` (with `.theta`, `.result`) on failure when
-    `throw=True`; `TypeError` for a bad `theta0` or `method` type; `ValueError` for an unknown
-    method name; `NotImplementedError` for `checkpoint=` with a non-fused method.
+    `sb.NonFiniteLossError` / `sb.OptimizationError` (with `.theta`, `.result`; for an
+    ensemble when any member failed, `.result` is the `EnsembleSolution`) when
+    `throw=True`; `TypeError` for a bad `theta0`, `args`, `tol`, `method` type, loss output or
+    option; `ValueError` for an unknown method name, a non-finite `theta0` or a mismatched
+    checkpoint; `NotImplementedError` for `checkpoint=` with a SciPy method.
     """
     where = "sb.minimize"
     theta0 = prepare_theta0(theta0, where)
@@ -112,14 +143,18 @@ def minimize(
         checkpoint=checkpoint, every=checkpoint_every, chunk=options.pop("chunk_size", 1000),
         resume=resume,
     )  # fmt: skip
-    loss = ScalarLoss(loss, where)
+    pass_key = key is not None and takes_key(loss)
+    loss = ScalarLoss(KeyedLoss(loss) if pass_key else loss, where)
     member = theta0[0] if theta0.ndim == 2 else theta0
     plan = resolve_minimize(loss, member, method, tol, options, where)
     if plan.scipy is not None:
+        if batch_size is not None or key is not None:
+            raise NotImplementedError(_MSG_SCIPY_BATCHES.format(where=where))
         if run.checkpoint is not None:
             raise NotImplementedError(_MSG_CHECKPOINT.format(where=where, method=method))
         solve = lambda theta, run, flag: scipy_minimize(loss, theta, args, plan.scipy, tol,
                                                         options, run, flag)  # fmt: skip
         return solve_scipy(solve, theta0, run)
-    run.fingerprint = fingerprint(method, options, tol)
-    return drive(plan.stepper, theta0, args, run)
+    stepper = with_batches(plan.stepper, args, batch_size, key, pass_key, where)
+    run.fingerprint = fingerprint(method, {**options, "batch_size": batch_size, "key": key}, tol)
+    return drive(stepper, theta0, args, run)

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import optimistix as optx
 import pytest
 from helpers import TraceCounter, run_python
 
@@ -433,3 +434,81 @@ def test_ensemble_best_is_the_lowest_finite_loss():
     res = sb.minimize(loss, thetas, "adam", max_steps=1, progress=False, throw=False)
     assert res[1].result is sb.RESULTS.nonfinite
     assert res.best is res[2] and res.best.loss == min(res[0].loss, res[2].loss)
+
+
+# --- Optimistix in chunks: evaluations and memory as `optx.minimise` ----------------------
+
+
+def test_optimistix_evaluates_the_loss_no_more_often_than_optx_minimise():
+    calls = []
+
+    def loss(theta, args):
+        jax.debug.callback(lambda: calls.append(1))
+        return as_loss(rosenbrock)(theta)
+
+    theta0 = jnp.array([-1.2, 1.0, 0.5])
+    sol = optx.minimise(loss, optx.BFGS(rtol=1e-8, atol=1e-8), theta0, max_steps=200)
+    jax.block_until_ready(sol.value)
+    reference, calls[:] = len(calls), []
+    res = sb.minimize(lambda t: loss(t, None), theta0, "bfgs", max_steps=200, chunk_size=7,
+                      progress=False)  # fmt: skip
+    np.testing.assert_allclose(np.asarray(res.theta), np.asarray(sol.value), rtol=1e-10)
+    # One evaluation per step, plus the final loss at `res.theta`.
+    assert len(calls) <= reference + 1, (len(calls), reference)
+
+
+def test_a_huge_budget_allocates_nothing_per_step():
+    # The loss history lives per chunk: `max_steps=10**9` costs what `max_steps=100` does.
+    res = sb.minimize(as_loss(quadratic), jnp.zeros(3), "bfgs", max_steps=10**9, progress=False)
+    assert res.success and res.steps < 100
+
+
+# --- minibatches and per-step keys inside the compiled loop (issue 15 item 3) -------------
+
+
+def test_minibatches_visit_every_row_once_per_epoch_without_retracing():
+    rows, batch, seen = 12, 4, []
+
+    def loss(theta, x):
+        jax.debug.callback(lambda b: seen.append(np.asarray(b)), x)
+        return jnp.mean((theta[0] - x) ** 2)
+
+    counter = TraceCounter(loss)
+    x = jnp.arange(rows, dtype=jnp.float64)
+    kw = dict(args=(x,), batch_size=batch, key=jax.random.key(1), learning_rate=0.1,
+              chunk_size=4, progress=False)  # fmt: skip
+    res = sb.minimize(counter, jnp.zeros(1), "adam", max_steps=9, **kw)  # 3 epochs, 3 chunks
+    batches = [b for b in seen if b.shape == (batch,)]
+    assert len(batches) == 9 and res.steps == 9
+    epochs = [np.concatenate(batches[i : i + 3]) for i in (0, 3, 6)]
+    for epoch in epochs:
+        np.testing.assert_array_equal(np.sort(epoch), np.arange(rows))
+    assert not np.array_equal(epochs[0], epochs[1])  # reshuffled
+    traced = counter.count
+    sb.minimize(counter, jnp.ones(1), "adam", max_steps=9, **kw)
+    assert counter.count == traced  # no retrace across epochs, chunks or calls
+
+
+def test_step_keys_differ_and_are_reproducible():
+    seen = []
+
+    def loss(theta, x, *, key):
+        jax.debug.callback(lambda k: seen.append(np.asarray(k)), jax.random.key_data(key))
+        return jnp.sum((theta - x[0]) ** 2) + 0.0 * jax.random.normal(key)
+
+    key = jax.random.key(7)
+    kw = dict(args=(jnp.ones(4),), key=key, max_steps=5, chunk_size=2, progress=False)
+    sb.minimize(loss, jnp.zeros(1), "adam", **kw)
+    first, seen[:] = list(seen), []
+    sb.minimize(loss, jnp.zeros(1), "adam", **kw)
+    assert len(first) == len(seen) and all(np.array_equal(a, b) for a, b in zip(first, seen))
+    steps = first[:5]
+    want = [np.asarray(jax.random.key_data(jax.random.fold_in(key, k))) for k in range(5)]
+    assert all(np.array_equal(a, b) for a, b in zip(steps, want))
+    assert len({a.tobytes() for a in steps}) == 5
+
+
+def test_minibatches_need_one_leading_axis():
+    with pytest.raises(ValueError, match="close over constants"):
+        sb.minimize(lambda t, x, c: jnp.sum((t - x) ** 2) * c, jnp.zeros(1), "adam",
+                    args=(jnp.ones(8), jnp.ones(3)), batch_size=4, progress=False)  # fmt: skip

@@ -45,6 +45,8 @@ def _describe(x: Any, depth: int = 0) -> str:
     if x is None or isinstance(x, bool | int | float | complex | str):
         return repr(x)
     if isinstance(x, np.ndarray | jax.Array | np.generic):
+        if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+            x = jax.random.key_data(x)
         data = np.asarray(x)
         digest = hashlib.sha1(data.tobytes()).hexdigest()[:12]
         return f"array{data.shape}{data.dtype}:{digest}"

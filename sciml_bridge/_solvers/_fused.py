@@ -77,20 +77,23 @@ def _init_one(stepper, args, theta):
 
 
 @eqx.filter_jit
-def init_members(stepper, args, thetas, batched: bool):
-    """`(dynamic, static, nan_losses)`: the array part of every member's state (leading
-    member axis), the static part shared by all, and "no good loss yet" placeholders."""
-    fn = lambda t: _init_one(stepper, args, t)
+def init_members(stepper, args, theta0, batched: bool):
+    """`(dynamic, static, good_theta, nan_losses)` for `theta0` (`(members, n)` when
+    `batched`, else one `(n,)` run): the array part of every member's state (leading member
+    axis), the static part shared by all, the start as the first "last good" point (a fresh
+    buffer: the state is donated later, the user's `theta0` never is), and "no good loss yet"
+    placeholders."""
     static_box = []
 
     def one(t):
-        state, nan = fn(t)
+        state, nan = _init_one(stepper, args, t)
         dynamic, static = eqx.partition(state, eqx.is_array)
         static_box.append(static)
-        return _strong(dynamic), nan
+        return _strong(dynamic), nan, t
 
-    dynamic, nan = _member_axis(batched, one, (0,))(thetas)
-    return dynamic, static_box[0], nan
+    thetas = theta0 if batched else theta0[None]
+    dynamic, nan, good = _member_axis(batched, one, (0,))(thetas)
+    return dynamic, static_box[0], good, nan
 
 
 @eqx.filter_jit(donate="all-except-first")
@@ -107,13 +110,15 @@ def run_chunk(keep, dynamic):
 
 @eqx.filter_jit
 def final_members(stepper, args, static, dynamic, batched: bool):
-    """The current `theta` of every member and the loss there."""
+    """The current `theta` of every member and the loss there. For a single run `theta` is
+    returned without the member axis, ready to hand back as `res.theta`."""
 
     def one(dynamic):
         theta = stepper.theta(eqx.combine(dynamic, static))
         return theta, stepper.value(theta, args)
 
-    return _member_axis(batched, one, (0,))(dynamic)
+    theta, loss = _member_axis(batched, one, (0,))(dynamic)
+    return (theta if batched else theta[0]), loss
 
 
 @eqx.filter_jit

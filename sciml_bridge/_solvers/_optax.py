@@ -100,7 +100,16 @@ def optax_transform(name: str, options: dict, where: str, valid) -> optax.Gradie
         return _build(name, dict(options))
 
 
+@functools.lru_cache(maxsize=64)
+def _has_linesearch(optimizer, shape: tuple, dtype) -> bool:
+    # An abstract trace of `init` costs milliseconds: once per optimizer and theta shape.
+    state = eqx.filter_eval_shape(optimizer.init, jax.ShapeDtypeStruct(shape, dtype))
+    return otu.tree_get(state, "value", default=None) is not None
+
+
 def optax_stepper(fn, optimizer, theta0, tol) -> OptaxStepper:
-    state = eqx.filter_eval_shape(optimizer.init, theta0)
-    linesearch = otu.tree_get(state, "value", default=None) is not None
+    try:
+        linesearch = _has_linesearch(optimizer, tuple(theta0.shape), theta0.dtype)
+    except TypeError:  # an unhashable transformation: trace it every time
+        linesearch = _has_linesearch.__wrapped__(optimizer, tuple(theta0.shape), theta0.dtype)
     return OptaxStepper(fn, optimizer, tol, linesearch)

@@ -70,14 +70,13 @@ def first_line(e: Exception) -> str:
 
 
 class _Driver:
-    def __init__(self, stepper: AbstractStepper, thetas, args: tuple, run: Run, batched: bool):
+    def __init__(self, stepper: AbstractStepper, theta0, args: tuple, run: Run, batched: bool):
         self.stepper, self.args, self.run, self.batched = stepper, args, run, batched
-        self.members = [_Member([]) for _ in range(thetas.shape[0])]
-        self.warned = False
-        # The state is donated to each chunk: never hand the user's own buffer over.
-        copy = jnp.array(thetas, copy=True)
-        self.dynamic, self.static, self.good_loss = init_members(stepper, args, copy, batched)
-        self.good_theta = thetas
+        self.members = [_Member([]) for _ in range(theta0.shape[0] if batched else 1)]
+        self.warned, self.active = False, (None, None)
+        self.dynamic, self.static, self.good_theta, self.good_loss = init_members(
+            stepper, args, theta0, batched
+        )
         if _checkpoint.exists(run.checkpoint):
             self._resume()
 
@@ -148,6 +147,13 @@ class _Driver:
         finite = losses[np.isfinite(losses)]
         bar.update(evaluated, float(finite.min()) if finite.size else float("nan"))
 
+    def _active(self):
+        """Which members run, as a device array (made again only when it changes)."""
+        running = tuple(m.running for m in self.members)
+        if self.active[0] != running:
+            self.active = (running, jnp.asarray(running))
+        return self.active[1]
+
     def chunks(self, bar: Progress, interrupt) -> None:
         run = self.run
         while not interrupt:
@@ -155,7 +161,7 @@ class _Driver:
             if not running or running[0].steps >= run.max_steps:
                 return
             n = min(run.chunk, run.max_steps - running[0].steps)
-            active = jnp.asarray([m.running for m in self.members])
+            active = self._active()
             keep = (self.stepper, self.args, self.static, self.good_theta, self.good_loss,
                     active, jnp.asarray(n), run.chunk, self.batched)  # fmt: skip
             dynamic, self.dynamic = self.dynamic, None  # donated: gone if the chunk fails
@@ -195,18 +201,19 @@ class _Driver:
                          for lo, s, m in zip(losses, start, self.members)])  # fmt: skip
 
     def _one(self, i: int, m: _Member, good, final) -> Solution:
-        theta, loss, history = good[0][i], float(good[1][i]), list(m.history)
+        theta, loss, history = good[0], float(good[1][i]), list(m.history)
         result, text = self._ending(m)
         failed = m.result is not None and m.result is not RESULTS.interrupted
         if final is not None and not failed:
             if np.isfinite(final[1][i]):
-                theta, loss = final[0][i], float(final[1][i])
+                theta, loss = final[0], float(final[1][i])
                 history.append(loss)
             else:
                 result, text = RESULTS.nonfinite, ""
         if result is RESULTS.nonfinite and not text:
             text = self._nonfinite_text(len(history))
         run = self.run
+        theta = theta[i] if theta.ndim == 2 else theta
         return finish(theta=theta, loss=loss,
                       history=history or [loss], steps=max(len(history) - 1, 0),
                       result=result, wall_time=time.perf_counter() - run.start,
@@ -241,9 +248,8 @@ class _Driver:
 def drive(stepper: AbstractStepper, theta0, args: tuple, run: Run):
     """Run `stepper` from `theta0` (1-D: one run; 2-D: one member per row) under `run`."""
     batched = theta0.ndim == 2
-    thetas = theta0 if batched else theta0[None]
     with Progress(run.max_steps, run.progress, run.where) as bar, catch_sigint() as interrupt:
-        driver = _Driver(stepper, thetas, args, run, batched)
+        driver = _Driver(stepper, theta0, args, run, batched)
         try:
             driver.chunks(bar, interrupt)
         except KeyboardInterrupt:

@@ -40,7 +40,8 @@ Fix: `tol=1e-6` (a number, not a string)."""
 
 # The keywords of the verbs themselves: a misspelt one must be reported as such.
 VERB_KEYWORDS = ("args", "max_steps", "tol", "progress", "callback", "throw", "checkpoint",
-                 "checkpoint_every", "resume", "mesh", "chunk_size")  # fmt: skip
+                 "checkpoint_every", "resume", "mesh", "chunk_size", "batch_size",
+                 "key")  # fmt: skip
 
 _MSG_OPTION = """\
 `{where}` got the keyword `{key}=`, which neither `{where}` nor method={method!r} takes{hint}.
