@@ -66,10 +66,13 @@ METHODS = (
     ("minimize", "lbfgs", {}, "second"),
     ("minimize", "bfgs", {}, "second"),
     ("minimize", "nonlinear-cg", {}, "second"),
+    ("minimize", "ssbfgs", {}, "second"),
+    ("minimize", "ssbroyden", {}, "second"),
     ("minimize", "scipy:BFGS", dict(tol=1e-12), "second"),
     ("minimize", "scipy:L-BFGS-B", dict(tol=1e-14), "second"),
     ("minimize", "scipy:trust-ncg", dict(tol=1e-12), "second"),
     ("least_squares", "gauss-newton", {}, "second"),
+    ("least_squares", "natural-gradient", {}, "second"),
     ("least_squares", "lm", {}, "second"),
     ("least_squares", "dogleg", {}, "second"),
     ("least_squares", "scipy:trf", {}, "second"),
@@ -151,6 +154,9 @@ def nan_beyond_one(theta):
 # step and back off, as `optx.minimise` does: the run ends on its budget or its own
 # criterion, never on the NaN.
 _BACKS_OFF = ("lbfgs", "bfgs", "nonlinear-cg", "lm", "dogleg")
+# So do the grid line search of truncated Gauss-Newton (a non-finite trial never wins) and the
+# strong-Wolfe search of the self-scaled methods (a non-finite trial shrinks the bracket).
+_BACKS_OFF += ("gauss-newton", "natural-gradient", "ssbfgs", "ssbroyden")
 
 
 @pytest.mark.parametrize("index", range(len(METHODS)), ids=IDS)

@@ -49,11 +49,12 @@ def test_ensemble_least_squares_and_init_from_keys(getkey):
     def residual(th, x):
         return jax.vmap(fm, (None, 0))(th, x)[:, 0] - jnp.sin(2 * x[:, 0])
 
-    res = sb.least_squares(residual, thetas, "gauss-newton", args=(x,), max_steps=30,
-                           progress=False, throw=False)
+    # A coarse third cutoff (1e-3) gets truncated Gauss-Newton off this tiny net's plateau
+    # within the budget (the default (1e-7, 1e-8) leaves one member at 0.53 after 80 steps).
+    kw = dict(args=(x,), max_steps=80, rcond=(1e-3, 1e-7, 1e-8), progress=False, throw=False)
+    res = sb.least_squares(residual, thetas, "gauss-newton", **kw)
     for i in range(3):
-        single = sb.least_squares(residual, thetas[i], "gauss-newton", args=(x,), max_steps=30,
-                                  progress=False, throw=False)
+        single = sb.least_squares(residual, thetas[i], "gauss-newton", **kw)
         np.testing.assert_allclose(res[i].theta, single.theta, rtol=1e-10, atol=1e-10)
     assert np.all(res.loss < 1e-6)
 

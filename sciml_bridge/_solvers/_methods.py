@@ -21,6 +21,7 @@ from ._optimistix import (
     minimiser,
     optimistix_stepper,
 )
+from ._self_scaled import SelfScaledStepper
 from ._setup import check_options, default_tol
 from ._stepper import AbstractStepper
 
@@ -30,7 +31,8 @@ SCIPY_MINIMIZE = ("Nelder-Mead", "Powell", "CG", "BFGS", "Newton-CG", "L-BFGS-B"
                   "trust-exact", "trust-krylov")  # fmt: skip
 SCIPY_LEAST_SQUARES = ("trf", "dogbox", "lm")
 MINIMIZE = ("adam", "lbfgs", "bfgs", "nonlinear-cg")  # plus every Optax alias by name
-LEAST_SQUARES = ("gauss-newton", "lm", "dogleg")
+MINIMIZE += ("ssbfgs", "ssbroyden")
+LEAST_SQUARES = ("gauss-newton", "natural-gradient", "lm", "dogleg")
 
 _OPTIMISTIX_OPTIONS = {"bfgs": ("autodiff_mode",), "nonlinear-cg": ("autodiff_mode",),
                        "lm": (), "dogleg": ()}  # fmt: skip
@@ -108,6 +110,9 @@ def resolve_minimize(fn, theta0, method, tol, options: dict, where: str) -> Plan
         raise ValueError(_MSG_VERB.format(where=where, method=method, other="sb.least_squares",
                                           valid=", ".join(map(repr, MINIMIZE))))  # fmt: skip
     tol_or_default = default_tol(theta0.dtype) if tol is None else tol
+    if method in ("ssbfgs", "ssbroyden"):
+        check_options(options, SelfScaledStepper.OPTIONS, where, method)
+        return Plan(SelfScaledStepper(fn, method, tol_or_default, **options))
     if method in ("bfgs", "nonlinear-cg"):
         check_options(options, _OPTIMISTIX_OPTIONS[method], where, method)
         solver = minimiser(method, tol_or_default)
@@ -129,7 +134,7 @@ def resolve_least_squares(fn, theta0, method, tol, options: dict, jac_mode, wher
         check_options(options, scipy_least_squares_options(), where, method, extra=("jac",))
         return Plan(scipy=name)
     tol = default_tol(theta0.dtype) if tol is None else tol
-    if method == "gauss-newton":
+    if method in ("gauss-newton", "natural-gradient"):
         check_options(options, _gauss_newton_options(), where, method, extra=("jac",))
         return Plan(GaussNewtonStepper(fn, jac_mode(True), tol, **options))
     if is_optimistix_solver(method) or method in ("lm", "dogleg"):

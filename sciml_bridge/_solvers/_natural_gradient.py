@@ -1,0 +1,134 @@
+"""The linear algebra of natural-gradient / Gauss-Newton steps for residual-form losses.
+
+For `L(theta) = 0.5 * |r(theta)|^2` the energy natural gradient (ENGD, Mueller & Zeinhofer,
+ICML 2023, arXiv 2302.13163) is the Gauss-Newton direction `d = -pinv(J) r`, with `J` the
+Jacobian of the residual vector. Three facts decide whether it reaches 1e-7 on a PINN
+(PITFALLS.md, "PINN Gauss-Newton", measured on the 2-D Poisson problem of issue 14):
+
+- the pseudo-inverse must be *truncated* at a relative cutoff `rcond` of the singular values of
+  `J` near 1e-7: `lstsq(J, r)` with its default cutoff (~2e-13) keeps near-null directions,
+  steps of norm 2.5e6, and the loss never decreases;
+- the step size must be free to go far below 2^-11 early on: a grid line search evaluates
+  `alpha = 2^-k`, `k = 0..K`, all at once (one `vmap`), and takes the best decrease;
+- no damping floor: a Levenberg-Marquardt term stalls the run near 1e-5.
+
+Each direction has three forms, chosen by shape:
+
+- `"gramian"`: eigen-decompose `G = J^T J` (`n x n`), for tall `J` (residuals >= parameters);
+- `"kernel"`: eigen-decompose `K = J J^T` (`m x m`) and map back, `d = -J^T pinv(K) r` (the
+  Woodbury / kernel form of ENGD-Woodbury and SPRING, arXiv 2505.12149), for wide `J`;
+- `"cg"`: matrix-free CGLS on `min |J d + r|` through `jvp`/`vjp` only, never forming `J`,
+  for 1e4..1e5 parameters; stopping CGLS early is itself a truncation (Hanke 1995).
+
+All three give the same `d` up to rounding when nothing is truncated; they differ in cost.
+"""
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+
+def residual_and_jacobian(
+    f: Callable[[Array], Array], theta: Array, mode: str
+) -> tuple[Array, Array]:
+    """`r = f(theta)` and `J = df/dtheta` (`m x n`) from one linearisation.
+
+    `mode="fwd"` pushes the `n` unit tangents through `jax.linearize` (cheaper for tall `J`);
+    `"bwd"` pulls the `m` unit cotangents through `jax.vjp` (cheaper for wide `J`). Either way
+    the residual comes from the same forward pass as the Jacobian (for a `FlatMLP` PINN, the
+    forward-Laplacian pass), not from a second evaluation.
+    """
+    if mode == "fwd":
+        r, lin = jax.linearize(f, theta)
+        eye = jnp.eye(theta.size, dtype=theta.dtype)
+        return r, jax.vmap(lin, out_axes=1)(eye)
+    r, pullback = jax.vjp(f, theta)
+    eye = jnp.eye(r.size, dtype=r.dtype)
+    return r, jax.vmap(lambda e: pullback(e)[0])(eye)
+
+
+def _truncated_inverse(w: Array, rcond: Array) -> Array:
+    # Eigenvalues of J^T J (or J J^T) are the squared singular values of J: a relative cutoff
+    # `rcond` on the singular values is `rcond**2` on them. Negative rounding noise is cut too.
+    keep = w > (rcond * rcond) * jnp.max(w)
+    return jnp.where(keep, 1 / jnp.where(keep, w, 1), 0)
+
+
+def truncated_steps(
+    J: Float[Array, "m n"], r: Float[Array, " m"], rconds: tuple[float, ...], form: str
+) -> Float[Array, "c n"]:
+    """`d = -pinv(J) r` for each cutoff in `rconds`: singular values of `J` below
+    `rcond * sigma_max` cut off, all from one eigendecomposition.
+
+    `form="gramian"` decomposes `J^T J` (`n x n`), `"kernel"` decomposes `J J^T` (`m x m`);
+    the result is the same (the minimum-norm least-squares step of the truncated problem).
+    """
+    cut = jnp.asarray(rconds, dtype=J.dtype)[:, None]
+    if form == "gramian":
+        w, V = jnp.linalg.eigh(J.T @ J)
+        return -((_truncated_inverse(w, cut) * (V.T @ (J.T @ r))) @ V.T)
+    w, U = jnp.linalg.eigh(J @ J.T)
+    return -((_truncated_inverse(w, cut) * (U.T @ r)) @ U.T @ J)
+
+
+def truncated_step(
+    J: Float[Array, "m n"], r: Float[Array, " m"], rcond: float, form: str
+) -> Float[Array, " n"]:
+    """`truncated_steps` for one cutoff."""
+    return truncated_steps(J, r, (rcond,), form)[0]
+
+
+def cgls_step(
+    f: Callable[[Array], Array], theta: Array, max_iters: int, tol: float
+) -> tuple[Array, Array, Array]:
+    """`(r, d, g)`: `r = f(theta)`, `d ~ argmin |J d + r|` by CGLS (matrix-free), `g = J^T r`.
+
+    CGLS (conjugate gradients on the normal equations, written with `J` and `J^T` separately
+    for stability; Bjorck, "Numerical Methods for Least Squares Problems", 1996, 7.4) needs one
+    `jvp` and one `vjp` per iteration, from a single `jax.linearize`. It stops after
+    `max_iters` iterations or when `|J^T (J d + r)| <= tol * |J^T r|`.
+    """
+    r, lin = jax.linearize(f, theta)
+    lin_t = jax.linear_transpose(lin, theta)
+    jt = lambda v: lin_t(v)[0]
+    q0 = jt(-r)
+    gamma0 = q0 @ q0
+    zero = jnp.zeros_like(theta)
+
+    def cond(c):
+        _, _, _, gamma, i = c
+        return (i < max_iters) & (gamma > (tol * tol) * gamma0)
+
+    def body(c):
+        d, s, p, gamma, i = c
+        t = lin(p)
+        alpha = gamma / jnp.maximum(t @ t, jnp.finfo(t.dtype).tiny)
+        d, s = d + alpha * p, s - alpha * t
+        q = jt(s)
+        new_gamma = q @ q
+        return d, s, q + (new_gamma / gamma) * p, new_gamma, i + 1
+
+    init = (zero, -r, q0, gamma0, jnp.asarray(0))
+    d, *_ = jax.lax.while_loop(cond, body, init)
+    return r, d, -q0
+
+
+def grid_line_search(
+    value: Callable[[Array], Array], theta: Array, d: Array, loss: Array, max_halvings: int
+) -> tuple[Array, Array, Array, Array]:
+    """The best of `theta + 2^-k d_c`, `k = 0..max_halvings`, over the rows `d_c` of `d`
+    (one or more candidate directions), all evaluated in one `vmap`.
+
+    Returns `(step, new_loss, decreased, alpha)`; non-finite trial losses never win. As in the
+    ENGD reference code, the whole grid is evaluated (no early exit), so the cost is one
+    batched loss evaluation and early steps may take `alpha` far below 2^-11.
+    """
+    d = jnp.atleast_2d(d)
+    alphas = 0.5 ** jnp.arange(max_halvings + 1, dtype=theta.dtype)
+    steps = (alphas[:, None, None] * d[None]).reshape(-1, theta.size)
+    trials = jax.vmap(lambda s: value(theta + s))(steps)
+    trials = jnp.where(jnp.isfinite(trials), trials, jnp.inf)
+    best = jnp.argmin(trials)
+    return steps[best], trials[best], trials[best] < loss, alphas[best // d.shape[0]]

@@ -1,0 +1,57 @@
+"""The `"gauss-newton"` / `"natural-gradient"` stepper: one step against a hand-written step,
+stopping, solver forms and cutoff options."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import sciml_bridge as sb
+from sciml_bridge._solvers._gauss_newton import GaussNewtonStepper
+
+
+_X = jnp.linspace(0.0, 1.0, 16)
+
+
+def exp_fit(theta, x):
+    return theta[0] * jnp.exp(theta[1] * x) - 2.0 * jnp.exp(-x)
+
+
+def test_one_step_equals_the_hand_written_engd_step():
+    theta = jnp.array([1.0, 0.5])
+    stepper = GaussNewtonStepper(exp_fit, "fwd", 1e-14, rcond=1e-7)
+    new, loss, _ = jax.jit(lambda t: stepper.step(t, (_X,)))(theta)[:3]
+    # By hand: numpy Jacobian, lstsq with a 1e-7 relative cutoff, best of 2^-k, k = 0..30.
+    J = np.asarray(jax.jacfwd(exp_fit)(theta, _X))
+    r = np.asarray(exp_fit(theta, _X))
+    d = -np.linalg.lstsq(J, r, rcond=1e-7)[0]
+    value = lambda t: 0.5 * float(np.sum(np.asarray(exp_fit(jnp.asarray(t), _X)) ** 2))
+    trials = [(value(np.asarray(theta) + 0.5**k * d), k) for k in range(31)]
+    best_k = min(trials)[1]
+    np.testing.assert_allclose(np.asarray(new), np.asarray(theta) + 0.5**best_k * d, rtol=1e-12)
+    np.testing.assert_allclose(float(loss), 0.5 * np.sum(r**2), rtol=1e-14)
+
+
+def test_both_names_run_the_same_method_and_stop_at_an_exact_fit():
+    kw = dict(args=(_X,), progress=False)
+    gn = sb.least_squares(exp_fit, jnp.array([1.0, 0.0]), "gauss-newton", **kw)
+    ng = sb.least_squares(exp_fit, jnp.array([1.0, 0.0]), "natural-gradient", **kw)
+    for res in (gn, ng):
+        assert res.success and res.steps < 30 and res.loss < 1e-20
+        np.testing.assert_allclose(np.asarray(res.theta), [2.0, -1.0], rtol=1e-10)
+    np.testing.assert_allclose(gn.history, ng.history, rtol=1e-12, atol=1e-30)
+
+
+@pytest.mark.parametrize("options", [dict(solver="cg"), dict(solver="kernel"),
+                                     dict(rcond=(1e-6, 1e-9))])
+def test_other_solver_forms_and_cutoff_sets_reach_the_same_fit(options):
+    res = sb.least_squares(exp_fit, jnp.array([1.0, 0.0]), "natural-gradient", args=(_X,),
+                           progress=False, **options)
+    assert res.success and res.loss < 1e-20
+    np.testing.assert_allclose(np.asarray(res.theta), [2.0, -1.0], rtol=1e-10)
+
+
+def test_bad_option_values_say_what_is_accepted():
+    with pytest.raises(ValueError, match="rcond"):
+        sb.least_squares(exp_fit, jnp.zeros(2), "gauss-newton", args=(_X,), rcond=2.0,
+                         progress=False)

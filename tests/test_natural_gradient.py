@@ -1,0 +1,137 @@
+"""The truncated Gauss-Newton / natural-gradient pieces against hand-written references."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import sciml_bridge as sb
+from sciml_bridge._solvers._natural_gradient import (
+    cgls_step,
+    grid_line_search,
+    residual_and_jacobian,
+    truncated_step,
+)
+
+
+def _matrix_with_singular_values(m, n, sigmas, seed=0):
+    rng = np.random.default_rng(seed)
+    U, _ = np.linalg.qr(rng.normal(size=(m, m)))
+    V, _ = np.linalg.qr(rng.normal(size=(n, n)))
+    S = np.zeros((m, n))
+    S[: len(sigmas), : len(sigmas)] = np.diag(sigmas)
+    return U @ S @ V.T
+
+
+def _reference_step(J, r, rcond):
+    """Hand-written: SVD of J, drop singular values below rcond * sigma_max, d = -V S^+ U^T r."""
+    U, s, Vt = np.linalg.svd(J, full_matrices=False)
+    keep = s > rcond * s[0]
+    return -(Vt[keep].T @ ((U[:, keep].T @ r) / s[keep]))
+
+
+@pytest.mark.parametrize("shape", [(12, 5), (5, 12)])
+@pytest.mark.parametrize("form", ["gramian", "kernel"])
+def test_truncated_step_matches_svd_reference(shape, form):
+    m, n = shape
+    # Two singular values far below the cutoff 1e-4: kept, they would dominate the step.
+    J = _matrix_with_singular_values(m, n, [3.0, 1.0, 0.5, 1e-7, 1e-9])
+    r = np.random.default_rng(1).normal(size=m)
+    d = truncated_step(jnp.asarray(J), jnp.asarray(r), 1e-4, form)
+    expected = _reference_step(J, r, 1e-4)
+    np.testing.assert_allclose(np.asarray(d), expected, rtol=1e-9, atol=1e-12)
+    assert np.linalg.norm(expected) < 10  # the untruncated step would have norm ~1e7
+    assert np.linalg.norm(np.linalg.pinv(J, rcond=1e-12) @ r) > 1e5
+
+
+def test_cgls_matches_lstsq_on_a_full_rank_linear_residual():
+    J = _matrix_with_singular_values(20, 6, [4.0, 3.0, 2.0, 1.5, 1.0, 0.5], seed=2)
+    b = np.random.default_rng(3).normal(size=20)
+    theta = jnp.asarray(np.random.default_rng(4).normal(size=6))
+    f = lambda t: jnp.asarray(J) @ t - jnp.asarray(b)
+    r, d, g = cgls_step(f, theta, 50, 1e-14)
+    expected = np.linalg.lstsq(J, b, rcond=None)[0] - np.asarray(theta)
+    np.testing.assert_allclose(np.asarray(d), expected, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(g), J.T @ np.asarray(r), rtol=1e-12)
+
+
+def test_grid_line_search_matches_a_python_loop():
+    value = jax.jit(lambda t: jnp.sum((t - 0.3) ** 2) + jnp.sum(t**4))
+    theta, d = jnp.array([2.0, -1.0]), jnp.array([-100.0, 40.0])
+    loss = value(theta)
+    step, new_loss, decreased, alpha = grid_line_search(value, theta, d, loss, 30)
+    trials = [(float(value(theta + 0.5**k * d)), 0.5**k) for k in range(31)]  # one by one
+    best_loss, best_alpha = min(trials)
+    assert float(alpha) == best_alpha
+    np.testing.assert_allclose(float(new_loss), best_loss, rtol=1e-14)
+    np.testing.assert_array_equal(np.asarray(step), best_alpha * np.asarray(d))
+    assert bool(decreased) and best_alpha < 2**-5  # far below a unit step
+    # Several candidate directions: the best over all of them and all step sizes.
+    both = jnp.stack([d, jnp.array([-1.7, 1.0])])
+    step, new_loss, _, _ = grid_line_search(value, theta, both, loss, 30)
+    trials += [(float(value(theta + 0.5**k * both[1])), 0.5**k) for k in range(31)]
+    np.testing.assert_allclose(float(new_loss), min(trials)[0], rtol=1e-14)
+    # Nothing below the loss to beat: no decrease reported.
+    _, _, decreased, _ = grid_line_search(value, theta, d, jnp.asarray(0.0), 30)
+    assert not bool(decreased)
+
+
+@pytest.mark.parametrize("mode", ["fwd", "bwd"])
+def test_residual_and_jacobian_agree_with_jacfwd(mode):
+    f = lambda t: jnp.stack([jnp.sin(t[0]) * t[1], t[0] ** 2, jnp.exp(t[1] - t[2])])
+    theta = jnp.array([0.3, -0.7, 0.2])
+    r, J = jax.jit(lambda t: residual_and_jacobian(f, t, mode))(theta)
+    np.testing.assert_allclose(np.asarray(r), np.asarray(f(theta)), rtol=1e-14)
+    np.testing.assert_allclose(np.asarray(J), np.asarray(jax.jacfwd(f)(theta)), rtol=1e-14)
+
+
+def _tiny_pinn():
+    fm = sb.FlatMLP((1, 8, 1), key=jax.random.key(0), dtype=jnp.float64)
+    x_in = jnp.linspace(0.05, 0.95, 12)[:, None]
+    x_bc = jnp.array([[0.0], [1.0]])
+    f = lambda x: jnp.pi**2 * jnp.sin(jnp.pi * x[0])
+    problem = sb.pinn(fm, {"pde": (lambda u, x: -u.laplacian(x) - f(x), x_in),
+                           "bc": (lambda u, x: u(x), x_bc)})
+    return fm, problem
+
+
+def test_pinn_residual_jacobian_per_point_equals_the_black_box_jacobian():
+    fm, problem = _tiny_pinn()
+    theta = fm.theta0
+    r, J = jax.jit(problem.residual.residual_and_jacobian)(theta)
+    r_ref, J_ref = jax.jit(lambda t: (problem.residual(t), jax.jacfwd(problem.residual)(t)))(theta)
+    np.testing.assert_allclose(np.asarray(r), np.asarray(r_ref), rtol=1e-13, atol=1e-14)
+    np.testing.assert_allclose(np.asarray(J), np.asarray(J_ref), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("solver", ["auto", "gramian", "kernel", "cg"])
+def test_every_solver_form_gives_the_minimum_norm_solution_of_a_wide_linear_fit(solver):
+    A = jnp.asarray(_matrix_with_singular_values(4, 9, [2.0, 1.0, 0.5, 0.25], seed=5))
+    b = jnp.arange(1.0, 5.0)
+    # One cutoff above the rounding floor of eigh (~n * eps relative on J^T J): the default's
+    # second cutoff, 1e-8, sits below it, so the Gramian form may add rounding-noise directions
+    # (which the line search only takes when they lower the loss) and lose the minimum norm.
+    res = sb.least_squares(lambda t: A @ t - b, jnp.zeros(9), "natural-gradient",
+                           solver=solver, rcond=1e-6, progress=False)
+    np.testing.assert_allclose(np.asarray(res.theta), np.linalg.pinv(np.asarray(A)) @ b,
+                               rtol=1e-9, atol=1e-12)
+    assert res.success and res.loss < 1e-20
+
+
+def test_natural_gradient_trains_a_small_pinn_far_below_adam_levels():
+    fm, problem = _tiny_pinn()
+    res = sb.least_squares(problem.residual, fm.theta0, "natural-gradient", max_steps=60,
+                           tol=1e-14, progress=False, throw=False)
+    x = jnp.linspace(0.0, 1.0, 101)[:, None]
+    err = sb.error_report(fm, res.theta, x, lambda x: jnp.sin(jnp.pi * x[:, 0])).rel_l2
+    assert err < 1e-5, err
+    assert np.all(np.diff(res.history) <= 0)  # the line search only accepts decreases
+
+
+def test_damping_and_unknown_options_are_refused_with_the_accepted_list():
+    with pytest.raises(TypeError, match="(?s)`damping=`.*`rcond`, `solver`"):
+        sb.least_squares(lambda t: t - 1.0, jnp.zeros(2), "gauss-newton", damping=1e-3,
+                         progress=False)
+    with pytest.raises(ValueError, match="solver"):
+        sb.least_squares(lambda t: t - 1.0, jnp.zeros(2), "natural-gradient", solver="qr",
+                         progress=False)
