@@ -89,7 +89,9 @@ def minimize(
         off is a `TypeError`), or 2-D `(members, n)` for an ensemble.
     - `method`: `"adam"` (default) or any `optax` alias by name (`"sgd"`, `"adamw"`, ...;
         `learning_rate` defaults to 1e-3), `"lbfgs"` (Optax L-BFGS with zoom line search),
-        `"bfgs"`/`"nonlinear-cg"` (Optimistix), `"scipy:<Method>"` (any
+        `"bfgs"`/`"nonlinear-cg"` (Optimistix), `"ssbfgs"`/`"ssbroyden"` (self-scaled
+        BFGS/Broyden with a strong-Wolfe line search and a dense inverse Hessian, for up to a
+        few thousand parameters; options `c1`, `c2`, `line_search_steps`), `"scipy:<Method>"` (any
         `scipy.optimize.minimize` method; trust-region methods get `hessp`), an
         `optax.GradientTransformation` or an Optimistix minimiser object.
     - `args`: a tuple of extra arguments passed to `loss` (default `()`).

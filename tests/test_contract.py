@@ -50,7 +50,7 @@ LEAST_SQUARES = ("gauss-newton", "lm", "dogleg", "scipy:trf")
 NO_STOPPING_RULE = ("adam", "optax-object")  # without `tol`
 # A non-finite trial point is a rejected step for these (their line search / trust region
 # backs off, as `optx.minimise` does); the others stop with `nonfinite`.
-BACKS_OFF = ("lbfgs", "bfgs", "nonlinear-cg", "lm", "dogleg")
+BACKS_OFF = ("lbfgs", "bfgs", "nonlinear-cg", "gauss-newton", "lm", "dogleg")
 STARTS = {1: jnp.zeros(2), 3: jnp.array([[0.0, 0.0], [0.5, -0.5], [-1.0, 0.5]])}
 
 
@@ -88,8 +88,13 @@ def converges(method, members):
             assert "after" in sol.message and ("tol" in sol.message or "rule" in sol.message)
 
 
+# Gauss-Newton solves this linear problem in one step and says so at the next: one step is
+# its "budget used up".
+BUDGET = {"gauss-newton": 1}
+
+
 def budget_used_up_never_raises(method, members):
-    res = run(method, members, CONVERGE, max_steps=2, throw=True)
+    res = run(method, members, CONVERGE, max_steps=BUDGET.get(method, 2), throw=True)
     for sol in each(res):
         check_member(sol)
         if method in NO_STOPPING_RULE:
@@ -132,9 +137,10 @@ def checkpoint_directory_removed_mid_run(method, members, tmp_path):
         assert isinstance(value, float) and theta.shape == (2,)
         shutil.rmtree(folder, ignore_errors=True)
 
+    every = BUDGET.get(method, 2)  # a checkpoint must fall due before the run converges
     with pytest.warns(RuntimeWarning, match="could not write the checkpoint"):
         res = run(method, members, CONVERGE, max_steps=8, checkpoint=folder / "c.npz",
-                  checkpoint_every=2, callback=callback)  # fmt: skip
+                  checkpoint_every=every, callback=callback)  # fmt: skip
     for sol in each(res):
         check_member(sol)
         assert sol.result is not sb.RESULTS.solver_failed

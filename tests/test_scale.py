@@ -118,6 +118,9 @@ def residual(th, x, y):
     return jax.vmap(fm, (None, 0))(th, x)[:, 0] - y[:, 0]
 
 kw = dict(args=(x, y), max_steps=4, progress=False, throw=False)
+# The default cutoffs sit near the rounding floor of the Gramian, where a 1e-16 reduction
+# difference can move a direction across the cutoff: compare with one well above it.
+kw.update(rcond=(1e-4,))
 r1 = sb.least_squares(residual, fm.theta0, "gauss-newton", mesh=mesh1, **kw)
 r4 = sb.least_squares(residual, fm.theta0, "gauss-newton", mesh=mesh4, **kw)
 np.testing.assert_allclose(r4.theta, r1.theta, rtol=1e-10, atol=1e-10)
