@@ -310,7 +310,12 @@ for k in range(kills):
             sb.save(path, np.full(n, first + i), re)
             i += 1
     seen.update(first + i for i in range(1000))
-    time.sleep(random.uniform(0.05, 0.3))
+    # Kill while a temp file is being written (a random delay alone can miss every write).
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not any(
+            ".sb-tmp-" in p for p in os.listdir(os.path.dirname(path))):
+        time.sleep(0.001)
+    time.sleep(random.uniform(0.0, 0.02))
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
     theta = np.asarray(sb.load(path, re))
