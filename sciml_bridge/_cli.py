@@ -32,7 +32,7 @@ Fix: run it from a clone of the repository installed in editable mode (`pip inst
 which `make demo` / `make bench` do for you)."""
 
 # Reduced settings for `--quick` (a smoke run: seconds, not the accuracy story).
-_QUICK_POISSON = dict(n_points=8, adam_steps=100, ssbroyden_steps=60, ng_steps=10, starts=2)
+_QUICK_POISSON = dict(n_points=8, adam_steps=100, ssbroyden_steps=60, ng_steps=10, starts=0)
 _QUICK_SPIRAL = dict(width=8, steps=40, bfgs_steps=40)
 _QUICK_REPEATS = 2
 
