@@ -17,7 +17,6 @@ count. Writes `benchmarks/results/neural_cde.md`.
 """
 
 import time
-from pathlib import Path
 
 import diffrax
 import equinox as eqx
@@ -27,10 +26,11 @@ import optax
 
 from sciml_bridge._cli import load_script
 
+from _timing import write_result
+
 
 jax.config.update("jax_enable_x64", True)
 
-RESULTS = Path(__file__).parent / "results" / "neural_cde.md"
 
 
 class Func(eqx.Module):
@@ -137,9 +137,7 @@ def main(steps: int = 60, width: int = 128, dataset_size: int = 256, batch_size:
         f"| (b) sb.NeuralCDE + sb.minimize | {batch} | {res.loss:.3f} | {acc_b:.3f} | "
         f"{1e3 * per_step_b:.1f} |",
     ])  # fmt: skip
-    print(text)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(text + "\n")
+    write_result(__file__, text)
     return text
 
 

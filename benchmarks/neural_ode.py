@@ -22,7 +22,6 @@ fast and the general path: final loss and time per step. Writes its tables to
 import inspect
 import statistics
 import time
-from pathlib import Path
 
 import diffrax
 import equinox as eqx
@@ -33,10 +32,11 @@ import optax
 import sciml_bridge as sb
 from sciml_bridge._cli import load_script
 
+from _timing import write_result
+
 
 jax.config.update("jax_enable_x64", True)
 
-RESULTS = Path(__file__).parent / "results" / "neural_ode.md"
 ADJOINTS = {
     "recursive checkpoint": diffrax.RecursiveCheckpointAdjoint(),
     "backsolve": diffrax.BacksolveAdjoint(),
@@ -312,9 +312,7 @@ def main(repeats: int = 100, quick: bool = False) -> str:
         "",
         example,
     ])  # fmt: skip
-    print(text)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(text + "\n")
+    write_result(__file__, text)
     return text
 
 
