@@ -4,6 +4,7 @@ from importlib.metadata import version as _version
 
 from ._collocation import collocation_points as collocation_points
 from ._destructure import Restructure as Restructure, destructure as destructure
+from ._distributed import distributed_init as distributed_init
 from ._flat import AbstractFlatModel as AbstractFlatModel, FlatModel as FlatModel
 from ._flat_mlp import FlatMLP as FlatMLP
 from ._laplacian import grad_x as grad_x, laplacian as laplacian

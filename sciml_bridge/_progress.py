@@ -9,6 +9,8 @@ import sys
 
 import tqdm
 
+from ._distributed import is_main
+
 
 def _is_terminal() -> bool:
     isatty = getattr(sys.stderr, "isatty", None)
@@ -19,13 +21,14 @@ class Progress:
     """`with Progress(total, enabled, desc) as bar: bar.update(done, loss)`.
 
     Disabled when `enabled=False` or when stderr is not a terminal (CI logs, notebooks that
-    redirect stderr), so no stray output reaches logs.
+    redirect stderr), so no stray output reaches logs; across processes (`jax.distributed`)
+    only process 0 draws it.
     """
 
     def __init__(self, total: int, enabled: bool, desc: str):
         self._bar = None
         self._done = 0
-        if enabled and _is_terminal():
+        if enabled and _is_terminal() and is_main():
             self._bar = tqdm.tqdm(total=total, desc=desc, unit="step", leave=False)
 
     def update(self, done: int, loss: float) -> None:

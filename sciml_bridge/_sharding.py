@@ -1,24 +1,47 @@
-"""Data parallelism on JAX's own engine: shard the data, replicate theta, let XLA reduce.
+"""Data parallelism and sharded ensembles on JAX's own engine: place the inputs, let XLA split.
 
 No communication code of ours: committed `NamedSharding`s on the inputs of the fused `jit`
 make XLA's SPMD partitioner split every per-point computation across the devices and insert
 the all-reduce that a mean or sum over points needs. Because we never write a `shard_map`,
 the PITFALLS.md trap (`check_vma=True` already sums a replicated input's gradient, so an
 extra `lax.pmean` multiplies it by the device count) cannot occur.
+
+Mesh axes have one convention: an axis named `"members"` splits the members of an ensemble
+(the rows of a `(members, n)` `theta0`, with their optimiser states); every other axis splits
+the data. The same holds across processes (`jax.distributed`): the mesh then spans every
+process's devices, and each process may feed only its own part of the data
+(`process_local=True`, `jax.make_array_from_process_local_data`).
 """
 
+import math
 from typing import Any
 
 import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from ._distributed import check_mesh
 from ._precision import check_x64
 
+
+MEMBERS = "members"
 
 _MSG_MESH = """\
 `{where}` expected `mesh` to be a `jax.sharding.Mesh`, but got {got}.
 Fix: `mesh = jax.make_mesh((jax.device_count(),), ("data",))`."""
+
+_MSG_MEMBERS = """\
+`{where}` expected the {members} ensemble members to split evenly over the mesh axis
+"members" of size {size}, but {members} % {size} = {rest}. Members are not padded (a padded
+member would train and cost like a real one).
+Fix: use a multiple of {size} members (e.g. {fix}), or a mesh whose "members" axis divides
+{members}: `jax.make_mesh((m, jax.device_count() // m), ("members", "data"))`."""
+
+_MSG_LOCAL = """\
+`{where}` could not build a global array from this process's data (a leaf of shape
+{shape}): {err}
+Fix: give every process the same number of rows, a multiple of its devices along the
+data axes ({devices} here)."""
 
 
 def _auto(mesh: Mesh) -> Mesh:
@@ -29,9 +52,14 @@ def _auto(mesh: Mesh) -> Mesh:
     return Mesh(mesh.devices, mesh.axis_names, axis_types=auto)
 
 
+def _data_axes(mesh: Mesh) -> tuple:
+    return tuple(a for a in mesh.axis_names if a != MEMBERS)
+
+
 def _data_sharding(mesh: Mesh) -> NamedSharding:
-    # The leading axis is split over every axis of the mesh, so any mesh shape works.
-    return NamedSharding(mesh, PartitionSpec(tuple(mesh.axis_names)))
+    # The leading axis is split over every data axis of the mesh, so any mesh shape works.
+    axes = _data_axes(mesh)
+    return NamedSharding(mesh, PartitionSpec(axes) if axes else PartitionSpec())
 
 
 def replicate(x: Any, mesh: Mesh) -> Any:
@@ -39,13 +67,34 @@ def replicate(x: Any, mesh: Mesh) -> Any:
     return jax.device_put(x, NamedSharding(_auto(mesh), PartitionSpec()))
 
 
-def shard(args: Any, mesh: Mesh, *, where: str = "sb.shard") -> Any:
+def _check(mesh, where: str) -> Mesh:
+    if not isinstance(mesh, Mesh):
+        raise TypeError(_MSG_MESH.format(where=where, got=type(mesh).__name__))
+    check_mesh(mesh, where)
+    return _auto(mesh)
+
+
+def _from_process(x, sharding: NamedSharding, where: str):
+    """One process's rows of a global array (`jax.make_array_from_process_local_data`)."""
+    x = np.asarray(x)
+    if x.ndim == 0:
+        return jax.device_put(x, NamedSharding(sharding.mesh, PartitionSpec()))
+    try:
+        return jax.make_array_from_process_local_data(sharding, x)
+    except ValueError as e:
+        devices = len({d.id for d in sharding.addressable_devices})
+        raise ValueError(_MSG_LOCAL.format(where=where, shape=x.shape, err=e,
+                                           devices=devices)) from e  # fmt: skip
+
+
+def shard(args: Any, mesh: Mesh, *, process_local: bool = False, where: str = "sb.shard") -> Any:
     """Split the leading axis of the data in `args` across the devices of `mesh`.
 
-    Every array leaf whose leading axis divides evenly by the number of devices is split
-    along it (collocation points, targets, batches of initial conditions); every other leaf is
-    replicated. An array already committed to a `NamedSharding` on this mesh is left as it
-    is, so a layout chosen by hand always wins.
+    Every array leaf whose leading axis divides evenly by the number of devices along the
+    data axes (every mesh axis except `"members"`) is split along it (collocation points,
+    targets, batches of initial conditions); every other leaf is replicated. An array already
+    committed to a `NamedSharding` on this mesh is left as it is, so a layout chosen by hand
+    always wins.
 
     ```python
     mesh = jax.make_mesh((jax.device_count(),), ("data",))
@@ -53,19 +102,28 @@ def shard(args: Any, mesh: Mesh, *, where: str = "sb.shard") -> Any:
     x.sharding.shard_shape(x.shape)   # (1024 // jax.device_count(), 2)
     ```
 
+    Several processes (`jax.distributed`, e.g. started by `python -m sciml_bridge.launch`):
+    by default every process passes the same, whole data. With `process_local=True` each
+    process passes only its own rows instead (say 512 of 1024 points each on 2 processes),
+    and the global array is their concatenation in process order
+    (`jax.make_array_from_process_local_data`).
+
     **Arguments:**
 
     - `args`: a pytree of arrays (typically the `args=` of `sb.minimize`).
-    - `mesh`: a `jax.sharding.Mesh`.
+    - `mesh`: a `jax.sharding.Mesh`, possibly spanning several processes.
+    - `process_local`: every array leaf is this process's share of the global data along
+        its leading axis (scalars are replicated as they are).
 
     **Returns:** `args` with every array leaf placed on the mesh.
 
-    **Raises:** `TypeError` if `mesh` is not a `Mesh`.
+    **Raises:** `TypeError` if `mesh` is not a `Mesh`; `RuntimeError` if the mesh spans
+    processes that `jax.distributed` does not connect; `ValueError` if process-local rows
+    do not split over this process's devices.
     """
-    if not isinstance(mesh, Mesh):
-        raise TypeError(_MSG_MESH.format(where=where, got=type(mesh).__name__))
-    mesh = _auto(mesh)
+    mesh = _check(mesh, where)
     data, whole = _data_sharding(mesh), NamedSharding(mesh, PartitionSpec())
+    split_over = math.prod(mesh.shape[a] for a in _data_axes(mesh))
 
     def place(x):
         if not isinstance(x, jax.Array | np.ndarray):
@@ -74,16 +132,35 @@ def shard(args: Any, mesh: Mesh, *, where: str = "sb.shard") -> Any:
             check_x64(x.dtype, f"`{where}`", "NumPy data")
         if isinstance(getattr(x, "sharding", None), NamedSharding) and x.sharding.mesh == mesh:
             return x
-        split = x.ndim >= 1 and x.shape[0] % mesh.size == 0
+        if process_local:
+            return _from_process(x, data, where)
+        split = x.ndim >= 1 and x.shape[0] % split_over == 0
         return jax.device_put(x, data if split else whole)
 
     return jax.tree.map(place, args)
 
 
 def place(theta0, args: tuple, mesh: Mesh | None, where: str):
-    """`mesh=` of `sb.minimize`: theta replicated, the data in `args` split across devices."""
+    """`mesh=` of `sb.minimize`: theta replicated (an ensemble's members split over a
+    `"members"` axis), the data in `args` split across the data axes."""
     if mesh is None:
         return theta0, tuple(args)
-    if not isinstance(mesh, Mesh):
-        raise TypeError(_MSG_MESH.format(where=where, got=type(mesh).__name__))
-    return replicate(theta0, mesh), shard(tuple(args), mesh, where=where)
+    mesh = _check(mesh, where)
+    if theta0.ndim == 2 and MEMBERS in mesh.axis_names:
+        size, members = mesh.shape[MEMBERS], theta0.shape[0]
+        if members % size:
+            fix = size * -(-members // size)
+            raise ValueError(_MSG_MEMBERS.format(where=where, members=members, size=size,
+                                                 rest=members % size, fix=fix))  # fmt: skip
+        theta0 = jax.device_put(theta0, NamedSharding(mesh, PartitionSpec(MEMBERS)))
+    else:
+        theta0 = replicate(theta0, mesh)
+    return theta0, shard(tuple(args), mesh, where=where)
+
+
+def members_sharding(theta) -> NamedSharding | None:
+    """The sharding that splits a member axis like `theta`'s, if `theta` is split so."""
+    sharding = getattr(theta, "sharding", None)
+    if isinstance(sharding, NamedSharding) and theta.ndim == 2 and sharding.spec[:1] == (MEMBERS,):
+        return NamedSharding(sharding.mesh, PartitionSpec(MEMBERS))
+    return None

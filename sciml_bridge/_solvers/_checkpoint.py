@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
 
+from .._distributed import agree, barrier, host, is_main
 from .._serialise import check_layout, read_arrays, write_arrays
 
 
@@ -96,13 +97,21 @@ def _layout(dynamic, good_theta) -> dict:
 
 
 def save(path: str, fp: dict, dynamic, good_theta, good_loss, books: dict) -> None:
-    """Write one checkpoint atomically; `books` holds per-member host records (NumPy)."""
-    arrays = {f"state_{i}": np.asarray(x) for i, x in enumerate(jtu.tree_leaves(dynamic))}
+    """Write one checkpoint atomically; `books` holds per-member host records (NumPy).
+
+    Across processes every process gathers the state (a collective), process 0 alone
+    writes, and all wait for that write, so a resume right after reads the same file."""
+    state, good_theta, good_loss = host((jtu.tree_leaves(dynamic), good_theta, good_loss))
+    arrays = {f"state_{i}": np.asarray(x) for i, x in enumerate(state)}
     arrays.update(good_theta=np.asarray(good_theta), good_loss=np.asarray(good_loss))
     arrays.update({f"book_{k}": np.asarray(v) for k, v in books.items()})
     layout = _layout(dynamic, good_theta)
     layout.update(kind=KIND, fingerprint=fp)
-    write_arrays(path, arrays, layout)
+    try:
+        if is_main():
+            write_arrays(path, arrays, layout)
+    finally:
+        barrier(f"sciml_bridge checkpoint {path}")
 
 
 def _check_fingerprint(saved: dict, fp: dict, where: str, path: str) -> None:
@@ -136,11 +145,16 @@ def _restore(arrays: dict, dynamic, good_theta, good_loss):
     for saved, fresh in pairs:
         if saved.shape != fresh.shape:
             raise ValueError(f"an array of shape {saved.shape} where {fresh.shape} belongs")
-    new = [jnp.asarray(saved, dtype=fresh.dtype) for saved, fresh in pairs]
+    # Back where the fresh state lives: replicated or split over a (multi-process) mesh.
+    new = [jax.device_put(jnp.asarray(saved, dtype=fresh.dtype), fresh.sharding)
+           for saved, fresh in pairs]  # fmt: skip
     *new, good_theta, good_loss = new
     books = {k[5:]: v for k, v in arrays.items() if k.startswith("book_")}
     return jtu.tree_unflatten(treedef, new), good_theta, good_loss, books
 
 
-def exists(path: str | None) -> bool:
-    return path is not None and os.path.exists(path)
+def exists(path: str | None, where: str) -> bool:
+    """Whether to resume: the same answer on every process, or an error."""
+    if path is None:
+        return False
+    return agree(os.path.exists(path), f"whether the checkpoint {path!r} exists", where)

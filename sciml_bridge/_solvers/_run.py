@@ -24,8 +24,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._distributed import host, local
 from .._progress import Progress
 from .._result import RESULTS, EnsembleSolution, Solution, finish, raise_if_failed, result_at
+from .._sharding import members_sharding
 from . import _checkpoint
 from ._fused import final_members, init_members, run_chunk, values_at
 from ._interrupt import catch_sigint
@@ -77,8 +79,18 @@ class _Driver:
         self.dynamic, self.static, self.good_theta, self.good_loss = init_members(
             stepper, args, theta0, batched
         )
-        if _checkpoint.exists(run.checkpoint):
+        self._split_members(members_sharding(theta0), theta0.shape[0])
+        if _checkpoint.exists(run.checkpoint, run.where):
             self._resume()
+
+    def _split_members(self, sharding, members: int) -> None:
+        # Members split over a mesh axis: every per-member array of the state follows theta0,
+        # so each device holds only its members' optimiser state (not what XLA picks at init).
+        if sharding is None:
+            return
+        put = lambda x: jax.device_put(x, sharding) if x.ndim and x.shape[0] == members else x
+        self.dynamic, self.good_theta, self.good_loss = jax.tree.map(
+            put, (self.dynamic, self.good_theta, self.good_loss))
 
     # -- checkpoints ---------------------------------------------------------------------
     def _books(self) -> dict:
@@ -122,7 +134,7 @@ class _Driver:
     # -- the loop --------------------------------------------------------------------------
     def _absorb(self, out) -> None:
         self.dynamic, (self.good_theta, self.good_loss, result, done, count, hist) = out
-        result, done, count, hist = jax.device_get((result, done, count, hist))
+        result, done, count, hist = host((result, done, count, hist))
         for i, m in enumerate(self.members):
             if not m.running:
                 continue
@@ -137,13 +149,15 @@ class _Driver:
             m.history.extend(losses.tolist())
 
     def _callbacks(self, evaluated: int) -> None:
-        losses = np.asarray(self.good_loss, dtype=np.float64)
+        # Every process calls the callback (a stop must be the same everywhere); a theta
+        # split over processes is handed over as a local copy.
+        losses, thetas = np.asarray(host(self.good_loss), np.float64), local(self.good_theta)
         for i, m in enumerate(self.members):
-            if m.running and self.run.callback(evaluated, self.good_theta[i], float(losses[i])):
+            if m.running and self.run.callback(evaluated, thetas[i], float(losses[i])):
                 m.by_callback = True
 
     def _report(self, bar: Progress, evaluated: int) -> None:
-        losses = np.asarray(self.good_loss, dtype=np.float64)
+        losses = np.asarray(host(self.good_loss), dtype=np.float64)
         finite = losses[np.isfinite(losses)]
         bar.update(evaluated, float(finite.min()) if finite.size else float("nan"))
 
@@ -183,8 +197,8 @@ class _Driver:
         if self.dynamic is not None:
             theta, loss = final_members(self.stepper, self.args, self.static, self.dynamic,
                                         self.batched)  # fmt: skip
-            final = (theta, np.asarray(loss, dtype=np.float64))  # theta stays where it is
-        good = (self.good_theta, np.asarray(self.good_loss, dtype=np.float64))
+            final = (local(theta), np.asarray(host(loss), dtype=np.float64))  # theta stays put
+        good = (local(self.good_theta), np.asarray(host(self.good_loss), dtype=np.float64))
         if any(not m.history for m in self.members):
             good = (good[0], self._start_values(good[1]))
         return [self._one(i, m, good, final) for i, m in enumerate(self.members)]
@@ -194,7 +208,7 @@ class _Driver:
         (`loss == loss(theta)`), unless evaluating it fails too."""
         try:
             start = values_at(self.stepper, self.args, self.good_theta, self.batched)
-            start = np.asarray(jax.device_get(start), dtype=np.float64)
+            start = np.asarray(host(start), dtype=np.float64)
         except _RUNTIME_ERRORS:
             return losses
         return np.array([lo if m.history else s

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._distributed import host
 from .._precision import guard_x64
 
 
@@ -103,7 +104,7 @@ def prepare_theta0(theta0, where: str) -> jax.Array:
         raise ValueError(f"`{where}` got an ensemble `theta0` with zero members (shape "
                          f"{np.shape(theta0)}). Fix: stack at least one `theta` row.")  # fmt: skip
     theta0 = jnp.asarray(theta0)
-    bad = ~np.isfinite(np.asarray(theta0))
+    bad = ~np.isfinite(np.asarray(host(theta0)))  # a global theta0 is read across processes
     if bad.any():
         first = tuple(int(i) for i in np.argwhere(bad)[0])
         first = first[0] if len(first) == 1 else first
