@@ -100,8 +100,9 @@ def launch(script: str, script_args=(), *, processes: int = 2, devices: int | No
         code = _watch(procs, timeout)
     finally:
         _stop(procs)
-        for t in pumps:
+        for p, t in zip(procs, pumps):
             t.join(timeout=5.0)
+            p.stdout.close()
     if code == 124:
         out.write(f"sciml_bridge.launch: timed out after {timeout} s; stopped every process\n")
     return code

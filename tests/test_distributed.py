@@ -1,0 +1,133 @@
+"""Several processes on JAX's distributed runtime, the launcher, and `sb.distributed_init`.
+
+The multi-process checks run in ONE launch of two real processes with two CPU devices each
+(tests/_dist_worker.py): compiling is most of their time, so they share it.
+"""
+
+import io
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import sciml_bridge as sb
+from sciml_bridge import _distributed
+from sciml_bridge._sharding import members_sharding, place
+from sciml_bridge.launch import launch
+
+
+TESTS = pathlib.Path(__file__).parent
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_and_checkpoint_once(tmp_path):
+    """2 processes x 2 devices: Adam, Gauss-Newton, a NaN in one process's rows, sharded
+    ensembles and a checkpoint written once and resumed (see _dist_worker.py)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS.parent), str(TESTS), env.get("PYTHONPATH", "")])
+    cmd = [sys.executable, "-m", "sciml_bridge.launch", "--processes", "2",
+           "--devices-per-process", "2", "--timeout", "400", str(TESTS / "_dist_worker.py"),
+           str(tmp_path)]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=450)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert "[0] process 0: ok" in proc.stdout and "[1] process 1: ok" in proc.stdout
+    assert sorted(os.listdir(tmp_path)) == ["ck.npz"]
+
+
+def _script(tmp_path, code: str) -> str:
+    path = tmp_path / "script.py"
+    path.write_text(textwrap.dedent(code))
+    return str(path)
+
+
+def test_launcher_sets_the_environment_and_prefixes_output(tmp_path):
+    script = _script(tmp_path, """
+        import os, sys
+        e = os.environ
+        print(e["SCIML_BRIDGE_PROCESS_ID"], e["SCIML_BRIDGE_NUM_PROCESSES"],
+              e["SCIML_BRIDGE_COORDINATOR"], e["XLA_FLAGS"].split()[-1], sys.argv[1:])
+    """)
+    out = io.StringIO()
+    assert launch(script, ["a", "--b"], processes=3, devices=2, timeout=60, out=out) == 0
+    lines = sorted(out.getvalue().splitlines())
+    assert [line.split()[:3] for line in lines] == [[f"[{i}]", str(i), "3"] for i in range(3)]
+    addresses = {line.split()[3] for line in lines}
+    assert len(addresses) == 1 and addresses.pop().startswith("127.0.0.1:")
+    assert all("--xla_force_host_platform_device_count=2 ['a', '--b']" in x for x in lines)
+
+
+def test_launcher_stops_the_others_when_one_fails(tmp_path):
+    script = _script(tmp_path, """
+        import os, sys, time
+        i = int(os.environ["SCIML_BRIDGE_PROCESS_ID"])
+        print("started", i, flush=True)
+        if i == 1:
+            sys.exit(3)
+        time.sleep(120)
+    """)
+    out, start = io.StringIO(), time.monotonic()
+    assert launch(script, processes=2, timeout=100, out=out) == 3
+    assert time.monotonic() - start < 30  # process 0 was stopped, not waited for
+    assert "[1] started 1" in out.getvalue()
+
+
+def test_launcher_timeout_stops_every_process(tmp_path):
+    script = _script(tmp_path, "import time\ntime.sleep(120)\n")
+    out, start = io.StringIO(), time.monotonic()
+    assert launch(script, processes=2, timeout=1.0, out=out) == 124
+    assert time.monotonic() - start < 30
+    assert "timed out after 1.0 s" in out.getvalue()
+
+
+def test_launcher_command_line_rejects_zero_processes(capsys):
+    from sciml_bridge.launch import main
+
+    with pytest.raises(SystemExit):
+        main(["--processes", "0", "x.py"])
+    assert "at least 1" in capsys.readouterr().err
+
+
+def test_distributed_init_is_a_no_op_without_the_launcher(monkeypatch):
+    monkeypatch.delenv(_distributed.ENV_COORDINATOR, raising=False)
+    assert sb.distributed_init() is False
+    assert jax.process_count() == 1
+
+
+def test_mesh_for_several_processes_without_the_runtime_is_an_error(monkeypatch):
+    # Started by the launcher for 2 processes, but `jax.distributed` was never initialised:
+    # each process would silently train alone.
+    monkeypatch.setenv(_distributed.ENV_NUM_PROCESSES, "2")
+    mesh = jax.make_mesh((1,), ("data",))
+    with pytest.raises(RuntimeError, match=r"jax\.distributed\.initialize.*") as err:
+        sb.minimize(lambda th: jnp.sum(th**2), jnp.ones(2), mesh=mesh, progress=False)
+    assert "sb.distributed_init()" in str(err.value) and "2 processes" in str(err.value)
+    with pytest.raises(RuntimeError, match="sb.shard"):
+        sb.shard((jnp.zeros(4),), mesh)
+
+
+def test_process_local_data_in_one_process_is_the_global_array():
+    mesh = jax.make_mesh((1,), ("data",))
+    x, s = np.arange(8.0).reshape(4, 2), np.float64(2.5)
+    xs, ss = sb.shard((x, s), mesh, process_local=True)
+    np.testing.assert_array_equal(np.asarray(xs), x)
+    assert xs.sharding.mesh.axis_names == ("data",) and float(ss) == 2.5
+    with pytest.raises(TypeError, match="jax.sharding.Mesh"):
+        sb.shard((x,), "cpu", process_local=True)
+
+
+def test_members_axis_splits_theta_and_leaves_data_whole():
+    # The equality with an unsharded ensemble on 4 devices is in _dist_worker.py.
+    mesh = jax.make_mesh((1,), ("members",))
+    thetas, x = jnp.ones((3, 2)), jnp.linspace(0.0, 1.0, 6)
+    placed, (xs,) = place(thetas, (x,), mesh, "sb.minimize")
+    assert tuple(placed.sharding.spec) == ("members",) and members_sharding(placed) is not None
+    assert tuple(xs.sharding.spec) == ()  # no data axis: the data is replicated
+    single, _ = place(thetas[0], (x,), mesh, "sb.minimize")  # one run: theta replicated
+    assert tuple(single.sharding.spec) == () and members_sharding(single) is None
