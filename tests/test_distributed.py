@@ -20,7 +20,7 @@ import pytest
 import sciml_bridge as sb
 from sciml_bridge import _distributed
 from sciml_bridge._sharding import members_sharding, place
-from sciml_bridge.launch import launch
+from sciml_bridge.launch import launch, main
 
 
 TESTS = pathlib.Path(__file__).parent
@@ -87,8 +87,6 @@ def test_launcher_timeout_stops_every_process(tmp_path):
 
 
 def test_launcher_command_line_rejects_zero_processes(capsys):
-    from sciml_bridge.launch import main
-
     with pytest.raises(SystemExit):
         main(["--processes", "0", "x.py"])
     assert "at least 1" in capsys.readouterr().err
