@@ -18,6 +18,7 @@ PITFALLS.md ("Scale-out"): on CPU the cross-process collectives are gloo's, swit
 """
 
 import os
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -42,6 +43,15 @@ _MSG_DISAGREE = """\
 all processes are {values}). They would run different programs and wait for each other.
 Fix: put the file on a filesystem every process sees (the same path on every host), or
 pass a path that is local to each host only when running one process."""
+
+
+_MSG_NOT_GLOBAL = """\
+`{where}` expected every process to pass the same, whole {what} (the arrays differ between
+processes: checksums {values}, one row per process). Each process would take its devices'
+part of its own copy, and the run would mix them without an error.
+Fix: if each process holds only its own rows of the data, pass them with
+`sb.shard(args, mesh, process_local=True)`; make `theta0` the same everywhere (the same key
+on every process, not one derived from `jax.process_index()`)."""
 
 
 def distributed_init() -> bool:
@@ -124,6 +134,22 @@ def barrier(name: str) -> None:
     """Wait until every process gets here (no-op in a single process)."""
     if _several():
         multihost_utils.sync_global_devices(name)
+
+
+def _checksum(x) -> int:
+    data = np.ascontiguousarray(np.asarray(x))
+    return zlib.crc32(data.tobytes(), zlib.crc32(repr((data.shape, data.dtype.str)).encode()))
+
+
+def check_same_everywhere(leaves: list, what: str, where: str) -> None:
+    """Arrays that every process must hold whole and equal (replicated or global data)."""
+    if not _several() or not leaves:
+        return
+    sums = np.array([_checksum(x) for x in leaves], dtype=np.int64)
+    everyone = np.asarray(multihost_utils.process_allgather(sums))
+    if (everyone != everyone[0]).any():
+        raise ValueError(_MSG_NOT_GLOBAL.format(where=where, what=what,
+                                                values=everyone.tolist()))  # fmt: skip
 
 
 def agree(value: bool, what: str, where: str) -> bool:

@@ -20,7 +20,7 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from ._distributed import check_mesh
+from ._distributed import check_mesh, check_same_everywhere
 from ._precision import check_x64
 
 
@@ -125,12 +125,18 @@ def shard(args: Any, mesh: Mesh, *, process_local: bool = False, where: str = "s
     data, whole = _data_sharding(mesh), NamedSharding(mesh, PartitionSpec())
     split_over = math.prod(mesh.shape[a] for a in _data_axes(mesh))
 
+    def placed(x) -> bool:
+        sharding = getattr(x, "sharding", None)
+        on_mesh = isinstance(sharding, NamedSharding) and sharding.mesh == mesh
+        return on_mesh or not isinstance(x, jax.Array | np.ndarray)
+
+    if not process_local:
+        check_same_everywhere([x for x in jax.tree.leaves(args) if not placed(x)], "data", where)
+
     def place(x):
-        if not isinstance(x, jax.Array | np.ndarray):
-            return x
         if isinstance(x, np.ndarray):
             check_x64(x.dtype, f"`{where}`", "NumPy data")
-        if isinstance(getattr(x, "sharding", None), NamedSharding) and x.sharding.mesh == mesh:
+        if placed(x):
             return x
         if process_local:
             return _from_process(x, data, where)
@@ -146,6 +152,7 @@ def place(theta0, args: tuple, mesh: Mesh | None, where: str):
     if mesh is None:
         return theta0, tuple(args)
     mesh = _check(mesh, where)
+    check_same_everywhere([theta0], "`theta0`", where)
     if theta0.ndim == 2 and MEMBERS in mesh.axis_names:
         size, members = mesh.shape[MEMBERS], theta0.shape[0]
         if members % size:

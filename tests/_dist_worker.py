@@ -21,7 +21,6 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from helpers import assert_ulp_close  # noqa: E402
 from jax.experimental import multihost_utils  # noqa: E402
-from jax.sharding import Mesh  # noqa: E402
 
 import sciml_bridge._solvers._checkpoint as checkpoint_module  # noqa: E402
 import sciml_bridge._solvers._run as run_module  # noqa: E402
@@ -59,6 +58,19 @@ def same(dist, ref, rtol=1e-10):
     np.testing.assert_allclose(np.asarray(dist.theta), np.asarray(ref.theta), rtol=rtol, atol=rtol)
     np.testing.assert_allclose(dist.history, ref.history, rtol=rtol, atol=1e-14)
     assert dist.result is ref.result and dist.steps == ref.steps, (dist, ref)
+
+
+def check_data_that_is_not_global_is_refused():
+    # Own rows passed as if they were the whole data, and a theta0 that differs by process:
+    # both would train on a silent mixture.
+    mine = (np.asarray(X)[HALF], np.asarray(Y)[HALF])
+    for args, theta0 in [(mine, FM.theta0), ((X, Y), FM.theta0 + PID)]:
+        try:
+            sb.minimize(loss, theta0, "adam", args=args, max_steps=2, mesh=MESH, progress=False)
+        except ValueError as e:
+            assert "differ between" in str(e) and "process_local=True" in str(e), e
+        else:
+            raise AssertionError("data that differs between processes was accepted")
 
 
 def check_data_parallel():
@@ -102,18 +114,18 @@ def check_ensembles():
     thetas = jnp.stack([sb.FlatMLP((1, 8, 1), key=k, dtype=jnp.float64).theta0 for k in keys])
     kw = dict(args=(X, Y), max_steps=10, **ADAM)
     ref = sb.minimize(loss, thetas, "adam", **kw)
-    devices = np.array(jax.devices())
-    members_data = Mesh(devices.reshape(2, 2).T, ("members", "data"))  # data across processes
-    for mesh, per_device in [(jax.make_mesh((4,), ("members",)), 2), (members_data, 4)]:
-        chunks.clear()
-        res = sb.minimize(loss, thetas, "adam", mesh=mesh, **kw)
-        for i in range(8):
-            assert_ulp_close(res[i].theta, ref[i].theta, ulps=64)
-            np.testing.assert_allclose(res[i].history, ref[i].history, rtol=1e-12)
-        state, (good_theta, *_) = chunks[-1]
-        for leaf in [good_theta, *jax.tree.leaves(state)]:  # optimiser state and theta
-            assert tuple(leaf.sharding.spec)[:1] == ("members",), leaf.sharding
-            assert {s.data.shape[0] for s in leaf.addressable_shards} == {per_device}
+    # ("members", "data") meshes compile one more program each: their placement is checked
+    # in test_distributed.py, the members axis alone here.
+    mesh = jax.make_mesh((4,), ("members",))
+    res = sb.minimize(loss, thetas, "adam", mesh=mesh, **kw)
+    for i in range(8):
+        assert_ulp_close(res[i].theta, ref[i].theta, ulps=64)
+        np.testing.assert_allclose(res[i].history, ref[i].history, rtol=1e-12)
+    state, (good_theta, *_) = chunks[-1]
+    for leaf in [good_theta, *jax.tree.leaves(state)]:  # theta and the optimiser state
+        assert tuple(leaf.sharding.spec)[:1] == ("members",), leaf.sharding
+        assert [s.data.shape[0] for s in leaf.addressable_shards] == [2, 2]  # 2 members each
+        assert {s.device for s in leaf.addressable_shards} == set(jax.local_devices())
     try:
         sb.minimize(loss, thetas[:6], "adam", mesh=jax.make_mesh((4,), ("members",)), **kw)
     except ValueError as e:
@@ -143,8 +155,9 @@ def check_resume():
     assert resumed.steps == 40 and writes == ([path, path] if PID == 0 else []), writes  # 30, 40
 
 
-for check in (check_data_parallel, check_process_local_nan, check_ensembles,
-              check_checkpoint_written_once, check_resume):
+CHECKS = (check_data_that_is_not_global_is_refused, check_data_parallel, check_process_local_nan,
+          check_ensembles, check_checkpoint_written_once, check_resume)  # fmt: skip
+for check in CHECKS:
     start = time.perf_counter()
     check()
     print(f"process {PID}: {check.__name__} {time.perf_counter() - start:.1f} s", flush=True)

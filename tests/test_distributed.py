@@ -129,3 +129,6 @@ def test_members_axis_splits_theta_and_leaves_data_whole():
     assert tuple(xs.sharding.spec) == ()  # no data axis: the data is replicated
     single, _ = place(thetas[0], (x,), mesh, "sb.minimize")  # one run: theta replicated
     assert tuple(single.sharding.spec) == () and members_sharding(single) is None
+    both = jax.make_mesh((1, 1), ("members", "data"))  # members and data parallelism
+    placed, (xs,) = place(thetas, (x,), both, "sb.minimize")
+    assert tuple(placed.sharding.spec) == ("members",) and tuple(xs.sharding.spec) == ("data",)
