@@ -36,6 +36,7 @@ def free_port() -> int:
 def _env(i: int, n: int, address: str, devices: int | None) -> dict:
     env = dict(os.environ)
     env.update({ENV_COORDINATOR: address, ENV_NUM_PROCESSES: str(n), ENV_PROCESS_ID: str(i)})
+    env.setdefault("PYTHONUNBUFFERED", "1")  # lines stream as printed, not at exit
     if devices is not None:
         flag = f"--xla_force_host_platform_device_count={devices}"
         env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {flag}".strip()
