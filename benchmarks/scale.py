@@ -168,17 +168,21 @@ def _sharded_ensemble_table(points: int, steps: int, repeats: int) -> list[str]:
 
 def main(points: int = 1024, steps: int = 500, repeats: int = 5) -> str:
     header = ["| configuration | wall time | speed-up |", "|---|---|---|"]
+    load = os.getloadavg()[0]
     lines = [
         f"Adam, {steps} steps, FlatMLP (1, 32, 32, 1), {points} points, float64, median of "
-        f"{repeats}.",
+        f"{repeats}. Measured under load (load average {load:.1f} on {os.cpu_count()} cores at "
+        "the start): absolute times and ratios between tables are noisy; rows inside the",
+        "sharded-ensemble table are interleaved, so their ratios are the fairest.",
         "",
         *header,
         *_ensemble_table(points, steps, repeats, (1, 32, 32, 1)),
         *_ensemble_table(32, steps, repeats, (1, 10, 10, 1)),
         "",
-        "An ensemble shares dispatches and compilation, not arithmetic: on this 2-core CPU",
-        "8 members cost between 3.5 and 6 single runs over our repeats (batched small matmuls are",
-        "barely cheaper per member than separate ones); accelerators batch far better.",
+        "An ensemble shares dispatches and compilation, not arithmetic: on a quiet 2-core CPU",
+        "8 members cost between 3.5 and 6 single runs (batched small matmuls are barely cheaper",
+        "per member than separate ones); under load the ratio moves much more. Accelerators",
+        "batch far better.",
         "",
         *header,
         *_device_table(points, steps, repeats),
@@ -196,10 +200,10 @@ def main(points: int = 1024, steps: int = 500, repeats: int = 5) -> str:
         *header,
         *_sharded_ensemble_table(points, steps, repeats),
         "",
-        "Members split over devices need no communication at all (each device trains its own",
-        "members on the whole data); data split needs one all-reduce per step. On simulated",
-        "devices sharing 2 cores neither can be faster than one device; on accelerators the",
-        "members split is the one that scales with the device count.",
+        "Members split over devices need no communication (each device trains its own members",
+        "on the whole data); data split needs one all-reduce per step. Simulated devices share",
+        "the 2 cores, so these rows show the overhead of each layout here, not scaling; on",
+        "accelerators the members split is the one that grows with the device count.",
     ]
     table = "\n".join(lines)
     print(table)
