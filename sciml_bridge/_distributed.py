@@ -147,7 +147,8 @@ def check_same_everywhere(leaves: list, what: str, where: str) -> None:
     leaves = [x for x in leaves if not isinstance(x, jax.Array) or x.is_fully_addressable]
     if not _several() or not leaves:
         return
-    sums = np.array([_checksum(x) for x in leaves], dtype=np.int64)
+    # int32 bit patterns: gathered the same with x64 on or off.
+    sums = np.array([_checksum(x) for x in leaves], dtype=np.uint32).view(np.int32)
     everyone = np.asarray(multihost_utils.process_allgather(sums))
     if (everyone != everyone[0]).any():
         raise ValueError(_MSG_NOT_GLOBAL.format(where=where, what=what,
