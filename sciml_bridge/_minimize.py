@@ -11,6 +11,7 @@ from typing import Any
 from jax.sharding import Mesh
 
 from ._custom_types import ThetaLike
+from ._precision import guard_x64
 from ._result import EnsembleSolution, Solution
 from ._sharding import place
 from ._solvers._batches import KeyedLoss, takes_key, with_batches
@@ -20,6 +21,7 @@ from ._solvers._outputs import ScalarLoss
 from ._solvers._run import drive
 from ._solvers._scipy_backend import scipy_minimize, solve_scipy
 from ._solvers._setup import check_tol, make_run, prepare_args, prepare_theta0
+from ._solvers._stateful import StatefulLoss
 
 
 _MSG_SCIPY_BATCHES = """\
@@ -50,6 +52,7 @@ def minimize(
     mesh: Mesh | None = None,
     batch_size: int | None = None,
     key: Any = None,
+    state: Any = None,
     **options: Any,
 ) -> Solution | EnsembleSolution:
     """Minimise `loss(theta, *args)` over the flat vector `theta`, with any backend.
@@ -137,7 +140,7 @@ def minimize(
     checkpoint; `NotImplementedError` for `checkpoint=` with a SciPy method.
     """
     where = "sb.minimize"
-    theta0 = prepare_theta0(theta0, where)
+    theta0 = prepare_theta0(theta0, where, complex_ok=True)
     args, tol = prepare_args(args, where), check_tol(tol, where)
     theta0, args = place(theta0, args, mesh, where)
     run = make_run(
@@ -146,9 +149,13 @@ def minimize(
         resume=resume,
     )  # fmt: skip
     pass_key = key is not None and takes_key(loss)
-    loss = ScalarLoss(KeyedLoss(loss) if pass_key else loss, where)
+    loss = KeyedLoss(loss) if pass_key else loss
+    stateful = state is not None
+    if stateful:
+        guard_x64(state, f"`{where}`", "`state`")
+    loss = StatefulLoss(loss, where) if stateful else ScalarLoss(loss, where)
     member = theta0[0] if theta0.ndim == 2 else theta0
-    plan = resolve_minimize(loss, member, method, tol, options, where)
+    plan = resolve_minimize(loss, member, method, tol, options, where, state, stateful)
     if plan.scipy is not None:
         if batch_size is not None or key is not None:
             raise NotImplementedError(_MSG_SCIPY_BATCHES.format(where=where))
