@@ -123,3 +123,12 @@ def test_state_is_refused_by_line_searches_and_a_bad_return_is_named():
             sb.minimize(drop_loss, FM.theta0, method, **kw)
     with pytest.raises(TypeError, match=r"`\(value, new_state\)`[\s\S]*one array of shape"):
         sb.minimize(lambda t, s, x: drop_loss(t, s, x)[0], FM.theta0, "sgd", **kw)
+
+
+def test_bfloat16_theta_trains_and_stays_bfloat16():
+    # NumPy calls bfloat16 kind "V": the checks use `jnp.issubdtype(..., jnp.floating)`.
+    target = jnp.array([1.0, -0.5, 0.25], jnp.bfloat16)
+    loss = lambda t: jnp.sum((t - target) ** 2)
+    res = sb.minimize(loss, jnp.zeros(3, jnp.bfloat16), "adam", max_steps=100,
+                      learning_rate=0.05, progress=False)  # fmt: skip
+    assert res.theta.dtype == jnp.bfloat16 and res.loss < 1e-3 < res.history[0]
