@@ -11,6 +11,7 @@ from typing import Any
 from jax.sharding import Mesh
 
 from ._custom_types import ThetaLike
+from ._precision import guard_x64
 from ._result import EnsembleSolution, Solution
 from ._sharding import place
 from ._solvers._batches import KeyedLoss, takes_key, with_batches
@@ -20,6 +21,7 @@ from ._solvers._outputs import ScalarLoss
 from ._solvers._run import drive
 from ._solvers._scipy_backend import scipy_minimize, solve_scipy
 from ._solvers._setup import check_tol, make_run, prepare_args, prepare_theta0
+from ._solvers._stateful import StatefulLoss
 
 
 _MSG_SCIPY_BATCHES = """\
@@ -50,6 +52,7 @@ def minimize(
     mesh: Mesh | None = None,
     batch_size: int | None = None,
     key: Any = None,
+    state: Any = None,
     **options: Any,
 ) -> Solution | EnsembleSolution:
     """Minimise `loss(theta, *args)` over the flat vector `theta`, with any backend.
@@ -84,16 +87,27 @@ def minimize(
     **Arguments:**
 
     - `loss`: `loss(theta, *args) -> scalar`, JAX-traceable (a real scalar; anything else
-        is a `TypeError` saying what it returned).
-    - `theta0`: 1-D real floating start (float64 stays float64; float64 NumPy data with x64
-        off is a `TypeError`), or 2-D `(members, n)` for an ensemble.
+        is a `TypeError` saying what it returned). With `state=`:
+        `loss(theta, state, *args) -> (value, new_state)`.
+    - `theta0`: 1-D floating start (float64 stays float64; float64 NumPy data with x64
+        off is a `TypeError`), or 2-D `(members, n)` for an ensemble. Complex `theta0`
+        (complex64/complex128) trains with the first-order Optax methods, following Optax's
+        convention (each update is fed `jnp.conj(jax.grad(loss))`, so a real loss of complex
+        parameters descends); the other methods refuse it with a `TypeError` showing how to
+        train the real view `jnp.concatenate([theta0.real, theta0.imag])` instead.
     - `method`: `"adam"` (default) or any `optax` alias by name (`"sgd"`, `"adamw"`, ...;
         `learning_rate` defaults to 1e-3), `"lbfgs"` (Optax L-BFGS with zoom line search),
         `"bfgs"`/`"nonlinear-cg"` (Optimistix), `"ssbfgs"`/`"ssbroyden"` (self-scaled
         BFGS/Broyden with a strong-Wolfe line search and a dense inverse Hessian, for up to a
         few thousand parameters; options `c1`, `c2`, `line_search_steps`), `"scipy:<Method>"` (any
         `scipy.optimize.minimize` method; trust-region methods get `hessp`), an
-        `optax.GradientTransformation` or an Optimistix minimiser object.
+        `optax.GradientTransformation` or an Optimistix minimiser object. A transformation
+        object is compared by what it computes (its functions' code and the hyperparameters
+        they close over, by value; arrays by identity), so `optax.adam(1e-3)` built afresh in
+        every call reuses the loop compiled for the first one, and `optax.adam(1e-2)` gets
+        its own. SciPy methods evaluate the loss in float64 (float32 with x64 off) whatever
+        the dtype of `theta0`, exactly as `sb.scipy_objective` does; `res.theta` comes back
+        in `theta0`'s dtype.
     - `args`: a tuple of extra arguments passed to `loss` (default `()`).
     - `max_steps`: step budget (default 1000).
     - `tol`: gradient-norm tolerance (Optax; default `None` runs the whole budget, except
@@ -114,6 +128,15 @@ def minimize(
         reduces the gradients. Results agree with a single-device run to rounding (the
         reduction order differs); quasi-Newton line searches can amplify that over many
         steps.
+    - `state`: the model state of a stateful loss (`fm.init_state()`: an `eqx.nn.State`
+        of BatchNorm statistics, Flax Linen `batch_stats`, a Flax NNX state with BatchNorm
+        statistics and `nnx.Rngs` streams). Step `k` evaluates `loss(theta_k, state_k,
+        *args)` and carries the `new_state` it returns to step `k + 1`, as a hand-written
+        Optax loop does (so NNX dropout draws a new mask every step). `res.state` is the
+        final state (stacked over members for an ensemble); checkpoints carry it, PRNG
+        streams included. First-order Optax methods only: a line search or trust region
+        evaluates the loss at trial points, so `"lbfgs"`, the Optimistix, self-scaled and
+        SciPy methods raise `NotImplementedError`.
     - `**options`: passed to the Optax constructor (e.g. `learning_rate=`) or to SciPy as
         `options`; Optimistix methods take `autodiff_mode=`. `chunk_size=` (default 1000)
         sets the steps per dispatch. An option the method does not take is a `TypeError`
@@ -122,7 +145,7 @@ def minimize(
     **Returns:**
 
     An `sb.Solution` (`theta`, `loss`, `history`, `steps`, `success`, `message`, `wall_time`,
-    `result`). For a 2-D `theta0` (an ensemble: one row per member, e.g.
+    `result`; `state` with `state=`). For a 2-D `theta0` (an ensemble: one row per member, e.g.
     `jnp.stack([sb.FlatMLP(sizes, key=k).theta0 for k in keys])`) an `sb.EnsembleSolution`:
     every member trained at once (vmapped; SciPy methods one after another), each member's
     own `Solution` in `res[i]` under the same contract; a member that fails never stops or
@@ -132,12 +155,14 @@ def minimize(
 
     `sb.NonFiniteLossError` / `sb.OptimizationError` (with `.theta`, `.result`; for an
     ensemble when any member failed, `.result` is the `EnsembleSolution`) when
-    `throw=True`; `TypeError` for a bad `theta0`, `args`, `tol`, `method` type, loss output or
-    option; `ValueError` for an unknown method name, a non-finite `theta0` or a mismatched
-    checkpoint; `NotImplementedError` for `checkpoint=` with a SciPy method.
+    `throw=True`; `TypeError` for a bad `theta0` (or a complex one with a method other than
+    first-order Optax), `args`, `tol`, `method` type, loss output or option; `ValueError` for
+    an unknown method name, a non-finite `theta0` or a mismatched checkpoint;
+    `NotImplementedError` for `checkpoint=` with a SciPy method, or `state=` with a method
+    other than first-order Optax.
     """
     where = "sb.minimize"
-    theta0 = prepare_theta0(theta0, where)
+    theta0 = prepare_theta0(theta0, where, complex_ok=True)
     args, tol = prepare_args(args, where), check_tol(tol, where)
     theta0, args = place(theta0, args, mesh, where)
     run = make_run(
@@ -146,9 +171,13 @@ def minimize(
         resume=resume,
     )  # fmt: skip
     pass_key = key is not None and takes_key(loss)
-    loss = ScalarLoss(KeyedLoss(loss) if pass_key else loss, where)
+    loss = KeyedLoss(loss) if pass_key else loss
+    stateful = state is not None
+    if stateful:
+        guard_x64(state, f"`{where}`", "`state`")
+    loss = StatefulLoss(loss, where) if stateful else ScalarLoss(loss, where)
     member = theta0[0] if theta0.ndim == 2 else theta0
-    plan = resolve_minimize(loss, member, method, tol, options, where)
+    plan = resolve_minimize(loss, member, method, tol, options, where, state, stateful)
     if plan.scipy is not None:
         if batch_size is not None or key is not None:
             raise NotImplementedError(_MSG_SCIPY_BATCHES.format(where=where))

@@ -10,6 +10,7 @@ from typing import Any
 
 import equinox.internal as eqxi
 import jax.numpy as jnp
+import jax.tree_util as jtu
 import numpy as np
 
 from ._custom_types import Theta
@@ -77,6 +78,9 @@ class Solution:
     - `result`: a `RESULTS` member.
     - `method`: the method as given (a string or an optimizer object).
     - `stats`: backend-specific extras (e.g. the SciPy `OptimizeResult`).
+    - `state`: the final model state of a stateful run (`sb.minimize(..., state=state0)`):
+        the state returned by the last loss evaluation whose step was kept; `None` without
+        `state=`.
     """
 
     theta: Theta
@@ -89,6 +93,7 @@ class Solution:
     result: RESULTS
     method: Any = None
     stats: dict = dataclasses.field(default_factory=dict)
+    state: Any = None
 
     def __repr__(self) -> str:
         return (
@@ -117,6 +122,15 @@ class EnsembleSolution:
     @property
     def loss(self) -> np.ndarray:
         return np.array([m.loss for m in self.members])
+
+    @property
+    def state(self) -> Any:
+        """The members' final model states stacked on a leading axis (`None` without
+        `state=`)."""
+        states = [m.state for m in self.members]
+        if states[0] is None:
+            return None
+        return jtu.tree_map(lambda *xs: jnp.stack(xs), *states)
 
     @property
     def success(self) -> np.ndarray:
@@ -204,6 +218,7 @@ def finish(
     detail: str = "",
     throw: bool,
     stats: dict | None = None,
+    state: Any = None,
 ) -> Solution:
     """Build the `Solution` and phrase its message: `text` replaces the result's own message
     (e.g. "converged after 12 steps: ..."), `detail` is put in front of it."""
@@ -223,5 +238,6 @@ def finish(
         result=result,
         method=method,
         stats=dict(stats or {}),
+        state=state,
     )
     return raise_if_failed(sol, throw)

@@ -1,5 +1,11 @@
 """`sb.scipy_objective`: a JAX loss as the float64 NumPy callables SciPy-style APIs want.
 
+The float rule of every SciPy route (this object, `sb.minimize(..., "scipy:...")` and
+`sb.least_squares(..., "scipy:...")`): SciPy iterates in float64, so the loss sees `theta` in
+the widest float JAX has, float64 with x64 on and float32 with x64 off, whatever the dtype of
+`theta0` or of the model (DESIGN.md's precision policy: the flat vector's precision wins, and
+SciPy's vector is float64). `args` pass through unchanged (integers stay integers).
+
 PITFALLS.md (SciPy): keep one cached jitted `value_and_grad` and one Hessian-vector product, so
 that L-BFGS-B, BFGS and trust-ncg share the same compiled functions, and hand SciPy float64
 NumPy arrays. `fun` and `jac` at the same `x` cost one evaluation: the last result is cached.
@@ -93,8 +99,9 @@ class ScipyObjective:
         return np.asarray(self._hess(self._x(x), self._dynamic), dtype=np.float64)
 
 
-def _default_dtype():
-    return jnp.float64 if jax.config.read("jax_enable_x64") else None
+def scipy_dtype() -> Any:
+    """The dtype SciPy's float64 `x` reaches the loss in: float64, or float32 with x64 off."""
+    return jnp.float64 if jax.config.read("jax_enable_x64") else jnp.float32
 
 
 def scipy_objective(loss: Callable, *args: Any, dtype: Any = None) -> ScipyObjective:
@@ -122,8 +129,9 @@ def scipy_objective(loss: Callable, *args: Any, dtype: Any = None) -> ScipyObjec
     - `loss`: `loss(theta, *args) -> scalar`, JAX-traceable.
     - `*args`: extra arguments for `loss` (arrays are passed to the compiled functions, so
         new values of the same shape do not recompile).
-    - `dtype`: the dtype `theta` is cast to before `loss` sees it (default float64, which
-        needs x64 on).
+    - `dtype`: the dtype `theta` is cast to before `loss` sees it. Default: float64, or
+        float32 when JAX runs with x64 off (the rule `sb.minimize(..., "scipy:...")` follows
+        too, whatever the dtype of its `theta0`).
 
     **Returns:**
 
@@ -131,12 +139,11 @@ def scipy_objective(loss: Callable, *args: Any, dtype: Any = None) -> ScipyObjec
 
     **Raises:**
 
-    `TypeError` if float64 is asked for (the default) while JAX runs with x64 off.
+    `TypeError` if `dtype=jnp.float64` is asked for while JAX runs with x64 off, or float64
+    NumPy data arrives in `args` then.
     """
     if dtype is None:
-        dtype = _default_dtype()
-        if dtype is None:
-            check_x64(np.float64, "`sb.scipy_objective`", "SciPy's float64 `x`")
+        dtype = scipy_dtype()
     check_x64(dtype, "`sb.scipy_objective`", "`dtype=`")
     guard_x64(args, "`sb.scipy_objective`", "`*args`")
     return ScipyObjective(loss, args, dtype)

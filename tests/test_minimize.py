@@ -258,12 +258,21 @@ def test_x64_off_float64_numpy_is_type_error_for_every_array_entering_the_engine
                 print("NO ERROR", name)
             except TypeError as e:
                 print("TYPEERROR", name, "jax_enable_x64" in str(e))
+        # Both SciPy routes, one float rule: float32, JAX's widest float with x64 off.
+        seen = []
+        def rec(t):
+            seen.append(str(t.dtype))
+            return jnp.sum((t - 1.0) ** 2)
+        res = sb.minimize(rec, jnp.zeros(2), "scipy:BFGS", progress=False)
+        sb.scipy_objective(rec).fun_and_jac(np.zeros(2))
+        print("SCIPY", sorted(set(seen)), res.theta.dtype, np.allclose(res.theta, 1.0))
         """,
         env={"JAX_ENABLE_X64": "0"},
     )
     lines = [x for x in out.stdout.splitlines() if x.startswith(("TYPEERROR", "NO ERROR"))]
     assert len(lines) == 4 and all(x.startswith("TYPEERROR") and x.endswith("True")
                                    for x in lines), (out.stdout, out.stderr[-2000:])  # fmt: skip
+    assert "SCIPY ['float32'] float32 True" in out.stdout, (out.stdout, out.stderr[-2000:])
 
 
 def test_callback_sees_chunks_and_can_stop():

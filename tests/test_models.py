@@ -316,3 +316,97 @@ def test_complex_parameters_flatten_exactly():
     x = jnp.array([1.0 + 0.5j, -0.25j])
     assert fm.theta0.dtype == jnp.complex128
     np.testing.assert_allclose(fm(fm.theta0, x), lin(x), rtol=1e-14)
+
+
+# --- training through `sb.minimize`: state (issue 13 #3) and complex parameters (#5) -----------
+
+
+def test_minimize_trains_equinox_batchnorm_like_optax_on_the_nested_model():
+    model, state = eqx.nn.make_with_state(_BNDrop)(K2)
+    model = eqx.nn.inference_mode(model, False)
+    fm = eqx.nn.inference_mode(sb.flat(model, state=state), False)
+    key = jax.random.key(5)
+
+    def flat_loss(theta, s, xs):
+        y, s = _batch(lambda x, s: fm(theta, x, state=s, key=key))(xs, s)
+        return jnp.sum(y**2), s
+
+    res = sb.minimize(flat_loss, fm.theta0, "sgd", args=(XS,), state=fm.init_state(),
+                      max_steps=2, learning_rate=0.1, progress=False)  # fmt: skip
+    # The same Optax steps done by hand on the nested model and its `eqx.nn.State`.
+    nested = lambda m, s: jnp.sum(_batch(lambda x, s: m(x, s, key=key))(XS, s)[0] ** 2)
+    grad = eqx.filter_jit(eqx.filter_grad(
+        lambda m, s: (nested(m, s), _batch(lambda x, s: m(x, s, key=key))(XS, s)[1]),
+        has_aux=True))  # fmt: skip
+    m, s = model, state
+    for _ in range(2):
+        g, s = grad(m, s)
+        m = eqx.apply_updates(m, jax.tree.map(lambda d: -0.1 * d, g))
+    np.testing.assert_allclose(res.theta, sb.destructure(m)[0], rtol=1e-12, atol=1e-14)
+    mean = lambda s: s.get(model.bn.ema_state_index)[0]
+    assert not np.allclose(mean(res.state), mean(state))  # the running mean moved ...
+    np.testing.assert_allclose(mean(res.state), mean(s), rtol=1e-12)  # ... as by hand
+
+
+def test_minimize_updates_linen_batch_stats():
+    net = _LinenBN()
+    variables = net.init(K1, XS32, train=False)
+    fm = sb.flat(net.apply, variables)
+    rngs = {"dropout": jax.random.key(4)}
+
+    def loss(theta, s, xs):
+        y, s = fm(theta, xs, train=True, rngs=rngs, state=s)
+        return jnp.mean(y**2), s
+
+    res = sb.minimize(loss, fm.theta0, "sgd", args=(XS32,), state=fm.init_state(),
+                      max_steps=2, learning_rate=0.1, progress=False)  # fmt: skip
+    mean = lambda s: s["batch_stats"]["BatchNorm_0"]["mean"]
+    params, stats = variables["params"], {"batch_stats": variables["batch_stats"]}
+
+    @jax.jit
+    def by_hand(params, stats):
+        def f(p):
+            y, upd = net.apply({"params": p, **stats}, XS32, train=True, rngs=rngs,
+                               mutable=["batch_stats"])  # fmt: skip
+            return jnp.mean(y**2), upd
+
+        g, upd = jax.grad(f, has_aux=True)(params)
+        return jax.tree.map(lambda p, d: p - jnp.float32(0.1) * d, params, g), upd
+
+    for _ in range(2):
+        params, stats = by_hand(params, stats)
+    assert res.theta.dtype == jnp.float32 and not np.allclose(mean(res.state),
+                                                              mean(variables))  # fmt: skip
+    np.testing.assert_allclose(mean(res.state), mean(stats), **F32)
+    np.testing.assert_allclose(res.theta, sb.destructure(params)[0], **F32)
+
+
+def test_minimize_draws_new_nnx_dropout_masks_every_step():
+    net = _NNXDrop(nnx.Rngs(0, dropout=1))
+    fm = sb.flat(net)
+
+    def loss(theta, s, xs):
+        y, s = fm(theta, xs, state=s)
+        return jnp.mean((y - 1.0) ** 2), s
+
+    # learning_rate=0: theta stays put, so the losses differ only through the masks.
+    res = sb.minimize(loss, fm.theta0, "sgd", args=(XS32,), state=fm.init_state(),
+                      max_steps=3, learning_rate=0.0, progress=False)  # fmt: skip
+    assert len(set(res.history[:3].tolist())) == 3
+    # The nested module called three times draws the same masks and statistics.
+    ref = _NNXDrop(nnx.Rngs(0, dropout=1))
+    want = [float(jnp.mean((ref(XS32) - 1.0) ** 2)) for _ in range(3)]
+    np.testing.assert_allclose(res.history[:3], want, **F32)
+    np.testing.assert_allclose(res.state["bn"]["mean"][...], ref.bn.mean[...], **F32)
+
+
+def test_minimize_trains_complex_parameters_to_the_exact_fit():
+    truth = eqx.nn.Linear(2, 2, key=K2, dtype=jnp.complex128)
+    fm = sb.flat(eqx.nn.Linear(2, 2, key=K1, dtype=jnp.complex128), fast=False)
+    xs = jnp.array([[1.0, 0.5j], [-0.25j, 1.0], [0.5, -1.0], [1j, 1j]])
+    ys = jax.vmap(truth)(xs)
+    loss = lambda t, xs, ys: jnp.sum(jnp.abs(jax.vmap(fm, (None, 0))(t, xs) - ys) ** 2)
+    res = sb.minimize(loss, fm.theta0, "adam", args=(xs, ys), max_steps=2500,
+                      learning_rate=1e-2, progress=False)  # fmt: skip
+    assert res.theta.dtype == jnp.complex128 and res.loss < 1e-20
+    np.testing.assert_allclose(res.theta, sb.destructure(truth)[0], rtol=0, atol=1e-10)

@@ -104,6 +104,13 @@ class MinibatchStepper(AbstractStepper):
     def theta(self, state):
         return self.inner.theta(state[0])
 
+    def model_state(self, state):
+        return self.inner.model_state(state[0])
+
+    def value_of(self, state, args):
+        full = (*args, jax.random.fold_in(self.key, 0)) if self.pass_key else tuple(args)
+        return self.inner.value_of(state[0], full)
+
     def value(self, theta, args):
         # The loss on all the data (with the key of step 0): what `res.loss` reports.
         full = (*args, jax.random.fold_in(self.key, 0)) if self.pass_key else tuple(args)

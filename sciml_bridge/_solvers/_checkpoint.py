@@ -86,13 +86,28 @@ def fingerprint(method: Any, options: dict, tol) -> dict:
     return out
 
 
+def _is_key(x) -> bool:
+    return jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def _data(x) -> jax.Array:
+    """A state leaf as plain numbers: a typed PRNG key (an NNX `Rngs` stream) as its key data."""
+    return jax.random.key_data(x) if _is_key(x) else x
+
+
+def _device(saved: np.ndarray, fresh) -> jax.Array:
+    if _is_key(fresh):
+        return jax.random.wrap_key_data(jnp.asarray(saved), impl=jax.random.key_impl(fresh))
+    return jnp.asarray(saved, dtype=fresh.dtype)
+
+
 def _layout(dynamic, good_theta) -> dict:
     leaves = jtu.tree_leaves_with_path(dynamic)
     return {
         "size": int(good_theta.shape[-1]),
         "paths": [f"members{good_theta.shape[0]}" + jtu.keystr(p) for p, _ in leaves],
         "shapes": [list(np.shape(x)) for _, x in leaves],
-        "dtypes": [np.dtype(x.dtype).name for _, x in leaves],
+        "dtypes": [str(x.dtype) if _is_key(x) else np.dtype(x.dtype).name for _, x in leaves],
     }
 
 
@@ -101,7 +116,8 @@ def save(path: str, fp: dict, dynamic, good_theta, good_loss, books: dict) -> No
 
     Across processes every process gathers the state (a collective), process 0 alone
     writes, and all wait for that write, so a resume right after reads the same file."""
-    state, good_theta, good_loss = host((jtu.tree_leaves(dynamic), good_theta, good_loss))
+    leaves = [_data(x) for x in jtu.tree_leaves(dynamic)]
+    state, good_theta, good_loss = host((leaves, good_theta, good_loss))
     arrays = {f"state_{i}": np.asarray(x) for i, x in enumerate(state)}
     arrays.update(good_theta=np.asarray(good_theta), good_loss=np.asarray(good_loss))
     arrays.update({f"book_{k}": np.asarray(v) for k, v in books.items()})
@@ -143,11 +159,10 @@ def _restore(arrays: dict, dynamic, good_theta, good_loss):
     pairs = [(arrays[f"state_{i}"], x) for i, x in enumerate(leaves)]
     pairs += [(arrays["good_theta"], good_theta), (arrays["good_loss"], good_loss)]
     for saved, fresh in pairs:
-        if saved.shape != fresh.shape:
+        if saved.shape != _data(fresh).shape:
             raise ValueError(f"an array of shape {saved.shape} where {fresh.shape} belongs")
     # Back where the fresh state lives: replicated or split over a (multi-process) mesh.
-    new = [jax.device_put(jnp.asarray(saved, dtype=fresh.dtype), fresh.sharding)
-           for saved, fresh in pairs]  # fmt: skip
+    new = [jax.device_put(_device(saved, fresh), fresh.sharding) for saved, fresh in pairs]
     *new, good_theta, good_loss = new
     books = {k[5:]: v for k, v in arrays.items() if k.startswith("book_")}
     return jtu.tree_unflatten(treedef, new), good_theta, good_loss, books

@@ -110,15 +110,24 @@ def run_chunk(keep, dynamic):
 
 @eqx.filter_jit
 def final_members(stepper, args, static, dynamic, batched: bool):
-    """The current `theta` of every member and the loss there. For a single run `theta` is
-    returned without the member axis, ready to hand back as `res.theta`."""
+    """The current `theta` of every member, the loss there and the model state (`None`
+    unless the loss is stateful). For a single run `theta` and the model state are returned
+    without the member axis, ready to hand back as `res.theta` and `res.state`."""
 
     def one(dynamic):
-        theta = stepper.theta(eqx.combine(dynamic, static))
-        return theta, stepper.value(theta, args)
+        state = eqx.combine(dynamic, static)
+        return stepper.theta(state), stepper.value_of(state, args), stepper.model_state(state)
 
-    theta, loss = _member_axis(batched, one, (0,))(dynamic)
-    return (theta if batched else theta[0]), loss
+    theta, loss, model = _member_axis(batched, one, (0,))(dynamic)
+    if not batched:
+        theta, model = theta[0], jtu.tree_map(lambda x: x[0], model)
+    return theta, loss, model
+
+
+@eqx.filter_jit
+def model_states(stepper, static, dynamic):
+    """A copy of the model state in `dynamic` (kept across a chunk that donates `dynamic`)."""
+    return jtu.tree_map(jnp.copy, stepper.model_state(eqx.combine(dynamic, static)))
 
 
 @eqx.filter_jit

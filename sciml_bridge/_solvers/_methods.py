@@ -10,6 +10,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+import jax.numpy as jnp
 import optax
 import scipy.optimize
 
@@ -23,6 +24,7 @@ from ._optimistix import (
 )
 from ._self_scaled import SelfScaledStepper
 from ._setup import check_options, default_tol
+from ._stateful import check_first_order
 from ._stepper import AbstractStepper
 
 
@@ -90,13 +92,22 @@ def _optax_options(name: str) -> tuple | None:
     return _parameters(factory) if callable(factory) else ()
 
 
-def resolve_minimize(fn, theta0, method, tol, options: dict, where: str) -> Plan:
-    """`sb.minimize`'s method: Optax (name or object), Optimistix (name or object), SciPy."""
+def resolve_minimize(fn, theta0, method, tol, options: dict, where: str, state0=None,
+                     stateful: bool = False) -> Plan:  # fmt: skip
+    """`sb.minimize`'s method: Optax (name or object), Optimistix (name or object), SciPy.
+    A stateful loss (`state0`) or a complex `theta0` only runs with first-order Optax."""
+    plan = _resolve(fn, theta0, method, tol, options, where, state0, stateful)
+    check_first_order(plan.stepper, method, where, stateful=stateful,
+                      complex_=jnp.iscomplexobj(theta0))  # fmt: skip
+    return plan
+
+
+def _resolve(fn, theta0, method, tol, options, where, state0, stateful) -> Plan:
     if is_scipy(method):
         return Plan(scipy=scipy_name(method, where, least_squares=False))
     if isinstance(method, optax.GradientTransformation):
         check_options(options, (), where, method)
-        return Plan(optax_stepper(fn, method, theta0, tol))
+        return Plan(optax_stepper(fn, method, theta0, tol, state0, stateful))
     if is_optimistix_solver(method):
         check_options(options, ("autodiff_mode",), where, method)
         return Plan(optimistix_stepper(fn, method, least_squares=False, jac=None,
@@ -119,7 +130,8 @@ def resolve_minimize(fn, theta0, method, tol, options: dict, where: str) -> Plan
         return Plan(optimistix_stepper(fn, solver, least_squares=False, jac=None,
                                        options=options))  # fmt: skip
     optimizer = optax_transform(method, options, where, _optax_options(method))
-    return Plan(optax_stepper(fn, optimizer, theta0, tol_or_default if method == "lbfgs" else tol))
+    tol = tol_or_default if method == "lbfgs" else tol
+    return Plan(optax_stepper(fn, optimizer, theta0, tol, state0, stateful))
 
 
 def _gauss_newton_options() -> tuple:

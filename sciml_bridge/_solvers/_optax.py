@@ -4,14 +4,25 @@ All are first-order steps, so they run fused (many steps per dispatch, see `_fus
 L-BFGS's zoom line search reuses the value and gradient it stored in the state
 (`optax.value_and_grad_from_state`), so a step costs one gradient evaluation, as in the
 Optax L-BFGS guide.
+
+Complex `theta` follows Optax's convention (`optax.contrib.split_real_and_imaginary`'s notes):
+`jax.grad` of a real loss at complex `z` returns the conjugate of the steepest-ascent
+direction, so the update is fed `jnp.conj(grad)`, and `apply_updates` then descends.
+
+A transformation object is compared by what it computes (`Transformation`), so a fresh
+`optax.adam(1e-3)` in every call reuses the program compiled for the first one.
 """
 
 import functools
+import types
 from collections.abc import Callable
+from typing import Any
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import jax.tree_util as jtu
+import numpy as np
 import optax
 import optax.tree_utils as otu
 
@@ -24,6 +35,84 @@ _MSG_UNKNOWN = """\
 optimizer. Fix: use one of {known}, any `optax.<name>` alias (e.g. "sgd", "adamw"),
 "scipy:<Method>", or pass an `optax.GradientTransformation` object."""
 
+_VALUES = (bool, int, float, complex, str, bytes, type(None), np.generic, np.dtype)
+
+
+class _Identity:
+    """A closure value we cannot compare by content: equal only to itself (kept alive)."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj):
+        self.obj = obj
+
+    def __eq__(self, other):
+        return isinstance(other, _Identity) and self.obj is other.obj
+
+    def __hash__(self):
+        return id(self.obj)
+
+
+def _cells(fn, seen) -> tuple:
+    out = []
+    for cell in fn.__closure__ or ():
+        try:
+            out.append(structural_key(cell.cell_contents, seen))
+        except ValueError:  # an empty cell
+            out.append(("empty",))
+    return tuple(out)
+
+
+def structural_key(obj: Any, seen: frozenset = frozenset()) -> Any:
+    """A hashable key of what `obj` computes: functions by code object, defaults and closure
+    contents (recursively), numbers and strings by type and value, containers by content;
+    anything else (arrays, objects) by identity. Equal keys mean the same traced program."""
+    if isinstance(obj, _VALUES):
+        return (type(obj), obj)
+    if id(obj) in seen:
+        return ("cycle",)
+    seen = seen | {id(obj)}
+    key = functools.partial(structural_key, seen=seen)
+    if isinstance(obj, tuple | list):
+        return (type(obj), tuple(map(key, obj)))
+    if type(obj) is dict:
+        return (dict, tuple((key(k), key(v)) for k, v in obj.items()))
+    if isinstance(obj, functools.partial):
+        return (functools.partial, key(obj.func), key(obj.args), key(obj.keywords))
+    if isinstance(obj, types.MethodType):
+        return (types.MethodType, key(obj.__func__), key(obj.__self__))
+    if isinstance(obj, types.FunctionType):
+        return (types.FunctionType, obj.__code__, _cells(obj, seen), key(obj.__defaults__),
+                key(obj.__kwdefaults__))  # fmt: skip
+    return _Identity(obj)
+
+
+class Transformation:
+    """An `optax.GradientTransformation` that compares equal to any other built the same way
+    with the same hyperparameters (`structural_key`), so that `jit` reuses its program."""
+
+    __slots__ = ("transform", "key")
+
+    def __init__(self, transform: optax.GradientTransformation):
+        self.transform = transform
+        self.key = structural_key(transform)
+        try:
+            hash(self.key)
+        except TypeError:  # a value whose type claims to be hashable but is not
+            self.key = _Identity(transform)
+
+    def __eq__(self, other):
+        return isinstance(other, Transformation) and self.key == other.key
+
+    def __hash__(self):
+        return hash(self.key)
+
+
+def _fresh(model_state):
+    # Flax NNX variables remember the trace they were made in and refuse an update from
+    # another (`jax.grad` inside our `jit`): rebuild them in the trace that uses them.
+    return jtu.tree_map(lambda x: x, model_state)
+
 
 def _optax_promotion():
     # Optax computes `decay ** count` (a Python float to an int32 power), which JAX's strict
@@ -33,10 +122,15 @@ def _optax_promotion():
 
 
 class OptaxStepper(AbstractStepper):
+    """An Optax step. With `stateful`, `fn(theta, model_state, *args)` returns `(loss,
+    new_model_state)` and the model state rides in the solver state next to `theta`."""
+
     fn: Callable
-    optimizer: optax.GradientTransformation
+    optimizer: Transformation = eqx.field(static=True)
     tol: float | None = eqx.field(static=True)
     linesearch: bool = eqx.field(static=True)
+    state0: Any = None
+    stateful: bool = eqx.field(static=True, default=False)
 
     def has_stopping_rule(self) -> bool:
         return self.tol is not None
@@ -46,30 +140,51 @@ class OptaxStepper(AbstractStepper):
 
     def init(self, theta, args):
         with _optax_promotion():
-            return theta, self.optimizer.init(theta)
+            opt_state = self.optimizer.transform.init(theta)
+        return (theta, opt_state, self.state0) if self.stateful else (theta, opt_state)
 
     def theta(self, state):
         return state[0]
 
+    def model_state(self, state):
+        return state[2] if self.stateful else None
+
     def value(self, theta, args):
+        if self.stateful:
+            return self.fn(theta, _fresh(self.state0), *args)[0]
         return self.fn(theta, *args)
 
-    def step(self, state, args):
-        theta, opt_state = state
+    def value_of(self, state, args):
+        if self.stateful:
+            return self.fn(state[0], _fresh(state[2]), *args)[0]
+        return self.fn(state[0], *args)
+
+    def _value_and_grad(self, state, args):
+        theta, opt_state = state[0], state[1]
+        if self.stateful:
+            f = lambda t: self.fn(t, _fresh(state[2]), *args)
+            (loss, model_state), grad = jax.value_and_grad(f, has_aux=True)(theta)
+            return loss, grad, {}, (model_state,)
         f = lambda t: self.fn(t, *args)
         if self.linesearch:
             loss, grad = optax.value_and_grad_from_state(f)(theta, state=opt_state)
-            extra = dict(value=loss, grad=grad, value_fn=f)
-        else:
-            loss, grad = jax.value_and_grad(f)(theta)
-            extra = {}
+            return loss, grad, dict(value=loss, grad=grad, value_fn=f), ()
+        loss, grad = jax.value_and_grad(f)(theta)
+        return loss, grad, {}, ()
+
+    def step(self, state, args):
+        theta, opt_state = state[0], state[1]
+        loss, grad, extra, model_state = self._value_and_grad(state, args)
+        if jnp.iscomplexobj(theta):
+            grad = jnp.conj(grad)  # Optax's convention for complex parameters
         with _optax_promotion():
-            updates, opt_state = self.optimizer.update(grad, opt_state, theta, **extra)
+            updates, opt_state = self.optimizer.transform.update(grad, opt_state, theta,
+                                                                 **extra)  # fmt: skip
         new_theta = optax.apply_updates(theta, updates)
         done = jnp.asarray(False)
         if self.tol is not None:
             done = optax.tree.norm(grad) <= self.tol
-        return (new_theta, opt_state), loss, done, RESULTS.successful
+        return (new_theta, opt_state, *model_state), loss, done, RESULTS.successful
 
 
 @functools.lru_cache(maxsize=64)
@@ -101,15 +216,18 @@ def optax_transform(name: str, options: dict, where: str, valid) -> optax.Gradie
 
 
 @functools.lru_cache(maxsize=64)
-def _has_linesearch(optimizer, shape: tuple, dtype) -> bool:
+def _has_linesearch(optimizer: Transformation, shape: tuple, dtype) -> bool:
     # An abstract trace of `init` costs milliseconds: once per optimizer and theta shape.
-    state = eqx.filter_eval_shape(optimizer.init, jax.ShapeDtypeStruct(shape, dtype))
+    state = eqx.filter_eval_shape(optimizer.transform.init, jax.ShapeDtypeStruct(shape, dtype))
     return otu.tree_get(state, "value", default=None) is not None
 
 
-def optax_stepper(fn, optimizer, theta0, tol) -> OptaxStepper:
-    try:
-        linesearch = _has_linesearch(optimizer, tuple(theta0.shape), theta0.dtype)
-    except TypeError:  # an unhashable transformation: trace it every time
-        linesearch = _has_linesearch.__wrapped__(optimizer, tuple(theta0.shape), theta0.dtype)
-    return OptaxStepper(fn, optimizer, tol, linesearch)
+def has_linesearch(optimizer: optax.GradientTransformation, theta0) -> bool:
+    """Whether `optimizer` line-searches (it then re-evaluates the loss inside a step)."""
+    return _has_linesearch(Transformation(optimizer), tuple(theta0.shape), theta0.dtype)
+
+
+def optax_stepper(fn, optimizer, theta0, tol, state0=None, stateful=False) -> OptaxStepper:
+    wrapped = Transformation(optimizer)
+    linesearch = _has_linesearch(wrapped, tuple(theta0.shape), theta0.dtype)
+    return OptaxStepper(fn, wrapped, tol, linesearch, state0, stateful)

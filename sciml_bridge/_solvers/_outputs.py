@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -36,9 +37,9 @@ def _kind(out) -> str:
     if isinstance(out, tuple | list | dict) or not hasattr(out, "dtype"):
         return "container"
     dtype = np.dtype(out.dtype)
-    if np.issubdtype(dtype, np.complexfloating):
+    if jnp.issubdtype(dtype, jnp.complexfloating):
         return "complex"
-    if not np.issubdtype(dtype, np.floating):
+    if not jnp.issubdtype(dtype, jnp.floating):  # bfloat16 too (NumPy kind "V")
         return "integer"
     return ""
 

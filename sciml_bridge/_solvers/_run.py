@@ -22,6 +22,7 @@ import warnings
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import jax.tree_util as jtu
 import numpy as np
 
 from .._distributed import host, local
@@ -29,7 +30,7 @@ from .._progress import Progress
 from .._result import RESULTS, EnsembleSolution, Solution, finish, raise_if_failed, result_at
 from .._sharding import members_sharding
 from . import _checkpoint
-from ._fused import final_members, init_members, run_chunk, values_at
+from ._fused import final_members, init_members, model_states, run_chunk, values_at
 from ._interrupt import catch_sigint
 from ._setup import Run
 from ._stepper import AbstractStepper
@@ -82,6 +83,10 @@ class _Driver:
         self._split_members(members_sharding(theta0), theta0.shape[0])
         if _checkpoint.exists(run.checkpoint, run.where):
             self._resume()
+        # A stateful loss (`state=`): the model state before the chunk in flight, kept for a
+        # chunk that fails at run time (its donated solver state is gone then).
+        self.stateful = stepper.model_state(eqx.combine(self.dynamic, self.static)) is not None
+        self.kept_state = None
 
     def _split_members(self, sharding, members: int) -> None:
         # Members split over a mesh axis: every per-member array of the state follows theta0,
@@ -178,6 +183,8 @@ class _Driver:
             active = self._active()
             keep = (self.stepper, self.args, self.static, self.good_theta, self.good_loss,
                     active, jnp.asarray(n), run.chunk, self.batched)  # fmt: skip
+            if self.stateful:
+                self.kept_state = model_states(self.stepper, self.static, self.dynamic)
             dynamic, self.dynamic = self.dynamic, None  # donated: gone if the chunk fails
             self._absorb(run_chunk(keep, dynamic))
             evaluated = running[0].steps
@@ -193,11 +200,13 @@ class _Driver:
 
     # -- the end -------------------------------------------------------------------------
     def conclude(self) -> list[Solution]:
-        final = None
+        final, self.model = None, self.kept_state
         if self.dynamic is not None:
-            theta, loss = final_members(self.stepper, self.args, self.static, self.dynamic,
-                                        self.batched)  # fmt: skip
+            theta, loss, self.model = final_members(self.stepper, self.args, self.static,
+                                                    self.dynamic, self.batched)  # fmt: skip
             final = (local(theta), np.asarray(host(loss), dtype=np.float64))  # theta stays put
+        elif self.model is not None and not self.batched:
+            self.model = jtu.tree_map(lambda x: x[0], self.model)
         good = (local(self.good_theta), np.asarray(host(self.good_loss), dtype=np.float64))
         if any(not m.history for m in self.members):
             good = (good[0], self._start_values(good[1]))
@@ -228,7 +237,8 @@ class _Driver:
             text = self._nonfinite_text(len(history))
         run = self.run
         theta = theta[i] if theta.ndim == 2 else theta
-        return finish(theta=theta, loss=loss,
+        model = jtu.tree_map(lambda x: x[i], self.model) if self.batched else self.model
+        return finish(theta=theta, loss=loss, state=model,
                       history=history or [loss], steps=max(len(history) - 1, 0),
                       result=result, wall_time=time.perf_counter() - run.start,
                       method=run.method, where=run.where, text=text, throw=False)  # fmt: skip

@@ -1,8 +1,11 @@
 """`"scipy:<Method>"`: `scipy.optimize.minimize` and `scipy.optimize.least_squares`.
 
-SciPy owns the loop (in Python), so here "nothing lost" means: every evaluation is checked, a
-non-finite loss aborts SciPy at once, and the last finite iterate (minimize) or the best finite
-point evaluated (least squares, which reports no iterates) is returned.
+Every SciPy route follows one float rule (`_scipy.py`): the residual or loss sees `theta` in
+float64 (float32 with x64 off) whatever the dtype of `theta0`, and `res.theta` comes back in
+`theta0`'s dtype. SciPy owns the loop (in Python), so here "nothing lost" means: every
+evaluation is checked, a non-finite loss aborts SciPy at once, and the last finite iterate
+(minimize) or the best finite point evaluated (least squares, which reports no iterates) is
+returned.
 """
 
 import time
@@ -16,7 +19,7 @@ import scipy.optimize
 
 from .._progress import Progress
 from .._result import RESULTS, finish
-from .._scipy import scipy_objective
+from .._scipy import scipy_dtype, scipy_objective
 from ._interrupt import catch_sigint
 from ._run import _RUNTIME_ERRORS, deliver, first_line
 from ._setup import Run
@@ -83,7 +86,7 @@ def _checked(fun):
 
 def scipy_minimize(loss, theta0, args, name, tol, options, run: Run, interrupt):
     method = name.lower()
-    obj = scipy_objective(loss, *args, dtype=theta0.dtype)
+    obj = scipy_objective(loss, *args)  # its float rule: float64 (float32 with x64 off)
     x0 = np.asarray(theta0, dtype=np.float64)
     kwargs = dict(method=name, tol=tol, options=_options(method, run.max_steps, options))
     fun = obj.fun
@@ -191,7 +194,7 @@ class _Residual:
 
 
 def scipy_least_squares(residual, theta0, args, name, tol, jac, options, run: Run, interrupt):
-    res = _Residual(residual, args, theta0.dtype, jac)
+    res = _Residual(residual, args, scipy_dtype(), jac)
     x0 = np.asarray(theta0, dtype=np.float64)
     tols = {} if tol is None else dict(xtol=tol, ftol=tol, gtol=tol)
     kwargs = dict(method=name.lower(), jac=res.jacobian, max_nfev=run.max_steps, **tols)

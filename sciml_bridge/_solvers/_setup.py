@@ -42,7 +42,7 @@ Fix: `tol=1e-6` (a number, not a string)."""
 # The keywords of the verbs themselves: a misspelt one must be reported as such.
 VERB_KEYWORDS = ("args", "max_steps", "tol", "progress", "callback", "throw", "checkpoint",
                  "checkpoint_every", "resume", "mesh", "chunk_size", "batch_size",
-                 "key")  # fmt: skip
+                 "key", "state")  # fmt: skip
 
 _MSG_OPTION = """\
 `{where}` got the keyword `{key}=`, which neither `{where}` nor method={method!r} takes{hint}.
@@ -93,11 +93,13 @@ def make_run(where, method, *, max_steps, progress, callback, throw, checkpoint,
                checkpoint=checkpoint, checkpoint_every=every, resume=resume)  # fmt: skip
 
 
-def prepare_theta0(theta0, where: str) -> jax.Array:
-    """The one `theta0` validator: x64 guard, 1-D or 2-D real floating, finite, non-empty."""
+def prepare_theta0(theta0, where: str, complex_ok: bool = False) -> jax.Array:
+    """The one `theta0` validator: x64 guard, 1-D or 2-D real floating (or complex, with
+    `complex_ok`), finite, non-empty."""
     guard_x64(theta0, f"`{where}`", "`theta0`")
     dtype = np.dtype(theta0.dtype) if hasattr(theta0, "dtype") else np.asarray(theta0).dtype
-    if np.ndim(theta0) not in (1, 2) or not np.issubdtype(dtype, np.floating):
+    kinds = jnp.inexact if complex_ok else jnp.floating
+    if np.ndim(theta0) not in (1, 2) or not jnp.issubdtype(dtype, kinds):
         what = f"shape {np.shape(theta0)} and dtype {dtype}"
         raise TypeError(_MSG_THETA.format(where=where, what=what))
     if np.ndim(theta0) == 2 and np.shape(theta0)[0] == 0:

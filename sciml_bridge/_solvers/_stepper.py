@@ -37,6 +37,10 @@ class AbstractStepper(eqx.Module):
     - `init(theta, args) -> state`.
     - `theta(state) -> theta`: the current point.
     - `value(theta, args) -> scalar`: the loss at a point (for least squares `0.5 * sum(r**2)`).
+    - `value_of(state, args) -> scalar`: the loss at `theta(state)`, with whatever else the
+        state carries (a model state); default `value(theta(state), args)`.
+    - `model_state(state)`: the model state a stateful loss carries (`sb.minimize(...,
+        state=)`), else `None` (the default).
     - `step(state, args) -> (new_state, loss, done, result)`: `loss` is the loss at
         `theta(state)` (the point *before* the step); `done` a bool array, stop after applying
         this step (converged); `result` a `RESULTS` member: `RESULTS.successful` applies the
@@ -57,6 +61,12 @@ class AbstractStepper(eqx.Module):
 
     @abc.abstractmethod
     def theta(self, state: Any) -> Theta: ...
+
+    def model_state(self, state: Any) -> Any:
+        return None
+
+    def value_of(self, state: Any, args: tuple) -> LossScalar:
+        return self.value(self.theta(state), args)
 
     @abc.abstractmethod
     def value(self, theta: Theta, args: tuple) -> LossScalar: ...

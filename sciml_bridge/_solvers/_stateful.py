@@ -1,0 +1,90 @@
+"""Stateful losses (`sb.minimize(..., state=state0)`) and what only first-order Optax runs take.
+
+The convention, one for every framework: `loss(theta, state, *args) -> (value, new_state)`,
+with `state` whatever `fm.init_state()` gives (an `eqx.nn.State`, Linen `batch_stats`
+collections, an NNX `State` with BatchNorm statistics and `Rngs` streams). Step `k` evaluates
+the loss at `theta_k` with the state the step before returned, and carries `new_state` on, as
+a hand-written Optax loop does. Only a method that evaluates the loss once per step can do
+that: a line search or trust region evaluates it at trial points, and which of their states
+to keep has no right answer, so those methods refuse `state=` (and complex `theta`, whose
+Wirtinger gradients they do not handle) up front.
+"""
+
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from ._optax import OptaxStepper
+
+
+_MSG_PAIR = """\
+`{where}` with `state=` expected `loss(theta, state, *args)` to return `(value, new_state)`:
+a real scalar and a state with the same structure, shapes and dtypes as `state`; but {got}.
+Fix: return the state your model call gave back, e.g.
+`y, state = fm(theta, x, state=state); return jnp.mean((y - target) ** 2), state`."""
+
+_MSG_FIRST_ORDER = """\
+`{where}` cannot run method={method!r} with {what}: {why}.
+Fix: use a first-order Optax method (method="adam", "sgd", ... or an
+`optax.GradientTransformation` without a line search){fix}."""
+
+_WHY_STATE = ("its line search or trust region evaluates the loss at trial points, so there is"
+              " no single next model state")  # fmt: skip
+_FIX_STATE = ", or freeze the state (`fm = eqx.nn.inference_mode(fm)`, then a loss without it)"
+_WHY_COMPLEX = ("only Optax's first-order methods follow Optax's convention for complex "
+                "parameters (updates from the conjugate gradient)")  # fmt: skip
+_FIX_COMPLEX = (", or train the real view: `n = theta0.size`, "
+                "`r0 = jnp.concatenate([theta0.real, theta0.imag])`, "
+                "`loss_r = lambda r, *a: loss(r[:n] + 1j * r[n:], *a)`")  # fmt: skip
+
+
+def _describe(out, state) -> str:
+    if isinstance(out, tuple | list) and len(out) != 2:
+        return f"it returned a {type(out).__name__} of {len(out)} items"
+    if not isinstance(out, tuple | list):
+        if hasattr(out, "dtype"):
+            return f"it returned one array of shape {jnp.shape(out)} and dtype {out.dtype}"
+        return f"it returned a {type(out).__name__}"
+    value, new = out
+    if not (hasattr(value, "dtype") and jnp.shape(value) == ()
+            and jnp.issubdtype(value.dtype, jnp.floating)):  # fmt: skip
+        shape, dtype = jnp.shape(value), getattr(value, "dtype", type(value).__name__)
+        return f"its value has shape {shape} and dtype {dtype}"
+    if jax.tree.structure(new) != jax.tree.structure(state):
+        return "its new state has another tree structure than `state`"
+    for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(state)):
+        if jnp.shape(a) != jnp.shape(b) or a.dtype != b.dtype:
+            return (f"a leaf of its new state has shape {jnp.shape(a)} and dtype {a.dtype} "
+                    f"where `state` has {jnp.shape(b)} and {b.dtype}")  # fmt: skip
+    return ""
+
+
+class StatefulLoss(eqx.Module):
+    """`loss(theta, state, *args) -> (value, new_state)`, checked when it is traced."""
+
+    fn: Callable
+    where: str = eqx.field(static=True)
+
+    def __call__(self, theta, state, *args):
+        out = self.fn(theta, state, *args)
+        got = _describe(out, state)
+        if got:
+            raise TypeError(_MSG_PAIR.format(where=self.where, got=got))
+        return out
+
+
+def check_first_order(stepper, method, where: str, *, stateful: bool, complex_: bool) -> None:
+    """Refuse `state=` or a complex `theta0` for a method that is not first-order Optax."""
+    if isinstance(stepper, OptaxStepper) and not stepper.linesearch:
+        return
+    method = method if isinstance(method, str) else type(method).__name__
+    if stateful:
+        raise NotImplementedError(_MSG_FIRST_ORDER.format(
+            where=where, method=method, what="`state=` (a stateful loss)", why=_WHY_STATE,
+            fix=_FIX_STATE))  # fmt: skip
+    if complex_:
+        raise TypeError(_MSG_FIRST_ORDER.format(
+            where=where, method=method, what="a complex `theta0`", why=_WHY_COMPLEX,
+            fix=_FIX_COMPLEX))  # fmt: skip
