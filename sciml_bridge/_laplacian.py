@@ -96,7 +96,11 @@ def laplacian(fm: Callable[..., Any], *, batched: bool = False) -> Callable[...,
         for activation in fm.activations:
             check_twice_differentiable(activation)
         if batched:
-            return lambda theta, xs: _batched_laplacian(fm, theta, xs)
+
+            def batched_forward_laplacian(theta: ThetaLike, xs: ArrayLike) -> Array:
+                return _batched_laplacian(fm, theta, xs)
+
+            return batched_forward_laplacian
 
         def forward_laplacian(theta: ThetaLike, x: ArrayLike) -> Array:
             return fm.forward_derivatives(theta, x, order=2)[2]
@@ -130,7 +134,8 @@ def _batched_laplacian(fm: FlatMLP, theta: ThetaLike, xs: ArrayLike) -> Array:
     w_dtype = np.dtype(params[0][0].dtype)
     dtype = promote([w_dtype, xs.dtype]) if is_inexact(xs.dtype) else w_dtype
     params = [(w.astype(dtype), None if b is None else b.astype(dtype)) for w, b in params]
-    lap = _column_laplacian(params, fm.activations, xs.astype(dtype).reshape(len(xs), -1))
+    points = xs.astype(dtype).reshape(xs.shape[0], int(np.prod(point, dtype=np.int64)))
+    lap = _column_laplacian(params, fm.activations, points)
     return lap[:, 0] if fm.out_size == "scalar" else lap
 
 
