@@ -178,6 +178,11 @@ def _squared_norm(jac: Array) -> Array:
     """`sum_k J[:, k]^2` per unit (and point): what `f''` multiplies in the Laplacian."""
     if jac.ndim == 2:
         return jnp.sum(jac * jac, axis=1)[:, None]
+    if jac.shape[1] <= 2:
+        # Measured at d = 2 (one process, interleaved): the loss alone 1.3x faster than with
+        # the axis reduction, which XLA CPU fuses poorly there; at d = 8 the slices made the
+        # theta-gradient 1.5x slower, so only the smallest inputs take this route.
+        return sum(jac[:, k] * jac[:, k] for k in range(jac.shape[1]))
     return jnp.sum(jac * jac, axis=1)
 
 
