@@ -10,9 +10,10 @@ over `x` compose with them.
 carry keeps the points on its last (contiguous) axis: the Jacobian is `(width, d, points)`,
 so every layer is one plain 2-D matmul `W @ J.reshape(width, d * points)`, and so is every
 product of the reverse pass, without the transposed copies that XLA CPU inserts for the
-weight gradient of `jax.vmap`'s `(points, d, width)` layout (they took ~40% of the
-theta-gradient at d = 32, measured with `jax.profiler`). The first layer's Jacobian
-`W1 * f'(z1)` is never stored per point: the second layer uses `(W2 * W1^T) @ f'(z1)`.
+weight gradient of `jax.vmap`'s `(points, d, width)` layout (about a third of the kernel
+time of the theta-gradient at d = 8 and 32, measured with `jax.profiler`). The first
+layer's Jacobian `W1 * f'(z1)` is never stored per point: the second layer uses
+`(W2 * W1^T) @ f'(z1)`.
 """
 
 from collections.abc import Callable
@@ -82,9 +83,9 @@ def laplacian(fm: Callable[..., Any], *, batched: bool = False) -> Callable[...,
         `(points,) + x.shape` and returns `(points,) + y.shape`. On an `sb.FlatMLP` this is
         one forward-Laplacian pass over all points with the points on every carry's last
         axis: the same Laplacian as `jax.vmap` of the per-point function (up to rounding),
-        and its theta-gradient is 1.5-2x faster at d = 2..32 (forward and reverse mode both
-        work). On any other model it is `jax.vmap` over `xs` (`args` are shared by all
-        points). Default `False`.
+        and its theta-gradient is 1.5-2.4x faster at d = 2..32 (`benchmarks/laplacian.py`;
+        forward and reverse mode both work). On any other model it is `jax.vmap` over `xs`
+        (`args` are shared by all points). Default `False`.
 
     **Returns:** a function `lap(theta, x, *args)` (`lap(theta, xs, *args)` if `batched`).
 
