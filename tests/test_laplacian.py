@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import TraceCounter
+from helpers import TraceCounter, assert_ulp_close
 
 import sciml_bridge as sb
 
@@ -190,3 +190,72 @@ def test_docstring_examples_run(fn, name, shape):
     namespace: dict = {}
     exec(textwrap.dedent(code), namespace)
     assert namespace[name].shape == shape
+
+
+# ---- the batched kernel: `sb.laplacian(fm, batched=True)` -----------------------------------
+
+def _linear_first():
+    """A `Sequential` whose first `Linear` has no activation: the Jacobian stays `(width, d)`."""
+    key = jax.random.key(0)
+    lin = lambda i, o: eqx.nn.Linear(i, o, key=key, dtype=jnp.float64)
+    return _random(lambda: eqx.nn.Sequential([lin(3, 4), lin(4, 5), eqx.nn.Lambda(jnp.tanh),
+                                              lin(5, 6), eqx.nn.Lambda(jnp.sin), lin(6, 2)]))
+
+
+BATCHED = [CASES[3], CASES[8], "linear-first"]
+
+
+@pytest.mark.parametrize("case", BATCHED, ids=lambda c: c if isinstance(c, str) else
+                         f"in{c[0]}-out{c[1]}-depth{c[3]}")
+def test_batched_kernel_matches_per_point_and_hessian_trace(case):
+    # Another program than `jax.vmap` of the per-point pass (points-last layout, the first
+    # layer's Jacobian folded into the second matmul): equal up to rounding, in value, in the
+    # theta-gradient of a PINN loss (reverse mode) and in a theta-tangent (forward mode).
+    mlp = _linear_first() if case == "linear-first" else _mlp(*case)
+    fast, general = sb.flat(mlp), sb.flat(mlp, fast=False)
+    assert fast.is_fast
+    xs = _points(3 if case == "linear-first" else case[0], n=6)
+    per_point = jax.vmap(sb.laplacian(fast), in_axes=(None, 0))
+    batched = sb.laplacian(fast, batched=True)
+    tangent = jnp.cos(jnp.arange(fast.size, dtype=jnp.float64))
+
+    @jax.jit
+    def run(theta):
+        out = []
+        for lap in (batched, per_point):
+            loss = lambda t: jnp.mean((lap(t, xs) + 1.0) ** 2)
+            out.append((lap(theta, xs), jax.grad(loss)(theta),
+                        jax.jvp(lambda t: lap(t, xs), (theta,), (tangent,))[1]))
+        return out, sb.laplacian(general, batched=True)(theta, xs)
+
+    (got, want), hessian_trace = run(fast.theta0)
+    assert got[0].shape == want[0].shape == jax.vmap(fast, in_axes=(None, 0))(fast.theta0, xs).shape
+    for a, b in zip(got, want):
+        assert_ulp_close(a, b, ulps=16)
+    np.testing.assert_allclose(got[0], hessian_trace, rtol=1e-12, atol=1e-12)
+
+
+def test_batched_kernel_widens_like_the_model_and_checks_the_batch_shape():
+    mlp64 = _mlp(2, "scalar", 5, 1, jnp.tanh)
+    cast = lambda tree, dtype: jax.tree.map(
+        lambda a: a.astype(dtype) if eqx.is_array(a) else a, tree)
+    mlp32 = cast(mlp64, jnp.float32)
+    fm32, fm64 = sb.flat(mlp32), sb.flat(cast(mlp32, jnp.float64))
+    xs = np.linspace(-1, 1, 8).reshape(4, 2)  # float64 points into float32 weights: widened
+    lap = sb.laplacian(fm32, batched=True)
+    got = lap(fm32.theta0, xs)
+    assert got.shape == (4,) and got.dtype == jnp.float64
+    assert_ulp_close(got, sb.laplacian(fm64, batched=True)(fm64.theta0, xs))
+    for bad in (xs[0], xs.reshape(2, 2, 2), xs[:, :1]):
+        with pytest.raises(ValueError, match=r"(?s)batched=True\)\(theta, xs\)`.*expected a batch"):
+            lap(fm32.theta0, bad)
+
+
+def test_batched_general_path_shares_extra_args():
+    def f(theta, x, scale):
+        return scale * jnp.sum(jnp.sin(theta[0] * x))
+
+    theta, xs = jnp.array([1.3]), jnp.array([[0.1, 0.2], [0.3, 0.4], [-0.5, 0.6]])
+    got = jax.jit(sb.laplacian(f, batched=True))(theta, xs, 2.0)
+    expect = -2.0 * 1.3**2 * jnp.sum(jnp.sin(1.3 * xs), axis=1)
+    np.testing.assert_allclose(got, expect, rtol=1e-13)
