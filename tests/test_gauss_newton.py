@@ -43,7 +43,7 @@ def test_both_names_run_the_same_method_and_stop_at_an_exact_fit():
 
 
 @pytest.mark.parametrize("options", [dict(solver="cg"), dict(solver="kernel"),
-                                     dict(rcond=(1e-6, 1e-9))])
+                                     dict(rcond=(1e-6, 1e-9)), dict(solver="svd", geodesic=True)])
 def test_other_solver_forms_and_cutoff_sets_reach_the_same_fit(options):
     res = sb.least_squares(exp_fit, jnp.array([1.0, 0.0]), "natural-gradient", args=(_X,),
                            progress=False, **options)
@@ -55,6 +55,9 @@ def test_bad_option_values_say_what_is_accepted():
     with pytest.raises(ValueError, match="rcond"):
         sb.least_squares(exp_fit, jnp.zeros(2), "gauss-newton", args=(_X,), rcond=2.0,
                          progress=False)
+    with pytest.raises(ValueError, match="geodesic=True"):
+        sb.least_squares(exp_fit, jnp.zeros(2), "gauss-newton", args=(_X,), solver="cg",
+                         geodesic=True, progress=False)
 
 
 def test_a_residual_that_knows_its_jacobian_is_linearised_by_its_own_method():

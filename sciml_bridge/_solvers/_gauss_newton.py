@@ -6,9 +6,9 @@ stepper. A step: linearise `r` once (residual and Jacobian from the same pass), 
 `d = -pinv(J) r` with singular values below `rcond * sigma_max` cut off (`_natural_gradient.py`
 says why each ingredient matters) for each cutoff in `rcond` (one eigendecomposition), evaluate
 the loss at `theta + 2^-k d` for every `k = 0..line_search_steps` and every cutoff in one
-`vmap`, and move to the best point. With `geodesic=True` each trial step is
-`alpha d + alpha^2 / 2 a`, `a` the geodesic acceleration (`_natural_gradient.py`), which
-follows curved valleys of the residual. The run stops when no
+`vmap`, and move to the best point. With `geodesic=True` the curved trial steps
+`alpha d + alpha^2 / 2 a` join the straight ones, `a` the geodesic acceleration
+(`_natural_gradient.py`), which follows curved valleys of the residual. The run stops when no
 step size decreases the loss. No damping: a damping floor stalls PINNs near 1e-5 (PITFALLS.md).
 Everything runs in the fused driver; the state is `theta` itself.
 """
@@ -123,8 +123,12 @@ class GaussNewtonStepper(AbstractStepper):
         rconds = self.rcond if isinstance(self.rcond, tuple) else (self.rcond,)
         solve = truncated_solver(J, rconds, form)
         d = -solve(r)
-        a = geodesic_corrections(f, theta, d, solve) if self.geodesic else None
-        return r, d, J.T @ r, a
+        if not self.geodesic:
+            return r, d, J.T @ r, None
+        # Straight and curved candidates both: the line search keeps whichever lowers the
+        # loss more, so the correction never costs a step.
+        a = geodesic_corrections(f, theta, d, solve)
+        return r, jnp.concatenate([d, d]), J.T @ r, jnp.concatenate([jnp.zeros_like(a), a])
 
     def step(self, state, args):
         theta = state
