@@ -100,7 +100,7 @@ PROBLEMS = {"poisson": poisson, "helmholtz": helmholtz, "burgers": burgers}
 STEPS = {
     "poisson": dict(second=300, quasi=3000, first=30_000),
     "helmholtz": dict(second=300, quasi=3000, first=30_000),
-    "burgers": dict(second=100, quasi=4000, first=20_000),
+    "burgers": dict(second=50, quasi=4000, first=20_000),
 }
 
 
@@ -252,7 +252,8 @@ def main(problems: str = "poisson", methods: str = "natural-gradient", seeds: st
     header = (
         "PINN accuracy, float64, same initial weights per seed; measured under load (six "
         f"people sharing 2 CPU cores), {jax.devices()[0].platform.upper()}, jax "
-        f"{jax.__version__}. CPU seconds include compilation.\n"
+        f"{jax.__version__}, one OpenBLAS thread (see the top of the script). CPU seconds "
+        "include compilation.\n"
     )
     text = header + table(_load_rows()) + "\n\nCost per step:\n\n" + _cost_section(cost)
     print(text)
