@@ -73,6 +73,12 @@ def test_grid_line_search_matches_a_python_loop():
     step, new_loss, _, _ = grid_line_search(value, theta, both, loss, 30)
     trials += [(float(value(theta + 0.5**k * both[1])), 0.5**k) for k in range(31)]
     np.testing.assert_allclose(float(new_loss), min(trials)[0], rtol=1e-14)
+    # In batches through `jax.lax.map` (what CPU runs use): the same search.
+    for batch in (1, 5):
+        _, batched_loss, _, batched_alpha = grid_line_search(value, theta, both, loss, 30,
+                                                             batch=batch)
+        np.testing.assert_allclose(float(batched_loss), min(trials)[0], rtol=1e-14)
+        assert float(batched_alpha) == min(trials)[1]
     # Nothing below the loss to beat: no decrease reported.
     _, _, decreased, _ = grid_line_search(value, theta, d, jnp.asarray(0.0), 30)
     assert not bool(decreased)

@@ -69,6 +69,9 @@ class GaussNewtonStepper(AbstractStepper):
     cg_steps: int = eqx.field(static=True, default=200)
     cg_tol: float = eqx.field(static=True, default=1e-10)
     geodesic: bool = eqx.field(static=True, default=False)
+    # Line-search trials evaluated this many at a time; 0: one at a time on CPU (4x faster
+    # there, `grid_line_search`), all at once in one `vmap` on accelerators.
+    line_search_batch: int = eqx.field(static=True, default=0)
 
     def __check_init__(self):
         if self.solver not in SOLVERS:
@@ -77,6 +80,11 @@ class GaussNewtonStepper(AbstractStepper):
                 f"{self.solver!r}."
             )
         rconds = self.rcond if isinstance(self.rcond, tuple) else (self.rcond,)
+        if not isinstance(self.line_search_batch, int) or self.line_search_batch < 0:
+            raise ValueError(
+                "`sb.least_squares` expected `line_search_batch` to be a non-negative int (0: "
+                f"chosen by platform), got {self.line_search_batch!r}."
+            )
         if not rconds or not all(0 <= float(c) < 1 for c in rconds):
             raise ValueError(
                 "`sb.least_squares` expected `rcond` in [0, 1) (or a tuple of such cutoffs), "
@@ -135,7 +143,9 @@ class GaussNewtonStepper(AbstractStepper):
         r, d, g, a = self.direction(theta, args)
         loss = 0.5 * jnp.sum(r * r)
         value = lambda t: self.value(t, args)
-        step, _, decreased, _ = grid_line_search(value, theta, d, loss, self.line_search_steps, a)
+        batch = self.line_search_batch or (1 if jax.default_backend() == "cpu" else None)
+        step, _, decreased, _ = grid_line_search(value, theta, d, loss, self.line_search_steps, a,
+                                                 batch)
         solved = jnp.all(jnp.isfinite(d))
         done = ~decreased | (jnp.max(jnp.abs(g)) <= self.tol) | (loss == 0)
         new_theta = jnp.where(decreased & solved, theta + step, theta)

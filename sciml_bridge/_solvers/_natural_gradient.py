@@ -153,15 +153,18 @@ def cgls_step(
 
 def grid_line_search(
     value: Callable[[Array], Array], theta: Array, d: Array, loss: Array, max_halvings: int,
-    a: Array | None = None,
+    a: Array | None = None, batch: int | None = None,
 ) -> tuple[Array, Array, Array, Array]:
     """The best of `theta + 2^-k d_c`, `k = 0..max_halvings`, over the rows `d_c` of `d`
-    (one or more candidate directions), all evaluated in one `vmap`. With `a` (rows of
-    geodesic accelerations, one per direction) the trial steps are `alpha d_c + alpha^2/2 a_c`.
+    (one or more candidate directions). With `a` (rows of geodesic accelerations, one per
+    direction) the trial steps are `alpha d_c + alpha^2/2 a_c`.
 
     Returns `(step, new_loss, decreased, alpha)`; non-finite trial losses never win. As in the
-    ENGD reference code, the whole grid is evaluated (no early exit), so the cost is one
-    batched loss evaluation and early steps may take `alpha` far below 2^-11.
+    ENGD reference code, the whole grid is evaluated (no early exit), so early steps may take
+    `alpha` far below 2^-11. The trials run `batch` at a time (`jax.lax.map`), all at once in
+    one `vmap` when `batch` is `None`. On CPU one at a time is fastest: 7.4 against 29 ms per
+    natural-gradient step on the 2-D Poisson PINN of issue 14 (62 trials over 1020 points; the
+    batched intermediates leave the cache), 86 against 370 ms for an 8-member ensemble.
     """
     d = jnp.atleast_2d(d)
     alphas = 0.5 ** jnp.arange(max_halvings + 1, dtype=theta.dtype)
@@ -169,7 +172,9 @@ def grid_line_search(
     if a is not None:
         steps = steps + (0.5 * alphas * alphas)[:, None, None] * jnp.atleast_2d(a)[None]
     steps = steps.reshape(-1, theta.size)
-    trials = jax.vmap(lambda s: value(theta + s))(steps)
+    trial = lambda s: value(theta + s)
+    trials = jax.vmap(trial)(steps) if batch is None else jax.lax.map(trial, steps,
+                                                                     batch_size=batch)
     trials = jnp.where(jnp.isfinite(trials), trials, jnp.inf)
     best = jnp.argmin(trials)
     return steps[best], trials[best], trials[best] < loss, alphas[best // d.shape[0]]
