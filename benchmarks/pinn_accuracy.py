@@ -99,7 +99,7 @@ PROBLEMS = {"poisson": poisson, "helmholtz": helmholtz, "burgers": burgers}
 # (verb, method, options) by method label; `steps` is per problem.
 STEPS = {
     "poisson": dict(second=300, quasi=3000, first=30_000),
-    "helmholtz": dict(second=300, quasi=3000, first=30_000),
+    "helmholtz": dict(second=100, quasi=3000, first=30_000),
     "burgers": dict(second=50, quasi=4000, first=20_000),
 }
 
