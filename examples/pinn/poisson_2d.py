@@ -126,6 +126,7 @@ def main(
     ssbroyden_steps: int = 3000,
     ng_steps: int = 300,
     starts: int = 8,
+    multi_start_steps: int | None = None,
     seed: int = 0,
     plot: bool = True,
     out_dir: str = "out",
@@ -136,7 +137,7 @@ def main(
     Returns a dict with `methods` (per method: `rel_l2`, `max_abs`, `loss`, `steps`, `time`,
     `history`, `theta`), `multi_start` (`rel_l2` of the best member, `time` of the ensemble,
     `separate_time` of `starts` separate runs, the final `losses` and `separate_losses`, `starts`;
-    absent if `starts` is 0),
+    absent if `starts` is 0; each start runs `multi_start_steps`, by default `ng_steps`),
     `png` (the path written, or `None`) and `n_params`.
     """
     fm, problem = make_problem(width, n_points, seed)
@@ -152,7 +153,8 @@ def main(
                              theta=res.theta, report=report)
     out = {"methods": methods, "n_params": fm.size}
     if starts:
-        ms = multi_start(problem, width, starts, ng_steps, progress)
+        steps = ng_steps if multi_start_steps is None else multi_start_steps
+        ms = multi_start(problem, width, starts, steps, progress)
         rel_l2 = sb.error_report(fm, ms["theta"], x_test, exact).rel_l2
         print(f"{starts} starts as one ensemble: best rel. L2 {rel_l2:.3e} in {ms['time']:.1f} s; "
               f"as {starts} separate runs: {ms['separate_time']:.1f} s "
