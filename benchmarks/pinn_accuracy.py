@@ -24,17 +24,25 @@ Run `python benchmarks/pinn_accuracy.py [--problems poisson,helmholtz,burgers]
 
 import argparse
 import json
+import os
 import statistics
 import time
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
 
-import sciml_bridge as sb
-from sciml_bridge._cli import load_script
+# One LAPACK thread: on this shared 2-core machine (load average 8-15) OpenBLAS threads that
+# spin-wait made `eigh` of a 1020 x 1020 kernel 2.3 CPU s instead of 0.27 s, and the thin SVD
+# of a 1020 x 129 Jacobian 0.27 s instead of 0.014 s. jax's CPU LAPACK is SciPy's OpenBLAS,
+# which reads this variable when it loads, so it is set before NumPy/SciPy/JAX are imported.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+import sciml_bridge as sb  # noqa: E402
+from sciml_bridge._cli import load_script  # noqa: E402
 
 
 jax.config.update("jax_enable_x64", True)
@@ -91,8 +99,8 @@ PROBLEMS = {"poisson": poisson, "helmholtz": helmholtz, "burgers": burgers}
 # (verb, method, options) by method label; `steps` is per problem.
 STEPS = {
     "poisson": dict(second=300, quasi=3000, first=30_000),
-    "helmholtz": dict(second=200, quasi=3000, first=30_000),
-    "burgers": dict(second=100, quasi=4000, first=20_000),
+    "helmholtz": dict(second=100, quasi=3000, first=30_000),
+    "burgers": dict(second=50, quasi=4000, first=20_000),
 }
 
 
@@ -109,20 +117,32 @@ def contenders(problem: str) -> dict:
         "ssbroyden": ("minimize", "ssbroyden", quasi),
         "lm": ("least_squares", "lm", second),
         "natural-gradient": ("least_squares", "natural-gradient", second),
+        "natural-gradient+geodesic": ("least_squares", "natural-gradient",
+                                      dict(second, geodesic=True)),
     }
 
 
-def run_one(name: str, method: str, seed: int) -> dict:
+def run_one(name: str, method: str, seed: int, every: int = 0) -> dict:
+    """One cell. With `every`, the relative L2 error is printed every `every` steps (at the
+    chunk boundaries of the fused driver; these prints count in the CPU time, and are cheap
+    next to the steps)."""
     fm, problem, theta0, x_test, exact = PROBLEMS[name](seed)
     verb, method_name, options = contenders(name)[method]
     start = time.process_time()
     wall = time.perf_counter()
+    extra = {}
+    if every:
+        def log(step, theta, loss):
+            rel = sb.error_report(fm, theta, x_test, exact).rel_l2
+            print(f"  {name} {method} seed {seed} step {step}: loss {loss:.3e}, rel. L2 "
+                  f"{rel:.3e}, {time.process_time() - start:.0f} CPU s", flush=True)
+        extra = dict(callback=log, chunk_size=every)
     if verb == "minimize":
         res = sb.minimize(problem.loss, theta0, method_name, progress=False, throw=False,
-                          **options)
+                          **options, **extra)
     else:
         res = sb.least_squares(problem.residual, theta0, method_name, progress=False,
-                               throw=False, **options)
+                               throw=False, **options, **extra)
     jax.block_until_ready(res.theta)
     cpu, wall = time.process_time() - start, time.perf_counter() - wall
     report = sb.error_report(fm, res.theta, x_test, exact)
@@ -189,6 +209,14 @@ def jacobian_cost(repeats: int = 5) -> str:
     return "\n".join(lines)
 
 
+def _cost_section(measure: bool) -> str:
+    """The Jacobian-cost table: measured now, or (`measure=False`) kept from the last file."""
+    old = RESULTS.read_text() if RESULTS.is_file() else ""
+    if measure or "Cost per step:" not in old:
+        return jacobian_cost()
+    return old.split("Cost per step:\n\n", 1)[1].rstrip("\n")
+
+
 def _load_rows() -> list[dict]:
     if not ROWS.is_file():
         return []
@@ -200,7 +228,7 @@ def _load_rows() -> list[dict]:
 
 
 def main(problems: str = "poisson", methods: str = "natural-gradient", seeds: str = "0",
-         quick: bool = False, repeats: int = 1) -> str:
+         quick: bool = False, repeats: int = 1, every: int = 0, cost: bool = True) -> str:
     """Run the requested cells, append them to the rows file, print and write the table.
 
     `quick` (used by `sciml-bridge bench --quick`) runs Poisson seed 0 with natural gradient
@@ -215,7 +243,7 @@ def main(problems: str = "poisson", methods: str = "natural-gradient", seeds: st
     for name in problems.split(","):
         for method in methods.split(","):
             for seed in (int(s) for s in seeds.split(",")):
-                row = run_one(name, method, seed)
+                row = run_one(name, method, seed, every)
                 with ROWS.open("a") as fh:
                     fh.write(json.dumps(row) + "\n")
                 print(f"{name} {method} seed {seed}: rel. L2 {row['rel_l2']:.2e}, "
@@ -224,9 +252,10 @@ def main(problems: str = "poisson", methods: str = "natural-gradient", seeds: st
     header = (
         "PINN accuracy, float64, same initial weights per seed; measured under load (six "
         f"people sharing 2 CPU cores), {jax.devices()[0].platform.upper()}, jax "
-        f"{jax.__version__}. CPU seconds include compilation.\n"
+        f"{jax.__version__}, one OpenBLAS thread (see the top of the script). CPU seconds "
+        "include compilation.\n"
     )
-    text = header + table(_load_rows()) + "\n\nCost per step:\n\n" + jacobian_cost()
+    text = header + table(_load_rows()) + "\n\nCost per step:\n\n" + _cost_section(cost)
     print(text)
     RESULTS.write_text(text + "\n")
     return text
@@ -237,5 +266,8 @@ if __name__ == "__main__":
     parser.add_argument("--problems", default="poisson")
     parser.add_argument("--methods", default="natural-gradient")
     parser.add_argument("--seeds", default="0,1,2,3,4")
+    parser.add_argument("--every", type=int, default=0, help="print the error every N steps")
+    parser.add_argument("--no-cost", action="store_true",
+                        help="keep the Jacobian-cost table of the last run instead of timing it")
     a = parser.parse_args()
-    main(a.problems, a.methods, a.seeds)
+    main(a.problems, a.methods, a.seeds, every=a.every, cost=not a.no_cost)

@@ -8,8 +8,10 @@ import pytest
 import sciml_bridge as sb
 from sciml_bridge._solvers._natural_gradient import (
     cgls_step,
+    geodesic_corrections,
     grid_line_search,
     residual_and_jacobian,
+    truncated_solver,
     truncated_step,
 )
 
@@ -31,7 +33,7 @@ def _reference_step(J, r, rcond):
 
 
 @pytest.mark.parametrize("shape", [(12, 5), (5, 12)])
-@pytest.mark.parametrize("form", ["gramian", "kernel"])
+@pytest.mark.parametrize("form", ["svd", "gramian", "kernel"])
 def test_truncated_step_matches_svd_reference(shape, form):
     m, n = shape
     # Two singular values far below the cutoff 1e-4: kept, they would dominate the step.
@@ -71,9 +73,41 @@ def test_grid_line_search_matches_a_python_loop():
     step, new_loss, _, _ = grid_line_search(value, theta, both, loss, 30)
     trials += [(float(value(theta + 0.5**k * both[1])), 0.5**k) for k in range(31)]
     np.testing.assert_allclose(float(new_loss), min(trials)[0], rtol=1e-14)
+    # In batches through `jax.lax.map` (what CPU runs use): the same search.
+    for batch in (1, 5):
+        _, batched_loss, _, batched_alpha = grid_line_search(value, theta, both, loss, 30,
+                                                             batch=batch)
+        np.testing.assert_allclose(float(batched_loss), min(trials)[0], rtol=1e-14)
+        assert float(batched_alpha) == min(trials)[1]
     # Nothing below the loss to beat: no decrease reported.
     _, _, decreased, _ = grid_line_search(value, theta, d, jnp.asarray(0.0), 30)
     assert not bool(decreased)
+
+
+def test_geodesic_correction_and_curved_trial_steps_match_a_hand_written_reference():
+    # r(t) = (t0 + t1^2 - 1, t1 - 0.5 t0^2, t0 t1): r''[v, v] = (2 v1^2, -v0^2, 2 v0 v1).
+    f = lambda t: jnp.stack([t[0] + t[1] ** 2 - 1, t[1] - 0.5 * t[0] ** 2, t[0] * t[1]])
+    value = lambda t: 0.5 * jnp.sum(f(t) ** 2)
+    theta = np.array([0.4, -0.3])
+
+    @jax.jit
+    def run(theta):
+        solve = truncated_solver(jax.jacfwd(f)(theta), (1e-3,), "svd")
+        v = -solve(f(theta))
+        a = geodesic_corrections(f, theta, v, solve)
+        return v[0], a[0], grid_line_search(value, theta, v, value(theta), 10, a)
+
+    v, a, (step, new_loss, _, alpha) = jax.tree.map(np.asarray, run(jnp.asarray(theta)))
+    t0, t1 = theta
+    J = np.array([[1, 2 * t1], [-t0, 1], [t1, t0]])
+    rvv = np.array([2 * v[1] ** 2, -(v[0] ** 2), 2 * v[0] * v[1]])
+    np.testing.assert_allclose(a, -np.linalg.pinv(J) @ rvv, rtol=1e-12)
+    r_np = lambda t: np.array([t[0] + t[1] ** 2 - 1, t[1] - 0.5 * t[0] ** 2, t[0] * t[1]])
+    trials = [0.5 * np.sum(r_np(theta + 0.5**k * v + 0.5 * 0.25**k * a) ** 2) for k in range(11)]
+    k = int(np.argmin(trials))
+    assert alpha == 0.5**k and k > 0  # the unit step is not the best here
+    np.testing.assert_allclose(new_loss, trials[k], rtol=1e-13)
+    np.testing.assert_allclose(step, 0.5**k * v + 0.5 * 0.25**k * a, rtol=1e-15)
 
 
 @pytest.mark.parametrize("mode", ["fwd", "bwd"])
@@ -104,7 +138,7 @@ def test_pinn_residual_jacobian_per_point_equals_the_black_box_jacobian():
     np.testing.assert_allclose(np.asarray(J), np.asarray(J_ref), rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("solver", ["auto", "gramian", "kernel", "cg"])
+@pytest.mark.parametrize("solver", ["auto", "svd", "gramian", "kernel", "cg"])
 def test_every_solver_form_gives_the_minimum_norm_solution_of_a_wide_linear_fit(solver):
     A = jnp.asarray(_matrix_with_singular_values(4, 9, [2.0, 1.0, 0.5, 0.25], seed=5))
     b = jnp.arange(1.0, 5.0)
