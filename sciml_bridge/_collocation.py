@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from ._custom_types import DTypeLike
 from ._precision import check_x64, guard_x64
 
 
@@ -53,7 +54,7 @@ def collocation_points(
     sampling: str = "grid",
     key: PRNGKeyArray | None = None,
     faces: Sequence[Face] | None = None,
-    dtype=None,
+    dtype: DTypeLike | None = None,
 ) -> Float[Array, "points dim"]:
     """Collocation points in the box `[lower, upper]`, as one `(points, dim)` array.
 

@@ -11,11 +11,12 @@ from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
+import jax.core
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
 
-from ._custom_types import Model, Precision, Theta, ThetaLike
+from ._custom_types import DTypeLike, Model, Precision, Theta, ThetaLike, Ties
 from ._precision import (
     PRECISIONS,
     WarnOnce,
@@ -122,7 +123,7 @@ class Restructure(eqx.Module):
 
     size: int = eqx.field(static=True)
     dtype: np.dtype = eqx.field(static=True)
-    precision: str = eqx.field(static=True)
+    precision: Precision = eqx.field(static=True)
     _slots: tuple[_Slot, ...] = eqx.field(static=True)
     _treedef: Any = eqx.field(static=True)
     _static: tuple[Any, ...] = eqx.field(static=True)
@@ -214,7 +215,7 @@ def _check_filter_ties(paths: list, leaves: list, flags: list[bool]) -> None:
                                                     trained=jtu.keystr(paths[trained[id(leaf)]])))
 
 
-def _slots(paths: list, leaves: list, flags: list[bool], ties: str) -> tuple[_Slot, ...]:
+def _slots(paths: list, leaves: list, flags: list[bool], ties: Ties) -> tuple[_Slot, ...]:
     """One slot per distinct parameter array; ties (same object) share the first slot.
 
     With `ties="none"` every place is its own slot (Equinox's copy semantics)."""
@@ -268,9 +269,9 @@ def destructure(
     model: Model,
     *,
     params: Callable[[Any], bool] | Any | None = None,
-    dtype=None,
+    dtype: DTypeLike | None = None,
     precision: Precision = "vector",
-    ties: str = "identity",
+    ties: Ties = "identity",
     lossy: bool = False,
 ) -> tuple[Theta, Restructure]:
     """Flatten the parameters of any pytree into one vector, and say how to rebuild it.

@@ -6,7 +6,7 @@ general and the fast path) lives in `_make_flat.py`, so imports go one way:
 """
 
 import abc
-from typing import Any
+from typing import Any, ClassVar
 
 import equinox as eqx
 
@@ -76,7 +76,7 @@ class FlatModel(AbstractFlatModel):
     apply: Any = eqx.field(static=True)
     state0: Any = None
     inference: bool | None = None
-    is_fast = False
+    is_fast: ClassVar[bool] = False
 
     def __call__(self, theta: ThetaLike, *inputs: Any, state: Any = None, **kwargs: Any) -> Any:
         model = self.restructure(theta)

@@ -1,11 +1,11 @@
 """`sb.flat`: any model -> `fm(theta, *inputs)`, on the fast path when one exists."""
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 from ._activations import NAMES
 from ._adapters import ApplyVariables, EquinoxCall, MergeNNX, initial_mode, linen_state
-from ._custom_types import Model, Precision, Theta
+from ._custom_types import DTypeLike, Model, Precision, Theta, Ties
 from ._destructure import Restructure, destructure
 from ._fast import Unsupported, recognise
 from ._flat import AbstractFlatModel, FlatModel
@@ -49,7 +49,7 @@ def _nnx_parts(model: Any):
 def _params_collection(variables: Model):
     """Flax-style `{"params": ..., "batch_stats": ...}`: train only the "params" collection."""
     if isinstance(variables, Mapping) and "params" in variables and len(variables) > 1:
-        return type(variables)({k: k == "params" for k in variables})
+        return cast(Any, type(variables))({k: k == "params" for k in variables})
     return None
 
 
@@ -59,9 +59,9 @@ def flat(
     /,
     *,
     params: Callable[[Any], bool] | Any | None = None,
-    dtype=None,
+    dtype: DTypeLike | None = None,
     precision: Precision = "vector",
-    ties: str = "identity",
+    ties: Ties = "identity",
     lossy: bool = False,
     fast: bool | str = "auto",
     state: Any = None,
@@ -113,7 +113,8 @@ def flat(
     """
     if fast not in ("auto", True, False):
         raise ValueError(f"`sb.flat(..., fast=...)` expected 'auto', True or False, got {fast!r}.")
-    kwargs = dict(params=params, dtype=dtype, precision=precision, ties=ties, lossy=lossy)
+    kwargs: dict[str, Any] = dict(params=params, dtype=dtype, precision=precision, ties=ties,
+                                  lossy=lossy)
     if variables is not None:
         if params is None:
             kwargs["params"] = _params_collection(variables)

@@ -7,7 +7,7 @@ Compute the coefficients once, outside training, and pass them like data.
 """
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import diffrax
 import equinox as eqx
@@ -137,7 +137,7 @@ class NeuralCDE(eqx.Module):
         )  # fmt: skip
         bad_inputs = ~all_finite((theta, z0, ts, coeffs))
         bad_field = ~all_finite(term.vf(ts[0], z0, p))
-        return report(sol, bad_inputs, bad_field, _WHERE, self.throw).ys
+        return cast(Array, report(sol, bad_inputs, bad_field, _WHERE, self.throw).ys)
 
 
 def _with_knots(controller: Any, ts: Array) -> Any:

@@ -160,7 +160,7 @@ class NeuralODE(eqx.Module):
     hybrid vector field. Inside the solve, see `throw`.
     """
 
-    fm: Callable
+    fm: Callable | _Hybrid  # `_Hybrid`: made by `NeuralODE.hybrid`
     solver: diffrax.AbstractSolver
     adjoint: diffrax.AbstractAdjoint
     stepsize_controller: diffrax.AbstractStepSizeController
@@ -174,7 +174,7 @@ class NeuralODE(eqx.Module):
 
     def __init__(
         self,
-        fm: Callable,
+        fm: Callable | _Hybrid,
         *,
         solver: diffrax.AbstractSolver = diffrax.Tsit5(),
         adjoint: diffrax.AbstractAdjoint = diffrax.RecursiveCheckpointAdjoint(),
@@ -294,7 +294,7 @@ class NeuralODE(eqx.Module):
             steady = not_steady(sol, term, self.solver, self.stepsize_controller, p)
         return report(sol, bad_inputs, bad_field, _WHERE, self.throw, steady)
 
-    def _parts(self, args: PyTree[Any]) -> tuple[Callable, eqx.Module]:
+    def _parts(self, args: PyTree[Any]) -> tuple[Callable, Callable]:
         if isinstance(self.fm, _Hybrid):
             return identity, _HybridField(self.fm.vf)
         if args is not None:

@@ -7,7 +7,7 @@ is decided by the solver, as in Diffrax: `diffrax.Euler()` converges to the Itô
 """
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import diffrax
 import equinox as eqx
@@ -50,14 +50,14 @@ _MSG_THETA0 = (
 
 
 class _Drift(eqx.Module):
-    field: eqx.Module
+    field: Callable
 
     def __call__(self, t, y, args):
         return self.field(t, y, (args[0], None))
 
 
 class _Diffusion(eqx.Module):
-    field: eqx.Module
+    field: Callable
     diagonal: bool = eqx.field(static=True)
 
     def __call__(self, t, y, args):
@@ -145,7 +145,7 @@ class NeuralSDE(eqx.Module):
             )
         self.drift, self.diffusion = drift, diffusion
         self.solver, self.adjoint, self.dt0 = solver, adjoint, dt0
-        self.brownian_shape = None if diagonal else tuple(brownian_shape)
+        self.brownian_shape = None if diagonal else tuple(cast(tuple[int, ...], brownian_shape))
         self.max_steps = check_max_steps(max_steps, "sb.NeuralSDE(max_steps=...)")
         self.throw, self.progress = throw, progress
 
@@ -154,7 +154,9 @@ class NeuralSDE(eqx.Module):
         """`drift.theta0` and `diffusion.theta0`, concatenated (flat models only)."""
         if not self._split:
             raise TypeError(_MSG_THETA0)
-        return jnp.concatenate([self.drift.theta0, self.diffusion.theta0])
+        drift = cast(AbstractFlatModel, self.drift)
+        diffusion = cast(AbstractFlatModel, self.diffusion)
+        return jnp.concatenate([drift.theta0, diffusion.theta0])
 
     @property
     def _split(self) -> bool:
@@ -183,10 +185,10 @@ class NeuralSDE(eqx.Module):
         bad_inputs = ~all_finite((theta, y0, ts))
         drift, diffusion = terms.terms[0].vector_field, terms.terms[1].vector_field
         bad_field = ~all_finite((drift(ts[0], y0, p), _as_array(diffusion(ts[0], y0, p))))
-        return report(sol, bad_inputs, bad_field, _WHERE, self.throw).ys
+        return cast(Array, report(sol, bad_inputs, bad_field, _WHERE, self.throw).ys)
 
     def _terms(self, theta: Array, y0: Array, ts: Array, key: PRNGKeyArray):
-        n = self.drift.size if self._split else None
+        n = cast(AbstractFlatModel, self.drift).size if self._split else None
         parts = (theta[:n], theta[n:]) if self._split else (theta, theta)
         prep_d, field_d = network_parts(self.drift, False, self.adjoint)
         prep_s, field_s = network_parts(self.diffusion, False, self.adjoint)
@@ -223,8 +225,8 @@ def _as_array(out: Any) -> Array:
 
 def _check_key(key: Any) -> None:
     is_key = isinstance(key, jax.Array) and (
-        jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+        jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
         or (key.dtype == jnp.uint32 and key.shape == (2,))
     )
-    if not is_key or (jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape):
+    if not is_key or (jnp.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape):
         raise TypeError(_MSG_KEY.format(got=f"{type(key).__name__} {getattr(key, 'shape', '')}"))

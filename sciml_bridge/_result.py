@@ -6,7 +6,7 @@ still holds that `theta`, so an expensive run is never lost.
 """
 
 import dataclasses
-from typing import Any
+from typing import Any, TypeVar
 
 import equinox.internal as eqxi
 import jax.numpy as jnp
@@ -180,7 +180,10 @@ def result_at(index: int) -> RESULTS:
     return _BY_INDEX[int(index)]
 
 
-def raise_if_failed(out: "Solution | EnsembleSolution", throw: bool):
+_Out = TypeVar("_Out", bound="Solution | EnsembleSolution")
+
+
+def raise_if_failed(out: _Out, throw: bool) -> _Out:
     """Raise `out` as an `OptimizationError` when `throw` and it (or any member) failed."""
     members = out.members if isinstance(out, EnsembleSolution) else (out,)
     bad = [m for m in members if failed(m.result)]

@@ -6,13 +6,14 @@ NumPy arrays. `fun` and `jac` at the same `x` cost one evaluation: the last resu
 """
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._custom_types import DTypeLike
 from ._precision import check_x64, guard_x64
 
 
@@ -73,7 +74,8 @@ class ScipyObjective:
             value, grad = self._value_and_grad(self._x(x), self._dynamic)
             self._last = (float(value), np.asarray(grad, dtype=np.float64))
             self._last_x = x
-        return self._last[0], self._last[1].copy()
+        value, grad = cast(tuple[float, np.ndarray], self._last)  # set just above
+        return value, grad.copy()
 
     def fun(self, x) -> float:
         """The loss at `x` as a Python float."""
@@ -97,7 +99,7 @@ def _default_dtype():
     return jnp.float64 if jax.config.read("jax_enable_x64") else None
 
 
-def scipy_objective(loss: Callable, *args: Any, dtype: Any = None) -> ScipyObjective:
+def scipy_objective(loss: Callable, *args: Any, dtype: DTypeLike | None = None) -> ScipyObjective:
     """Wrap `loss(theta, *args)` for `scipy.optimize` (or any SciPy-style API).
 
     SciPy works in float64 NumPy; JAX works on device arrays, possibly in float32. This object

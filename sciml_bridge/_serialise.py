@@ -8,7 +8,7 @@ model an error that shows both.
 """
 
 import os
-from typing import Any
+from typing import Any, cast
 
 import jax.numpy as jnp
 import numpy as np
@@ -106,7 +106,8 @@ def check_layout(saved: dict, want: dict, where: str) -> None:
 
 def _storage(dtype: np.dtype) -> np.dtype:
     """The dtype `.npy` can name for `dtype`: bfloat16 and other ml_dtypes travel as bits."""
-    if np.lib.format.dtype_to_descr(dtype).lstrip("<>|=").startswith("V"):
+    # Never a list for a plain (non-structured) dtype, whatever the stub says.
+    if cast(str, np.lib.format.dtype_to_descr(dtype)).lstrip("<>|=").startswith("V"):
         return np.dtype(f"<u{dtype.itemsize}")
     return dtype
 
@@ -177,7 +178,8 @@ def _expect_theta(fm: Any):
     return expect
 
 
-def load(path: str | os.PathLike, fm: Any, *, return_metadata: bool = False) -> Theta:
+def load(path: str | os.PathLike, fm: Any, *,
+         return_metadata: bool = False) -> Theta | tuple[Theta, Any]:
     """Load a vector saved by `sb.save`, checking it fits `fm`.
 
     The file is treated as untrusted: its layout is compared with `fm`'s, and `theta`'s

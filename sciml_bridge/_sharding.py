@@ -72,7 +72,8 @@ def shard(args: Any, mesh: Mesh, *, where: str = "sb.shard") -> Any:
             return x
         if isinstance(x, np.ndarray):
             check_x64(x.dtype, f"`{where}`", "NumPy data")
-        if isinstance(getattr(x, "sharding", None), NamedSharding) and x.sharding.mesh == mesh:
+        sharding = getattr(x, "sharding", None)
+        if isinstance(sharding, NamedSharding) and sharding.mesh == mesh:
             return x
         split = x.ndim >= 1 and x.shape[0] % mesh.size == 0
         return jax.device_put(x, data if split else whole)
@@ -80,7 +81,8 @@ def shard(args: Any, mesh: Mesh, *, where: str = "sb.shard") -> Any:
     return jax.tree.map(place, args)
 
 
-def place(theta0, args: tuple, mesh: Mesh | None, where: str):
+def place(theta0: jax.Array, args: tuple, mesh: Mesh | None,
+          where: str) -> tuple[jax.Array, tuple]:
     """`mesh=` of `sb.minimize`: theta replicated, the data in `args` split across devices."""
     if mesh is None:
         return theta0, tuple(args)

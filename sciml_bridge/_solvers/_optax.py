@@ -8,6 +8,7 @@ Optax L-BFGS guide.
 
 import functools
 from collections.abc import Callable
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -54,7 +55,7 @@ class OptaxStepper(AbstractStepper):
     def value(self, theta, args):
         return self.fn(theta, *args)
 
-    def step(self, state, args):
+    def step(self, state: Any, args: tuple) -> tuple[Any, Any, jax.Array, RESULTS]:
         theta, opt_state = state
         f = lambda t: self.fn(t, *args)
         if self.linesearch:
