@@ -116,9 +116,28 @@ class Restructure(eqx.Module):
     Hashable and comparable: two `destructure` calls on the same tree give equal `re`s, and a
     function jitted over `theta` never retraces for a new `theta` of the same shape and dtype.
 
-    **Attributes:** `size` (length of theta), `dtype` (dtype of the theta `destructure` made),
-    `precision`, and the layout, one entry per parameter slot: `paths`, `shapes`, `dtypes`
-    (stored leaf dtypes), `offsets` (start of each slot in theta).
+    !!! example
+
+        ```python
+        model = {"w": jnp.ones((2, 3)), "b": jnp.zeros(3), "n": 4}
+        theta, re = sb.destructure(model)
+        assert re.size == 9 and re.paths == ("['b']", "['w']")
+        doubled = re(2.0 * theta)                 # {"w": 2s, "b": 0s, "n": 4}
+        ```
+
+    **Attributes:**
+
+    - `size`: the length of `theta`.
+    - `dtype`: the dtype of the `theta` that `sb.destructure` made.
+    - `precision`: the precision policy (see `sb.destructure`).
+    - The layout, one entry per parameter slot: `paths`, `shapes`, `dtypes` (stored leaf
+        dtypes), `offsets` (start of each slot in `theta`).
+
+    **Raises:**
+
+    `re(theta)` raises `TypeError` for a `theta` that is not a 1-D floating array (or, under
+    `precision="strict"`, whose dtype differs from a leaf's) and `ValueError` for a `theta`
+    whose length is not `size`.
     """
 
     size: int = eqx.field(static=True)
@@ -281,14 +300,16 @@ def destructure(
     The same array object at several places is one parameter: one slot in `theta`, written
     back to every place, its gradient summed over them.
 
-    ```python
-    import jax, jax.numpy as jnp, equinox as eqx
-    import sciml_bridge as sb
+    !!! example
 
-    mlp = eqx.nn.MLP(1, 1, 10, 3, key=jax.random.key(0))
-    theta, re = sb.destructure(mlp, dtype=jnp.float64)  # float32 model, run in float64
-    assert theta.shape == (251,) and re(theta)(jnp.ones(1)).dtype == jnp.float64
-    ```
+        ```python
+        import jax, jax.numpy as jnp, equinox as eqx
+        import sciml_bridge as sb
+
+        mlp = eqx.nn.MLP(1, 1, 10, 3, key=jax.random.key(0))
+        theta, re = sb.destructure(mlp, dtype=jnp.float64)  # float32 model, run in float64
+        assert theta.shape == (251,) and re(theta)(jnp.ones(1)).dtype == jnp.float64
+        ```
 
     **Arguments:**
 
@@ -309,9 +330,13 @@ def destructure(
     - `lossy`: `True` opts in to a lossy `dtype` (e.g. training a float64 model in float32):
         `theta` is rounded to `dtype`. Default `False`.
 
-    **Returns:** `(theta, re)`: a 1-D array and a hashable `sb.Restructure`.
+    **Returns:**
 
-    **Raises:** `TypeError` for a float64 request or float64 NumPy data while JAX's x64 mode
+    `(theta, re)`: a 1-D array and a hashable `sb.Restructure`.
+
+    **Raises:**
+
+    `TypeError` for a float64 request or float64 NumPy data while JAX's x64 mode
     is off (JAX would truncate silently), a non-floating `dtype`, or a lossy `dtype` without
     `lossy=True`; `ValueError` for an unknown `precision` or `ties`, a malformed `params`, or
     a `params` that freezes one place of a tied array and trains another.

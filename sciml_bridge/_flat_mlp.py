@@ -124,17 +124,19 @@ class FlatMLP(AbstractFlatModel):
     and `fm.restructure(theta)` rebuilds that Equinox network. Inputs follow `eqx.nn.MLP`:
     one unbatched point; `jax.vmap` over points runs every layer as one matrix product.
 
-    ```python
-    import jax, jax.numpy as jnp, equinox as eqx
-    import sciml_bridge as sb
+    !!! example
 
-    key = jax.random.key(0)
-    fm = sb.FlatMLP((2, 16, 16, 1), activation="tanh", key=key)
-    mlp = eqx.nn.MLP(2, 1, 16, 2, activation=jnp.tanh, key=key)
-    assert (fm.theta0 == sb.destructure(mlp)[0]).all()
-    xs = jnp.ones((128, 2))
-    ys = jax.vmap(fm, in_axes=(None, 0))(fm.theta0, xs)  # (128, 1)
-    ```
+        ```python
+        import jax, jax.numpy as jnp, equinox as eqx
+        import sciml_bridge as sb
+
+        key = jax.random.key(0)
+        fm = sb.FlatMLP((2, 16, 16, 1), activation="tanh", key=key)
+        mlp = eqx.nn.MLP(2, 1, 16, 2, activation=jnp.tanh, key=key)
+        assert (fm.theta0 == sb.destructure(mlp)[0]).all()
+        xs = jnp.ones((128, 2))
+        ys = jax.vmap(fm, in_axes=(None, 0))(fm.theta0, xs)  # (128, 1)
+        ```
 
     Computation follows `theta`'s dtype (`precision="vector"`): a float64 `theta` gives float64
     output. A wider `x` (float64 into float32 weights, or complex) widens the computation
@@ -154,7 +156,9 @@ class FlatMLP(AbstractFlatModel):
     - `dtype`: parameter dtype; default float32, or float64 with x64 on.
     - `use_bias`: biases on every layer. Default `True`.
 
-    **Raises:** `ValueError` for malformed `sizes` or an unknown activation name; `TypeError`
+    **Raises:**
+
+    `ValueError` for malformed `sizes` or an unknown activation name; `TypeError`
     for an activation that is neither a name, a callable nor a tuple of callables, a `key`
     that is not a PRNG key, a non-floating `dtype`, or `dtype=jnp.float64` while JAX's x64
     mode is off.

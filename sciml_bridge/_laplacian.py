@@ -39,17 +39,19 @@ def laplacian(fm: Callable[..., Any]) -> Callable[..., Array]:
     it is `trace(jax.hessian)` over the first input (extra inputs pass through:
     `lap(theta, x, *args)`). One point at a time, like the model; use `jax.vmap` for a batch.
 
-    ```python
-    import jax, jax.numpy as jnp
-    import sciml_bridge as sb
+    !!! example
 
-    fm = sb.FlatMLP((2, 32, 32, "scalar"), activation="tanh", key=jax.random.key(0))
-    lap = sb.laplacian(fm)
-    xs = jnp.ones((100, 2))
-    residual = lambda theta: jax.vmap(lap, in_axes=(None, 0))(theta, xs) + 1.0
-    loss = lambda theta: jnp.mean(residual(theta) ** 2)
-    g = jax.jit(jax.grad(loss))(fm.theta0)  # PINN training differentiates through it
-    ```
+        ```python
+        import jax, jax.numpy as jnp
+        import sciml_bridge as sb
+
+        fm = sb.FlatMLP((2, 32, 32, "scalar"), activation="tanh", key=jax.random.key(0))
+        lap = sb.laplacian(fm)
+        xs = jnp.ones((100, 2))
+        residual = lambda theta: jax.vmap(lap, in_axes=(None, 0))(theta, xs) + 1.0
+        loss = lambda theta: jnp.mean(residual(theta) ** 2)
+        g = jax.jit(jax.grad(loss))(fm.theta0)  # PINN training differentiates through it
+        ```
 
     The forward pass needs each activation's first and second derivatives: known activations
     have closed forms, `sb.FlatMLP(..., activation=(f, df, d2f))` supplies them, and any other
@@ -59,9 +61,13 @@ def laplacian(fm: Callable[..., Any]) -> Callable[..., Array]:
 
     - `fm`: an `sb.FlatMLP`, or any `fm(theta, x, *args)` (e.g. an `sb.FlatModel`).
 
-    **Returns:** a function `lap(theta, x, *args)`.
+    **Returns:**
 
-    **Raises:** `ValueError` if `fm` is an `sb.FlatMLP` with an activation that is not twice
+    A function `lap(theta, x, *args)`.
+
+    **Raises:**
+
+    `ValueError` if `fm` is an `sb.FlatMLP` with an activation that is not twice
     differentiable (relu); `TypeError` if `fm` is not callable.
     """
     _check_callable(fm, "laplacian")
@@ -91,21 +97,27 @@ def grad_x(fm: Callable[..., Any]) -> Callable[..., Array]:
     scalar output, `(out, d)` for a vector one. On an `sb.FlatMLP` it comes from one forward
     pass (works with relu too); on any other flat model it is `jax.jacfwd` over the first input.
 
-    ```python
-    import jax, jax.numpy as jnp
-    import sciml_bridge as sb
+    !!! example
 
-    fm = sb.FlatMLP((3, 16, "scalar"), activation="softplus", key=jax.random.key(0))
-    g = sb.grad_x(fm)(fm.theta0, jnp.ones(3))  # shape (3,)
-    ```
+        ```python
+        import jax, jax.numpy as jnp
+        import sciml_bridge as sb
+
+        fm = sb.FlatMLP((3, 16, "scalar"), activation="softplus", key=jax.random.key(0))
+        g = sb.grad_x(fm)(fm.theta0, jnp.ones(3))  # shape (3,)
+        ```
 
     **Arguments:**
 
     - `fm`: an `sb.FlatMLP`, or any `fm(theta, x, *args)`.
 
-    **Returns:** a function `jac(theta, x, *args)`.
+    **Returns:**
 
-    **Raises:** `TypeError` if `fm` is not callable.
+    A function `jac(theta, x, *args)`.
+
+    **Raises:**
+
+    `TypeError` if `fm` is not callable.
     """
     _check_callable(fm, "grad_x")
     if isinstance(fm, FlatMLP):

@@ -142,12 +142,14 @@ def least_squares(
     the step sizes `2^-k`, k = 0..30, evaluated in one `vmap`, no damping; the run stops when no
     step lowers the loss. It is what takes PINNs to 1e-7.
 
-    ```python
-    x = jnp.linspace(0, 1, 32)
-    res = sb.least_squares(lambda th, x: th[0] * jnp.exp(th[1] * x) - 2 * jnp.exp(-x),
-                           jnp.array([1.0, 0.0]), args=(x,))
-    res.theta  # ~ [2, -1]
-    ```
+    !!! example
+
+        ```python
+        x = jnp.linspace(0, 1, 32)
+        res = sb.least_squares(lambda th, x: th[0] * jnp.exp(th[1] * x) - 2 * jnp.exp(-x),
+                               jnp.array([1.0, 0.0]), args=(x,))
+        res.theta  # ~ [2, -1]
+        ```
 
     **Arguments:**
 

@@ -24,7 +24,9 @@ Fix: use `fast="auto"` (falls back quietly) or `fast=False` for the general path
 def _fast_path(model: Any, theta0: Theta, re: Restructure, fast) -> FlatMLP | None:
     """A `FlatMLP` with `theta0`'s layout for `model`, or None under `fast="auto"`.
 
-    **Raises:** `TypeError` naming what is unsupported when `fast=True`.
+    **Raises:**
+
+    `TypeError` naming what is unsupported when `fast=True`.
     """
     try:
         parts = recognise(model, re)
@@ -73,15 +75,17 @@ def flat(
     module (split into graph and state; only `nnx.Param` is trained). Inputs follow the wrapped
     model's convention (Equinox: unbatched `x`; batch with `jax.vmap`).
 
-    ```python
-    import jax, jax.numpy as jnp, equinox as eqx
-    import sciml_bridge as sb
+    !!! example
 
-    mlp = eqx.nn.MLP(2, 1, 16, 2, activation=jnp.tanh, key=jax.random.key(0))
-    fm = sb.flat(mlp)
-    y = jax.jit(fm)(fm.theta0, jnp.ones(2))
-    assert y.shape == (1,) and fm.size == 337
-    ```
+        ```python
+        import jax, jax.numpy as jnp, equinox as eqx
+        import sciml_bridge as sb
+
+        mlp = eqx.nn.MLP(2, 1, 16, 2, activation=jnp.tanh, key=jax.random.key(0))
+        fm = sb.flat(mlp)
+        y = jax.jit(fm)(fm.theta0, jnp.ones(2))
+        assert y.shape == (1,) and fm.size == 337
+        ```
 
     **Arguments:**
 
@@ -105,10 +109,14 @@ def flat(
     `eqx.nn.inference_mode(fm)` switches Equinox and NNX models to inference
     (see `sb.FlatModel`).
 
-    **Returns:** an `sb.AbstractFlatModel` (`fm.theta0`, `fm.size`, `fm.restructure`,
+    **Returns:**
+
+    An `sb.AbstractFlatModel` (`fm.theta0`, `fm.size`, `fm.restructure`,
     `fm.is_fast`).
 
-    **Raises:** as `sb.destructure`; `TypeError` if `fast=True` and there is no fast path for
+    **Raises:**
+
+    As `sb.destructure`; `TypeError` if `fast=True` and there is no fast path for
     this model.
     """
     if fast not in ("auto", True, False):

@@ -58,13 +58,15 @@ def minimize(
     inside one `jit` (the loss curve is the same as a step-by-step loop's), with progress,
     callbacks, checkpoints and Ctrl-C between chunks. Chaining is natural:
 
-    ```python
-    fm = sb.flat(eqx.nn.MLP(1, 1, 10, 2, activation=jnp.tanh, key=jax.random.key(0)))
-    x = jnp.linspace(-1, 1, 64)[:, None]
-    loss = lambda th, x: jnp.mean((jax.vmap(fm, (None, 0))(th, x) - jnp.sin(3 * x)) ** 2)
-    res = sb.minimize(loss, fm.theta0, "adam", args=(x,), max_steps=2000, learning_rate=1e-2)
-    res = sb.minimize(loss, res.theta, "lbfgs", args=(x,), max_steps=500)
-    ```
+    !!! example
+
+        ```python
+        fm = sb.flat(eqx.nn.MLP(1, 1, 10, 2, activation=jnp.tanh, key=jax.random.key(0)))
+        x = jnp.linspace(-1, 1, 64)[:, None]
+        loss = lambda th, x: jnp.mean((jax.vmap(fm, (None, 0))(th, x) - jnp.sin(3 * x)) ** 2)
+        res = sb.minimize(loss, fm.theta0, "adam", args=(x,), max_steps=2000, learning_rate=1e-2)
+        res = sb.minimize(loss, res.theta, "lbfgs", args=(x,), max_steps=500)
+        ```
 
     **The outcome contract** (the same for every method, single runs and ensembles):
 

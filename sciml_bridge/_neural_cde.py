@@ -54,19 +54,21 @@ class NeuralCDE(eqx.Module):
     derivatives jump. For a
     batch of series use `jax.vmap(cde, in_axes=(None, 0, None, 0))`.
 
-    ```python
-    import diffrax, jax, jax.numpy as jnp
-    import sciml_bridge as sb
+    !!! example
 
-    jax.config.update("jax_enable_x64", True)
-    ts = jnp.linspace(0.0, 1.0, 20)
-    xs = jnp.stack([ts, jnp.sin(3 * ts)], axis=1)        # 2 channels: time and a signal
-    coeffs = diffrax.backward_hermite_coefficients(ts, xs)
-    fm = sb.FlatMLP((4, 16, 8), activation="softplus", final_activation="tanh",
-                    key=jax.random.key(0), dtype=jnp.float64)
-    cde = sb.NeuralCDE(lambda theta, z: fm(theta, z).reshape(4, 2))
-    zs = cde(fm.theta0, jnp.zeros(4), ts, coeffs)        # (20, 4)
-    ```
+        ```python
+        import diffrax, jax, jax.numpy as jnp
+        import sciml_bridge as sb
+
+        jax.config.update("jax_enable_x64", True)
+        ts = jnp.linspace(0.0, 1.0, 20)
+        xs = jnp.stack([ts, jnp.sin(3 * ts)], axis=1)        # 2 channels: time and a signal
+        coeffs = diffrax.backward_hermite_coefficients(ts, xs)
+        fm = sb.FlatMLP((4, 16, 8), activation="softplus", final_activation="tanh",
+                        key=jax.random.key(0), dtype=jnp.float64)
+        cde = sb.NeuralCDE(lambda theta, z: fm(theta, z).reshape(4, 2))
+        zs = cde(fm.theta0, jnp.zeros(4), ts, coeffs)        # (20, 4)
+        ```
 
     **Arguments:**
 
@@ -76,10 +78,14 @@ class NeuralCDE(eqx.Module):
         `RecursiveCheckpointAdjoint`, `PIDController(rtol=1e-6, atol=1e-6)`, `None`, every
         time in `ts`, 4096, `True`).
 
-    **Returns:** `cde(theta, z0, ts, coeffs) -> zs`, of shape `(len(ts), *z0.shape)` by
+    **Returns:**
+
+    `cde(theta, z0, ts, coeffs) -> zs`, of shape `(len(ts), *z0.shape)` by
     default (with `saveat=diffrax.SaveAt(t1=True)`: `(1, *z0.shape)`).
 
-    **Raises:** as [`sb.NeuralODE`][sciml_bridge.NeuralODE]; `ValueError` for a field of the wrong
+    **Raises:**
+
+    As [`sb.NeuralODE`][sciml_bridge.NeuralODE]; `ValueError` for a field of the wrong
     shape or `coeffs` that do not fit `ts`.
     """
 

@@ -107,19 +107,21 @@ class NeuralODE(eqx.Module):
     the failure time, as Diffrax does), so a loss or gradient is non-finite and `sb.minimize`
     keeps the last good `theta`.
 
-    ```python
-    import diffrax, jax, jax.numpy as jnp
-    import sciml_bridge as sb
+    !!! example
 
-    jax.config.update("jax_enable_x64", True)
-    fm = lambda theta, y: theta.reshape(2, 2) @ y    # linear ODE dy/dt = A y
-    node = sb.NeuralODE(fm)
-    theta = jnp.array([0.0, 1.0, -1.0, 0.0])
-    ts = jnp.linspace(0.0, 1.0, 5)
-    ys = node(theta, jnp.array([1.0, 0.0]), ts)       # shape (5, 2): cos/sin
-    loss = lambda theta: jnp.sum(node(theta, jnp.array([1.0, 0.0]), ts) ** 2)
-    grad = jax.grad(loss)(theta)
-    ```
+        ```python
+        import diffrax, jax, jax.numpy as jnp
+        import sciml_bridge as sb
+
+        jax.config.update("jax_enable_x64", True)
+        fm = lambda theta, y: theta.reshape(2, 2) @ y    # linear ODE dy/dt = A y
+        node = sb.NeuralODE(fm)
+        theta = jnp.array([0.0, 1.0, -1.0, 0.0])
+        ts = jnp.linspace(0.0, 1.0, 5)
+        ys = node(theta, jnp.array([1.0, 0.0]), ts)       # shape (5, 2): cos/sin
+        loss = lambda theta: jnp.sum(node(theta, jnp.array([1.0, 0.0]), ts) ** 2)
+        grad = jax.grad(loss)(theta)
+        ```
 
     **Arguments:**
 
@@ -214,22 +216,24 @@ class NeuralODE(eqx.Module):
         adjoint works), next to the user's `args`, which are differentiable too: pass known
         constants, or physical parameters to learn jointly with `jax.grad(..., argnums=...)`.
 
-        ```python
-        import jax, jax.numpy as jnp
-        import sciml_bridge as sb
+        !!! example
 
-        jax.config.update("jax_enable_x64", True)
-        fm = sb.FlatMLP((2, 16, 2), activation="tanh", key=jax.random.key(0), dtype=jnp.float64)
+            ```python
+            import jax, jax.numpy as jnp
+            import sciml_bridge as sb
 
-        def lotka_volterra(t, y, theta, args):
-            alpha, delta = args                     # known linear growth and decay
-            u = fm(theta, y)                        # unknown interactions, learned
-            return jnp.stack([alpha * y[0] + u[0], -delta * y[1] + u[1]])
+            jax.config.update("jax_enable_x64", True)
+            fm = sb.FlatMLP((2, 16, 2), activation="tanh", key=jax.random.key(0), dtype=jnp.float64)
 
-        node = sb.NeuralODE.hybrid(lotka_volterra)
-        y0, ts = jnp.array([0.44, 4.6]), jnp.linspace(0.0, 1.0, 11)
-        ys = node(fm.theta0, y0, ts, (1.3, 1.8))   # shape (11, 2)
-        ```
+            def lotka_volterra(t, y, theta, args):
+                alpha, delta = args                     # known linear growth and decay
+                u = fm(theta, y)                        # unknown interactions, learned
+                return jnp.stack([alpha * y[0] + u[0], -delta * y[1] + u[1]])
+
+            node = sb.NeuralODE.hybrid(lotka_volterra)
+            y0, ts = jnp.array([0.44, 4.6]), jnp.linspace(0.0, 1.0, 11)
+            ys = node(fm.theta0, y0, ts, (1.3, 1.8))   # shape (11, 2)
+            ```
 
         **Arguments:**
 

@@ -79,19 +79,21 @@ class NeuralSDE(eqx.Module):
     their two vectors concatenated (`sde.theta0`), and each receives its own part; otherwise
     both receive the whole `theta` (slice it yourself).
 
-    ```python
-    import diffrax, jax, jax.numpy as jnp
-    import sciml_bridge as sb
+    !!! example
 
-    jax.config.update("jax_enable_x64", True)
-    drift = lambda theta, y: theta[0] * (theta[1] - y)         # Ornstein-Uhlenbeck
-    diffusion = lambda theta, y: theta[2] * jnp.ones_like(y)   # diagonal noise
-    sde = sb.NeuralSDE(drift, diffusion, dt0=0.01)
-    theta, ts = jnp.array([1.0, 1.0, 0.3]), jnp.linspace(0.0, 1.0, 11)
-    keys = jax.random.split(jax.random.key(0), 64)
-    paths = jax.vmap(sde, in_axes=(None, None, None, 0))(theta, jnp.zeros(1), ts, keys)
-    assert paths.shape == (64, 11, 1)
-    ```
+        ```python
+        import diffrax, jax, jax.numpy as jnp
+        import sciml_bridge as sb
+
+        jax.config.update("jax_enable_x64", True)
+        drift = lambda theta, y: theta[0] * (theta[1] - y)         # Ornstein-Uhlenbeck
+        diffusion = lambda theta, y: theta[2] * jnp.ones_like(y)   # diagonal noise
+        sde = sb.NeuralSDE(drift, diffusion, dt0=0.01)
+        theta, ts = jnp.array([1.0, 1.0, 0.3]), jnp.linspace(0.0, 1.0, 11)
+        keys = jax.random.split(jax.random.key(0), 64)
+        paths = jax.vmap(sde, in_axes=(None, None, None, 0))(theta, jnp.zeros(1), ts, keys)
+        assert paths.shape == (64, 11, 1)
+        ```
 
     **Arguments:**
 
@@ -107,9 +109,13 @@ class NeuralSDE(eqx.Module):
     - `dt0`: the step size (constant steps). Default 0.01.
     - `max_steps`, `throw`, `progress`: as for [`sb.NeuralODE`][sciml_bridge.NeuralODE].
 
-    **Returns:** `sde(theta, y0, ts, key) -> ys` of shape `(len(ts), *y0.shape)`.
+    **Returns:**
 
-    **Raises:** as [`sb.NeuralODE`][sciml_bridge.NeuralODE]; `ValueError` when `drift` or
+    `sde(theta, y0, ts, key) -> ys` of shape `(len(ts), *y0.shape)`.
+
+    **Raises:**
+
+    As [`sb.NeuralODE`][sciml_bridge.NeuralODE]; `ValueError` when `drift` or
     `diffusion` return the wrong shape; `TypeError` when `key` is not one PRNG key.
     """
 

@@ -56,6 +56,8 @@ class Field(eqx.Module):
         def pde(u, x):           # -u'' = f  ->  residual -u'' - f
             return -u.laplacian(x) - f(x)
         ```
+
+    **Attributes:** `model` (the flat model) and `theta` (its parameters, held fixed).
     """
 
     model: AbstractFlatModel
@@ -97,6 +99,16 @@ class PINN(NamedTuple):
         weighted mean-squared residual.
     - `term_losses(theta)`: a dict with each term's share of `loss(theta)` (they add up to it),
         for logging.
+
+    !!! example
+
+        ```python
+        fm = sb.FlatMLP((1, 4, "scalar"), key=jax.random.key(0))
+        x = jnp.linspace(0.0, 1.0, 5)[:, None]
+        problem = sb.pinn(fm, {"fit": (lambda u, x: u(x) - x[0], x)})
+        r = problem.residual(fm.theta0)            # shape (5,)
+        assert jnp.allclose(problem.loss(fm.theta0), 0.5 * jnp.sum(r**2))
+        ```
     """
 
     residual: Callable[[Theta], Array]
@@ -281,6 +293,15 @@ class ErrorReport(NamedTuple):
     `rel_l2` is `||u - u_ref|| / ||u_ref||` over the points, `max_abs` is `max |u - u_ref|`,
     `rms` is the root-mean-square error; `prediction` and `reference` are the NumPy values (with
     the network's output shape per point), kept for plots and error maps.
+
+    !!! example
+
+        ```python
+        fm = lambda theta, x: theta[0] * x[0]
+        report = sb.error_report(fm, jnp.array([2.0]), jnp.ones((4, 1)), jnp.full(4, 2.5))
+        assert report.max_abs == 0.5 and report.prediction.shape == (4,)
+        print(report)   # relative L2 error 2.000e-01, max |error| 5.000e-01 over 4 points
+        ```
     """
 
     rel_l2: float
@@ -310,7 +331,7 @@ Fix: compare real parts explicitly (`reference.real`), or use a complex-valued n
 
 
 def error_report(
-    fm: AbstractFlatModel,
+    fm: Callable[..., Any],
     theta: Theta,
     points: Array,
     reference: Array | np.ndarray | Callable[[Array], Any],

@@ -54,6 +54,16 @@ class ScipyObjective:
 
     Made by `sb.scipy_objective`; each is one jitted function, compiled once per loss and
     argument shapes (shared by every objective made for them).
+
+    !!! example
+
+        ```python
+        obj = sb.scipy_objective(lambda t: jnp.sum((t - 1.0) ** 2))
+        f, g = obj.fun_and_jac(np.zeros(3))        # 3.0 and [-2., -2., -2.], float64 NumPy
+        assert f == obj.fun(np.zeros(3)) and np.array_equal(g, obj.jac(np.zeros(3)))
+        ```
+
+    **Attributes:** `dtype`, the dtype in which the loss is evaluated (`x` is cast to it).
     """
 
     def __init__(self, loss: Callable, args: tuple, dtype: Any):
@@ -106,18 +116,20 @@ def scipy_objective(loss: Callable, *args: Any, dtype: DTypeLike | None = None) 
     converts at the boundary, compiles `value_and_grad` and a Hessian-vector product once, and
     answers `fun` then `jac` at the same point with one evaluation.
 
-    ```python
-    import scipy.optimize
-    fm = sb.FlatMLP((1, 8, 1), key=jax.random.key(0), dtype=jnp.float64)
-    x = jnp.linspace(-1, 1, 32)[:, None]
-    y = jnp.sin(3 * x)
-    loss = lambda th, x, y: jnp.mean((jax.vmap(fm, (None, 0))(th, x) - y) ** 2)
-    obj = sb.scipy_objective(loss, x, y)
-    res = scipy.optimize.minimize(obj.fun_and_jac, np.asarray(fm.theta0), jac=True,
-                                  method="L-BFGS-B")
-    res = scipy.optimize.minimize(obj.fun, res.x, jac=obj.jac, hessp=obj.hessp,
-                                  method="trust-ncg")
-    ```
+    !!! example
+
+        ```python
+        import scipy.optimize
+        fm = sb.FlatMLP((1, 8, 1), key=jax.random.key(0), dtype=jnp.float64)
+        x = jnp.linspace(-1, 1, 32)[:, None]
+        y = jnp.sin(3 * x)
+        loss = lambda th, x, y: jnp.mean((jax.vmap(fm, (None, 0))(th, x) - y) ** 2)
+        obj = sb.scipy_objective(loss, x, y)
+        res = scipy.optimize.minimize(obj.fun_and_jac, np.asarray(fm.theta0), jac=True,
+                                      method="L-BFGS-B")
+        res = scipy.optimize.minimize(obj.fun, res.x, jac=obj.jac, hessp=obj.hessp,
+                                      method="trust-ncg")
+        ```
 
     **Arguments:**
 

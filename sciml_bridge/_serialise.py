@@ -133,11 +133,13 @@ def save(path: str | os.PathLike, theta: ThetaLike, fm: Any, metadata: dict | No
     permission bits (a new one follows the umask). If `path` is a symbolic link, the file it
     points to is replaced and the link is kept.
 
-    ```python
-    fm = sb.flat(eqx.nn.MLP(2, 1, 8, 2, key=jax.random.key(0)))
-    sb.save("net.npz", fm.theta0, fm, metadata={"epoch": 3})
-    theta = sb.load("net.npz", fm)
-    ```
+    !!! example
+
+        ```python
+        fm = sb.flat(eqx.nn.MLP(2, 1, 8, 2, key=jax.random.key(0)))
+        sb.save("net.npz", fm.theta0, fm, metadata={"epoch": 3})
+        theta = sb.load("net.npz", fm)
+        ```
 
     **Arguments:**
 
@@ -189,12 +191,14 @@ def load(path: str | os.PathLike, fm: Any, *,
     disagree with the archive directory are refused, so a forged or "zip bomb" file costs
     milliseconds, not memory.
 
-    ```python
-    fm = sb.flat(eqx.nn.MLP(2, 1, 8, 2, key=jax.random.key(0)))
-    sb.save("net.npz", fm.theta0 + 1.0, fm)
-    theta = sb.load("net.npz", fm)
-    model = fm.restructure(theta)
-    ```
+    !!! example
+
+        ```python
+        fm = sb.flat(eqx.nn.MLP(2, 1, 8, 2, key=jax.random.key(0)))
+        sb.save("net.npz", fm.theta0 + 1.0, fm)
+        theta = sb.load("net.npz", fm)
+        model = fm.restructure(theta)
+        ```
 
     **Arguments:**
 

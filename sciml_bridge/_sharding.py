@@ -47,20 +47,26 @@ def shard(args: Any, mesh: Mesh, *, where: str = "sb.shard") -> Any:
     replicated. An array already committed to a `NamedSharding` on this mesh is left as it
     is, so a layout chosen by hand always wins.
 
-    ```python
-    mesh = jax.make_mesh((jax.device_count(),), ("data",))
-    (x,) = sb.shard((jnp.zeros((1024, 2)),), mesh)
-    x.sharding.shard_shape(x.shape)   # (1024 // jax.device_count(), 2)
-    ```
+    !!! example
+
+        ```python
+        mesh = jax.make_mesh((jax.device_count(),), ("data",))
+        (x,) = sb.shard((jnp.zeros((1024, 2)),), mesh)
+        x.sharding.shard_shape(x.shape)   # (1024 // jax.device_count(), 2)
+        ```
 
     **Arguments:**
 
     - `args`: a pytree of arrays (typically the `args=` of `sb.minimize`).
     - `mesh`: a `jax.sharding.Mesh`.
 
-    **Returns:** `args` with every array leaf placed on the mesh.
+    **Returns:**
 
-    **Raises:** `TypeError` if `mesh` is not a `Mesh`.
+    `args` with every array leaf placed on the mesh.
+
+    **Raises:**
+
+    `TypeError` if `mesh` is not a `Mesh`.
     """
     if not isinstance(mesh, Mesh):
         raise TypeError(_MSG_MESH.format(where=where, got=type(mesh).__name__))
