@@ -2,11 +2,11 @@
 
 Pyright reads the precise types below. At runtime, the test suite also checks every annotation
 in the package (jaxtyping's import hook with beartype, as Equinox and Diffrax do). The aliases
-for user input that a public function validates itself (`ThetaLike`, `Precision`, `Ties`,
-`Size`) are deliberately loose at runtime (`Any`): the function's own check then runs and its
-error (what was expected, what was got, the fix) is the one the user sees, instead of a
-generic type-check failure. Everything the library builds itself (`Theta`, `ThetaBatch`,
-`LossScalar`) keeps its precise dtype and shape check at runtime too.
+for user input that a public function validates itself (`ThetaLike`, `ThetaBatchLike`,
+`Precision`, `Ties`, `Size`) are deliberately loose at runtime (`Any`): the function's own
+check then runs, and its error (what was expected, what was got, the fix) is the one the user
+sees instead of a generic type-check failure. What the library builds itself (`Theta`,
+`ThetaBatch`, `LossScalar`) keeps its precise dtype and shape check at runtime too.
 """
 
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
@@ -31,6 +31,9 @@ if TYPE_CHECKING:
     ThetaLike: TypeAlias = Inexact[ArrayLike, " n"]
     """Anything a user may pass as `theta`: a 1-D JAX or NumPy floating array."""
 
+    ThetaBatchLike: TypeAlias = Inexact[ArrayLike, "members n"]
+    """Anything a user may pass as an ensemble `theta0`: one row per member."""
+
     Precision: TypeAlias = Literal["vector", "model", "strict"]
     """What `re(theta)` builds: `"vector"`, `"model"` or `"strict"` (see `sb.destructure`)."""
 
@@ -41,4 +44,4 @@ if TYPE_CHECKING:
     """One layer size of `sb.FlatMLP`: a positive int, or `"scalar"` at either end."""
 else:
     # Validated by the functions that take them, with errors that name the fix (see above).
-    ThetaLike = Precision = Ties = Size = Any
+    ThetaLike = ThetaBatchLike = Precision = Ties = Size = Any

@@ -17,7 +17,7 @@ import jax.tree_util as jtu
 import numpy as np
 from jax.sharding import Mesh
 
-from ._custom_types import ThetaLike
+from ._custom_types import ThetaBatchLike, ThetaLike
 from ._result import EnsembleSolution, Solution
 from ._sharding import place
 from ._solvers._batches import KeyedLoss, takes_key, with_batches
@@ -116,7 +116,7 @@ def resolve_jac(jac: str, residual, theta0, args, *, by_shape: bool, where: str)
 
 def least_squares(
     residual: Callable[..., Any],
-    theta0: ThetaLike,
+    theta0: ThetaLike | ThetaBatchLike,
     method: Any = "gauss-newton",
     *,
     args: tuple = (),

@@ -10,7 +10,7 @@ from typing import Any
 
 from jax.sharding import Mesh
 
-from ._custom_types import ThetaLike
+from ._custom_types import ThetaBatchLike, ThetaLike
 from ._result import EnsembleSolution, Solution
 from ._sharding import place
 from ._solvers._batches import KeyedLoss, takes_key, with_batches
@@ -35,7 +35,7 @@ with `sb.save` and chain runs."""
 
 def minimize(
     loss: Callable[..., Any],
-    theta0: ThetaLike,
+    theta0: ThetaLike | ThetaBatchLike,
     method: Any = "adam",
     *,
     args: tuple = (),

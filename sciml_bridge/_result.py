@@ -12,7 +12,7 @@ import equinox.internal as eqxi
 import jax.numpy as jnp
 import numpy as np
 
-from ._custom_types import Theta
+from ._custom_types import Theta, ThetaBatch
 
 
 class RESULTS(eqxi.Enumeration):
@@ -153,7 +153,7 @@ class EnsembleSolution:
     wall_time: float
 
     @property
-    def theta(self) -> Any:
+    def theta(self) -> ThetaBatch:
         return jnp.stack([m.theta for m in self.members])
 
     @property
