@@ -3,16 +3,16 @@
 Pyright reads the precise types below. At runtime, the test suite also checks every annotation
 in the package (jaxtyping's import hook with beartype, as Equinox and Diffrax do). The aliases
 for user input that a public function validates itself (`ThetaLike`, `ThetaBatchLike`,
-`Precision`, `Ties`, `Size`) are deliberately loose at runtime (`Any`): the function's own
-check then runs, and its error (what was expected, what was got, the fix) is the one the user
-sees instead of a generic type-check failure. What the library builds itself (`Theta`,
-`ThetaBatch`, `LossScalar`) keeps its precise dtype and shape check at runtime too.
+`Precision`, `Ties`, `Size`, `KeyLike`) are deliberately loose at runtime (`Any`): the
+function's own check then runs, and its error (what was expected, what was got, the fix) is
+the one the user sees instead of a generic type-check failure. What the library builds itself
+(`Theta`, `ThetaBatch`, `LossScalar`) keeps its precise dtype and shape check at runtime too.
 """
 
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 from jax.typing import DTypeLike as DTypeLike
-from jaxtyping import Array, ArrayLike, Inexact, PyTree, Scalar
+from jaxtyping import Array, ArrayLike, Inexact, PRNGKeyArray, PyTree, Scalar
 
 
 Theta: TypeAlias = Inexact[Array, " n"]
@@ -42,6 +42,9 @@ if TYPE_CHECKING:
 
     Size: TypeAlias = int | Literal["scalar"]
     """One layer size of `sb.FlatMLP`: a positive int, or `"scalar"` at either end."""
+
+    KeyLike: TypeAlias = PRNGKeyArray
+    """One PRNG key, e.g. `jax.random.key(0)` (a raw `jax.random.PRNGKey(0)` also works)."""
 else:
     # Validated by the functions that take them, with errors that name the fix (see above).
-    ThetaLike = ThetaBatchLike = Precision = Ties = Size = Any
+    ThetaLike = ThetaBatchLike = Precision = Ties = Size = KeyLike = Any

@@ -20,7 +20,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, PRNGKeyArray
 
 from ._activations import Activation, identity, make_activation
-from ._custom_types import DTypeLike, Size, Theta, ThetaLike
+from ._custom_types import DTypeLike, KeyLike, Size, Theta, ThetaLike
 from ._destructure import Restructure, check_theta, destructure
 from ._fast import Layer, Param, recognise
 from ._flat import AbstractFlatModel
@@ -178,7 +178,7 @@ class FlatMLP(AbstractFlatModel):
         activation: Any = "tanh",
         final_activation: Any = None,
         *,
-        key: PRNGKeyArray,
+        key: KeyLike,
         dtype: DTypeLike | None = None,
         use_bias: bool = True,
     ):

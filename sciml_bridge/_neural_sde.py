@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import lineax as lx
 from jaxtyping import Array, ArrayLike, Inexact, PRNGKeyArray, Real
 
-from ._custom_types import Theta, ThetaLike
+from ._custom_types import KeyLike, Theta, ThetaLike
 from ._diffeq import (
     all_finite,
     as_arrays,
@@ -175,7 +175,7 @@ class NeuralSDE(eqx.Module):
         theta: ThetaLike,
         y0: Inexact[ArrayLike, "*state"],
         ts: Real[ArrayLike, " times"],
-        key: PRNGKeyArray,
+        key: KeyLike,
     ) -> Inexact[Array, " times *state"]:
         """One sample path from `y0` at `ts[0]`, driven by the Brownian motion of `key`."""
         theta, y0, ts = as_arrays(_WHERE, theta=theta, y0=y0, ts=ts)
