@@ -9,7 +9,7 @@ the one the user sees instead of a generic type-check failure. What the library 
 (`Theta`, `ThetaBatch`, `LossScalar`) keeps its precise dtype and shape check at runtime too.
 """
 
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias, TypeVar
 
 from jax.typing import DTypeLike as DTypeLike
 from jaxtyping import Array, ArrayLike, Inexact, PRNGKeyArray, PyTree, Scalar
@@ -45,6 +45,17 @@ if TYPE_CHECKING:
 
     KeyLike: TypeAlias = PRNGKeyArray
     """One PRNG key, e.g. `jax.random.key(0)` (a raw `jax.random.PRNGKey(0)` also works)."""
+
+    _T = TypeVar("_T")
+    Validated: TypeAlias = Annotated[_T, "validated"]
+    """`Validated[T]` is `T` for pyright and anything at runtime: for the arguments of a
+    front door (`sb.minimize(..., tol=...)`) that the function checks itself."""
 else:
     # Validated by the functions that take them, with errors that name the fix (see above).
     ThetaLike = ThetaBatchLike = Precision = Ties = Size = KeyLike = Any
+
+    class Validated:
+        """`Validated[T]` is `Any` at runtime (see the module docstring)."""
+
+        def __class_getitem__(cls, item: Any) -> Any:
+            return Any

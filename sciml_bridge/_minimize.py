@@ -6,11 +6,11 @@ The method is an argument (STYLE.md 1): switching from `"adam"` to `"lbfgs"` or
 
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from jax.sharding import Mesh
 
-from ._custom_types import ThetaBatchLike, ThetaLike
+from ._custom_types import ThetaBatchLike, ThetaLike, Validated
 from ._result import EnsembleSolution, Solution
 from ._sharding import place
 from ._solvers._batches import KeyedLoss, takes_key, with_batches
@@ -38,17 +38,17 @@ def minimize(
     theta0: ThetaLike | ThetaBatchLike,
     method: Any = "adam",
     *,
-    args: tuple = (),
-    max_steps: int = 1000,
-    tol: float | None = None,
+    args: Validated[tuple] = (),
+    max_steps: Validated[int] = 1000,
+    tol: Validated[float | None] = None,
     progress: bool = True,
-    callback: Callable | None = None,
+    callback: Validated[Callable | None] = None,
     throw: bool = True,
     checkpoint: str | os.PathLike | None = None,
-    checkpoint_every: int | None = None,
-    resume: str = "check",
-    mesh: Mesh | None = None,
-    batch_size: int | None = None,
+    checkpoint_every: Validated[int | None] = None,
+    resume: Validated[Literal["check", "force"]] = "check",
+    mesh: Validated[Mesh | None] = None,
+    batch_size: Validated[int | None] = None,
     key: Any = None,
     **options: Any,
 ) -> Solution | EnsembleSolution:

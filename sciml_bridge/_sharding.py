@@ -13,6 +13,7 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from ._custom_types import Validated
 from ._precision import check_x64
 
 
@@ -39,7 +40,7 @@ def replicate(x: Any, mesh: Mesh) -> Any:
     return jax.device_put(x, NamedSharding(_auto(mesh), PartitionSpec()))
 
 
-def shard(args: Any, mesh: Mesh, *, where: str = "sb.shard") -> Any:
+def shard(args: Any, mesh: Validated[Mesh], *, where: str = "sb.shard") -> Any:
     """Split the leading axis of the data in `args` across the devices of `mesh`.
 
     Every array leaf whose leading axis divides evenly by the number of devices is split
@@ -87,7 +88,7 @@ def shard(args: Any, mesh: Mesh, *, where: str = "sb.shard") -> Any:
     return jax.tree.map(place, args)
 
 
-def place(theta0: jax.Array, args: tuple, mesh: Mesh | None,
+def place(theta0: jax.Array, args: tuple, mesh: Validated[Mesh | None],
           where: str) -> tuple[jax.Array, tuple]:
     """`mesh=` of `sb.minimize`: theta replicated, the data in `args` split across devices."""
     if mesh is None:
