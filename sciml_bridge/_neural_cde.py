@@ -14,7 +14,7 @@ import equinox as eqx
 import jax
 from jaxtyping import Array, ArrayLike, Inexact, PyTree, Real
 
-from ._custom_types import ThetaLike
+from ._custom_types import ThetaLike, Validated
 from ._diffeq import (
     all_finite,
     as_arrays,
@@ -109,7 +109,7 @@ class NeuralCDE(eqx.Module):
         ),
         dt0: float | None = None,
         saveat: diffrax.SaveAt | None = None,
-        max_steps: int = 4096,
+        max_steps: Validated[int] = 4096,
         throw: bool = True,
     ):
         self.fm, self.solver, self.adjoint = fm, solver, adjoint
@@ -121,9 +121,9 @@ class NeuralCDE(eqx.Module):
     def __call__(
         self,
         theta: ThetaLike,
-        z0: Inexact[ArrayLike, "*hidden"],
-        ts: Real[ArrayLike, " times"],
-        coeffs: PyTree[Inexact[ArrayLike, "segments channels"]],
+        z0: Validated[Inexact[ArrayLike, "*hidden"]],
+        ts: Validated[Real[ArrayLike, " times"]],
+        coeffs: Validated[PyTree[Inexact[ArrayLike, "segments channels"]]],
     ) -> Inexact[Array, " saved *hidden"]:
         """Solve from `z0` at `ts[0]` driven by the interpolated data; the saved states."""
         theta, z0, ts = as_arrays(_WHERE, theta=theta, z0=z0, ts=ts)

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 from jaxtyping import Array, ArrayLike, Inexact, PyTree, Real
 
-from ._custom_types import ThetaLike
+from ._custom_types import ThetaLike, Validated
 from ._diffeq import (
     all_finite,
     as_arrays,
@@ -186,7 +186,7 @@ class NeuralODE(eqx.Module):
         dt0: float | None = None,
         saveat: diffrax.SaveAt | None = None,
         event: diffrax.Event | None = None,
-        max_steps: int = 4096,
+        max_steps: Validated[int] = 4096,
         time_dependent: bool = False,
         throw: bool = True,
         progress: bool = False,
@@ -254,8 +254,8 @@ class NeuralODE(eqx.Module):
     def __call__(
         self,
         theta: ThetaLike,
-        y0: Inexact[ArrayLike, "*state"],
-        ts: Real[ArrayLike, " times"],
+        y0: Validated[Inexact[ArrayLike, "*state"]],
+        ts: Validated[Real[ArrayLike, " times"]],
         args: PyTree[Any] = None,
     ) -> Inexact[Array, " times *state"]:
         """Solve from `y0` at `ts[0]` and return the saved states (by default at every time in
@@ -268,8 +268,8 @@ class NeuralODE(eqx.Module):
     def solve(
         self,
         theta: ThetaLike,
-        y0: Inexact[ArrayLike, "*state"],
-        ts: Real[ArrayLike, " times"],
+        y0: Validated[Inexact[ArrayLike, "*state"]],
+        ts: Validated[Real[ArrayLike, " times"]],
         args: PyTree[Any] = None,
     ) -> diffrax.Solution:
         """The whole `diffrax.Solution` (`sol.ys`, `sol.ts`, `sol.evaluate(t)` for dense

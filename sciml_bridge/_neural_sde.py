@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import lineax as lx
 from jaxtyping import Array, ArrayLike, Inexact, PRNGKeyArray, Real
 
-from ._custom_types import KeyLike, Theta, ThetaLike
+from ._custom_types import KeyLike, Theta, ThetaLike, Validated
 from ._diffeq import (
     all_finite,
     as_arrays,
@@ -139,7 +139,7 @@ class NeuralSDE(eqx.Module):
         solver: diffrax.AbstractSolver = diffrax.Euler(),
         adjoint: diffrax.AbstractAdjoint = diffrax.RecursiveCheckpointAdjoint(),
         dt0: float = 0.01,
-        max_steps: int = 4096,
+        max_steps: Validated[int] = 4096,
         throw: bool = True,
         progress: bool = False,
     ):
@@ -173,8 +173,8 @@ class NeuralSDE(eqx.Module):
     def __call__(
         self,
         theta: ThetaLike,
-        y0: Inexact[ArrayLike, "*state"],
-        ts: Real[ArrayLike, " times"],
+        y0: Validated[Inexact[ArrayLike, "*state"]],
+        ts: Validated[Real[ArrayLike, " times"]],
         key: KeyLike,
     ) -> Inexact[Array, " times *state"]:
         """One sample path from `y0` at `ts[0]`, driven by the Brownian motion of `key`."""

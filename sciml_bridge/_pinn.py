@@ -21,8 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, PyTree
 
-from ._custom_types import LossScalar, Theta
-from ._flat import AbstractFlatModel
+from ._custom_types import LossScalar, Theta, Validated
 from ._laplacian import grad_x, laplacian
 from ._precision import guard_x64, is_complex
 
@@ -60,7 +59,7 @@ class Field(eqx.Module):
     **Attributes:** `model` (the flat model) and `theta` (its parameters, held fixed).
     """
 
-    model: AbstractFlatModel
+    model: Callable[..., Any]
     theta: Theta
 
     def __call__(self, x: Array) -> Array:
@@ -117,10 +116,12 @@ class PINN(NamedTuple):
 
 
 def pinn(
-    fm: AbstractFlatModel,
-    terms: Mapping[str, tuple[Callable, PyTree[Array]]] | Sequence[tuple[Callable, PyTree[Array]]],
+    fm: Callable[..., Any],
+    terms: Validated[
+        Mapping[str, tuple[Callable, PyTree[Array]]] | Sequence[tuple[Callable, PyTree[Array]]]
+    ],
     *,
-    weights: Mapping[str, float] | None = None,
+    weights: Validated[Mapping[str, float] | None] = None,
 ) -> PINN:
     """Build the residual and loss of a physics-informed network.
 
@@ -148,7 +149,8 @@ def pinn(
 
     **Arguments:**
 
-    - `fm`: the network, a FlatModel (`sb.FlatMLP` or `sb.flat(...)`) taking one unbatched `x`.
+    - `fm`: the network `fm(theta, x)` on one unbatched `x`: an `sb.FlatMLP`, `sb.flat(...)`,
+        or any such function.
     - `terms`: a mapping `{name: (residual_fn, points)}`, or a sequence of pairs (named
         `"term0"`, `"term1"`, ...).
     - `weights`: optional `{name: weight}`; missing names weigh 1.
@@ -198,7 +200,7 @@ class PointwiseResidual:
     parameters, 1020 points). `sb.least_squares` uses it when present.
     """
 
-    def __init__(self, fm: AbstractFlatModel, named: dict, scales: dict):
+    def __init__(self, fm: Callable[..., Any], named: dict, scales: dict):
         self._fm, self._named, self._scales = fm, named, scales
 
     def __call__(self, theta: Theta) -> Array:
