@@ -270,7 +270,7 @@ def _count(name: str, points: PyTree[Array]) -> int:
     return shapes[0][0]
 
 
-def _weight_ok(name, weight, named: dict) -> bool:
+def _weight_ok(name, weight, named: dict) -> bool | np.bool_:
     try:
         value = float(weight)
     except (TypeError, ValueError):
@@ -278,7 +278,7 @@ def _weight_ok(name, weight, named: dict) -> bool:
     return name in named and np.isfinite(value) and value >= 0
 
 
-def _scales(named: dict, weights: Mapping[str, float] | None) -> dict[str, float]:
+def _scales(named: dict, weights: Validated[Mapping[str, float] | None]) -> dict[str, float]:
     weights = dict(weights or {})
     if not all(_weight_ok(k, w, named) for k, w in weights.items()):
         raise ValueError(_MSG_WEIGHTS.format(names=list(named), got=weights))
