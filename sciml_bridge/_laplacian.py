@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike
 
 from ._activations import check_twice_differentiable
-from ._custom_types import ThetaLike
+from ._custom_types import ThetaLike, Validated
 from ._flat_mlp import FlatMLP
 
 
@@ -30,7 +30,7 @@ def _check_callable(fm: Any, name: str) -> None:
         raise TypeError(_MSG_CALLABLE.format(name=name, kind=type(fm).__name__))
 
 
-def laplacian(fm: Callable[..., Any]) -> Callable[..., Array]:
+def laplacian(fm: Validated[Callable[..., Any]]) -> Callable[..., Array]:
     """The Laplacian of a model with respect to its input: `lap(theta, x)`.
 
     `lap(theta, x)` has the shape of `fm(theta, x)`: for each output, the sum over input
@@ -90,7 +90,7 @@ def laplacian(fm: Callable[..., Any]) -> Callable[..., Array]:
     return hessian_trace
 
 
-def grad_x(fm: Callable[..., Any]) -> Callable[..., Array]:
+def grad_x(fm: Validated[Callable[..., Any]]) -> Callable[..., Array]:
     """The derivative of a model with respect to its input: `jac(theta, x)`.
 
     The Jacobian has shape `y.shape + x.shape` (as `jax.jacfwd`): the gradient `(d,)` for a
