@@ -16,6 +16,7 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check sciml_bridge tests benchmarks examples docs
+	$(VENV)/bin/pyright --pythonpath $(PY) sciml_bridge
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 demo: $(STAMP)

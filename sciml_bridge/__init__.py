@@ -3,6 +3,12 @@
 from importlib.metadata import version as _version
 
 from ._collocation import collocation_points as collocation_points
+from ._custom_types import (
+    Precision as Precision,
+    Theta as Theta,
+    ThetaBatch as ThetaBatch,
+    ThetaLike as ThetaLike,
+)
 from ._destructure import Restructure as Restructure, destructure as destructure
 from ._distributed import distributed_init as distributed_init
 from ._flat import AbstractFlatModel as AbstractFlatModel, FlatModel as FlatModel

@@ -8,7 +8,7 @@ Known activations carry closed forms that share work (`tanh'` reuses `tanh`); a 
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -151,12 +151,12 @@ class Activation:
             out = _TABLE[self.name][1](z)
         elif self.kind == "user":
             second = None if (order < 2 or self.d2f is None) else jax.vmap(self.d2f)(z)
-            out = (self(z), jax.vmap(self.df)(z), second)
+            out = (self(z), jax.vmap(cast(Callable, self.df))(z), second)
         else:
             out = _nested_ad(self.fn)(z)
         if order == 2 and out[2] is None:
             check_twice_differentiable(self)
-        return out[: order + 1]
+        return cast(tuple[Array, ...], out[: order + 1])
 
 
 def check_twice_differentiable(activation: "Activation | None") -> None:

@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import jax
 
@@ -51,6 +52,7 @@ def load_script(relative: str, command: str = "demo") -> ModuleType:
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None  # a `.py` path always has a source loader
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     try:
@@ -61,7 +63,7 @@ def load_script(relative: str, command: str = "demo") -> ModuleType:
     return module
 
 
-def _call_main(module: ModuleType, **kwargs):
+def _call_main(module: Any, **kwargs):  # a module, or anything with a `main`
     """Call `module.main`, passing only the keywords it accepts."""
     params = inspect.signature(module.main).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
@@ -131,7 +133,8 @@ def bench(names: Sequence[str] = (), quick: bool = False) -> list[str]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sciml-bridge", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="sciml-bridge",
+                                     description=(__doc__ or "").split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p_demo = sub.add_parser("demo", help="train the Poisson PINN and the neural-ODE spiral")
     p_demo.add_argument("--out", default="out", help="folder for the PNGs (default: out)")

@@ -12,8 +12,9 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
+from ._custom_types import DTypeLike
 from ._precision import check_x64, guard_x64
 
 
@@ -45,15 +46,15 @@ for the initial face and the two spatial walls of a (t, x) box."""
 
 
 def collocation_points(
-    lower: float | Sequence[float],
-    upper: float | Sequence[float],
+    lower: float | Sequence[float] | ArrayLike,
+    upper: float | Sequence[float] | ArrayLike,
     n: int | Sequence[int],
     *,
     where: str = "interior",
     sampling: str = "grid",
     key: PRNGKeyArray | None = None,
     faces: Sequence[Face] | None = None,
-    dtype=None,
+    dtype: DTypeLike | None = None,
 ) -> Float[Array, "points dim"]:
     """Collocation points in the box `[lower, upper]`, as one `(points, dim)` array.
 

@@ -11,11 +11,12 @@ from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
+import jax.core
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
 
-from ._custom_types import Model, Precision, Theta, ThetaLike
+from ._custom_types import DTypeLike, Model, Precision, Theta, ThetaLike, Ties
 from ._precision import (
     PRECISIONS,
     WarnOnce,
@@ -115,14 +116,33 @@ class Restructure(eqx.Module):
     Hashable and comparable: two `destructure` calls on the same tree give equal `re`s, and a
     function jitted over `theta` never retraces for a new `theta` of the same shape and dtype.
 
-    **Attributes:** `size` (length of theta), `dtype` (dtype of the theta `destructure` made),
-    `precision`, and the layout, one entry per parameter slot: `paths`, `shapes`, `dtypes`
-    (stored leaf dtypes), `offsets` (start of each slot in theta).
+    !!! example
+
+        ```python
+        model = {"w": jnp.ones((2, 3)), "b": jnp.zeros(3), "n": 4}
+        theta, re = sb.destructure(model)
+        assert re.size == 9 and re.paths == ("['b']", "['w']")
+        doubled = re(2.0 * theta)                 # {"w": 2s, "b": 0s, "n": 4}
+        ```
+
+    **Attributes:**
+
+    - `size`: the length of `theta`.
+    - `dtype`: the dtype of the `theta` that `sb.destructure` made.
+    - `precision`: the precision policy (see `sb.destructure`).
+    - The layout, one entry per parameter slot: `paths`, `shapes`, `dtypes` (stored leaf
+        dtypes), `offsets` (start of each slot in `theta`).
+
+    **Raises:**
+
+    `re(theta)` raises `TypeError` for a `theta` that is not a 1-D floating array (or, under
+    `precision="strict"`, whose dtype differs from a leaf's) and `ValueError` for a `theta`
+    whose length is not `size`.
     """
 
     size: int = eqx.field(static=True)
     dtype: np.dtype = eqx.field(static=True)
-    precision: str = eqx.field(static=True)
+    precision: Precision = eqx.field(static=True)
     _slots: tuple[_Slot, ...] = eqx.field(static=True)
     _treedef: Any = eqx.field(static=True)
     _static: tuple[Any, ...] = eqx.field(static=True)
@@ -214,7 +234,7 @@ def _check_filter_ties(paths: list, leaves: list, flags: list[bool]) -> None:
                                                     trained=jtu.keystr(paths[trained[id(leaf)]])))
 
 
-def _slots(paths: list, leaves: list, flags: list[bool], ties: str) -> tuple[_Slot, ...]:
+def _slots(paths: list, leaves: list, flags: list[bool], ties: Ties) -> tuple[_Slot, ...]:
     """One slot per distinct parameter array; ties (same object) share the first slot.
 
     With `ties="none"` every place is its own slot (Equinox's copy semantics)."""
@@ -268,9 +288,9 @@ def destructure(
     model: Model,
     *,
     params: Callable[[Any], bool] | Any | None = None,
-    dtype=None,
+    dtype: DTypeLike | None = None,
     precision: Precision = "vector",
-    ties: str = "identity",
+    ties: Ties = "identity",
     lossy: bool = False,
 ) -> tuple[Theta, Restructure]:
     """Flatten the parameters of any pytree into one vector, and say how to rebuild it.
@@ -280,14 +300,16 @@ def destructure(
     The same array object at several places is one parameter: one slot in `theta`, written
     back to every place, its gradient summed over them.
 
-    ```python
-    import jax, jax.numpy as jnp, equinox as eqx
-    import sciml_bridge as sb
+    !!! example
 
-    mlp = eqx.nn.MLP(1, 1, 10, 3, key=jax.random.key(0))
-    theta, re = sb.destructure(mlp, dtype=jnp.float64)  # float32 model, run in float64
-    assert theta.shape == (251,) and re(theta)(jnp.ones(1)).dtype == jnp.float64
-    ```
+        ```python
+        import jax, jax.numpy as jnp, equinox as eqx
+        import sciml_bridge as sb
+
+        mlp = eqx.nn.MLP(1, 1, 10, 3, key=jax.random.key(0))
+        theta, re = sb.destructure(mlp, dtype=jnp.float64)  # float32 model, run in float64
+        assert theta.shape == (251,) and re(theta)(jnp.ones(1)).dtype == jnp.float64
+        ```
 
     **Arguments:**
 
@@ -308,9 +330,13 @@ def destructure(
     - `lossy`: `True` opts in to a lossy `dtype` (e.g. training a float64 model in float32):
         `theta` is rounded to `dtype`. Default `False`.
 
-    **Returns:** `(theta, re)`: a 1-D array and a hashable `sb.Restructure`.
+    **Returns:**
 
-    **Raises:** `TypeError` for a float64 request or float64 NumPy data while JAX's x64 mode
+    `(theta, re)`: a 1-D array and a hashable `sb.Restructure`.
+
+    **Raises:**
+
+    `TypeError` for a float64 request or float64 NumPy data while JAX's x64 mode
     is off (JAX would truncate silently), a non-floating `dtype`, or a lossy `dtype` without
     `lossy=True`; `ValueError` for an unknown `precision` or `ties`, a malformed `params`, or
     a `params` that freezes one place of a tied array and trains another.

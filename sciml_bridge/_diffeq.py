@@ -8,7 +8,7 @@ turn Diffrax's `result` into either an error with our remedy (`throw=True`) or `
 
 import functools as ft
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import diffrax
 import equinox as eqx
@@ -193,9 +193,9 @@ def not_steady(sol: diffrax.Solution, terms: Any, solver: Any, controller: Any,
     """`ImplicitAdjoint` assumes `f(y1) = 0`; the same test as `diffrax.steady_state_event`."""
     y1 = jtu.tree_map(lambda y: y[-1], sol.ys)
     cond = diffrax.steady_state_event()
-    steady = cond(sol.ts[-1], y1, args, terms=terms, solver=solver,
+    steady = cond(cast(Array, sol.ts)[-1], y1, args, terms=terms, solver=solver,
                   stepsize_controller=controller)
-    return ~jax.lax.stop_gradient(steady)
+    return cast(Array, ~jax.lax.stop_gradient(steady))
 
 
 def progress_meter(progress: bool) -> diffrax.AbstractProgressMeter:

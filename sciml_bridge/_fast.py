@@ -48,10 +48,10 @@ class Recognised(NamedTuple):
     out_size: Any
 
 
-# A Linear as it appears in the model; `index` picks one layer of a `scan=True` stack.
+# A Linear as it appears in the model; `layer` picks one layer of a `scan=True` stack.
 class _LinearRef(NamedTuple):
     linear: eqx.nn.Linear
-    index: int | None
+    layer: int | None  # not `index`: that would shadow `tuple.index`
     where: str
 
 
@@ -77,9 +77,9 @@ def _param(slots: dict[int, Param], leaf: Any, ref: _LinearRef, name: str, shape
     if param is None:
         raise Unsupported(f"the {name} of {ref.where} is not in `theta` (frozen by `params=` "
                           "or not a floating array)")
-    if ref.index is not None:
+    if ref.layer is not None:
         size = param.size // param.shape[0]
-        param = Param(param.start + ref.index * size, param.shape[1:], param.stored, param.path)
+        param = Param(param.start + ref.layer * size, param.shape[1:], param.stored, param.path)
     if param.shape != shape:
         raise Unsupported(f"the {name} of {ref.where} has shape {param.shape}, expected {shape}")
     return param

@@ -6,7 +6,7 @@ general and the fast path) lives in `_make_flat.py`, so imports go one way:
 """
 
 import abc
-from typing import Any
+from typing import Any, ClassVar
 
 import equinox as eqx
 
@@ -20,8 +20,21 @@ class AbstractFlatModel(eqx.Module):
     Subclasses: `sb.FlatModel` (any pytree, rebuilt by `restructure`) and `sb.FlatMLP`
     (slices of `theta`, no rebuild). Both share one `theta` layout for the same network.
 
-    **Attributes:** `theta0` (the initial vector), `restructure` (`fm.restructure(theta)` gives
-    back the nested model), `size`, `is_fast`.
+    !!! example
+
+        ```python
+        fm = sb.flat(eqx.nn.MLP(2, 1, 8, 2, key=jax.random.key(0)))
+        assert isinstance(fm, sb.AbstractFlatModel)
+        y = fm(fm.theta0, jnp.ones(2))            # the network at its initial parameters
+        net = fm.restructure(2.0 * fm.theta0)     # the nested model for another vector
+        ```
+
+    **Attributes:**
+
+    - `theta0`: the initial flat vector.
+    - `restructure`: an `sb.Restructure`; `fm.restructure(theta)` gives back the nested model.
+    - `size`: the length of `theta`.
+    - `is_fast`: whether this is a fast path (`sb.FlatMLP`) rather than a rebuild.
     """
 
     theta0: eqx.AbstractVar[Theta]
@@ -69,6 +82,23 @@ class FlatModel(AbstractFlatModel):
     collections of Flax Linen (`batch_stats`, passed as `mutable`), or the non-param state of
     a Flax NNX module (batch statistics, `nnx.Rngs` streams). Without `state=` the state
     stored at flattening time is used and not updated.
+
+    !!! example
+
+        ```python
+        mlp = eqx.nn.MLP(2, 1, 8, 2, key=jax.random.key(0))
+        fm = sb.flat(mlp, fast=False)             # the general path: an `sb.FlatModel`
+        y = fm(fm.theta0, jnp.ones(2))            # rebuilds `mlp` from theta, then calls it
+        ```
+
+    **Attributes:** as `sb.AbstractFlatModel`, plus `apply` (how the rebuilt model is called),
+    `state0` (the state stored at flattening time) and `inference` (the mode flags, or `None`).
+
+    **Raises:**
+
+    `TypeError` from `fm(theta, ..., state=...)` or a mode switch when the model was built
+    with a plain `apply` function that has no state or mode convention; `ValueError` from
+    `fm.init_state()` when the model has no state.
     """
 
     theta0: Theta
@@ -76,7 +106,7 @@ class FlatModel(AbstractFlatModel):
     apply: Any = eqx.field(static=True)
     state0: Any = None
     inference: bool | None = None
-    is_fast = False
+    is_fast: ClassVar[bool] = False
 
     def __call__(self, theta: ThetaLike, *inputs: Any, state: Any = None, **kwargs: Any) -> Any:
         model = self.restructure(theta)

@@ -11,7 +11,7 @@ knowing the network makes possible (the forward Laplacian), not on the steady-st
 """
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, ClassVar, cast
 
 import equinox as eqx
 import jax
@@ -20,7 +20,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, PRNGKeyArray
 
 from ._activations import Activation, identity, make_activation
-from ._custom_types import Theta, ThetaLike
+from ._custom_types import DTypeLike, KeyLike, Size, Theta, ThetaLike
 from ._destructure import Restructure, check_theta, destructure
 from ._fast import Layer, Param, recognise
 from ._flat import AbstractFlatModel
@@ -48,7 +48,7 @@ _MSG_DTYPE = """\
 
 def _check_key(key: Any) -> None:
     if isinstance(key, jax.Array):
-        if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
             return
         if key.dtype == jnp.uint32 and key.shape == (2,):
             return  # a legacy raw key from `jax.random.PRNGKey`
@@ -69,12 +69,12 @@ def _check_dtype(dtype: Any) -> None:
     check_x64(dtype, "`sb.FlatMLP(..., dtype=...)`", "a request")
 
 
-def _check_sizes(sizes: Sequence[int | str]) -> tuple[int | str, ...]:
+def _check_sizes(sizes: Sequence[Any]) -> tuple[Size, ...]:
     sizes = tuple(sizes)
 
-    def size(s, end: bool):
+    def size(s: Any, end: bool) -> Size:
         if end and isinstance(s, str) and s == "scalar":
-            return s
+            return "scalar"
         if isinstance(s, (bool, np.bool_)) or not isinstance(s, (int, np.integer)) or s <= 0:
             raise ValueError(_MSG_SIZES.format(got=sizes))
         return int(s)
@@ -89,7 +89,7 @@ def _fn(activation: Activation | None):
     return identity if activation is None else activation.fn
 
 
-def equivalent_model(sizes: tuple[int | str, ...], hidden: Activation | None,
+def equivalent_model(sizes: tuple[Size, ...], hidden: Activation | None,
                      final: Activation | None, key: PRNGKeyArray, dtype,
                      use_bias: bool) -> eqx.Module:
     """The Equinox network FlatMLP mirrors: `eqx.nn.MLP`, or a `Sequential` for uneven widths.
@@ -100,8 +100,8 @@ def equivalent_model(sizes: tuple[int | str, ...], hidden: Activation | None,
     depth = len(sizes) - 2
     widths = set(sizes[1:-1])
     if len(widths) <= 1:
-        width = widths.pop() if widths else 1
-        kwargs = {} if final is None else {"final_activation": final.fn}
+        width = cast(int, widths.pop()) if widths else 1  # hidden sizes are never "scalar"
+        kwargs: dict[str, Any] = {} if final is None else {"final_activation": final.fn}
         return eqx.nn.MLP(sizes[0], sizes[-1], width, depth, activation=_fn(hidden),
                           use_bias=use_bias, use_final_bias=use_bias, dtype=dtype, key=key,
                           **kwargs)
@@ -124,17 +124,19 @@ class FlatMLP(AbstractFlatModel):
     and `fm.restructure(theta)` rebuilds that Equinox network. Inputs follow `eqx.nn.MLP`:
     one unbatched point; `jax.vmap` over points runs every layer as one matrix product.
 
-    ```python
-    import jax, jax.numpy as jnp, equinox as eqx
-    import sciml_bridge as sb
+    !!! example
 
-    key = jax.random.key(0)
-    fm = sb.FlatMLP((2, 16, 16, 1), activation="tanh", key=key)
-    mlp = eqx.nn.MLP(2, 1, 16, 2, activation=jnp.tanh, key=key)
-    assert (fm.theta0 == sb.destructure(mlp)[0]).all()
-    xs = jnp.ones((128, 2))
-    ys = jax.vmap(fm, in_axes=(None, 0))(fm.theta0, xs)  # (128, 1)
-    ```
+        ```python
+        import jax, jax.numpy as jnp, equinox as eqx
+        import sciml_bridge as sb
+
+        key = jax.random.key(0)
+        fm = sb.FlatMLP((2, 16, 16, 1), activation="tanh", key=key)
+        mlp = eqx.nn.MLP(2, 1, 16, 2, activation=jnp.tanh, key=key)
+        assert (fm.theta0 == sb.destructure(mlp)[0]).all()
+        xs = jnp.ones((128, 2))
+        ys = jax.vmap(fm, in_axes=(None, 0))(fm.theta0, xs)  # (128, 1)
+        ```
 
     Computation follows `theta`'s dtype (`precision="vector"`): a float64 `theta` gives float64
     output. A wider `x` (float64 into float32 weights, or complex) widens the computation
@@ -154,7 +156,9 @@ class FlatMLP(AbstractFlatModel):
     - `dtype`: parameter dtype; default float32, or float64 with x64 on.
     - `use_bias`: biases on every layer. Default `True`.
 
-    **Raises:** `ValueError` for malformed `sizes` or an unknown activation name; `TypeError`
+    **Raises:**
+
+    `ValueError` for malformed `sizes` or an unknown activation name; `TypeError`
     for an activation that is neither a name, a callable nor a tuple of callables, a `key`
     that is not a PRNG key, a non-floating `dtype`, or `dtype=jnp.float64` while JAX's x64
     mode is off.
@@ -164,18 +168,18 @@ class FlatMLP(AbstractFlatModel):
     restructure: Restructure
     layers: tuple[Layer, ...] = eqx.field(static=True)
     activations: tuple[Activation | None, ...] = eqx.field(static=True)
-    in_size: int | Literal["scalar"] = eqx.field(static=True)
-    out_size: int | Literal["scalar"] = eqx.field(static=True)
-    is_fast = True
+    in_size: Size = eqx.field(static=True)
+    out_size: Size = eqx.field(static=True)
+    is_fast: ClassVar[bool] = True
 
     def __init__(
         self,
-        sizes: Sequence[int | Literal["scalar"]],
+        sizes: Sequence[Size],
         activation: Any = "tanh",
         final_activation: Any = None,
         *,
-        key: PRNGKeyArray,
-        dtype=None,
+        key: KeyLike,
+        dtype: DTypeLike | None = None,
         use_bias: bool = True,
     ):
         sizes = _check_sizes(sizes)
@@ -242,7 +246,7 @@ class FlatMLP(AbstractFlatModel):
             if activation is not None:
                 h, jac_t, lap = _through(activation, h, jac_t, lap, order)
         lap = jnp.zeros_like(h) if lap is None else lap
-        return self._shape_out(h, jac_t.T, lap)[: order + 1]
+        return self._shape_out(h, cast(Array, jac_t).T, lap)[: order + 1]
 
     def _params(self, theta: ThetaLike) -> list[tuple[Array, Array | None]]:
         """Every `(W, b)` as a static slice of `theta` (checked once, at trace time)."""

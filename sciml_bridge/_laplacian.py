@@ -25,7 +25,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike
 
 from ._activations import Activation, check_twice_differentiable
-from ._custom_types import ThetaLike
+from ._custom_types import ThetaLike, Validated
 from ._flat_mlp import FlatMLP
 from ._precision import guard_x64, is_inexact, promote
 
@@ -48,7 +48,7 @@ def _check_callable(fm: Any, name: str) -> None:
         raise TypeError(_MSG_CALLABLE.format(name=name, kind=type(fm).__name__))
 
 
-def laplacian(fm: Callable[..., Any], *, batched: bool = False) -> Callable[..., Array]:
+def laplacian(fm: Validated[Callable[..., Any]], *, batched: bool = False) -> Callable[..., Array]:
     """The Laplacian of a model with respect to its input: `lap(theta, x)`.
 
     `lap(theta, x)` has the shape of `fm(theta, x)`: for each output, the sum over input
@@ -58,19 +58,21 @@ def laplacian(fm: Callable[..., Any], *, batched: bool = False) -> Callable[...,
     `lap(theta, x, *args)`). One point at a time, like the model; use `jax.vmap` for a batch,
     or `batched=True` for the faster batched kernel (a PINN loss over many points).
 
-    ```python
-    import jax, jax.numpy as jnp
-    import sciml_bridge as sb
+    !!! example
 
-    fm = sb.FlatMLP((2, 32, 32, "scalar"), activation="tanh", key=jax.random.key(0))
-    lap = sb.laplacian(fm)
-    xs = jnp.ones((100, 2))
-    residual = lambda theta: jax.vmap(lap, in_axes=(None, 0))(theta, xs) + 1.0
-    loss = lambda theta: jnp.mean(residual(theta) ** 2)
-    g = jax.jit(jax.grad(loss))(fm.theta0)  # PINN training differentiates through it
-    lap_all = sb.laplacian(fm, batched=True)  # the same numbers for all points at once
-    g = jax.jit(jax.grad(lambda theta: jnp.mean((lap_all(theta, xs) + 1.0) ** 2)))(fm.theta0)
-    ```
+        ```python
+        import jax, jax.numpy as jnp
+        import sciml_bridge as sb
+
+        fm = sb.FlatMLP((2, 32, 32, "scalar"), activation="tanh", key=jax.random.key(0))
+        lap = sb.laplacian(fm)
+        xs = jnp.ones((100, 2))
+        residual = lambda theta: jax.vmap(lap, in_axes=(None, 0))(theta, xs) + 1.0
+        loss = lambda theta: jnp.mean(residual(theta) ** 2)
+        g = jax.jit(jax.grad(loss))(fm.theta0)  # PINN training differentiates through it
+        lap_all = sb.laplacian(fm, batched=True)  # the same numbers for all points at once
+        g = jax.jit(jax.grad(lambda theta: jnp.mean((lap_all(theta, xs) + 1.0) ** 2)))(fm.theta0)
+        ```
 
     The forward pass needs each activation's first and second derivatives: known activations
     have closed forms, `sb.FlatMLP(..., activation=(f, df, d2f))` supplies them, and any other
@@ -87,9 +89,13 @@ def laplacian(fm: Callable[..., Any], *, batched: bool = False) -> Callable[...,
         forward and reverse mode both work). On any other model it is `jax.vmap` over `xs`
         (`args` are shared by all points). Default `False`.
 
-    **Returns:** a function `lap(theta, x, *args)` (`lap(theta, xs, *args)` if `batched`).
+    **Returns:**
 
-    **Raises:** `ValueError` if `fm` is an `sb.FlatMLP` with an activation that is not twice
+    A function `lap(theta, x, *args)` (`lap(theta, xs, *args)` if `batched`).
+
+    **Raises:**
+
+    `ValueError` if `fm` is an `sb.FlatMLP` with an activation that is not twice
     differentiable (relu); `TypeError` if `fm` is not callable.
     """
     _check_callable(fm, "laplacian")
@@ -187,28 +193,34 @@ def _squared_norm(jac: Array) -> Array:
     return jnp.sum(jac * jac, axis=1)
 
 
-def grad_x(fm: Callable[..., Any]) -> Callable[..., Array]:
+def grad_x(fm: Validated[Callable[..., Any]]) -> Callable[..., Array]:
     """The derivative of a model with respect to its input: `jac(theta, x)`.
 
     The Jacobian has shape `y.shape + x.shape` (as `jax.jacfwd`): the gradient `(d,)` for a
     scalar output, `(out, d)` for a vector one. On an `sb.FlatMLP` it comes from one forward
     pass (works with relu too); on any other flat model it is `jax.jacfwd` over the first input.
 
-    ```python
-    import jax, jax.numpy as jnp
-    import sciml_bridge as sb
+    !!! example
 
-    fm = sb.FlatMLP((3, 16, "scalar"), activation="softplus", key=jax.random.key(0))
-    g = sb.grad_x(fm)(fm.theta0, jnp.ones(3))  # shape (3,)
-    ```
+        ```python
+        import jax, jax.numpy as jnp
+        import sciml_bridge as sb
+
+        fm = sb.FlatMLP((3, 16, "scalar"), activation="softplus", key=jax.random.key(0))
+        g = sb.grad_x(fm)(fm.theta0, jnp.ones(3))  # shape (3,)
+        ```
 
     **Arguments:**
 
     - `fm`: an `sb.FlatMLP`, or any `fm(theta, x, *args)`.
 
-    **Returns:** a function `jac(theta, x, *args)`.
+    **Returns:**
 
-    **Raises:** `TypeError` if `fm` is not callable.
+    A function `jac(theta, x, *args)`.
+
+    **Raises:**
+
+    `TypeError` if `fm` is not callable.
     """
     _check_callable(fm, "grad_x")
     if isinstance(fm, FlatMLP):

@@ -9,7 +9,7 @@ custom_vjp function"); `jac="auto"` detects that at trace time and switches to r
 import collections
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import equinox as eqx
 import jax
@@ -17,7 +17,7 @@ import jax.tree_util as jtu
 import numpy as np
 from jax.sharding import Mesh
 
-from ._custom_types import ThetaLike
+from ._custom_types import ThetaBatchLike, ThetaLike, Validated
 from ._result import EnsembleSolution, Solution
 from ._sharding import place
 from ._solvers._batches import KeyedLoss, takes_key, with_batches
@@ -116,21 +116,21 @@ def resolve_jac(jac: str, residual, theta0, args, *, by_shape: bool, where: str)
 
 def least_squares(
     residual: Callable[..., Any],
-    theta0: ThetaLike,
+    theta0: ThetaLike | ThetaBatchLike,
     method: Any = "gauss-newton",
     *,
-    args: tuple = (),
-    max_steps: int = 1000,
-    tol: float | None = None,
+    args: Validated[tuple] = (),
+    max_steps: Validated[int] = 1000,
+    tol: Validated[float | None] = None,
     jac: str = "auto",
     progress: bool = True,
-    callback: Callable | None = None,
+    callback: Validated[Callable | None] = None,
     throw: bool = True,
     checkpoint: str | os.PathLike | None = None,
-    checkpoint_every: int | None = None,
-    resume: str = "check",
-    mesh: Mesh | None = None,
-    batch_size: int | None = None,
+    checkpoint_every: Validated[int | None] = None,
+    resume: Validated[Literal["check", "force"]] = "check",
+    mesh: Validated[Mesh | None] = None,
+    batch_size: Validated[int | None] = None,
     key: Any = None,
     **options: Any,
 ) -> Solution | EnsembleSolution:
@@ -142,12 +142,14 @@ def least_squares(
     the step sizes `2^-k`, k = 0..30, evaluated in one `vmap`, no damping; the run stops when no
     step lowers the loss. It is what takes PINNs to 1e-7.
 
-    ```python
-    x = jnp.linspace(0, 1, 32)
-    res = sb.least_squares(lambda th, x: th[0] * jnp.exp(th[1] * x) - 2 * jnp.exp(-x),
-                           jnp.array([1.0, 0.0]), args=(x,))
-    res.theta  # ~ [2, -1]
-    ```
+    !!! example
+
+        ```python
+        x = jnp.linspace(0, 1, 32)
+        res = sb.least_squares(lambda th, x: th[0] * jnp.exp(th[1] * x) - 2 * jnp.exp(-x),
+                               jnp.array([1.0, 0.0]), args=(x,))
+        res.theta  # ~ [2, -1]
+        ```
 
     **Arguments:**
 

@@ -1,11 +1,11 @@
 """`sb.flat`: any model -> `fm(theta, *inputs)`, on the fast path when one exists."""
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 from ._activations import NAMES
 from ._adapters import ApplyVariables, EquinoxCall, MergeNNX, initial_mode, linen_state
-from ._custom_types import Model, Precision, Theta
+from ._custom_types import DTypeLike, Model, Precision, Theta, Ties
 from ._destructure import Restructure, destructure
 from ._fast import Unsupported, recognise
 from ._flat import AbstractFlatModel, FlatModel
@@ -24,7 +24,9 @@ Fix: use `fast="auto"` (falls back quietly) or `fast=False` for the general path
 def _fast_path(model: Any, theta0: Theta, re: Restructure, fast) -> FlatMLP | None:
     """A `FlatMLP` with `theta0`'s layout for `model`, or None under `fast="auto"`.
 
-    **Raises:** `TypeError` naming what is unsupported when `fast=True`.
+    **Raises:**
+
+    `TypeError` naming what is unsupported when `fast=True`.
     """
     try:
         parts = recognise(model, re)
@@ -49,7 +51,7 @@ def _nnx_parts(model: Any):
 def _params_collection(variables: Model):
     """Flax-style `{"params": ..., "batch_stats": ...}`: train only the "params" collection."""
     if isinstance(variables, Mapping) and "params" in variables and len(variables) > 1:
-        return type(variables)({k: k == "params" for k in variables})
+        return cast(Any, type(variables))({k: k == "params" for k in variables})
     return None
 
 
@@ -59,9 +61,9 @@ def flat(
     /,
     *,
     params: Callable[[Any], bool] | Any | None = None,
-    dtype=None,
+    dtype: DTypeLike | None = None,
     precision: Precision = "vector",
-    ties: str = "identity",
+    ties: Ties = "identity",
     lossy: bool = False,
     fast: bool | str = "auto",
     state: Any = None,
@@ -73,15 +75,17 @@ def flat(
     module (split into graph and state; only `nnx.Param` is trained). Inputs follow the wrapped
     model's convention (Equinox: unbatched `x`; batch with `jax.vmap`).
 
-    ```python
-    import jax, jax.numpy as jnp, equinox as eqx
-    import sciml_bridge as sb
+    !!! example
 
-    mlp = eqx.nn.MLP(2, 1, 16, 2, activation=jnp.tanh, key=jax.random.key(0))
-    fm = sb.flat(mlp)
-    y = jax.jit(fm)(fm.theta0, jnp.ones(2))
-    assert y.shape == (1,) and fm.size == 337
-    ```
+        ```python
+        import jax, jax.numpy as jnp, equinox as eqx
+        import sciml_bridge as sb
+
+        mlp = eqx.nn.MLP(2, 1, 16, 2, activation=jnp.tanh, key=jax.random.key(0))
+        fm = sb.flat(mlp)
+        y = jax.jit(fm)(fm.theta0, jnp.ones(2))
+        assert y.shape == (1,) and fm.size == 337
+        ```
 
     **Arguments:**
 
@@ -105,15 +109,20 @@ def flat(
     `eqx.nn.inference_mode(fm)` switches Equinox and NNX models to inference
     (see `sb.FlatModel`).
 
-    **Returns:** an `sb.AbstractFlatModel` (`fm.theta0`, `fm.size`, `fm.restructure`,
+    **Returns:**
+
+    An `sb.AbstractFlatModel` (`fm.theta0`, `fm.size`, `fm.restructure`,
     `fm.is_fast`).
 
-    **Raises:** as `sb.destructure`; `TypeError` if `fast=True` and there is no fast path for
+    **Raises:**
+
+    As `sb.destructure`; `TypeError` if `fast=True` and there is no fast path for
     this model.
     """
     if fast not in ("auto", True, False):
         raise ValueError(f"`sb.flat(..., fast=...)` expected 'auto', True or False, got {fast!r}.")
-    kwargs = dict(params=params, dtype=dtype, precision=precision, ties=ties, lossy=lossy)
+    kwargs: dict[str, Any] = dict(params=params, dtype=dtype, precision=precision, ties=ties,
+                                  lossy=lossy)
     if variables is not None:
         if params is None:
             kwargs["params"] = _params_collection(variables)

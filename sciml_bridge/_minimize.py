@@ -6,11 +6,11 @@ The method is an argument (STYLE.md 1): switching from `"adam"` to `"lbfgs"` or
 
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from jax.sharding import Mesh
 
-from ._custom_types import ThetaLike
+from ._custom_types import ThetaBatchLike, ThetaLike, Validated
 from ._precision import guard_x64
 from ._result import EnsembleSolution, Solution
 from ._sharding import place
@@ -37,20 +37,20 @@ with `sb.save` and chain runs."""
 
 def minimize(
     loss: Callable[..., Any],
-    theta0: ThetaLike,
+    theta0: ThetaLike | ThetaBatchLike,
     method: Any = "adam",
     *,
-    args: tuple = (),
-    max_steps: int = 1000,
-    tol: float | None = None,
+    args: Validated[tuple] = (),
+    max_steps: Validated[int] = 1000,
+    tol: Validated[float | None] = None,
     progress: bool = True,
-    callback: Callable | None = None,
+    callback: Validated[Callable | None] = None,
     throw: bool = True,
     checkpoint: str | os.PathLike | None = None,
-    checkpoint_every: int | None = None,
-    resume: str = "check",
-    mesh: Mesh | None = None,
-    batch_size: int | None = None,
+    checkpoint_every: Validated[int | None] = None,
+    resume: Validated[Literal["check", "force"]] = "check",
+    mesh: Validated[Mesh | None] = None,
+    batch_size: Validated[int | None] = None,
     key: Any = None,
     state: Any = None,
     **options: Any,
@@ -61,13 +61,15 @@ def minimize(
     inside one `jit` (the loss curve is the same as a step-by-step loop's), with progress,
     callbacks, checkpoints and Ctrl-C between chunks. Chaining is natural:
 
-    ```python
-    fm = sb.flat(eqx.nn.MLP(1, 1, 10, 2, activation=jnp.tanh, key=jax.random.key(0)))
-    x = jnp.linspace(-1, 1, 64)[:, None]
-    loss = lambda th, x: jnp.mean((jax.vmap(fm, (None, 0))(th, x) - jnp.sin(3 * x)) ** 2)
-    res = sb.minimize(loss, fm.theta0, "adam", args=(x,), max_steps=2000, learning_rate=1e-2)
-    res = sb.minimize(loss, res.theta, "lbfgs", args=(x,), max_steps=500)
-    ```
+    !!! example
+
+        ```python
+        fm = sb.flat(eqx.nn.MLP(1, 1, 10, 2, activation=jnp.tanh, key=jax.random.key(0)))
+        x = jnp.linspace(-1, 1, 64)[:, None]
+        loss = lambda th, x: jnp.mean((jax.vmap(fm, (None, 0))(th, x) - jnp.sin(3 * x)) ** 2)
+        res = sb.minimize(loss, fm.theta0, "adam", args=(x,), max_steps=2000, learning_rate=1e-2)
+        res = sb.minimize(loss, res.theta, "lbfgs", args=(x,), max_steps=500)
+        ```
 
     **The outcome contract** (the same for every method, single runs and ensembles):
 

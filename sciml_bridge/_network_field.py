@@ -33,7 +33,7 @@ class NetworkField(eqx.Module):
 
 
 def network_parts(fm: Callable, time_dependent: bool,
-                   adjoint: diffrax.AbstractAdjoint) -> tuple[Callable, eqx.Module]:
+                   adjoint: diffrax.AbstractAdjoint) -> tuple[Callable, Callable]:
     """`(prepare, field)`: `prepare(theta)` runs once per solve, `field` at every stage.
 
     PITFALLS (Diffrax): rebuilding a model inside the vector field repeats the unravel at every

@@ -7,14 +7,14 @@ Compute the coefficients once, outside training, and pass them like data.
 """
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import diffrax
 import equinox as eqx
 import jax
 from jaxtyping import Array, ArrayLike, Inexact, PyTree, Real
 
-from ._custom_types import ThetaLike
+from ._custom_types import ThetaLike, Validated
 from ._diffeq import (
     all_finite,
     as_arrays,
@@ -54,19 +54,21 @@ class NeuralCDE(eqx.Module):
     derivatives jump. For a
     batch of series use `jax.vmap(cde, in_axes=(None, 0, None, 0))`.
 
-    ```python
-    import diffrax, jax, jax.numpy as jnp
-    import sciml_bridge as sb
+    !!! example
 
-    jax.config.update("jax_enable_x64", True)
-    ts = jnp.linspace(0.0, 1.0, 20)
-    xs = jnp.stack([ts, jnp.sin(3 * ts)], axis=1)        # 2 channels: time and a signal
-    coeffs = diffrax.backward_hermite_coefficients(ts, xs)
-    fm = sb.FlatMLP((4, 16, 8), activation="softplus", final_activation="tanh",
-                    key=jax.random.key(0), dtype=jnp.float64)
-    cde = sb.NeuralCDE(lambda theta, z: fm(theta, z).reshape(4, 2))
-    zs = cde(fm.theta0, jnp.zeros(4), ts, coeffs)        # (20, 4)
-    ```
+        ```python
+        import diffrax, jax, jax.numpy as jnp
+        import sciml_bridge as sb
+
+        jax.config.update("jax_enable_x64", True)
+        ts = jnp.linspace(0.0, 1.0, 20)
+        xs = jnp.stack([ts, jnp.sin(3 * ts)], axis=1)        # 2 channels: time and a signal
+        coeffs = diffrax.backward_hermite_coefficients(ts, xs)
+        fm = sb.FlatMLP((4, 16, 8), activation="softplus", final_activation="tanh",
+                        key=jax.random.key(0), dtype=jnp.float64)
+        cde = sb.NeuralCDE(lambda theta, z: fm(theta, z).reshape(4, 2))
+        zs = cde(fm.theta0, jnp.zeros(4), ts, coeffs)        # (20, 4)
+        ```
 
     **Arguments:**
 
@@ -76,10 +78,14 @@ class NeuralCDE(eqx.Module):
         `RecursiveCheckpointAdjoint`, `PIDController(rtol=1e-6, atol=1e-6)`, `None`, every
         time in `ts`, 4096, `True`).
 
-    **Returns:** `cde(theta, z0, ts, coeffs) -> zs`, of shape `(len(ts), *z0.shape)` by
+    **Returns:**
+
+    `cde(theta, z0, ts, coeffs) -> zs`, of shape `(len(ts), *z0.shape)` by
     default (with `saveat=diffrax.SaveAt(t1=True)`: `(1, *z0.shape)`).
 
-    **Raises:** as [`sb.NeuralODE`][sciml_bridge.NeuralODE]; `ValueError` for a field of the wrong
+    **Raises:**
+
+    As [`sb.NeuralODE`][sciml_bridge.NeuralODE]; `ValueError` for a field of the wrong
     shape or `coeffs` that do not fit `ts`.
     """
 
@@ -103,7 +109,7 @@ class NeuralCDE(eqx.Module):
         ),
         dt0: float | None = None,
         saveat: diffrax.SaveAt | None = None,
-        max_steps: int = 4096,
+        max_steps: Validated[int] = 4096,
         throw: bool = True,
     ):
         self.fm, self.solver, self.adjoint = fm, solver, adjoint
@@ -115,9 +121,9 @@ class NeuralCDE(eqx.Module):
     def __call__(
         self,
         theta: ThetaLike,
-        z0: Inexact[ArrayLike, "*hidden"],
-        ts: Real[ArrayLike, " times"],
-        coeffs: PyTree[Inexact[ArrayLike, "segments channels"]],
+        z0: Validated[Inexact[ArrayLike, "*hidden"]],
+        ts: Validated[Real[ArrayLike, " times"]],
+        coeffs: Validated[PyTree[Inexact[ArrayLike, "segments channels"]]],
     ) -> Inexact[Array, " saved *hidden"]:
         """Solve from `z0` at `ts[0]` driven by the interpolated data; the saved states."""
         theta, z0, ts = as_arrays(_WHERE, theta=theta, z0=z0, ts=ts)
@@ -137,7 +143,7 @@ class NeuralCDE(eqx.Module):
         )  # fmt: skip
         bad_inputs = ~all_finite((theta, z0, ts, coeffs))
         bad_field = ~all_finite(term.vf(ts[0], z0, p))
-        return report(sol, bad_inputs, bad_field, _WHERE, self.throw).ys
+        return cast(Array, report(sol, bad_inputs, bad_field, _WHERE, self.throw).ys)
 
 
 def _with_knots(controller: Any, ts: Array) -> Any:

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 from jaxtyping import Array, ArrayLike, Inexact, PyTree, Real
 
-from ._custom_types import ThetaLike
+from ._custom_types import ThetaLike, Validated
 from ._diffeq import (
     all_finite,
     as_arrays,
@@ -107,19 +107,21 @@ class NeuralODE(eqx.Module):
     the failure time, as Diffrax does), so a loss or gradient is non-finite and `sb.minimize`
     keeps the last good `theta`.
 
-    ```python
-    import diffrax, jax, jax.numpy as jnp
-    import sciml_bridge as sb
+    !!! example
 
-    jax.config.update("jax_enable_x64", True)
-    fm = lambda theta, y: theta.reshape(2, 2) @ y    # linear ODE dy/dt = A y
-    node = sb.NeuralODE(fm)
-    theta = jnp.array([0.0, 1.0, -1.0, 0.0])
-    ts = jnp.linspace(0.0, 1.0, 5)
-    ys = node(theta, jnp.array([1.0, 0.0]), ts)       # shape (5, 2): cos/sin
-    loss = lambda theta: jnp.sum(node(theta, jnp.array([1.0, 0.0]), ts) ** 2)
-    grad = jax.grad(loss)(theta)
-    ```
+        ```python
+        import diffrax, jax, jax.numpy as jnp
+        import sciml_bridge as sb
+
+        jax.config.update("jax_enable_x64", True)
+        fm = lambda theta, y: theta.reshape(2, 2) @ y    # linear ODE dy/dt = A y
+        node = sb.NeuralODE(fm)
+        theta = jnp.array([0.0, 1.0, -1.0, 0.0])
+        ts = jnp.linspace(0.0, 1.0, 5)
+        ys = node(theta, jnp.array([1.0, 0.0]), ts)       # shape (5, 2): cos/sin
+        loss = lambda theta: jnp.sum(node(theta, jnp.array([1.0, 0.0]), ts) ** 2)
+        grad = jax.grad(loss)(theta)
+        ```
 
     **Arguments:**
 
@@ -160,7 +162,7 @@ class NeuralODE(eqx.Module):
     hybrid vector field. Inside the solve, see `throw`.
     """
 
-    fm: Callable
+    fm: Callable | _Hybrid  # `_Hybrid`: made by `NeuralODE.hybrid`
     solver: diffrax.AbstractSolver
     adjoint: diffrax.AbstractAdjoint
     stepsize_controller: diffrax.AbstractStepSizeController
@@ -174,7 +176,7 @@ class NeuralODE(eqx.Module):
 
     def __init__(
         self,
-        fm: Callable,
+        fm: Callable | _Hybrid,
         *,
         solver: diffrax.AbstractSolver = diffrax.Tsit5(),
         adjoint: diffrax.AbstractAdjoint = diffrax.RecursiveCheckpointAdjoint(),
@@ -184,7 +186,7 @@ class NeuralODE(eqx.Module):
         dt0: float | None = None,
         saveat: diffrax.SaveAt | None = None,
         event: diffrax.Event | None = None,
-        max_steps: int = 4096,
+        max_steps: Validated[int] = 4096,
         time_dependent: bool = False,
         throw: bool = True,
         progress: bool = False,
@@ -214,22 +216,24 @@ class NeuralODE(eqx.Module):
         adjoint works), next to the user's `args`, which are differentiable too: pass known
         constants, or physical parameters to learn jointly with `jax.grad(..., argnums=...)`.
 
-        ```python
-        import jax, jax.numpy as jnp
-        import sciml_bridge as sb
+        !!! example
 
-        jax.config.update("jax_enable_x64", True)
-        fm = sb.FlatMLP((2, 16, 2), activation="tanh", key=jax.random.key(0), dtype=jnp.float64)
+            ```python
+            import jax, jax.numpy as jnp
+            import sciml_bridge as sb
 
-        def lotka_volterra(t, y, theta, args):
-            alpha, delta = args                     # known linear growth and decay
-            u = fm(theta, y)                        # unknown interactions, learned
-            return jnp.stack([alpha * y[0] + u[0], -delta * y[1] + u[1]])
+            jax.config.update("jax_enable_x64", True)
+            fm = sb.FlatMLP((2, 16, 2), activation="tanh", key=jax.random.key(0), dtype=jnp.float64)
 
-        node = sb.NeuralODE.hybrid(lotka_volterra)
-        y0, ts = jnp.array([0.44, 4.6]), jnp.linspace(0.0, 1.0, 11)
-        ys = node(fm.theta0, y0, ts, (1.3, 1.8))   # shape (11, 2)
-        ```
+            def lotka_volterra(t, y, theta, args):
+                alpha, delta = args                     # known linear growth and decay
+                u = fm(theta, y)                        # unknown interactions, learned
+                return jnp.stack([alpha * y[0] + u[0], -delta * y[1] + u[1]])
+
+            node = sb.NeuralODE.hybrid(lotka_volterra)
+            y0, ts = jnp.array([0.44, 4.6]), jnp.linspace(0.0, 1.0, 11)
+            ys = node(fm.theta0, y0, ts, (1.3, 1.8))   # shape (11, 2)
+            ```
 
         **Arguments:**
 
@@ -250,8 +254,8 @@ class NeuralODE(eqx.Module):
     def __call__(
         self,
         theta: ThetaLike,
-        y0: Inexact[ArrayLike, "*state"],
-        ts: Real[ArrayLike, " times"],
+        y0: Validated[Inexact[ArrayLike, "*state"]],
+        ts: Validated[Real[ArrayLike, " times"]],
         args: PyTree[Any] = None,
     ) -> Inexact[Array, " times *state"]:
         """Solve from `y0` at `ts[0]` and return the saved states (by default at every time in
@@ -264,8 +268,8 @@ class NeuralODE(eqx.Module):
     def solve(
         self,
         theta: ThetaLike,
-        y0: Inexact[ArrayLike, "*state"],
-        ts: Real[ArrayLike, " times"],
+        y0: Validated[Inexact[ArrayLike, "*state"]],
+        ts: Validated[Real[ArrayLike, " times"]],
         args: PyTree[Any] = None,
     ) -> diffrax.Solution:
         """The whole `diffrax.Solution` (`sol.ys`, `sol.ts`, `sol.evaluate(t)` for dense
@@ -294,7 +298,7 @@ class NeuralODE(eqx.Module):
             steady = not_steady(sol, term, self.solver, self.stepsize_controller, p)
         return report(sol, bad_inputs, bad_field, _WHERE, self.throw, steady)
 
-    def _parts(self, args: PyTree[Any]) -> tuple[Callable, eqx.Module]:
+    def _parts(self, args: PyTree[Any]) -> tuple[Callable, Callable]:
         if isinstance(self.fm, _Hybrid):
             return identity, _HybridField(self.fm.vf)
         if args is not None:

@@ -7,7 +7,7 @@ is decided by the solver, as in Diffrax: `diffrax.Euler()` converges to the Itô
 """
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import diffrax
 import equinox as eqx
@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import lineax as lx
 from jaxtyping import Array, ArrayLike, Inexact, PRNGKeyArray, Real
 
-from ._custom_types import Theta, ThetaLike
+from ._custom_types import KeyLike, Theta, ThetaLike, Validated
 from ._diffeq import (
     all_finite,
     as_arrays,
@@ -50,14 +50,14 @@ _MSG_THETA0 = (
 
 
 class _Drift(eqx.Module):
-    field: eqx.Module
+    field: Callable
 
     def __call__(self, t, y, args):
         return self.field(t, y, (args[0], None))
 
 
 class _Diffusion(eqx.Module):
-    field: eqx.Module
+    field: Callable
     diagonal: bool = eqx.field(static=True)
 
     def __call__(self, t, y, args):
@@ -79,19 +79,21 @@ class NeuralSDE(eqx.Module):
     their two vectors concatenated (`sde.theta0`), and each receives its own part; otherwise
     both receive the whole `theta` (slice it yourself).
 
-    ```python
-    import diffrax, jax, jax.numpy as jnp
-    import sciml_bridge as sb
+    !!! example
 
-    jax.config.update("jax_enable_x64", True)
-    drift = lambda theta, y: theta[0] * (theta[1] - y)         # Ornstein-Uhlenbeck
-    diffusion = lambda theta, y: theta[2] * jnp.ones_like(y)   # diagonal noise
-    sde = sb.NeuralSDE(drift, diffusion, dt0=0.01)
-    theta, ts = jnp.array([1.0, 1.0, 0.3]), jnp.linspace(0.0, 1.0, 11)
-    keys = jax.random.split(jax.random.key(0), 64)
-    paths = jax.vmap(sde, in_axes=(None, None, None, 0))(theta, jnp.zeros(1), ts, keys)
-    assert paths.shape == (64, 11, 1)
-    ```
+        ```python
+        import diffrax, jax, jax.numpy as jnp
+        import sciml_bridge as sb
+
+        jax.config.update("jax_enable_x64", True)
+        drift = lambda theta, y: theta[0] * (theta[1] - y)         # Ornstein-Uhlenbeck
+        diffusion = lambda theta, y: theta[2] * jnp.ones_like(y)   # diagonal noise
+        sde = sb.NeuralSDE(drift, diffusion, dt0=0.01)
+        theta, ts = jnp.array([1.0, 1.0, 0.3]), jnp.linspace(0.0, 1.0, 11)
+        keys = jax.random.split(jax.random.key(0), 64)
+        paths = jax.vmap(sde, in_axes=(None, None, None, 0))(theta, jnp.zeros(1), ts, keys)
+        assert paths.shape == (64, 11, 1)
+        ```
 
     **Arguments:**
 
@@ -107,9 +109,13 @@ class NeuralSDE(eqx.Module):
     - `dt0`: the step size (constant steps). Default 0.01.
     - `max_steps`, `throw`, `progress`: as for [`sb.NeuralODE`][sciml_bridge.NeuralODE].
 
-    **Returns:** `sde(theta, y0, ts, key) -> ys` of shape `(len(ts), *y0.shape)`.
+    **Returns:**
 
-    **Raises:** as [`sb.NeuralODE`][sciml_bridge.NeuralODE]; `ValueError` when `drift` or
+    `sde(theta, y0, ts, key) -> ys` of shape `(len(ts), *y0.shape)`.
+
+    **Raises:**
+
+    As [`sb.NeuralODE`][sciml_bridge.NeuralODE]; `ValueError` when `drift` or
     `diffusion` return the wrong shape; `TypeError` when `key` is not one PRNG key.
     """
 
@@ -133,7 +139,7 @@ class NeuralSDE(eqx.Module):
         solver: diffrax.AbstractSolver = diffrax.Euler(),
         adjoint: diffrax.AbstractAdjoint = diffrax.RecursiveCheckpointAdjoint(),
         dt0: float = 0.01,
-        max_steps: int = 4096,
+        max_steps: Validated[int] = 4096,
         throw: bool = True,
         progress: bool = False,
     ):
@@ -145,7 +151,7 @@ class NeuralSDE(eqx.Module):
             )
         self.drift, self.diffusion = drift, diffusion
         self.solver, self.adjoint, self.dt0 = solver, adjoint, dt0
-        self.brownian_shape = None if diagonal else tuple(brownian_shape)
+        self.brownian_shape = None if diagonal else tuple(cast(tuple[int, ...], brownian_shape))
         self.max_steps = check_max_steps(max_steps, "sb.NeuralSDE(max_steps=...)")
         self.throw, self.progress = throw, progress
 
@@ -154,7 +160,9 @@ class NeuralSDE(eqx.Module):
         """`drift.theta0` and `diffusion.theta0`, concatenated (flat models only)."""
         if not self._split:
             raise TypeError(_MSG_THETA0)
-        return jnp.concatenate([self.drift.theta0, self.diffusion.theta0])
+        drift = cast(AbstractFlatModel, self.drift)
+        diffusion = cast(AbstractFlatModel, self.diffusion)
+        return jnp.concatenate([drift.theta0, diffusion.theta0])
 
     @property
     def _split(self) -> bool:
@@ -165,9 +173,9 @@ class NeuralSDE(eqx.Module):
     def __call__(
         self,
         theta: ThetaLike,
-        y0: Inexact[ArrayLike, "*state"],
-        ts: Real[ArrayLike, " times"],
-        key: PRNGKeyArray,
+        y0: Validated[Inexact[ArrayLike, "*state"]],
+        ts: Validated[Real[ArrayLike, " times"]],
+        key: KeyLike,
     ) -> Inexact[Array, " times *state"]:
         """One sample path from `y0` at `ts[0]`, driven by the Brownian motion of `key`."""
         theta, y0, ts = as_arrays(_WHERE, theta=theta, y0=y0, ts=ts)
@@ -183,10 +191,10 @@ class NeuralSDE(eqx.Module):
         bad_inputs = ~all_finite((theta, y0, ts))
         drift, diffusion = terms.terms[0].vector_field, terms.terms[1].vector_field
         bad_field = ~all_finite((drift(ts[0], y0, p), _as_array(diffusion(ts[0], y0, p))))
-        return report(sol, bad_inputs, bad_field, _WHERE, self.throw).ys
+        return cast(Array, report(sol, bad_inputs, bad_field, _WHERE, self.throw).ys)
 
     def _terms(self, theta: Array, y0: Array, ts: Array, key: PRNGKeyArray):
-        n = self.drift.size if self._split else None
+        n = cast(AbstractFlatModel, self.drift).size if self._split else None
         parts = (theta[:n], theta[n:]) if self._split else (theta, theta)
         prep_d, field_d = network_parts(self.drift, False, self.adjoint)
         prep_s, field_s = network_parts(self.diffusion, False, self.adjoint)
@@ -223,8 +231,8 @@ def _as_array(out: Any) -> Array:
 
 def _check_key(key: Any) -> None:
     is_key = isinstance(key, jax.Array) and (
-        jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+        jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
         or (key.dtype == jnp.uint32 and key.shape == (2,))
     )
-    if not is_key or (jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape):
+    if not is_key or (jnp.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape):
         raise TypeError(_MSG_KEY.format(got=f"{type(key).__name__} {getattr(key, 'shape', '')}"))

@@ -227,7 +227,8 @@ def write_arrays(path: str | os.PathLike, arrays: dict[str, np.ndarray], layout:
     fd, tmp = _open_temp(directory, base, target)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **{LAYOUT_KEY: blob}, **arrays)
+            # numpy's stub lets `**arrays` match `allow_pickle`; our keys never use that name.
+            np.savez(f, **{LAYOUT_KEY: blob}, **arrays)  # pyright: ignore[reportArgumentType]
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)

@@ -21,8 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, PyTree
 
-from ._custom_types import LossScalar, Theta
-from ._flat import AbstractFlatModel
+from ._custom_types import LossScalar, Theta, Validated
 from ._laplacian import grad_x, laplacian
 from ._precision import guard_x64, is_complex
 
@@ -56,9 +55,11 @@ class Field(eqx.Module):
         def pde(u, x):           # -u'' = f  ->  residual -u'' - f
             return -u.laplacian(x) - f(x)
         ```
+
+    **Attributes:** `model` (the flat model) and `theta` (its parameters, held fixed).
     """
 
-    model: AbstractFlatModel
+    model: Callable[..., Any]
     theta: Theta
 
     def __call__(self, x: Array) -> Array:
@@ -97,6 +98,16 @@ class PINN(NamedTuple):
         weighted mean-squared residual.
     - `term_losses(theta)`: a dict with each term's share of `loss(theta)` (they add up to it),
         for logging.
+
+    !!! example
+
+        ```python
+        fm = sb.FlatMLP((1, 4, "scalar"), key=jax.random.key(0))
+        x = jnp.linspace(0.0, 1.0, 5)[:, None]
+        problem = sb.pinn(fm, {"fit": (lambda u, x: u(x) - x[0], x)})
+        r = problem.residual(fm.theta0)            # shape (5,)
+        assert jnp.allclose(problem.loss(fm.theta0), 0.5 * jnp.sum(r**2))
+        ```
     """
 
     residual: Callable[[Theta], Array]
@@ -105,10 +116,12 @@ class PINN(NamedTuple):
 
 
 def pinn(
-    fm: AbstractFlatModel,
-    terms: Mapping[str, tuple[Callable, PyTree[Array]]] | Sequence[tuple[Callable, PyTree[Array]]],
+    fm: Callable[..., Any],
+    terms: Validated[
+        Mapping[str, tuple[Callable, PyTree[Array]]] | Sequence[tuple[Callable, PyTree[Array]]]
+    ],
     *,
-    weights: Mapping[str, float] | None = None,
+    weights: Validated[Mapping[str, float] | None] = None,
 ) -> PINN:
     """Build the residual and loss of a physics-informed network.
 
@@ -136,7 +149,8 @@ def pinn(
 
     **Arguments:**
 
-    - `fm`: the network, a FlatModel (`sb.FlatMLP` or `sb.flat(...)`) taking one unbatched `x`.
+    - `fm`: the network `fm(theta, x)` on one unbatched `x`: an `sb.FlatMLP`, `sb.flat(...)`,
+        or any such function.
     - `terms`: a mapping `{name: (residual_fn, points)}`, or a sequence of pairs (named
         `"term0"`, `"term1"`, ...).
     - `weights`: optional `{name: weight}`; missing names weigh 1.
@@ -186,7 +200,7 @@ class PointwiseResidual:
     parameters, 1020 points). `sb.least_squares` uses it when present.
     """
 
-    def __init__(self, fm: AbstractFlatModel, named: dict, scales: dict):
+    def __init__(self, fm: Callable[..., Any], named: dict, scales: dict):
         self._fm, self._named, self._scales = fm, named, scales
 
     def __call__(self, theta: Theta) -> Array:
@@ -256,7 +270,7 @@ def _count(name: str, points: PyTree[Array]) -> int:
     return shapes[0][0]
 
 
-def _weight_ok(name, weight, named: dict) -> bool:
+def _weight_ok(name, weight, named: dict) -> bool | np.bool_:
     try:
         value = float(weight)
     except (TypeError, ValueError):
@@ -264,7 +278,7 @@ def _weight_ok(name, weight, named: dict) -> bool:
     return name in named and np.isfinite(value) and value >= 0
 
 
-def _scales(named: dict, weights: Mapping[str, float] | None) -> dict[str, float]:
+def _scales(named: dict, weights: Validated[Mapping[str, float] | None]) -> dict[str, float]:
     weights = dict(weights or {})
     if not all(_weight_ok(k, w, named) for k, w in weights.items()):
         raise ValueError(_MSG_WEIGHTS.format(names=list(named), got=weights))
@@ -281,6 +295,15 @@ class ErrorReport(NamedTuple):
     `rel_l2` is `||u - u_ref|| / ||u_ref||` over the points, `max_abs` is `max |u - u_ref|`,
     `rms` is the root-mean-square error; `prediction` and `reference` are the NumPy values (with
     the network's output shape per point), kept for plots and error maps.
+
+    !!! example
+
+        ```python
+        fm = lambda theta, x: theta[0] * x[0]
+        report = sb.error_report(fm, jnp.array([2.0]), jnp.ones((4, 1)), jnp.full(4, 2.5))
+        assert report.max_abs == 0.5 and report.prediction.shape == (4,)
+        print(report)   # relative L2 error 2.000e-01, max |error| 5.000e-01 over 4 points
+        ```
     """
 
     rel_l2: float
@@ -310,7 +333,7 @@ Fix: compare real parts explicitly (`reference.real`), or use a complex-valued n
 
 
 def error_report(
-    fm: AbstractFlatModel,
+    fm: Callable[..., Any],
     theta: Theta,
     points: Array,
     reference: Array | np.ndarray | Callable[[Array], Any],

@@ -10,6 +10,7 @@ import warnings
 
 import equinox as eqx
 import jax
+import jax.core
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
@@ -20,7 +21,22 @@ PRECISIONS = ("vector", "model", "strict")
 
 
 class PrecisionLossWarning(UserWarning):
-    """A lossy cast made on purpose under `precision="model"` (e.g. float64 -> float32)."""
+    """A lossy cast made on purpose under `precision="model"` (e.g. float64 -> float32).
+
+    Raised once per leaf and layout by `re(theta)` when `theta` is wider than a leaf's stored
+    dtype; `precision="vector"` (the default) keeps `theta`'s precision and never warns.
+
+    !!! example
+
+        ```python
+        import warnings
+        theta, re = sb.destructure({"w": jnp.ones(3, jnp.float32)}, precision="model")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            re(theta.astype(jnp.float64) / 3.0)    # float64 entries cast down to float32
+        assert caught[0].category is sb.PrecisionLossWarning
+        ```
+    """
 
 
 _MSG_X64 = """\

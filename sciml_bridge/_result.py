@@ -6,20 +6,32 @@ still holds that `theta`, so an expensive run is never lost.
 """
 
 import dataclasses
-from typing import Any
+from typing import Any, TypeVar
 
 import equinox.internal as eqxi
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
 
-from ._custom_types import Theta
+from ._custom_types import Theta, ThetaBatch
 
 
 class RESULTS(eqxi.Enumeration):
-    """How a run ended: one vocabulary inside `jit` (steppers return it as data, as Optimistix
-    and Diffrax do) and on the host (`res.result`). `RESULTS[res.result]` is the message, which
-    says what to try; `res.result == sb.RESULTS.nonfinite` compares."""
+    """How a run ended: one vocabulary inside `jit` and on the host.
+
+    Steppers return it as data inside `jit` (as Optimistix and Diffrax do); `res.result` holds
+    it on the host. `RESULTS[res.result]` is the message, which says what to try. Members:
+    `successful`, `max_steps_reached`, `nonfinite`, `interrupted`, `solver_failed`.
+
+    !!! example
+
+        ```python
+        res = sb.minimize(lambda t: jnp.sum(t**2), jnp.ones(2), method="adam", max_steps=3,
+                          throw=False)
+        if res.result == sb.RESULTS.max_steps_reached:
+            print(sb.RESULTS[res.result])          # "stopped after `max_steps` steps ..."
+        ```
+    """
 
     successful = "converged"
     max_steps_reached = (
@@ -63,7 +75,20 @@ def message_of(result) -> str:
 class Solution:
     """What `sb.minimize` and `sb.least_squares` return.
 
-    **Fields:**
+    On failure with `throw=False` it still holds the last good `theta`, with `success=False`
+    and a `message` that says what to try (with `throw=True` the same object rides on the
+    raised `sb.OptimizationError` as `err.result`).
+
+    !!! example
+
+        ```python
+        res = sb.minimize(lambda t: jnp.sum((t - 1.0) ** 2), jnp.zeros(3), method="adam",
+                          learning_rate=0.1, max_steps=20)
+        assert res.steps == 20 and res.history[-1] == res.loss < res.history[0]
+        print(res.success, res.message)  # True: Adam without `tol=` ends by running its budget
+        ```
+
+    **Attributes:**
 
     - `theta`: the final parameters, same shape and dtype as `theta0` (on failure: the last
         `theta` whose loss was finite).
@@ -108,15 +133,32 @@ class EnsembleSolution:
     """What `sb.minimize`/`sb.least_squares` return for a `(members, n)` `theta0`.
 
     `res[i]` (or `res.members[i]`) is member `i`'s own `sb.Solution`, with the same outcome
-    contract as a single run; `theta` stacks their parameters, `loss`/`success`/`steps` are
-    NumPy arrays over members, and `best` is the member with the lowest finite loss.
+    contract as a single run.
+
+    !!! example
+
+        ```python
+        loss = lambda t: jnp.sum((t - 1.0) ** 2)
+        theta0 = jnp.stack([jnp.zeros(3), jnp.ones(3), -jnp.ones(3)])
+        res = sb.minimize(loss, theta0, method="adam", max_steps=20)   # 3 members at once
+        assert len(res) == 3 and res.best is res[1]     # member 1 started at the minimum
+        ```
+
+    **Attributes:**
+
+    - `members`: one `sb.Solution` per row of `theta0`.
+    - `theta`: their parameters stacked, shape `(members, n)`.
+    - `loss`, `success`, `steps`: NumPy arrays over members.
+    - `best`: the member with the lowest finite loss (`ValueError` if none is finite).
+    - `message`: one line per member.
+    - `wall_time`: seconds spent in the whole call.
     """
 
     members: tuple[Solution, ...]
     wall_time: float
 
     @property
-    def theta(self) -> Any:
+    def theta(self) -> ThetaBatch:
         return jnp.stack([m.theta for m in self.members])
 
     @property
@@ -167,9 +209,29 @@ class EnsembleSolution:
 
 
 class OptimizationError(RuntimeError):
-    """A run failed under `throw=True`. `err.result` is the full `Solution` (an
-    `EnsembleSolution` when a member of an ensemble failed); `err.theta` the last good
-    parameters (so `sb.minimize(..., throw=True)` never loses work)."""
+    """A run failed under `throw=True`; the error carries the last good parameters.
+
+    So `sb.minimize(..., throw=True)` never loses work. A budget run out
+    (`RESULTS.max_steps_reached`) or Ctrl-C is not a failure and is never raised.
+
+    !!! example
+
+        ```python
+        loss = lambda t: jnp.sum(jnp.log(t))        # -inf once an entry reaches 0
+        try:
+            sb.minimize(loss, jnp.ones(2), method="adam", learning_rate=1.0, max_steps=50)
+        except sb.OptimizationError as err:          # here an `sb.NonFiniteLossError`
+            assert isinstance(err, sb.NonFiniteLossError)
+            theta = err.theta                        # the last theta with a finite loss
+        assert jnp.isfinite(loss(theta))
+        ```
+
+    **Attributes:**
+
+    - `result`: the full `sb.Solution` (an `sb.EnsembleSolution` when a member of an
+        ensemble failed).
+    - `theta`: the last good parameters, `result.theta`.
+    """
 
     def __init__(self, result: "Solution | EnsembleSolution"):
         super().__init__(result.message)
@@ -178,7 +240,11 @@ class OptimizationError(RuntimeError):
 
 
 class NonFiniteLossError(OptimizationError):
-    """The loss became NaN or inf; `err.theta` is the last `theta` with a finite loss."""
+    """The loss became NaN or inf; `err.theta` is the last `theta` with a finite loss.
+
+    A subclass of `sb.OptimizationError` (whose example raises one), with the same
+    attributes `result` and `theta`.
+    """
 
 
 _FAILURES = ("nonfinite", "solver_failed")
@@ -194,7 +260,10 @@ def result_at(index: int) -> RESULTS:
     return _BY_INDEX[int(index)]
 
 
-def raise_if_failed(out: "Solution | EnsembleSolution", throw: bool):
+_Out = TypeVar("_Out", bound="Solution | EnsembleSolution")
+
+
+def raise_if_failed(out: _Out, throw: bool) -> _Out:
     """Raise `out` as an `OptimizationError` when `throw` and it (or any member) failed."""
     members = out.members if isinstance(out, EnsembleSolution) else (out,)
     bad = [m for m in members if failed(m.result)]

@@ -12,13 +12,14 @@ NumPy arrays. `fun` and `jac` at the same `x` cost one evaluation: the last resu
 """
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._custom_types import DTypeLike
 from ._precision import check_x64, guard_x64
 
 
@@ -59,6 +60,16 @@ class ScipyObjective:
 
     Made by `sb.scipy_objective`; each is one jitted function, compiled once per loss and
     argument shapes (shared by every objective made for them).
+
+    !!! example
+
+        ```python
+        obj = sb.scipy_objective(lambda t: jnp.sum((t - 1.0) ** 2))
+        f, g = obj.fun_and_jac(np.zeros(3))        # 3.0 and [-2., -2., -2.], float64 NumPy
+        assert f == obj.fun(np.zeros(3)) and np.array_equal(g, obj.jac(np.zeros(3)))
+        ```
+
+    **Attributes:** `dtype`, the dtype in which the loss is evaluated (`x` is cast to it).
     """
 
     def __init__(self, loss: Callable, args: tuple, dtype: Any):
@@ -79,7 +90,8 @@ class ScipyObjective:
             value, grad = self._value_and_grad(self._x(x), self._dynamic)
             self._last = (float(value), np.asarray(grad, dtype=np.float64))
             self._last_x = x
-        return self._last[0], self._last[1].copy()
+        value, grad = cast(tuple[float, np.ndarray], self._last)  # set just above
+        return value, grad.copy()
 
     def fun(self, x) -> float:
         """The loss at `x` as a Python float."""
@@ -104,25 +116,27 @@ def scipy_dtype() -> Any:
     return jnp.float64 if jax.config.read("jax_enable_x64") else jnp.float32
 
 
-def scipy_objective(loss: Callable, *args: Any, dtype: Any = None) -> ScipyObjective:
+def scipy_objective(loss: Callable, *args: Any, dtype: DTypeLike | None = None) -> ScipyObjective:
     """Wrap `loss(theta, *args)` for `scipy.optimize` (or any SciPy-style API).
 
     SciPy works in float64 NumPy; JAX works on device arrays, possibly in float32. This object
     converts at the boundary, compiles `value_and_grad` and a Hessian-vector product once, and
     answers `fun` then `jac` at the same point with one evaluation.
 
-    ```python
-    import scipy.optimize
-    fm = sb.FlatMLP((1, 8, 1), key=jax.random.key(0), dtype=jnp.float64)
-    x = jnp.linspace(-1, 1, 32)[:, None]
-    y = jnp.sin(3 * x)
-    loss = lambda th, x, y: jnp.mean((jax.vmap(fm, (None, 0))(th, x) - y) ** 2)
-    obj = sb.scipy_objective(loss, x, y)
-    res = scipy.optimize.minimize(obj.fun_and_jac, np.asarray(fm.theta0), jac=True,
-                                  method="L-BFGS-B")
-    res = scipy.optimize.minimize(obj.fun, res.x, jac=obj.jac, hessp=obj.hessp,
-                                  method="trust-ncg")
-    ```
+    !!! example
+
+        ```python
+        import scipy.optimize
+        fm = sb.FlatMLP((1, 8, 1), key=jax.random.key(0), dtype=jnp.float64)
+        x = jnp.linspace(-1, 1, 32)[:, None]
+        y = jnp.sin(3 * x)
+        loss = lambda th, x, y: jnp.mean((jax.vmap(fm, (None, 0))(th, x) - y) ** 2)
+        obj = sb.scipy_objective(loss, x, y)
+        res = scipy.optimize.minimize(obj.fun_and_jac, np.asarray(fm.theta0), jac=True,
+                                      method="L-BFGS-B")
+        res = scipy.optimize.minimize(obj.fun, res.x, jac=obj.jac, hessp=obj.hessp,
+                                      method="trust-ncg")
+        ```
 
     **Arguments:**
 

@@ -8,7 +8,7 @@ model an error that shows both.
 """
 
 import os
-from typing import Any
+from typing import Any, cast
 
 import jax.numpy as jnp
 import numpy as np
@@ -106,7 +106,8 @@ def check_layout(saved: dict, want: dict, where: str) -> None:
 
 def _storage(dtype: np.dtype) -> np.dtype:
     """The dtype `.npy` can name for `dtype`: bfloat16 and other ml_dtypes travel as bits."""
-    if np.lib.format.dtype_to_descr(dtype).lstrip("<>|=").startswith("V"):
+    # Never a list for a plain (non-structured) dtype, whatever the stub says.
+    if cast(str, np.lib.format.dtype_to_descr(dtype)).lstrip("<>|=").startswith("V"):
         return np.dtype(f"<u{dtype.itemsize}")
     return dtype
 
@@ -132,11 +133,13 @@ def save(path: str | os.PathLike, theta: ThetaLike, fm: Any, metadata: dict | No
     permission bits (a new one follows the umask). If `path` is a symbolic link, the file it
     points to is replaced and the link is kept.
 
-    ```python
-    fm = sb.flat(eqx.nn.MLP(2, 1, 8, 2, key=jax.random.key(0)))
-    sb.save("net.npz", fm.theta0, fm, metadata={"epoch": 3})
-    theta = sb.load("net.npz", fm)
-    ```
+    !!! example
+
+        ```python
+        fm = sb.flat(eqx.nn.MLP(2, 1, 8, 2, key=jax.random.key(0)))
+        sb.save("net.npz", fm.theta0, fm, metadata={"epoch": 3})
+        theta = sb.load("net.npz", fm)
+        ```
 
     **Arguments:**
 
@@ -177,7 +180,8 @@ def _expect_theta(fm: Any):
     return expect
 
 
-def load(path: str | os.PathLike, fm: Any, *, return_metadata: bool = False) -> Theta:
+def load(path: str | os.PathLike, fm: Any, *,
+         return_metadata: bool = False) -> Theta | tuple[Theta, Any]:
     """Load a vector saved by `sb.save`, checking it fits `fm`.
 
     The file is treated as untrusted: its layout is compared with `fm`'s, and `theta`'s
@@ -187,12 +191,14 @@ def load(path: str | os.PathLike, fm: Any, *, return_metadata: bool = False) -> 
     disagree with the archive directory are refused, so a forged or "zip bomb" file costs
     milliseconds, not memory.
 
-    ```python
-    fm = sb.flat(eqx.nn.MLP(2, 1, 8, 2, key=jax.random.key(0)))
-    sb.save("net.npz", fm.theta0 + 1.0, fm)
-    theta = sb.load("net.npz", fm)
-    model = fm.restructure(theta)
-    ```
+    !!! example
+
+        ```python
+        fm = sb.flat(eqx.nn.MLP(2, 1, 8, 2, key=jax.random.key(0)))
+        sb.save("net.npz", fm.theta0 + 1.0, fm)
+        theta = sb.load("net.npz", fm)
+        model = fm.restructure(theta)
+        ```
 
     **Arguments:**
 

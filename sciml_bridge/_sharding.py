@@ -20,6 +20,7 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from ._custom_types import Validated
 from ._distributed import check_mesh, check_same_everywhere
 from ._precision import check_x64
 
@@ -87,7 +88,9 @@ def _from_process(x, sharding: NamedSharding, where: str):
                                            devices=devices)) from e  # fmt: skip
 
 
-def shard(args: Any, mesh: Mesh, *, process_local: bool = False, where: str = "sb.shard") -> Any:
+def shard(
+    args: Any, mesh: Validated[Mesh], *, process_local: bool = False, where: str = "sb.shard"
+) -> Any:
     """Split the leading axis of the data in `args` across the devices of `mesh`.
 
     Every array leaf whose leading axis divides evenly by the number of devices along the
@@ -96,11 +99,13 @@ def shard(args: Any, mesh: Mesh, *, process_local: bool = False, where: str = "s
     committed to a `NamedSharding` on this mesh is left as it is, so a layout chosen by hand
     always wins.
 
-    ```python
-    mesh = jax.make_mesh((jax.device_count(),), ("data",))
-    (x,) = sb.shard((jnp.zeros((1024, 2)),), mesh)
-    x.sharding.shard_shape(x.shape)   # (1024 // jax.device_count(), 2)
-    ```
+    !!! example
+
+        ```python
+        mesh = jax.make_mesh((jax.device_count(),), ("data",))
+        (x,) = sb.shard((jnp.zeros((1024, 2)),), mesh)
+        x.sharding.shard_shape(x.shape)   # (1024 // jax.device_count(), 2)
+        ```
 
     Several processes (`jax.distributed`, e.g. started by `python -m sciml_bridge.launch`):
     by default every process passes the same, whole data. With `process_local=True` each
@@ -115,9 +120,17 @@ def shard(args: Any, mesh: Mesh, *, process_local: bool = False, where: str = "s
     - `process_local`: every array leaf is this process's share of the global data along
         its leading axis (scalars are replicated as they are).
 
-    **Returns:** `args` with every array leaf placed on the mesh.
+    **Returns:**
 
-    **Raises:** `TypeError` if `mesh` is not a `Mesh`; `RuntimeError` if the mesh spans
+    `args` with every array leaf placed on the mesh.
+
+    **Raises:**
+
+    `args` with every array leaf placed on the mesh.
+
+    **Raises:**
+
+    `TypeError` if `mesh` is not a `Mesh`; `RuntimeError` if the mesh spans
     processes that `jax.distributed` does not connect; `ValueError` if process-local rows
     do not split over this process's devices.
     """
@@ -146,7 +159,8 @@ def shard(args: Any, mesh: Mesh, *, process_local: bool = False, where: str = "s
     return jax.tree.map(place, args)
 
 
-def place(theta0, args: tuple, mesh: Mesh | None, where: str):
+def place(theta0: jax.Array, args: tuple, mesh: Validated[Mesh | None],
+          where: str) -> tuple[jax.Array, tuple]:
     """`mesh=` of `sb.minimize`: theta replicated (an ensemble's members split over a
     `"members"` axis), the data in `args` split across the data axes."""
     if mesh is None:

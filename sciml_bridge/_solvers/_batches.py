@@ -11,7 +11,7 @@ state, so a run resumed from a checkpoint draws the same batches and keys.
 
 import inspect
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import equinox as eqx
 import jax
@@ -62,6 +62,7 @@ def count_rows(args: tuple, batch_size: int, where: str) -> int:
                                               path=jtu.keystr(path), shape=jnp.shape(x),
                                               first_path=f"`args{jtu.keystr(first)}`",
                                               rows=rows))  # fmt: skip
+    assert rows is not None  # a 0-d first leaf failed the loop above
     ok = isinstance(batch_size, int) and not isinstance(batch_size, bool)
     if not ok or not 1 <= batch_size <= rows:
         raise ValueError(_MSG_BATCH.format(where=where, rows=rows, batch=batch_size))
@@ -87,9 +88,9 @@ class MinibatchStepper(AbstractStepper):
     def _batch(self, step, args):
         if self.batch_size is None:
             return tuple(args)
-        per_epoch = self.rows // self.batch_size
+        per_epoch = cast(int, self.rows) // self.batch_size
         shuffle = jax.random.fold_in(jax.random.split(self.key)[1], step // per_epoch)
-        perm = jax.random.permutation(shuffle, self.rows)
+        perm = jax.random.permutation(shuffle, cast(int, self.rows))
         idx = jax.lax.dynamic_slice_in_dim(perm, (step % per_epoch) * self.batch_size,
                                            self.batch_size)  # fmt: skip
         return tuple(jtu.tree_map(lambda a: a[idx] if eqx.is_array(a) else a, tuple(args)))
@@ -122,8 +123,10 @@ class MinibatchStepper(AbstractStepper):
         return (new, k + 1), loss, done, result
 
 
-def with_batches(stepper, args: tuple, batch_size, key, pass_key: bool, where: str):
+def with_batches(stepper: AbstractStepper | None, args: tuple, batch_size: int | None, key: Any,
+                 pass_key: bool, where: str) -> AbstractStepper:
     """`stepper` as is (no `batch_size`, no `key`), else wrapped in a `MinibatchStepper`."""
+    assert stepper is not None  # only a SciPy plan has none, and it never comes here
     if batch_size is None and key is None:
         return stepper
     rows = None if batch_size is None else count_rows(args, batch_size, where)

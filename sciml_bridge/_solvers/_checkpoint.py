@@ -11,7 +11,7 @@ layout (paths, shapes, dtypes) must match before anything is used.
 import dataclasses
 import hashlib
 import os
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -47,7 +47,7 @@ def _describe(x: Any, depth: int = 0) -> str:
         return repr(x)
     if isinstance(x, np.ndarray | jax.Array | np.generic):
         if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
-            x = jax.random.key_data(x)
+            x = jax.random.key_data(cast(jax.Array, x))  # only JAX arrays hold keys
         data = np.asarray(x)
         digest = hashlib.sha1(data.tobytes()).hexdigest()[:12]
         return f"array{data.shape}{data.dtype}:{digest}"

@@ -172,7 +172,7 @@ class OptaxStepper(AbstractStepper):
         loss, grad = jax.value_and_grad(f)(theta)
         return loss, grad, {}, ()
 
-    def step(self, state, args):
+    def step(self, state: Any, args: tuple) -> tuple[Any, Any, jax.Array, Any]:
         theta, opt_state = state[0], state[1]
         loss, grad, extra, model_state = self._value_and_grad(state, args)
         if jnp.iscomplexobj(theta):

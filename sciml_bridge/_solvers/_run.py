@@ -18,6 +18,7 @@ import dataclasses
 import re
 import time
 import warnings
+from typing import cast
 
 import equinox as eqx
 import jax
@@ -109,7 +110,7 @@ class _Driver:
     def _resume(self) -> None:
         run = self.run
         self.dynamic, self.good_theta, self.good_loss, books = _checkpoint.resume(
-            run.checkpoint, run.fingerprint, run.resume == "force", self.dynamic,
+            cast(str, run.checkpoint), run.fingerprint, run.resume == "force", self.dynamic,
             self.good_theta, self.good_loss, run.where,
         )  # fmt: skip
         ends = np.cumsum(books["lengths"])
@@ -125,7 +126,8 @@ class _Driver:
         if run.checkpoint is None:
             return
         finished = evaluated >= run.max_steps or not any(m.running for m in self.members)
-        if evaluated % run.checkpoint_every and not finished:
+        # `make_run` sets `checkpoint_every` whenever `checkpoint` is set.
+        if evaluated % cast(int, run.checkpoint_every) and not finished:
             return
         try:
             _checkpoint.save(run.checkpoint, run.fingerprint, self.dynamic, self.good_theta,

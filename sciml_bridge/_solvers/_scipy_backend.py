@@ -10,6 +10,7 @@ returned.
 
 import time
 import warnings
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -88,7 +89,8 @@ def scipy_minimize(loss, theta0, args, name, tol, options, run: Run, interrupt):
     method = name.lower()
     obj = scipy_objective(loss, *args)  # its float rule: float64 (float32 with x64 off)
     x0 = np.asarray(theta0, dtype=np.float64)
-    kwargs = dict(method=name, tol=tol, options=_options(method, run.max_steps, options))
+    kwargs: dict[str, Any] = dict(method=name, tol=tol,
+                                  options=_options(method, run.max_steps, options))
     fun = obj.fun
     if method in _GRADIENT:
         fun, kwargs["jac"] = obj.fun_and_jac, True
@@ -197,7 +199,8 @@ def scipy_least_squares(residual, theta0, args, name, tol, jac, options, run: Ru
     res = _Residual(residual, args, scipy_dtype(), jac)
     x0 = np.asarray(theta0, dtype=np.float64)
     tols = {} if tol is None else dict(xtol=tol, ftol=tol, gtol=tol)
-    kwargs = dict(method=name.lower(), jac=res.jacobian, max_nfev=run.max_steps, **tols)
+    kwargs: dict[str, Any] = dict(method=name.lower(), jac=res.jacobian, max_nfev=run.max_steps,
+                                  **tols)
     with Progress(run.max_steps, run.progress, run.where) as bar:
         track = _Tracker(x0, run, bar, interrupt)
 
