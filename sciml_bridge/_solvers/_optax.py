@@ -176,7 +176,7 @@ class OptaxStepper(AbstractStepper):
         theta, opt_state = state[0], state[1]
         loss, grad, extra, model_state = self._value_and_grad(state, args)
         if jnp.iscomplexobj(theta):
-            grad = jnp.conj(grad)  # Optax's convention for complex parameters
+            grad = jnp.conj(jnp.asarray(grad))  # Optax's convention for complex parameters
         with _optax_promotion():
             updates, opt_state = self.optimizer.transform.update(grad, opt_state, theta,
                                                                  **extra)  # fmt: skip
