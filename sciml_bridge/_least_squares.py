@@ -169,8 +169,11 @@ def least_squares(
     - `**options`: Gauss-Newton / natural gradient `rcond=` (cutoffs relative to the largest
         singular value, default `(1e-7, 1e-8)`, all tried in the line search), `solver=`
         (`"auto"`: the Gramian `J^T J` for tall `J`, the kernel `J J^T` for wide, matrix-free
-        CGLS above 2e7 Jacobian entries; or `"gramian"`, `"kernel"`, `"cg"` with `cg_steps=200`,
-        `cg_tol=1e-10`), `line_search_steps=` (30); Optimistix `options`; extra
+        CGLS above 2e7 Jacobian entries; or `"gramian"`, `"kernel"`, `"svd"` (thin SVD of
+        `J`), `"cg"` with `cg_steps=200`, `cg_tol=1e-10`), `line_search_steps=` (30),
+        `geodesic=False` (also try curved steps `alpha d + alpha^2/2 a`, Transtrum & Sethna),
+        `line_search_batch=0` (trial steps evaluated this many at a time; 0: one at a time
+        on CPU, all at once on accelerators); Optimistix `options`; extra
         `scipy.optimize.least_squares` keywords; `chunk_size=` for the fused methods.
 
     **Returns:**

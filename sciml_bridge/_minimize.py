@@ -125,11 +125,20 @@ def minimize(
         there is resumed from, and `max_steps` counts the steps before the resume.
     - `resume`: `"check"` (default) refuses a checkpoint written with another method, other
         options or another `tol` (naming what changed); `"force"` resumes it anyway.
-    - `mesh`: a `jax.sharding.Mesh` for data parallelism: `theta` is replicated, the data in
-        `args` is split along its leading axis across the devices (see `sb.shard`), and XLA
-        reduces the gradients. Results agree with a single-device run to rounding (the
-        reduction order differs); quasi-Newton line searches can amplify that over many
-        steps.
+    - `mesh`: a `jax.sharding.Mesh` for data parallelism and sharded ensembles. A mesh axis
+        named `"members"` splits the members of a `(members, n)` `theta0` (with their
+        optimiser states, and the returned `theta`) over its devices; the member count must
+        be a multiple of its size (members are not padded). Every other axis splits the data
+        in `args` along its leading axis (see `sb.shard`); `theta` is replicated over them
+        and XLA reduces the gradients. `("data",)`: data parallelism; `("members",)`: each
+        device trains its share of the members on the whole data; `("members", "data")`:
+        both. The mesh may span several processes (`sb.distributed_init`,
+        `jax.distributed.initialize`): pass each process's own rows with
+        `sb.shard(args, mesh, process_local=True)`; results are then the same on every
+        process, checkpoints are written once (process 0) and resumed by all, the progress
+        bar is drawn by process 0, callbacks run everywhere. Results agree with a
+        single-device run to rounding (the reduction order differs); quasi-Newton line
+        searches can amplify that over many steps.
     - `state`: the model state of a stateful loss (`fm.init_state()`: an `eqx.nn.State`
         of BatchNorm statistics, Flax Linen `batch_stats`, a Flax NNX state with BatchNorm
         statistics and `nnx.Rngs` streams). Step `k` evaluates `loss(theta_k, state_k,

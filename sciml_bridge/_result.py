@@ -9,6 +9,7 @@ import dataclasses
 from typing import Any, TypeVar
 
 import equinox.internal as eqxi
+import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
@@ -156,10 +157,13 @@ class EnsembleSolution:
 
     members: tuple[Solution, ...]
     wall_time: float
+    # Members trained split over a mesh's "members" axis come back split the same way.
+    sharding: Any = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def theta(self) -> ThetaBatch:
-        return jnp.stack([m.theta for m in self.members])
+        stacked = jnp.stack([m.theta for m in self.members])
+        return stacked if self.sharding is None else jax.device_put(stacked, self.sharding)
 
     @property
     def loss(self) -> np.ndarray:

@@ -122,7 +122,8 @@ def check_ensembles():
         assert_ulp_close(res[i].theta, ref[i].theta, ulps=64)
         np.testing.assert_allclose(res[i].history, ref[i].history, rtol=1e-12)
     state, (good_theta, *_) = chunks[-1]
-    for leaf in [good_theta, *jax.tree.leaves(state)]:  # theta and the optimiser state
+    # theta and the optimiser state during the run, and the result's theta after it
+    for leaf in [good_theta, *jax.tree.leaves(state), res.theta]:
         assert tuple(leaf.sharding.spec)[:1] == ("members",), leaf.sharding
         assert [s.data.shape[0] for s in leaf.addressable_shards] == [2, 2]  # 2 members each
         assert {s.device for s in leaf.addressable_shards} == set(jax.local_devices())

@@ -81,7 +81,8 @@ class _Driver:
         self.dynamic, self.static, self.good_theta, self.good_loss = init_members(
             stepper, args, theta0, batched
         )
-        self._split_members(members_sharding(theta0), theta0.shape[0])
+        self.sharding = members_sharding(theta0)
+        self._split_members(self.sharding, theta0.shape[0])
         if _checkpoint.exists(run.checkpoint, run.where):
             self._resume()
         # A stateful loss (`state=`): the model state before the chunk in flight, kept for a
@@ -284,12 +285,12 @@ def drive(stepper: AbstractStepper, theta0, args: tuple, run: Run):
             driver.stop_all(RESULTS.solver_failed, first_line(e))
         if interrupt:
             driver.stop_all(RESULTS.interrupted)
-    return deliver(driver.conclude(), batched, run)
+    return deliver(driver.conclude(), batched, run, driver.sharding)
 
 
-def deliver(solutions: list[Solution], batched: bool, run: Run):
-    """A `Solution` (1-D `theta0`) or an `EnsembleSolution`, raised under `throw=True` when
-    a run (or any member) failed."""
-    out = EnsembleSolution(tuple(solutions), time.perf_counter() - run.start) if batched \
-        else solutions[0]  # fmt: skip
+def deliver(solutions: list[Solution], batched: bool, run: Run, sharding=None):
+    """A `Solution` (1-D `theta0`) or an `EnsembleSolution` (its `theta` on `sharding`: the
+    members' split over a mesh), raised under `throw=True` when a run (or any member) failed."""
+    out = EnsembleSolution(tuple(solutions), time.perf_counter() - run.start, sharding) \
+        if batched else solutions[0]  # fmt: skip
     return raise_if_failed(out, run.throw)
