@@ -58,7 +58,7 @@ def test_a_missing_peer_is_a_row_that_says_so(monkeypatch):
     folx_rows = [row for row in rows if "folx" in row]
     assert len(folx_rows) == 1 and "not installed" in folx_rows[0] and "make bench" in folx_rows[0]
     timed = [row for row in rows if "folx" not in row]
-    assert len(timed) == 3 and all("| 1.00 | 1.00x |" in row for row in timed)
+    assert len(timed) == 4 and all("| 1.00 | 1.00x |" in row for row in timed)
 
 
 def test_missing_script_says_how_to_fix():

@@ -105,7 +105,8 @@ np.testing.assert_allclose(g4, g_ref, rtol=1e-10, atol=1e-14)
 
 # Reduction order differs across devices (1e-16); quasi-Newton line searches amplify that
 # over many steps (L-BFGS: 1e-14 after 20 steps, 1e-6 after 60), so compare before it does.
-for method, opts, steps in [("adam", {"learning_rate": 1e-2}, 60), ("lbfgs", {}, 20)]:
+# Adam and Gauss-Newton across a 4-device mesh: tests/test_distributed.py (2 real processes).
+for method, opts, steps in [("lbfgs", {}, 20)]:
     kw = dict(args=(x, y), max_steps=steps, progress=False, throw=False, **opts)
     r1 = sb.minimize(loss, fm.theta0, method, mesh=mesh1, **kw)
     r4 = sb.minimize(loss, fm.theta0, method, mesh=mesh4, **kw)
@@ -113,16 +114,6 @@ for method, opts, steps in [("adam", {"learning_rate": 1e-2}, 60), ("lbfgs", {},
     np.testing.assert_allclose(r4.history, r1.history, rtol=1e-10, atol=1e-14)
     assert len(r4.theta.sharding.device_set) == 4, method
 
-def residual(th, x, y):
-    return jax.vmap(fm, (None, 0))(th, x)[:, 0] - y[:, 0]
-
-kw = dict(args=(x, y), max_steps=4, progress=False, throw=False)
-# The default cutoffs sit near the rounding floor of the Gramian, where a 1e-16 reduction
-# difference can move a direction across the cutoff: compare with one well above it.
-kw.update(rcond=(1e-4,))
-r1 = sb.least_squares(residual, fm.theta0, "gauss-newton", mesh=mesh1, **kw)
-r4 = sb.least_squares(residual, fm.theta0, "gauss-newton", mesh=mesh4, **kw)
-np.testing.assert_allclose(r4.theta, r1.theta, rtol=1e-10, atol=1e-10)
 print("ok")
 """
 
@@ -132,29 +123,6 @@ def test_sharded_training_equals_single_device_on_4_simulated_devices():
     proc = run_python(_SHARDED, env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().endswith("ok")
-
-
-_MULTIHOST = """
-import socket
-import jax, jax.numpy as jnp
-s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
-jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=1,
-                           process_id=0)
-import sciml_bridge as sb
-mesh = jax.make_mesh((jax.device_count(),), ("data",))
-x = jnp.linspace(0.0, 1.0, 8)
-res = sb.minimize(lambda th, x: jnp.mean((th[0] * x - 2 * x) ** 2), jnp.zeros(1), "lbfgs",
-                  args=(x,), mesh=mesh, progress=False)
-assert abs(float(res.theta[0]) - 2.0) < 1e-3, res
-jax.distributed.shutdown()
-print(jax.process_count(), "ok")
-"""
-
-
-def test_multihost_initialize_path_smoke():
-    proc = run_python(_MULTIHOST, env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.strip().splitlines()[-1] == "1 ok"
 
 
 def test_shard_rejects_non_mesh():
