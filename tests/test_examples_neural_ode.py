@@ -36,18 +36,7 @@ def test_lotka_volterra_split_into_known_and_missing_terms(lotka_volterra):
     assert np.allclose(known + lv.missing_terms(y), full, rtol=1e-15, atol=1e-15)
 
 
-@pytest.mark.slow
-def test_spiral_example_reaches_its_loss(spiral, tmp_path, capsys):
-    out = spiral.main(
-        width=16, steps=150, bfgs_steps=150, plot=True, out_dir=str(tmp_path), progress=False
-    )
-    printed = capsys.readouterr().out
-    assert f"loss {out['loss']:.3e}" in printed and "BFGS" in printed
-    # The reduced run reaches ~5e-4 (the full one ~2e-6); Adam alone stays above 1e-1.
-    assert out["loss"] < 2e-3 < out["adam_loss"]
-    assert out["theta"].dtype == jnp.float64
-    with open(out["png"], "rb") as f:
-        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+# The spiral example's reduced run is checked on the quick demo's own run (tests/test_cli.py).
 
 
 @pytest.mark.slow
@@ -64,10 +53,10 @@ def test_lotka_volterra_example_recovers_the_missing_terms(lotka_volterra, capsy
 @pytest.mark.slow
 def test_ou_sde_example_learns_the_diffusion(tmp_path, capsys):
     ou = load_script("examples/neural_ode/ou_sde.py")
-    out = ou.main(paths=64, steps=100, plot=True, out_dir=str(tmp_path), progress=False)
+    out = ou.main(paths=64, steps=60, plot=True, out_dir=str(tmp_path), progress=False)
     printed = capsys.readouterr().out
     assert f"learned diffusion {out['sigma']:.4f}" in printed
-    # Reduced run (64 paths, 100 steps) from sigma = 0.1: within 10% of the true 0.3.
+    # Reduced run (64 paths, 60 steps) from sigma = 0.1: within 10% of the true 0.3 (~2%).
     assert out["error"] < 0.1 and np.isfinite(out["loss"])
     with open(out["png"], "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"

@@ -57,21 +57,7 @@ def test_seed_1d_adam_then_bfgs_reaches_its_threshold(tmp_path):
     assert len(out["history"]) == out["steps"] + 1
 
 
-@pytest.mark.slow
-def test_poisson_2d_natural_gradient_beats_adam_by_orders_of_magnitude(tmp_path):
-    poisson = load_script("examples/pinn/poisson_2d.py")
-    out = poisson.main(n_points=10, adam_steps=300, ssbroyden_steps=100, ng_steps=150, starts=2,
-                       multi_start_steps=60, out_dir=str(tmp_path), progress=False)
-    adam, ng = out["methods"]["adam"], out["methods"]["natural-gradient"]
-    assert set(out["methods"]) == {"adam", "ssbroyden", "natural-gradient"}
-    assert ng["rel_l2"] < 1e-3, ng["rel_l2"]
-    assert ng["rel_l2"] < adam["rel_l2"] / 100
-    ms = out["multi_start"]
-    assert ms["rel_l2"] < 1e-2 and ms["starts"] == 2
-    assert ms["time"] > 0 and ms["separate_time"] > 0  # both ways timed
-    assert ms["losses"].shape == ms["separate_losses"].shape == (2,)
-    assert out["n_params"] == 2 * 32 + 32 + 32 + 1
-    assert out["png"].is_file() and out["png"].stat().st_size > 10_000
+# The Poisson example's reduced run is checked on the quick demo's own run (tests/test_cli.py).
 
 
 @pytest.mark.slow

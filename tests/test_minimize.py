@@ -12,7 +12,7 @@ import numpy as np
 import optax
 import optimistix as optx
 import pytest
-from helpers import TraceCounter, run_python
+from helpers import TraceCounter
 
 import sciml_bridge as sb
 from sciml_bridge._solvers import _fused
@@ -235,44 +235,6 @@ def test_bad_theta0_and_method():
         sb.minimize(as_loss(quadratic), jnp.zeros(3), "no-such-method", progress=False)
     with pytest.raises(ValueError, match="max_steps"):
         sb.minimize(as_loss(quadratic), jnp.zeros(3), max_steps=0, progress=False)
-
-
-def test_x64_off_float64_numpy_is_type_error_for_every_array_entering_the_engine():
-    # theta0, and `args` of both verbs and of `sb.scipy_objective` (issue 12 #2).
-    out = run_python(
-        """
-        import numpy as np, jax.numpy as jnp, sciml_bridge as sb
-        x64 = np.zeros(3)
-        calls = {
-            "theta0": lambda: sb.minimize(lambda t: jnp.sum(t ** 2), x64, max_steps=2),
-            "minimize args": lambda: sb.minimize(lambda t, x: jnp.sum((t - x) ** 2),
-                                                 jnp.zeros(3), args=(x64,), max_steps=2),
-            "least_squares args": lambda: sb.least_squares(lambda t, x: t - x, jnp.zeros(3),
-                                                           args=(x64,), max_steps=2),
-            "scipy_objective args": lambda: sb.scipy_objective(lambda t, x: jnp.sum(t * x),
-                                                               x64, dtype=jnp.float32),
-        }
-        for name, call in calls.items():
-            try:
-                call()
-                print("NO ERROR", name)
-            except TypeError as e:
-                print("TYPEERROR", name, "jax_enable_x64" in str(e))
-        # Both SciPy routes, one float rule: float32, JAX's widest float with x64 off.
-        seen = []
-        def rec(t):
-            seen.append(str(t.dtype))
-            return jnp.sum((t - 1.0) ** 2)
-        res = sb.minimize(rec, jnp.zeros(2), "scipy:BFGS", progress=False)
-        sb.scipy_objective(rec).fun_and_jac(np.zeros(2))
-        print("SCIPY", sorted(set(seen)), res.theta.dtype, np.allclose(res.theta, 1.0))
-        """,
-        env={"JAX_ENABLE_X64": "0"},
-    )
-    lines = [x for x in out.stdout.splitlines() if x.startswith(("TYPEERROR", "NO ERROR"))]
-    assert len(lines) == 4 and all(x.startswith("TYPEERROR") and x.endswith("True")
-                                   for x in lines), (out.stdout, out.stderr[-2000:])  # fmt: skip
-    assert "SCIPY ['float32'] float32 True" in out.stdout, (out.stdout, out.stderr[-2000:])
 
 
 def test_callback_sees_chunks_and_can_stop():

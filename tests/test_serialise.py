@@ -329,7 +329,7 @@ print("MID_WRITE", mid_write, "LEFT", len(left))
 
 def test_sigkill_mid_save_leaves_old_or_new_file_and_the_next_save_cleans_up(tmp_path):
     path = tmp_path / "big.npz"
-    n = 6_000_000  # 48 MB of float64
+    n = 2_000_000  # 16 MB of float64: each save takes long enough to be killed mid-write
     proc = run_python(_KILL_CHILD.replace("sys.argv[1], int(sys.argv[2]), int(sys.argv[3])",
                                           f"{str(path)!r}, {n}, 3"),
                       env={"JAX_ENABLE_X64": "1"})

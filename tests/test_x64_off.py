@@ -45,20 +45,22 @@ checks = {
     "load float64": lambda: sb.load(PATH, LAYOUT),
     "save numpy float64": lambda: sb.save(PATH + ".new", np.zeros(theta.size), re),
 }
-# Guards added by helpers A (engine) and C (neural ODE): green once their branches merge.
-others = {
+# Every array entering the engine (issue 12 #2) and the neural-ODE inputs.
+checks.update({
+    "minimize theta0": lambda: sb.minimize(lambda t: jnp.sum(t ** 2), np.zeros(3), max_steps=2),
     "minimize args": lambda: sb.minimize(lambda t, a: jnp.sum((t - a[0]) ** 2), theta,
                                          "adam", args=(np.ones(theta.size),), max_steps=2),
     "least_squares args": lambda: sb.least_squares(lambda t, a: t - a[0], theta, "lm",
                                                    args=(np.ones(theta.size),), max_steps=2),
-    "scipy_objective": lambda: sb.scipy_objective(lambda t, a: jnp.sum(t * a),
-                                                  np.ones(theta.size)),
-    "NeuralODE y0/ts": lambda: sb.NeuralODE(sb.flat(eqx.nn.MLP(2, 2, 4, 1,
-                                                               key=jax.random.key(1))))(
-        sb.flat(eqx.nn.MLP(2, 2, 4, 1, key=jax.random.key(1))).theta0, np.ones(2),
-        np.linspace(0.0, 1.0, 3)),
-}
-
+    "scipy_objective args": lambda: sb.scipy_objective(lambda t, a: jnp.sum(t * a),
+                                                       np.ones(theta.size), dtype=jnp.float32),
+})
+node = sb.NeuralODE(lambda theta, y: theta * y)
+f32 = dict(theta=np.ones(2, np.float32), y0=np.ones(2, np.float32),
+           ts=np.linspace(0, 1, 3, dtype=np.float32))
+assert node(**f32).dtype == jnp.float32
+for name in f32:
+    checks[f"NeuralODE {name}"] = lambda name=name: node(**{**f32, name: f32[name].astype("f8")})
 
 def failures(checks):
     failed = []
@@ -77,29 +79,46 @@ def failures(checks):
     return failed
 
 
-print("OURS", failures(checks))
-print("OTHERS", failures(others))
+print("FAILED", failures(checks))
+# The error names the argument.
+for name in f32:
+    try:
+        node(**{**f32, name: f32[name].astype("f8")})
+    except TypeError as e:
+        print("NAMED", name, f"`{name}`" in str(e))
+# Defaults follow JAX's widest float: float32 with x64 off.
+print("COLLOCATION", sb.collocation_points(0.0, 1.0, 4).dtype)
+# Both SciPy routes, one float rule: float32, JAX's widest float with x64 off.
+seen = []
+def rec(t):
+    seen.append(str(t.dtype))
+    return jnp.sum((t - 1.0) ** 2)
+res = sb.minimize(rec, jnp.zeros(2), "scipy:BFGS", progress=False)
+sb.scipy_objective(rec).fun_and_jac(np.zeros(2))
+print("SCIPY", sorted(set(seen)), res.theta.dtype, np.allclose(res.theta, 1.0))
 """
 
 
 @pytest.fixture(scope="module")
 def x64_off_run(tmp_path_factory):
-    """One fresh process with x64 off runs every case; both tests read its report."""
+    """One fresh process with x64 off runs every case; the tests read its report."""
     path = str(tmp_path_factory.mktemp("x64") / "theta64.npz")
     _, re = sb.destructure({"w": jnp.zeros(3)})  # a float64 checkpoint (x64 is on here)
     sb.save(path, np.arange(3.0), re)
     proc = run_python(_CODE, env={"JAX_ENABLE_X64": "0", "SB_TEST_PATH": path})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = dict(line.split(" ", 1) for line in proc.stdout.splitlines()
-                 if line.startswith(("OURS ", "OTHERS ")))
-    return lines
+    return proc.stdout.splitlines()
 
 
 def test_float64_with_x64_off_is_a_clear_type_error_at_every_entry_point(x64_off_run):
-    assert x64_off_run["OURS"] == "[]", x64_off_run["OURS"]
+    assert "FAILED []" in x64_off_run, x64_off_run
 
 
-# strict: once helpers A (engine: `args=` of `sb.minimize`/`sb.least_squares`) and C
-# (`sb.NeuralODE` `y0`/`ts`) are merged this passes, XPASS fails, and the mark must go.
-def test_engine_and_neural_ode_inputs_refuse_float64_with_x64_off(x64_off_run):
-    assert x64_off_run["OTHERS"] == "[]", x64_off_run["OTHERS"]
+def test_the_error_names_the_neural_ode_argument(x64_off_run):
+    named = [line for line in x64_off_run if line.startswith("NAMED")]
+    assert named == ["NAMED theta True", "NAMED y0 True", "NAMED ts True"], x64_off_run
+
+
+def test_defaults_and_scipy_use_float32_with_x64_off(x64_off_run):
+    assert "COLLOCATION float32" in x64_off_run, x64_off_run
+    assert "SCIPY ['float32'] float32 True" in x64_off_run, x64_off_run
