@@ -183,16 +183,18 @@ def test_transforms_jit_grad_jvp_vmap_hessian(mlp):
     x = jnp.array([0.7])
     f = lambda th: re(th)(x)[0]
     assert_ulp_close(jax.jit(f)(theta), f(theta))  # jit vs eager: differently compiled
-    np.testing.assert_allclose(jax.grad(f)(theta), jax.jacfwd(f)(theta), rtol=1e-12)
+    # The transforms under `jit` (eager op-by-op dispatch of a Hessian costs seconds).
+    grad = jax.jit(jax.grad(f))(theta)
+    np.testing.assert_allclose(grad, jax.jit(jax.jacfwd(f))(theta), rtol=1e-12)
     tangent = jnp.ones_like(theta)
-    _, jvp = jax.jvp(f, (theta,), (tangent,))
-    np.testing.assert_allclose(jvp, jax.grad(f)(theta) @ tangent, rtol=1e-12)
+    _, jvp = jax.jit(lambda t: jax.jvp(f, (t,), (tangent,)))(theta)
+    np.testing.assert_allclose(jvp, grad @ tangent, rtol=1e-12)
     batch = jnp.stack([theta, 2 * theta, -theta])
-    out = jax.vmap(f)(batch)
+    out = jax.jit(jax.vmap(f))(batch)
     np.testing.assert_allclose(out, [f(t) for t in batch], rtol=1e-12)
-    hess = jax.hessian(f)(theta)
+    hess = jax.jit(jax.hessian(f))(theta)
     np.testing.assert_allclose(hess, hess.T, atol=1e-12)
-    np.testing.assert_allclose(hess[0], jax.jacfwd(jax.grad(f))(theta)[0], rtol=1e-12)
+    np.testing.assert_allclose(hess[0], jax.jit(jax.jacfwd(jax.grad(f)))(theta)[0], rtol=1e-12)
 
 
 def test_hessian_through_destructure_itself():
