@@ -43,10 +43,11 @@ def test_demo_quick_writes_the_pngs_prints_the_summary_and_each_example_meets_it
     assert ms["losses"].shape == ms["separate_losses"].shape == (2,)
     assert poisson["n_params"] == 2 * 32 + 32 + 32 + 1
 
-    # Spiral (width 16, 150 + 150 steps): ~5e-4 (the full run ~2e-6); Adam alone stays > 1e-1.
+    # Spiral (width 16, 150 + 150 steps): 5e-4..1.5e-3 depending on how XLA compiled it (the
+    # fit is chaotic in the last bits; the full run ~2e-6); Adam alone stays > 1e-1.
     spiral = result["spiral"]
     assert f"loss {spiral['loss']:.3e}" in text and "BFGS" in text
-    assert spiral["loss"] < 2e-3 < spiral["adam_loss"]
+    assert spiral["loss"] < 5e-3 and spiral["adam_loss"] > 1e-1
     assert spiral["theta"].dtype == jnp.float64
 
 
