@@ -41,19 +41,30 @@ def get_data(dataset_size: int, *, key, length: int = 100):
     return ts, coeffs, labels, ys[:, 0, :]
 
 
+class Field(eqx.Module):
+    """Diffrax's `Func`: the MLP's output as a `(hidden, channels)` matrix."""
+
+    mlp: eqx.nn.MLP
+    shape: tuple[int, int] = eqx.field(static=True)
+
+    def __call__(self, z):
+        return self.mlp(z).reshape(self.shape)
+
+
 class Classifier:
     """The three flat networks of Diffrax's `NeuralCDE` and the CDE, as `f(theta, ...)`."""
 
-    def __init__(self, data_size=3, hidden_size=8, width_size=128, depth=1, *, key):
+    def __init__(self, data_size=3, hidden_size=8, width_size=128, depth=1, *, key,
+                 stepsize_controller=CONTROLLER):
         ikey, fkey, lkey = jax.random.split(key, 3)
         self.initial = sb.flat(eqx.nn.MLP(data_size, hidden_size, width_size, depth, key=ikey))
-        self.func = sb.flat(eqx.nn.MLP(hidden_size, hidden_size * data_size, width_size, depth,
-                                       activation=jax.nn.softplus, final_activation=jnp.tanh,
-                                       key=fkey))  # fmt: skip
+        mlp = eqx.nn.MLP(hidden_size, hidden_size * data_size, width_size, depth,
+                         activation=jax.nn.softplus, final_activation=jnp.tanh, key=fkey)
+        self.func = sb.flat(Field(mlp, (hidden_size, data_size)))
         self.readout = sb.flat(eqx.nn.Linear(hidden_size, 1, key=lkey))
-        func, shape = self.func, (hidden_size, data_size)
-        self.cde = sb.NeuralCDE(lambda theta, z: func(theta, z).reshape(shape),
-                                stepsize_controller=CONTROLLER,
+        # The flat model itself, not a lambda around it: `sb.NeuralCDE` rebuilds a flat model
+        # into its network once per solve (a lambda would slice `theta` at every stage).
+        self.cde = sb.NeuralCDE(self.func, stepsize_controller=stepsize_controller,
                                 saveat=diffrax.SaveAt(t1=True))  # fmt: skip
 
     @property
