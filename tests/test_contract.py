@@ -12,6 +12,7 @@ import json
 import os
 import pathlib
 import shutil
+import signal
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -21,6 +22,7 @@ import pytest
 from helpers import run_python
 
 import sciml_bridge as sb
+from sciml_bridge._solvers._interrupt import catch_sigint
 
 
 _A = jnp.array([[1.0, 0.0], [-1.5, 3.0]])
@@ -162,7 +164,12 @@ _SIGINT = """
 import json, os, signal, jax, jax.numpy as jnp, optax
 jax.config.update("jax_enable_x64", True)
 import sciml_bridge as sb
+from sciml_bridge._solvers._interrupt import catch_sigint
 from test_contract import run, each
+
+# A process started by a pytest-xdist worker may inherit SIGINT as ignored (then Python leaves
+# `SIG_IGN` in place, seen once in CI): start from Python's own handler, as a terminal does.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 def callback(step, theta, value):
     os.kill(os.getpid(), signal.SIGINT)  # a real SIGINT, delivered while the run is driven
@@ -194,6 +201,20 @@ def test_one_sigint_returns_the_partial_result_for_every_backend():
         assert len(members) == int(case.split("/")[1])
         for interrupted, steps, finite in members:
             assert interrupted == "True" and finite and 0 <= steps < 50, case
+
+
+def test_an_ignored_sigint_stays_ignored():
+    # A background job (`cmd &` in a script) starts with SIGINT ignored; a run must not
+    # turn it back on.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with catch_sigint() as interrupt:
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGINT)
+        assert not interrupt
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _pythonpath() -> str:

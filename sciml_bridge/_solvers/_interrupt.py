@@ -5,8 +5,9 @@ while a chunk's donated state is in flight loses that state. So while a run is d
 only sets a flag; the host loop (or the SciPy callback) checks it between chunks/iterations
 and returns the partial result with `result=interrupted`. A second SIGINT raises
 `KeyboardInterrupt` as usual (for a loss that hangs). The previous handler is restored
-afterwards, and outside the main thread (where Python delivers no signals) nothing is
-installed.
+afterwards. Nothing is installed outside the main thread (where Python delivers no signals)
+or where SIGINT is ignored (a job started in the background by a shell): as Python itself,
+such a process keeps ignoring it.
 """
 
 import contextlib
@@ -32,7 +33,8 @@ class Interrupt:
 @contextlib.contextmanager
 def catch_sigint():
     flag = Interrupt()
-    if threading.current_thread() is not threading.main_thread():
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is signal.SIG_IGN):
         yield flag
         return
     previous = signal.signal(signal.SIGINT, flag._handler)
