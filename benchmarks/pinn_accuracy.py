@@ -76,15 +76,60 @@ def poisson(seed: int):
     return fm, problem, fm.theta0, _grid(0, 1, 200), exact
 
 
+def _helmholtz_exact(x):
+    return jnp.sin(A1 * jnp.pi * x[..., 0]) * jnp.sin(A2 * jnp.pi * x[..., 1])
+
+
+def _helmholtz_terms(x_in, x_bc) -> dict:
+    q = lambda x: (K**2 - (A1 * jnp.pi) ** 2 - (A2 * jnp.pi) ** 2) * _helmholtz_exact(x)
+    return {
+        "pde": (lambda u, x: u.laplacian(x)[0] + K**2 * u(x)[0] - q(x), x_in),
+        "boundary": (lambda u, x: u(x)[0], x_bc),
+    }
+
+
 def helmholtz(seed: int, n_points: int = 30):
-    exact = lambda x: jnp.sin(A1 * jnp.pi * x[..., 0]) * jnp.sin(A2 * jnp.pi * x[..., 1])
-    q = lambda x: (K**2 - (A1 * jnp.pi) ** 2 - (A2 * jnp.pi) ** 2) * exact(x)
     fm = sb.FlatMLP((2, 50, 50, 1), key=jax.random.key(seed), dtype=jnp.float64)
-    problem = sb.pinn(fm, {
-        "pde": (lambda u, x: u.laplacian(x)[0] + K**2 * u(x)[0] - q(x), _grid(-1, 1, n_points)),
-        "boundary": (lambda u, x: u(x)[0], _square_boundary(-1.0, 1.0, n_points)),
-    })  # fmt: skip
-    return fm, problem, fm.theta0, _grid(-1, 1, 200), exact
+    problem = sb.pinn(fm, _helmholtz_terms(_grid(-1, 1, n_points),
+                                           _square_boundary(-1.0, 1.0, n_points)))
+    return fm, problem, fm.theta0, _grid(-1, 1, 200), _helmholtz_exact
+
+
+class HelmholtzOnPoints:
+    """The Helmholtz residual with its collocation points as arguments,
+    `residual(theta, x_in, x_bc)`, and its per-point Jacobian, which `sb.least_squares` calls
+    with the same arguments: every round on new points reuses one compiled loop."""
+
+    def __init__(self, fm):
+        self.fm = fm
+
+    def __call__(self, theta, x_in, x_bc):
+        return sb.pinn(self.fm, _helmholtz_terms(x_in, x_bc)).residual(theta)
+
+    def residual_and_jacobian(self, theta, x_in, x_bc):
+        return sb.pinn(self.fm, _helmholtz_terms(x_in, x_bc)).residual.residual_and_jacobian(theta)
+
+
+def helmholtz_rounds(fm, theta, *, rounds: int, steps: int, n_points: int, n_boundary: int,
+                     seed: int, log=None, **options) -> list:
+    """`rounds` natural-gradient runs of up to `steps` steps from `theta`, each on new uniform
+    random points (`n_points` inside, `n_boundary` on the edges); returns the results (the
+    last holds the final `theta`). `log(step, theta, loss)` counts steps over all rounds."""
+    residual, results, done = HelmholtzOnPoints(fm), [], 0
+    for key in jax.random.split(jax.random.fold_in(jax.random.key(seed), 1), rounds):
+        k_in, k_bc = jax.random.split(key)
+        x_in = sb.collocation_points((-1.0, -1.0), (1.0, 1.0), n_points, sampling="random",
+                                     key=k_in, dtype=jnp.float64)
+        x_bc = sb.collocation_points((-1.0, -1.0), (1.0, 1.0), n_boundary, where="boundary",
+                                     sampling="random", key=k_bc, dtype=jnp.float64)
+        extra = {} if log is None else dict(
+            callback=lambda step, th, loss, done=done: log(done + step, th, loss))
+        res = sb.least_squares(residual, theta, "natural-gradient", args=(x_in, x_bc),
+                               max_steps=steps, tol=1e-14, progress=False, throw=False,
+                               **options, **extra)
+        results.append(res)
+        theta, done = res.theta, done + int(res.steps)
+    return results
 
 
 def _burgers_example():
@@ -112,12 +157,17 @@ STEPS = {
 }
 
 
+# Helmholtz natural gradient on resampled points (`helmholtz_rounds`).
+HELMHOLTZ_ROUNDS = dict(rounds=20, steps=50, n_points=1000, n_boundary=200)
+
+
 def contenders(problem: str) -> dict:
     n = STEPS[problem]
     schedule = optax.cosine_decay_schedule(1e-2, n["first"], alpha=1e-2)
     quasi = dict(max_steps=n["quasi"], tol=1e-14)
     second = dict(max_steps=n["second"], tol=1e-14)
     rounds = dict(rounds=8, steps=500) if problem == "burgers" else None
+    ng_rounds = HELMHOLTZ_ROUNDS if problem == "helmholtz" else None
     return {
         "adam": ("minimize", "adam", dict(max_steps=n["first"], learning_rate=schedule)),
         "lbfgs": ("minimize", "lbfgs", quasi),
@@ -131,6 +181,9 @@ def contenders(problem: str) -> dict:
         **({} if rounds is None else {
             "ssbfgs+resampling": ("rounds", "ssbfgs", rounds),
             "ssbroyden+resampling": ("rounds", "ssbroyden", rounds),
+        }),
+        **({} if ng_rounds is None else {
+            "natural-gradient+resampling": ("ng-rounds", "natural-gradient", ng_rounds),
         }),
     }
 
@@ -150,7 +203,11 @@ def run_one(name: str, method: str, seed: int, every: int = 0) -> dict:
             print(f"  {name} {method} seed {seed} step {step}: loss {loss:.3e}, rel. L2 "
                   f"{rel:.3e}, {time.process_time() - start:.0f} CPU s", flush=True)
         extra = dict(callback=log, chunk_size=every)
-    if verb == "rounds":
+    if verb == "ng-rounds":
+        log_options = dict(log=extra["callback"], chunk_size=every) if every else {}
+        runs = helmholtz_rounds(fm, theta0, seed=seed, **options, **log_options)
+        res = runs[-1]
+    elif verb == "rounds":
         runs = _burgers_example().resampled_rounds(fm, theta0, method=method_name, seed=seed,
                                                    progress=False, **options)
         res = runs[-1]
