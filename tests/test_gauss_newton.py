@@ -81,3 +81,25 @@ def test_a_residual_that_knows_its_jacobian_is_linearised_by_its_own_method():
     assert traced
     np.testing.assert_allclose(np.asarray(res.theta), np.linalg.lstsq(A, b, rcond=None)[0],
                                rtol=1e-12)
+
+
+def test_a_residual_that_knows_its_jacobian_gets_it_with_its_args():
+    # A PINN residual that takes its collocation points as `args` (resampled between runs
+    # without recompiling) keeps its structured Jacobian: it is called with the same args.
+    b = jnp.array([1.0, 2.0, 3.0])
+    seen = []
+
+    class KnownWithArgs:
+        def __call__(self, theta, A):
+            return A @ theta - b
+
+        def residual_and_jacobian(self, theta, A):
+            seen.append(A.shape)
+            return self(theta, A), A
+
+    A = jnp.array([[2.0, 0.0], [1.0, 1.0], [0.0, 3.0]])
+    res = sb.least_squares(KnownWithArgs(), jnp.zeros(2), "natural-gradient", args=(A,),
+                           max_steps=3, progress=False)
+    assert seen and all(shape == (3, 2) for shape in seen)  # traced with the args
+    np.testing.assert_allclose(np.asarray(res.theta), np.linalg.lstsq(A, b, rcond=None)[0],
+                               rtol=1e-12)
