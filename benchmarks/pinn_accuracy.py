@@ -6,6 +6,8 @@ A table over problems x methods x seeds, every method from the same initial weig
   sin(pi x) sin(pi y)` on the unit square, `sb.FlatMLP((2, 32, 1))` (129 parameters), a 30 x 30
   grid with edges inside plus 120 boundary points, each block scaled by `1/sqrt(N)`, relative
   L2 on a 200 x 200 grid, 300 steps for the second-order methods.
+  The `natural-gradient+ssbroyden` rows run natural gradient's step budget, then SSBroyden's
+  from where it stopped (steps: both counted).
 - Helmholtz 2-D (a1 = 1, a2 = 4, k = 1; "Curvature-Aware Optimization for High-Accuracy
   PINNs", arXiv 2604.05230): `Lap u + k^2 u = q` on `[-1, 1]^2`, exact `sin(pi x) sin(4 pi y)`,
   `sb.FlatMLP((2, 50, 50, 1))` (2,751 parameters), a 30 x 30 grid with edges plus 120
@@ -190,6 +192,9 @@ def contenders(problem: str) -> dict:
             "natural-gradient-grid60": ("least_squares", "natural-gradient",
                                         dict(max_steps=80, tol=1e-14)),
         }),
+        # Natural gradient, then SSBroyden from where it stops: the truncated pseudo-inverse
+        # leaves the directions of tiny singular values, where quasi-Newton curvature helps.
+        "natural-gradient+ssbroyden": ("then", "ssbroyden", dict(first=second, then=quasi)),
         **({} if rounds is None else {
             "ssbfgs+resampling": ("rounds", "ssbfgs", rounds),
             "ssbroyden+resampling": ("rounds", "ssbroyden", rounds),
@@ -220,6 +225,12 @@ def run_one(name: str, method: str, seed: int, every: int = 0) -> dict:
         log_options = dict(log=extra["callback"], chunk_size=every) if every else {}
         runs = helmholtz_rounds(fm, theta0, seed=seed, **options, **log_options)
         res = runs[-1]
+    elif verb == "then":
+        first = sb.least_squares(problem.residual, theta0, "natural-gradient", progress=False,
+                                 throw=False, **options["first"])
+        res = sb.minimize(problem.loss, first.theta, method_name, progress=False, throw=False,
+                          **options["then"], **extra)
+        runs = [first, res]
     elif verb == "rounds":
         runs = _burgers_example().resampled_rounds(fm, theta0, method=method_name, seed=seed,
                                                    progress=False, **options)
