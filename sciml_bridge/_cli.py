@@ -1,7 +1,7 @@
 """The `sciml-bridge` console script: `demo` (the main job) and `bench`.
 
-`sciml-bridge demo` trains the 2-D Poisson PINN (Adam baseline, SSBroyden, natural gradient) and the
-neural-ODE spiral, writes their PNGs into `out/` and prints one summary table. `sciml-bridge bench`
+`sciml-bridge demo` trains the 2-D Poisson PINN (Adam baseline, SSBroyden, natural gradient, natural
+gradient then SSBroyden) and the neural-ODE spiral, writes their PNGs into `out/` and prints one summary table. `sciml-bridge bench`
 runs the scripts in `benchmarks/` and prints their tables. Both run the scripts of the source
 checkout (the examples and benchmarks are not part of the installed wheel), through each
 script's public `main(...)`.
@@ -94,7 +94,8 @@ def demo(out_dir: str = "out", quick: bool = False, progress: bool = True) -> di
     poisson = load_script("examples/pinn/poisson_2d.py")
     spiral = load_script("examples/neural_ode/spiral.py")
     settings = dict(_QUICK_POISSON) if quick else {}
-    print("== 2-D Poisson PINN: Adam baseline vs SSBroyden and natural gradient ==", flush=True)
+    print("== 2-D Poisson PINN: Adam baseline vs SSBroyden and natural gradient (then "
+          "SSBroyden) ==", flush=True)
     result = _call_main(poisson, out_dir=out_dir, plot=True, progress=progress, **settings)
     rows = [
         ("Poisson 2-D PINN", method, f"rel. L2 {r['rel_l2']:.2e}", r["time"])

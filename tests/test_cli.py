@@ -26,15 +26,21 @@ def test_demo_quick_writes_the_pngs_prints_the_summary_and_each_example_meets_it
     assert "| problem | method | error / loss | time (s) |" in text
     for row in ("| Poisson 2-D PINN | adam |", "| Poisson 2-D PINN | ssbroyden |",
                 "| Poisson 2-D PINN | natural-gradient |",
+                "| Poisson 2-D PINN | natural-gradient+ssbroyden |",
                 "| Poisson 2-D PINN | natural-gradient, best of 2 starts as one ensemble (2 "
                 "separate runs: ", "| neural ODE spiral | adam+bfgs | loss "):
         assert row in text, row
-    assert len(result["rows"]) == 5
+    assert len(result["rows"]) == 6
 
     # Poisson (10x10 grid): natural gradient beats Adam by orders of magnitude.
     poisson = result["poisson"]
     adam, ng = poisson["methods"]["adam"], poisson["methods"]["natural-gradient"]
-    assert set(poisson["methods"]) == {"adam", "ssbroyden", "natural-gradient"}
+    assert set(poisson["methods"]) == {"adam", "ssbroyden", "natural-gradient",
+                                       "natural-gradient+ssbroyden"}
+    # The chained run starts where natural gradient stopped; a line search only descends.
+    both = poisson["methods"]["natural-gradient+ssbroyden"]
+    assert both["loss"] <= ng["loss"] and both["steps"] >= ng["steps"]
+    assert both["history"][ng["steps"]] == ng["loss"]
     assert ng["rel_l2"] < 1e-3, ng["rel_l2"]
     assert ng["rel_l2"] < adam["rel_l2"] / 100
     ms = poisson["multi_start"]
