@@ -1,10 +1,10 @@
 """The `sciml-bridge` console script: `demo` (the main job) and `bench`.
 
-`sciml-bridge demo` trains the 2-D Poisson PINN (Adam baseline, SSBroyden, natural gradient, natural
-gradient then SSBroyden) and the neural-ODE spiral, writes their PNGs into `out/` and prints one summary table. `sciml-bridge bench`
-runs the scripts in `benchmarks/` and prints their tables. Both run the scripts of the source
-checkout (the examples and benchmarks are not part of the installed wheel), through each
-script's public `main(...)`.
+`sciml-bridge demo` trains the 2-D Poisson PINN (Adam baseline, SSBroyden, natural gradient,
+natural gradient then SSBroyden) and the neural-ODE spiral, writes their PNGs into `out/` and
+prints one summary table. `sciml-bridge bench` runs the scripts in `benchmarks/` and prints
+their tables. Both run the scripts of the source checkout (the examples and benchmarks are not
+part of the installed wheel), through each script's public `main(...)`.
 """
 
 import argparse
