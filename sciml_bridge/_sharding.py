@@ -185,3 +185,26 @@ def members_sharding(theta) -> NamedSharding | None:
     if isinstance(sharding, NamedSharding) and theta.ndim == 2 and sharding.spec[:1] == (MEMBERS,):
         return NamedSharding(sharding.mesh, PartitionSpec(MEMBERS))
     return None
+
+
+def member_layout(theta0) -> str | Mesh | None:
+    """How the driver runs the members of `theta0` (static, chosen once per run).
+
+    `None` for one run (1-D `theta0`); `"vmap"` for an ensemble on one device or on an
+    accelerator; on a CPU mesh of several devices, members one after another on each device:
+    `"map"` when every device holds all of them, or the mesh itself when they are split over
+    its `"members"` axis (a `shard_map` over that axis, members mapped inside). CPU devices
+    must not batch: jaxlib's batched LAPACK kernels (`eigh`, `qr`, `lu`, triangular solves,
+    `svd`) spread a batch over the same intra-op thread pool the devices run on, and with as
+    many devices as threads every thread waits for work none is free to do (measured with
+    jax 0.10.2 on 2 CPU devices and 2 cores: natural gradient, Levenberg-Marquardt and dogleg
+    on a 4-member ensemble never finished a step)."""
+    if theta0.ndim != 2:
+        return None
+    devices = getattr(getattr(theta0, "sharding", None), "device_set", set())
+    if len(devices) < 2 or any(d.platform != "cpu" for d in devices):
+        return "vmap"
+    split = members_sharding(theta0)
+    mesh = None if split is None else split.mesh
+    return mesh if isinstance(mesh, Mesh) else "map"
+

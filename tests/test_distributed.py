@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import run_python
 
 import sciml_bridge as sb
 from sciml_bridge import _distributed
@@ -132,3 +133,44 @@ def test_members_axis_splits_theta_and_leaves_data_whole():
     both = jax.make_mesh((1, 1), ("members", "data"))  # members and data parallelism
     placed, (xs,) = place(thetas, (x,), both, "sb.minimize")
     assert tuple(placed.sharding.spec) == ("members",) and tuple(xs.sharding.spec) == ("data",)
+
+
+_LAPACK_ENSEMBLE = """
+import os
+if hasattr(os, "sched_setaffinity"):  # 2 CPUs: XLA's intra-op pool gets 2 threads, one a device
+    os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:2])
+import jax, jax.numpy as jnp, numpy as np
+jax.config.update("jax_enable_x64", True)
+import sciml_bridge as sb
+
+A = jax.random.normal(jax.random.key(0), (120, 96)) / 10
+b = jax.random.normal(jax.random.key(1), (120,))
+
+def residual(th):  # 96 parameters: big enough that jaxlib splits a batched factorisation
+    return A @ th + 0.1 * jnp.sin(th).sum() - b
+
+thetas = jax.random.normal(jax.random.key(2), (4, 96))
+for axis in ("members", "data"):
+    mesh = jax.make_mesh((2,), (axis,))
+    for method in ("natural-gradient", "lm"):  # eigh; Lineax's QR
+        kw = dict(max_steps=4, progress=False, throw=False)
+        res = sb.least_squares(residual, thetas, method, mesh=mesh, **kw)
+        for i in range(4):
+            ref = sb.least_squares(residual, thetas[i], method, **kw)
+            np.testing.assert_allclose(res[i].theta, ref.theta, rtol=1e-9, atol=1e-12)
+            assert res[i].steps == ref.steps, (axis, method, i)
+        spec = tuple(res.theta.sharding.spec)
+        assert spec == ((axis,) if axis == "members" else ()), spec
+print("ok")
+"""
+
+
+@pytest.mark.slow
+def test_ensembles_with_factorisations_finish_on_as_many_cpu_devices_as_threads():
+    # jax 0.10.2: a batched LAPACK call (eigh, QR, ...) on a CPU device spreads its batch over
+    # the intra-op thread pool the devices themselves run on. With 2 devices and 2 threads,
+    # a 4-member ensemble on a 2-device mesh never finished (LM and natural gradient).
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2"
+    proc = run_python(_LAPACK_ENSEMBLE, env={"XLA_FLAGS": flags.strip()}, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().endswith("ok")

@@ -5,7 +5,9 @@ each one `eqx.filter_jit`. A chunk is a `lax.while_loop` of at most `n` steps (a
 scalar, so the last, shorter chunk never retraces) that stops at the first step that is not
 `RESULTS.successful` or says `done`. For an ensemble the loop is `jax.vmap`ped over members: a
 batched `while_loop` runs while any member runs and freezes the carry of the others, so each
-member keeps its own last good `theta` and a failing member leaves the others untouched.
+member keeps its own last good `theta` and a failing member leaves the others untouched. On a
+CPU mesh of several devices the members run one after another on each device instead (see
+`member_layout`): each keeps its own loop, and no batched LAPACK call can deadlock the devices.
 
 Solver states may hold jaxprs next to arrays (Optimistix linearisations): only the array part
 crosses the `jit` boundary; the static part is computed once at `init` and handed back
@@ -18,7 +20,9 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from .._sharding import MEMBERS
 from ._stepper import RESULTS
 
 
@@ -52,10 +56,46 @@ def _loop(stepper, args, static, dynamic, good_theta, good_loss, active, n, chun
     return dynamic, (good_theta, good_loss, result._value, done, i, hist)
 
 
-def _member_axis(batched: bool, fn, in_axes):
-    """`fn` vmapped over members, or called plainly with a member axis added to its output."""
-    if batched:
+def _one_by_one(fn, in_axes):
+    """`fn` mapped over the leading member axis with `lax.map`: one member at a time."""
+
+    def mapped(*xs):
+        def one(rows):
+            it = iter(rows)
+            return fn(*[x if a is None else next(it) for x, a in zip(xs, in_axes)])
+
+        return jax.lax.map(one, [x for x, a in zip(xs, in_axes) if a is not None])
+
+    return mapped
+
+
+def _per_device(mesh: Mesh, fn, in_axes):
+    """`fn` over members split over the `"members"` axis of `mesh`: viewed as `(devices,
+    members per device)`, vmapped over the first axis (one slice, so a batch of 1, per device)
+    and mapped one member at a time over the second, on each device without communication."""
+    devices = mesh.shape[MEMBERS]
+    spread = NamedSharding(mesh, PartitionSpec(MEMBERS))
+    inner = jax.vmap(_one_by_one(fn, in_axes), in_axes=in_axes)
+
+    def fold(y):
+        return jax.lax.with_sharding_constraint(y.reshape(devices, -1, *y.shape[1:]), spread)
+
+    def split(*xs):
+        xs = [x if a is None else jtu.tree_map(fold, x) for x, a in zip(xs, in_axes)]
+        return jtu.tree_map(lambda y: y.reshape(-1, *y.shape[2:]), inner(*xs))
+
+    return split
+
+
+def _member_axis(layout: str | Mesh | None, fn, in_axes):
+    """`fn` over members as `layout` says (`member_layout`): vmapped, mapped, mapped on each
+    device of a members mesh, or (`None`) called plainly with a member axis added."""
+    if layout == "vmap":
         return jax.vmap(fn, in_axes=in_axes)
+    if layout == "map":
+        return _one_by_one(fn, in_axes)
+    if isinstance(layout, Mesh):
+        return _per_device(layout, fn, in_axes)
 
     def plain(*xs):
         xs = [x if a is None else jtu.tree_map(lambda y: y[0], x) for x, a in zip(xs, in_axes)]
@@ -77,12 +117,12 @@ def _init_one(stepper, args, theta):
 
 
 @eqx.filter_jit
-def init_members(stepper, args, theta0, batched: bool):
-    """`(dynamic, static, good_theta, nan_losses)` for `theta0` (`(members, n)` when
-    `batched`, else one `(n,)` run): the array part of every member's state (leading member
-    axis), the static part shared by all, the start as the first "last good" point (a fresh
-    buffer: the state is donated later, the user's `theta0` never is), and "no good loss yet"
-    placeholders."""
+def init_members(stepper, args, theta0, layout: str | Mesh | None):
+    """`(dynamic, static, good_theta, nan_losses)` for `theta0` (`(members, n)` for an
+    ensemble, one `(n,)` run when `layout` is `None`): the array part of every member's state
+    (leading member axis), the static part shared by all, the start as the first "last good"
+    point (a fresh buffer: the state is donated later, the user's `theta0` never is), and "no
+    good loss yet" placeholders."""
     static_box = []
 
     def one(t):
@@ -91,8 +131,8 @@ def init_members(stepper, args, theta0, batched: bool):
         static_box.append(static)
         return _strong(dynamic), nan, t
 
-    thetas = theta0 if batched else theta0[None]
-    dynamic, nan, good = _member_axis(batched, one, (0,))(thetas)
+    thetas = theta0 if layout is not None else theta0[None]
+    dynamic, nan, good = _member_axis(layout, one, (0,))(thetas)
     return dynamic, static_box[0], good, nan
 
 
@@ -100,16 +140,16 @@ def init_members(stepper, args, theta0, batched: bool):
 def run_chunk(keep, dynamic):
     """At most `n` steps for every active member. Only the solver state is donated, so the
     last good `theta` survives a failure or Ctrl-C while the chunk runs."""
-    stepper, args, static, good_theta, good_loss, active, n, chunk, batched = keep
+    stepper, args, static, good_theta, good_loss, active, n, chunk, layout = keep
 
     def one(dynamic, good_theta, good_loss, active):
         return _loop(stepper, args, static, dynamic, good_theta, good_loss, active, n, chunk)
 
-    return _member_axis(batched, one, (0, 0, 0, 0))(dynamic, good_theta, good_loss, active)
+    return _member_axis(layout, one, (0, 0, 0, 0))(dynamic, good_theta, good_loss, active)
 
 
 @eqx.filter_jit
-def final_members(stepper, args, static, dynamic, batched: bool):
+def final_members(stepper, args, static, dynamic, layout: str | Mesh | None):
     """The current `theta` of every member, the loss there and the model state (`None`
     unless the loss is stateful). For a single run `theta` and the model state are returned
     without the member axis, ready to hand back as `res.theta` and `res.state`."""
@@ -118,8 +158,8 @@ def final_members(stepper, args, static, dynamic, batched: bool):
         state = eqx.combine(dynamic, static)
         return stepper.theta(state), stepper.value_of(state, args), stepper.model_state(state)
 
-    theta, loss, model = _member_axis(batched, one, (0,))(dynamic)
-    if not batched:
+    theta, loss, model = _member_axis(layout, one, (0,))(dynamic)
+    if layout is None:
         theta, model = theta[0], jtu.tree_map(lambda x: x[0], model)
     return theta, loss, model
 
@@ -131,6 +171,6 @@ def model_states(stepper, static, dynamic):
 
 
 @eqx.filter_jit
-def values_at(stepper, args, thetas, batched: bool):
+def values_at(stepper, args, thetas, layout: str | Mesh | None):
     """The loss of every member at `thetas` (for a run stopped before its first step)."""
-    return _member_axis(batched, lambda t: stepper.value(t, args), (0,))(thetas)
+    return _member_axis(layout, lambda t: stepper.value(t, args), (0,))(thetas)

@@ -29,7 +29,7 @@ import numpy as np
 from .._distributed import host, local
 from .._progress import Progress
 from .._result import RESULTS, EnsembleSolution, Solution, finish, raise_if_failed, result_at
-from .._sharding import members_sharding
+from .._sharding import member_layout, members_sharding
 from . import _checkpoint
 from ._fused import final_members, init_members, model_states, run_chunk, values_at
 from ._interrupt import catch_sigint
@@ -76,10 +76,11 @@ def first_line(e: Exception) -> str:
 class _Driver:
     def __init__(self, stepper: AbstractStepper, theta0, args: tuple, run: Run, batched: bool):
         self.stepper, self.args, self.run, self.batched = stepper, args, run, batched
+        self.layout = member_layout(theta0)
         self.members = [_Member([]) for _ in range(theta0.shape[0] if batched else 1)]
         self.warned, self.active = False, (None, None)
         self.dynamic, self.static, self.good_theta, self.good_loss = init_members(
-            stepper, args, theta0, batched
+            stepper, args, theta0, self.layout
         )
         self.sharding = members_sharding(theta0)
         self._split_members(self.sharding, theta0.shape[0])
@@ -185,7 +186,7 @@ class _Driver:
             n = min(run.chunk, run.max_steps - running[0].steps)
             active = self._active()
             keep = (self.stepper, self.args, self.static, self.good_theta, self.good_loss,
-                    active, jnp.asarray(n), run.chunk, self.batched)  # fmt: skip
+                    active, jnp.asarray(n), run.chunk, self.layout)  # fmt: skip
             if self.stateful:
                 self.kept_state = model_states(self.stepper, self.static, self.dynamic)
             dynamic, self.dynamic = self.dynamic, None  # donated: gone if the chunk fails
@@ -206,7 +207,7 @@ class _Driver:
         final, self.model = None, self.kept_state
         if self.dynamic is not None:
             theta, loss, self.model = final_members(self.stepper, self.args, self.static,
-                                                    self.dynamic, self.batched)  # fmt: skip
+                                                    self.dynamic, self.layout)  # fmt: skip
             final = (local(theta), np.asarray(host(loss), dtype=np.float64))  # theta stays put
         elif self.model is not None and not self.batched:
             self.model = jtu.tree_map(lambda x: x[0], self.model)
@@ -219,7 +220,7 @@ class _Driver:
         """A member stopped before any step finished keeps `theta0`: report its loss there
         (`loss == loss(theta)`), unless evaluating it fails too."""
         try:
-            start = values_at(self.stepper, self.args, self.good_theta, self.batched)
+            start = values_at(self.stepper, self.args, self.good_theta, self.layout)
             start = np.asarray(host(start), dtype=np.float64)
         except _RUNTIME_ERRORS:
             return losses
