@@ -19,8 +19,9 @@ test: $(STAMP)
 	$(VENV)/bin/pyright --pythonpath $(PY) sciml_bridge
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
+# One LAPACK thread: the demo's multi-start runs on every core (see examples/pinn/poisson_2d.py).
 demo: $(STAMP)
-	$(VENV)/bin/sciml-bridge demo
+	OPENBLAS_NUM_THREADS=1 $(VENV)/bin/sciml-bridge demo
 
 # The site goes to site/; the demo runs first so the examples page shows real figures.
 docs: $(STAMP)
