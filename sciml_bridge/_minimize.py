@@ -138,7 +138,9 @@ def minimize(
         process, checkpoints are written once (process 0) and resumed by all, the progress
         bar is drawn by process 0, callbacks run everywhere. Results agree with a
         single-device run to rounding (the reduction order differs); quasi-Newton line
-        searches can amplify that over many steps.
+        searches can amplify that over many steps. On CPU devices an ensemble's members run
+        one at a time on each device (not batched): a multi-core CPU then trains its share
+        of the starts on every core, e.g. after `jax.config.update("jax_num_cpu_devices", 2)`.
     - `state`: the model state of a stateful loss (`fm.init_state()`: an `eqx.nn.State`
         of BatchNorm statistics, Flax Linen `batch_stats`, a Flax NNX state with BatchNorm
         statistics and `nnx.Rngs` streams). Step `k` evaluates `loss(theta_k, state_k,
