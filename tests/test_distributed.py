@@ -21,6 +21,7 @@ from helpers import run_python
 import sciml_bridge as sb
 from sciml_bridge import _distributed
 from sciml_bridge._sharding import members_sharding, place
+from sciml_bridge._solvers._cpu_pool import batched_lapack
 from sciml_bridge.launch import launch, main
 
 
@@ -136,12 +137,14 @@ def test_members_axis_splits_theta_and_leaves_data_whole():
 
 
 _LAPACK_ENSEMBLE = """
-import os
+import os, warnings
 if hasattr(os, "sched_setaffinity"):  # 2 CPUs: XLA's intra-op pool gets 2 threads, one a device
     os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:2])
+os.environ.pop("NPROC", None), os.environ.pop("PORTABLE_NPROC", None)
 import jax, jax.numpy as jnp, numpy as np
 jax.config.update("jax_enable_x64", True)
 import sciml_bridge as sb
+warnings.simplefilter("error", RuntimeWarning)  # the driver's own factorisations: no warning
 
 A = jax.random.normal(jax.random.key(0), (120, 96)) / 10
 b = jax.random.normal(jax.random.key(1), (120,))
@@ -174,6 +177,20 @@ for axis in ("members", "data"):
     for a, b in zip(res, ref):
         assert a.result is b.result and a.steps == b.steps, (axis, a, b)
         np.testing.assert_allclose(a.theta, b.theta, rtol=1e-12, atol=1e-14)
+
+# A loss that batches a factorisation itself (a vmapped solve over the data split across the
+# devices) is warned about before it runs; this one is too small for jaxlib to split, so it
+# finishes. With NPROC=4 in the environment it would not be warned about.
+X = jax.random.normal(jax.random.key(3), (8, 3, 3))
+def solve_loss(th, X):
+    A = X @ jnp.swapaxes(X, 1, 2) + (1.0 + th[0] ** 2) * jnp.eye(3)
+    return jnp.mean(jnp.linalg.solve(A, jnp.ones((8, 3, 1))) ** 2)
+warnings.simplefilter("always", RuntimeWarning)
+with warnings.catch_warnings(record=True) as caught:
+    sb.minimize(solve_loss, jnp.ones(1), "adam", args=(X,), mesh=jax.make_mesh((2,), ("data",)),
+                max_steps=2, progress=False)
+messages = [str(w.message) for w in caught if w.category is RuntimeWarning]
+assert len(messages) == 1 and "`lu`" in messages[0] and "NPROC=4" in messages[0], messages
 print("ok")
 """
 
@@ -188,3 +205,15 @@ def test_ensembles_with_factorisations_finish_on_as_many_cpu_devices_as_threads(
     proc = run_python(_LAPACK_ENSEMBLE, env={"XLA_FLAGS": flags.strip()}, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().endswith("ok")
+
+
+def test_batched_lapack_is_found_inside_nested_jaxprs_and_only_when_batched():
+    a = jnp.eye(3) + 0.1
+    one = lambda a: jnp.linalg.solve(a, jnp.ones(3))
+    many = jax.vmap(one)
+    in_loop = lambda x: jax.lax.fori_loop(0, 2, lambda i, y: y + many(y).sum(), x)
+    assert batched_lapack(jax.make_jaxpr(one)(a).jaxpr) is None
+    assert batched_lapack(jax.make_jaxpr(many)(jnp.stack([a, a])).jaxpr) == "lu"
+    assert batched_lapack(jax.make_jaxpr(in_loop)(jnp.stack([a, a])).jaxpr) == "lu"
+    eigh = jax.vmap(lambda a: jnp.linalg.eigh(a)[0])
+    assert batched_lapack(jax.make_jaxpr(eigh)(jnp.stack([a, a])).jaxpr) == "eigh"

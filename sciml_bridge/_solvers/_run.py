@@ -31,6 +31,7 @@ from .._progress import Progress
 from .._result import RESULTS, EnsembleSolution, Solution, finish, raise_if_failed, result_at
 from .._sharding import member_layout, members_sharding
 from . import _checkpoint
+from ._cpu_pool import warn_if_pool_starves
 from ._fused import final_members, init_members, model_states, run_chunk, values_at
 from ._interrupt import catch_sigint
 from ._setup import Run
@@ -276,6 +277,7 @@ class _Driver:
 def drive(stepper: AbstractStepper, theta0, args: tuple, run: Run):
     """Run `stepper` from `theta0` (1-D: one run; 2-D: one member per row) under `run`."""
     batched = theta0.ndim == 2
+    warn_if_pool_starves(stepper, theta0, args, run.where)
     with Progress(run.max_steps, run.progress, run.where) as bar, catch_sigint() as interrupt:
         driver = _Driver(stepper, theta0, args, run, batched)
         try:
