@@ -193,7 +193,7 @@ def member_layout(theta0) -> str | Mesh | None:
     `None` for one run (1-D `theta0`); `"vmap"` for an ensemble on one device or on an
     accelerator; on a CPU mesh of several devices, members one after another on each device:
     `"map"` when every device holds all of them, or the mesh itself when they are split over
-    its `"members"` axis (a `shard_map` over that axis, members mapped inside). CPU devices
+    its `"members"` axis (each device maps over its own members). CPU devices
     must not batch: jaxlib's batched LAPACK kernels (`eigh`, `qr`, `lu`, triangular solves,
     `svd`) spread a batch over the same intra-op thread pool the devices run on, and with as
     many devices as threads every thread waits for work none is free to do (measured with
@@ -207,4 +207,3 @@ def member_layout(theta0) -> str | Mesh | None:
     split = members_sharding(theta0)
     mesh = None if split is None else split.mesh
     return mesh if isinstance(mesh, Mesh) else "map"
-
