@@ -153,15 +153,14 @@ def residual(th):  # 96 parameters: big enough that jaxlib splits a batched fact
     return A @ th + 0.1 * jnp.sin(th).sum() - b
 
 thetas = jax.random.normal(jax.random.key(2), (4, 96))
-for axis in ("members", "data"):
-    mesh = jax.make_mesh((2,), (axis,))
-    for method in ("natural-gradient", "lm"):  # eigh; Lineax's QR
-        kw = dict(max_steps=4, progress=False, throw=False)
-        res = sb.least_squares(residual, thetas, method, mesh=mesh, **kw)
-        for i in range(4):
-            ref = sb.least_squares(residual, thetas[i], method, **kw)
-            np.testing.assert_allclose(res[i].theta, ref.theta, rtol=1e-9, atol=1e-12)
-            assert res[i].steps == ref.steps, (axis, method, i)
+kw = dict(max_steps=4, progress=False, throw=False)
+for method in ("natural-gradient", "lm"):  # eigh; Lineax's QR
+    refs = [sb.least_squares(residual, theta, method, **kw) for theta in thetas]
+    for axis in ("members", "data"):
+        res = sb.least_squares(residual, thetas, method, mesh=jax.make_mesh((2,), (axis,)), **kw)
+        for got, ref in zip(res, refs):
+            np.testing.assert_allclose(got.theta, ref.theta, rtol=1e-9, atol=1e-12)
+            assert got.steps == ref.steps, (axis, method)
         spec = tuple(res.theta.sharding.spec)
         assert spec == ((axis,) if axis == "members" else ()), spec
 
@@ -174,9 +173,9 @@ ref = sb.minimize(nan_loss, starts, "adam", **kw)
 assert ref[0].result is sb.RESULTS.nonfinite and 0 < ref[0].steps < 50, ref[0]
 for axis in ("members", "data"):
     res = sb.minimize(nan_loss, starts, "adam", mesh=jax.make_mesh((2,), (axis,)), **kw)
-    for a, b in zip(res, ref):
-        assert a.result is b.result and a.steps == b.steps, (axis, a, b)
-        np.testing.assert_allclose(a.theta, b.theta, rtol=1e-12, atol=1e-14)
+    for got, want in zip(res, ref):
+        assert got.result is want.result and got.steps == want.steps, (axis, got, want)
+        np.testing.assert_allclose(got.theta, want.theta, rtol=1e-12, atol=1e-14)
 
 # A loss that batches a factorisation itself (a vmapped solve over the data split across the
 # devices) is warned about before it runs; this one is too small for jaxlib to split, so it
