@@ -24,9 +24,9 @@ the member with the lowest loss is kept (`res.best`). The same 8 starts are also
 separate runs, and both are timed and their ratio printed. On a CPU the ensemble is split over
 the cores: run as a script (or by `make demo`), it asks JAX for one CPU device per core and
 passes `mesh=` with a `"members"` axis, so each core trains its share of the starts (on 2 cores
-8 starts cost 0.51-0.67x of the time of 8 runs, measured after compiling). On one device an
-ensemble is no cheaper than separate runs on a CPU: each member's step is compute-bound
-already, so batching saves only dispatches.
+8 starts cost 0.51-0.77x of the time of 8 runs, median 0.64, measured after compiling). On one
+device an ensemble is no cheaper than separate runs on a CPU: each member's step is
+compute-bound already, so batching saves only dispatches.
 
 With the defaults Adam stops near 1e-3, SSBroyden near 1e-5..1e-6 and natural gradient (alone
 or followed by SSBroyden) near 1e-7 relative L2 (seed-dependent; `benchmarks/pinn_accuracy.py`
@@ -42,7 +42,7 @@ from pathlib import Path
 
 # One LAPACK thread (read by OpenBLAS when it loads, so before NumPy/JAX are imported): with
 # the multi-start's starts on every core, OpenBLAS threads that spin-wait for a core took the
-# ensemble on 2 cores from 0.51-0.67x of the time of 8 separate runs to 0.93-0.97x.
+# ensemble on 2 cores from about 0.6x of the time of 8 separate runs to 0.93-0.97x.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import jax  # noqa: E402
