@@ -139,8 +139,10 @@ def least_squares(
     `"gauss-newton"` (default) and `"natural-gradient"` run one truncated Gauss-Newton step,
     which for this loss equals energy natural gradient (Mueller & Zeinhofer, ICML 2023): the
     direction `-pinv(J) r` with singular values below `rcond * sigma_max` cut off, the best of
-    the step sizes `2^-k`, k = 0..30, evaluated in one `vmap`, no damping; the run stops when no
-    step lowers the loss. It is what takes PINNs to 1e-7.
+    the step sizes `2^-k`, k = 0..30, evaluated in one `vmap`, no damping. It is what takes
+    PINNs to 1e-7. When no step size lowers the loss before `tol` is met, the run stops with
+    `success=False` and `result=sb.RESULTS.stalled` (the Gauss-Newton model is wrong there;
+    the run is not at a minimum), returning the last point reached.
 
     !!! example
 
@@ -163,9 +165,9 @@ def least_squares(
     - `jac`: `"auto"` (default: forward mode, or reverse when the residual holds a
         `jax.custom_vjp` such as a default-adjoint Diffrax solve; for dense Jacobians the
         cheaper mode by shape), `"fwd"` or `"bwd"`.
-    - `tol`: stopping tolerance (Gauss-Newton: gradient max-norm, relative loss decrease and
-        relative step; Optimistix: `rtol=atol`; SciPy: `xtol=ftol=gtol`). Default 1e-8 in
-        float64, 1e-4 in float32.
+    - `tol`: stopping tolerance (Gauss-Newton: gradient max-norm, or the relative loss
+        decrease its model predicts, `0.5 |U_k^T r|^2 / loss`; Optimistix: `rtol=atol`;
+        SciPy: `xtol=ftol=gtol`). Default 1e-8 in float64, 1e-4 in float32.
     - `**options`: Gauss-Newton / natural gradient `rcond=` (cutoffs relative to the largest
         singular value, default `(1e-7, 1e-8)`, all tried in the line search), `solver=`
         (`"auto"`: the Gramian `J^T J` for tall `J`, the kernel `J J^T` for wide, matrix-free

@@ -77,6 +77,10 @@ def minimize(
     - budget used up: returns, never raises, whatever `throw`. With a stopping rule that was
         not met: `success=False`, `result=sb.RESULTS.max_steps_reached`. Without one (Optax
         methods without `tol`): `success=True`, and the message says the budget ran out.
+    - stalled (`"ssbfgs"`/`"ssbroyden"`, and Gauss-Newton in `sb.least_squares`): the line
+        search cannot lower the loss before `tol` is met. Returns, never raises:
+        `success=False`, `result=sb.RESULTS.stalled`, `theta` the last point reached (SciPy
+        reports the same case as "precision loss").
     - non-finite loss, solver breakdown, runtime error inside the loss (`eqx.error_if`, a
         failing Diffrax solve): `throw=True` raises `sb.OptimizationError` (or its subclass
         `sb.NonFiniteLossError`) carrying the last good `theta`; `throw=False` returns it.
@@ -113,7 +117,9 @@ def minimize(
     - `args`: a tuple of extra arguments passed to `loss` (default `()`).
     - `max_steps`: step budget (default 1000).
     - `tol`: gradient-norm tolerance (Optax; default `None` runs the whole budget, except
-        `"lbfgs"`), `rtol=atol` (Optimistix), or SciPy's `tol`. `None` means 1e-8 in float64,
+        `"lbfgs"`; `"ssbfgs"`/`"ssbroyden"`: gradient max-norm, or the relative decrease
+        `-0.5 g.p / |f|` their quadratic model predicts), `rtol=atol` (Optimistix), or SciPy's
+        `tol`. `None` means 1e-8 in float64,
         1e-4 in float32 where a default is needed.
     - `progress`: tqdm bar with the loss between chunks (off when stderr is not a terminal).
     - `callback`: `callback(step, theta, loss)` between chunks (SciPy: every iteration), with

@@ -22,7 +22,7 @@ class RESULTS(eqxi.Enumeration):
 
     Steppers return it as data inside `jit` (as Optimistix and Diffrax do); `res.result` holds
     it on the host. `RESULTS[res.result]` is the message, which says what to try. Members:
-    `successful`, `max_steps_reached`, `nonfinite`, `interrupted`, `solver_failed`.
+    `successful`, `max_steps_reached`, `nonfinite`, `interrupted`, `solver_failed`, `stalled`.
 
     !!! example
 
@@ -50,6 +50,13 @@ class RESULTS(eqxi.Enumeration):
         "the backend reported a failure (e.g. a singular linear solve, a failed line search, "
         "or a runtime error inside the loss such as `eqx.error_if`). The last good `theta` is "
         "kept in `res.theta`. Try another `method=`, a smaller step, or rescaling the problem."
+    )
+    stalled = (
+        "stopped early: no step size lowered the loss along the method's direction, yet the "
+        "stopping rule (`tol`) is not met: the gradient and the decrease the method's local "
+        "model predicts are both above it. `res.theta` is the last point reached. The local "
+        "model is poor here: continue from `res.theta` with another method (e.g. "
+        '"ssbroyden" or "adam"), or, if the loss is at its rounding floor, loosen `tol=`.'
     )
 
 
@@ -216,7 +223,8 @@ class OptimizationError(RuntimeError):
     """A run failed under `throw=True`; the error carries the last good parameters.
 
     So `sb.minimize(..., throw=True)` never loses work. A budget run out
-    (`RESULTS.max_steps_reached`) or Ctrl-C is not a failure and is never raised.
+    (`RESULTS.max_steps_reached`), a stall (`RESULTS.stalled`: returned with `success=False`,
+    as SciPy returns its "precision loss") or Ctrl-C is not a failure and is never raised.
 
     !!! example
 

@@ -15,6 +15,7 @@ import shutil
 import signal
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -220,3 +221,58 @@ def test_an_ignored_sigint_stays_ignored():
 def _pythonpath() -> str:
     here = pathlib.Path(__file__).resolve().parent
     return os.pathsep.join([str(here.parent), str(here)])
+
+
+# -- a stall is not convergence ------------------------------------------------------------
+
+
+def _wrong_model(theta):
+    # At theta = 0, J = diag(1, 2e-7): the Gauss-Newton step along theta[1] is 5e6 long and
+    # the quadratic term makes every trial step 2^-k d, k = 0..30, raise the loss, although
+    # the gradient (2e-7) and the predicted decrease (0.5, all of the loss) are far above `tol`.
+    return jnp.stack([theta[0], 2e-7 * theta[1] + theta[1] ** 2 + 1])
+
+
+@jax.custom_jvp
+def _uphill(theta):
+    return jnp.sum(theta * theta)
+
+
+@_uphill.defjvp
+def _uphill_jvp(primals, tangents):
+    # A derivative with the wrong sign (a buggy custom rule): every quasi-Newton direction
+    # points uphill, so the strong-Wolfe search cannot move from `theta0`.
+    (theta,), (dtheta,) = primals, tangents
+    return _uphill(theta), -2 * theta @ dtheta
+
+
+def _check_stalled(res, theta0, loss0):
+    assert res.result is sb.RESULTS.stalled and not res.success, res.message
+    assert "converged" not in res.message and "tol" in res.message
+    np.testing.assert_array_equal(np.asarray(res.theta), np.asarray(theta0))
+    assert res.steps == 0 and res.loss == loss0 and res.history == [loss0]
+
+
+def test_a_gauss_newton_step_that_cannot_lower_the_loss_is_a_stall_not_convergence():
+    theta0 = jnp.zeros(2)
+    for method in ("gauss-newton", "natural-gradient"):
+        res = sb.least_squares(_wrong_model, theta0, method, progress=False)  # throw=True
+        _check_stalled(res, theta0, 0.5)
+
+
+@pytest.mark.parametrize("method", ["ssbfgs", "ssbroyden"])
+def test_a_quasi_newton_line_search_that_cannot_move_is_a_stall_not_convergence(method):
+    theta0 = jnp.array([1.0, -2.0])
+    res = sb.minimize(_uphill, theta0, method, progress=False)  # throw=True: not raised
+    _check_stalled(res, theta0, 5.0)
+
+
+def test_a_least_squares_minimum_whose_gradient_rounding_keeps_above_tol_still_converges():
+    # Residuals of size 1e9 at the minimum: rounding leaves `J^T r` near 1e-6 > tol = 1e-8,
+    # but the predicted relative decrease is at rounding level, so the run converges.
+    A = jax.random.normal(jax.random.key(0), (20, 3), dtype=jnp.float64) * 1e3
+    b = jax.random.normal(jax.random.key(1), (20,), dtype=jnp.float64) * 1e6
+    res = sb.least_squares(lambda t: A @ t - b, jnp.zeros(3), "gauss-newton", progress=False)
+    expected = np.linalg.lstsq(np.asarray(A), np.asarray(b), rcond=None)[0]
+    assert res.success and res.result is sb.RESULTS.successful, res.message
+    np.testing.assert_allclose(np.asarray(res.theta), expected, rtol=1e-12)

@@ -109,7 +109,7 @@ def train(problem, theta0, adam_steps: int, ssbroyden_steps: int, ng_steps: int,
                        learning_rate=schedule, progress=progress, throw=False)
     ssbroyden = sb.minimize(problem.loss, theta0, method="ssbroyden", max_steps=ssbroyden_steps,
                             tol=1e-14, progress=progress, throw=False)
-    # The tiny `tol` lets the step budget (or "no step size decreases the loss") decide.
+    # The tiny `tol` lets the step budget (or a stall: no step size decreases the loss) decide.
     ng = sb.least_squares(problem.residual, theta0, method="natural-gradient",
                           max_steps=ng_steps, tol=1e-14, progress=progress, throw=False)
     # Natural gradient stops short of a minimum: what is left lies along singular directions

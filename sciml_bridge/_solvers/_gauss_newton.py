@@ -8,8 +8,11 @@ says why each ingredient matters) for each cutoff in `rcond` (one eigendecomposi
 the loss at `theta + 2^-k d` for every `k = 0..line_search_steps` and every cutoff in one
 `vmap`, and move to the best point. With `geodesic=True` the curved trial steps
 `alpha d + alpha^2 / 2 a` join the straight ones, `a` the geodesic acceleration
-(`_natural_gradient.py`), which follows curved valleys of the residual. The run stops when no
-step size decreases the loss. No damping: a damping floor stalls PINNs near 1e-5 (PITFALLS.md).
+(`_natural_gradient.py`), which follows curved valleys of the residual. The run converges when
+the gradient max-norm or the relative decrease the Gauss-Newton model predicts falls to `tol`
+(or the loss to 0); when no step size decreases the loss before that, it stops as
+`RESULTS.stalled` (`success=False`: the model is wrong there, the run is not at a minimum). No
+damping: a damping floor stalls PINNs near 1e-5 (PITFALLS.md).
 Everything runs in the fused driver; the state is `theta` itself.
 """
 
@@ -150,7 +153,11 @@ class GaussNewtonStepper(AbstractStepper):
         step, _, decreased, _ = grid_line_search(value, theta, d, loss, self.line_search_steps, a,
                                                  batch)
         solved = jnp.all(jnp.isfinite(d))
-        done = ~decreased | (jnp.max(jnp.abs(g)) <= self.tol) | (loss == 0)
+        # For `d = -pinv_k(J) r` the Gauss-Newton model predicts the decrease
+        # `0.5 |U_k^T r|^2 = -0.5 g.d` (CGLS: the same up to its tolerance).
+        predicted = jnp.max(-0.5 * (jnp.atleast_2d(d) @ g))
+        met = (jnp.max(jnp.abs(g)) <= self.tol) | (loss == 0) | (predicted <= self.tol * loss)
         new_theta = jnp.where(decreased & solved, theta + step, theta)
-        result = RESULTS.where(solved, RESULTS.successful, RESULTS.solver_failed)
-        return new_theta, loss, done, result
+        result = RESULTS.where(decreased | met, RESULTS.successful, RESULTS.stalled)
+        result = RESULTS.where(solved, result, RESULTS.solver_failed)
+        return new_theta, loss, ~decreased | met, result

@@ -127,6 +127,11 @@ class SelfScaledStepper(AbstractStepper):
         s, y = alpha * p, g_new - g
         H_new = self_scaled_update(H, s, y, g, alpha, k == 0, self.kind)
         H = jnp.where(moved, H_new, H)
-        done = ~moved | (jnp.max(jnp.abs(g_new)) <= self.tol)
+        # Converged: a small gradient, or a quadratic model (`H`) that predicts a relative
+        # decrease `-0.5 g.p / |f|` below `tol`. A line search that cannot move before either
+        # holds is a stall (`RESULTS.stalled`), not convergence.
+        met = jnp.max(jnp.abs(jnp.where(moved, g_new, g))) <= self.tol
+        stuck = ~moved & ~met & (-0.5 * (g @ p) > self.tol * jnp.abs(f))
         new_state = (theta + s, f_new, g_new, H, k + moved.astype(k.dtype))
-        return new_state, f, done, RESULTS.successful
+        return new_state, f, ~moved | met, RESULTS.where(stuck, RESULTS.stalled,
+                                                         RESULTS.successful)
