@@ -23,6 +23,7 @@ import pytest
 from helpers import run_python
 
 import sciml_bridge as sb
+from sciml_bridge._solvers import _run
 from sciml_bridge._solvers._interrupt import catch_sigint
 
 
@@ -165,6 +166,7 @@ _SIGINT = """
 import json, os, signal, jax, jax.numpy as jnp, optax
 jax.config.update("jax_enable_x64", True)
 import sciml_bridge as sb
+from sciml_bridge._solvers import _run
 from sciml_bridge._solvers._interrupt import catch_sigint
 from test_contract import run, each
 
@@ -276,3 +278,39 @@ def test_a_least_squares_minimum_whose_gradient_rounding_keeps_above_tol_still_c
     expected = np.linalg.lstsq(np.asarray(A), np.asarray(b), rcond=None)[0]
     assert res.success and res.result is sb.RESULTS.successful, res.message
     np.testing.assert_allclose(np.asarray(res.theta), expected, rtol=1e-12)
+
+
+# -- a failure while the method sets up at theta0 --------------------------------------------
+
+
+def _fails_at_start(theta):
+    return eqx.error_if(jnp.sum(theta * theta), theta[0] > 0, "boom: the loss fails at theta0")
+
+
+@pytest.mark.parametrize("method", ["ssbfgs", "ssbroyden", "adam"])
+@pytest.mark.parametrize("members", [1, 3])
+def test_a_loss_that_fails_at_theta0_follows_the_contract_even_where_setup_evaluates_it(
+    method, members
+):
+    # SSBFGS/SSBroyden evaluate the loss and gradient to build their state, before any step:
+    # an error there escaped raw, even under `throw=False`.
+    theta0 = jnp.ones(2) if members == 1 else jnp.ones((members, 2))
+    res = sb.minimize(_fails_at_start, theta0, method, max_steps=5, throw=False, progress=False)
+    for sol in each(res):
+        assert sol.result is sb.RESULTS.solver_failed and not sol.success
+        assert "boom: the loss fails at theta0" in sol.message and sol.steps == 0
+        np.testing.assert_array_equal(np.asarray(sol.theta), np.ones(2))
+    with pytest.raises(sb.OptimizationError) as info:
+        sb.minimize(_fails_at_start, theta0, method, max_steps=5, progress=False)
+    np.testing.assert_array_equal(np.asarray(info.value.result.theta), np.asarray(theta0))
+
+
+def test_running_out_of_memory_while_setting_up_says_which_methods_fit(monkeypatch):
+    def no_memory(*args, **kwargs):
+        raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 8 bytes.")
+
+    monkeypatch.setattr(_run, "init_members", no_memory)
+    with pytest.raises(sb.OptimizationError, match="RESOURCE_EXHAUSTED") as info:
+        sb.minimize(lambda t: jnp.sum(t * t), jnp.ones(3), "ssbfgs", progress=False)
+    assert '"lbfgs"' in str(info.value) and "n x n" in str(info.value)
+    np.testing.assert_array_equal(np.asarray(info.value.result.theta), np.ones(3))

@@ -279,7 +279,10 @@ def drive(stepper: AbstractStepper, theta0, args: tuple, run: Run):
     batched = theta0.ndim == 2
     warn_if_pool_starves(stepper, theta0, args, run.where)
     with Progress(run.max_steps, run.progress, run.where) as bar, catch_sigint() as interrupt:
-        driver = _Driver(stepper, theta0, args, run, batched)
+        try:
+            driver = _Driver(stepper, theta0, args, run, batched)
+        except _RUNTIME_ERRORS as e:  # methods whose state needs the loss (or memory) at theta0
+            return deliver(_failed_at_start(theta0, run, e), batched, run)
         try:
             driver.chunks(bar, interrupt)
         except KeyboardInterrupt:
@@ -289,6 +292,27 @@ def drive(stepper: AbstractStepper, theta0, args: tuple, run: Run):
         if interrupt:
             driver.stop_all(RESULTS.interrupted)
     return deliver(driver.conclude(), batched, run, driver.sharding)
+
+
+_MSG_OUT_OF_MEMORY = (
+    "the method's state at `theta0` does not fit in memory. Dense methods keep an n x n matrix "
+    '("ssbfgs"/"ssbroyden": the inverse Hessian, 8 n^2 bytes per member in float64). Fix: a '
+    'limited-memory method ("lbfgs"), Gauss-Newton with `solver="cg"`, fewer members, or a '
+    "smaller model"
+)
+
+
+def _failed_at_start(theta0, run: Run, e: Exception) -> list[Solution]:
+    """Every member as `solver_failed` at `theta0` with step 0: setting up the method's state
+    evaluated the loss, which raised (`eqx.error_if`), or allocated more than memory holds."""
+    detail = first_line(e)
+    if "RESOURCE_EXHAUSTED" in detail:
+        detail = f"{detail.rstrip('.')}: {_MSG_OUT_OF_MEMORY}"
+    rows = local(theta0) if theta0.ndim == 2 else local(theta0)[None]
+    return [finish(theta=row, loss=float("nan"), history=[float("nan")], steps=0,
+                   result=RESULTS.solver_failed, wall_time=time.perf_counter() - run.start,
+                   method=run.method, where=run.where, detail=detail, throw=False)
+            for row in rows]  # fmt: skip
 
 
 def deliver(solutions: list[Solution], batched: bool, run: Run, sharding=None):
