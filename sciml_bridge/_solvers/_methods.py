@@ -111,7 +111,7 @@ def _resolve(fn, theta0, method, tol, options, where, state0, stateful) -> Plan:
     if is_optimistix_solver(method):
         check_options(options, ("autodiff_mode",), where, method)
         return Plan(optimistix_stepper(fn, method, least_squares=False, jac=None,
-                                       options=options))  # fmt: skip
+                                       options=options, dtype=theta0.dtype))  # fmt: skip
     if not isinstance(method, str):
         raise TypeError(
             f"`{where}` expected `method` to be a string, an `optax.GradientTransformation` or "
@@ -128,7 +128,7 @@ def _resolve(fn, theta0, method, tol, options, where, state0, stateful) -> Plan:
         check_options(options, _OPTIMISTIX_OPTIONS[method], where, method)
         solver = minimiser(method, tol_or_default)
         return Plan(optimistix_stepper(fn, solver, least_squares=False, jac=None,
-                                       options=options))  # fmt: skip
+                                       options=options, dtype=theta0.dtype))  # fmt: skip
     optimizer = optax_transform(method, options, where, _optax_options(method))
     tol = tol_or_default if method == "lbfgs" else tol
     return Plan(optax_stepper(fn, optimizer, theta0, tol, state0, stateful))
@@ -153,7 +153,7 @@ def resolve_least_squares(fn, theta0, method, tol, options: dict, jac_mode, wher
         check_options(options, (), where, method, extra=("jac",))
         solver = least_squares_solver(method, tol) if isinstance(method, str) else method
         return Plan(optimistix_stepper(fn, solver, least_squares=True, jac=jac_mode(False),
-                                       options=options))  # fmt: skip
+                                       options=options, dtype=theta0.dtype))  # fmt: skip
     if isinstance(method, str) and (method in MINIMIZE or hasattr(optax, method)):
         raise ValueError(_MSG_VERB.format(where=where, method=method, other="sb.minimize",
                                           valid=", ".join(map(repr, LEAST_SQUARES))))  # fmt: skip

@@ -5,6 +5,12 @@ loss curve, the last good `theta`, progress, Ctrl-C and checkpoints are the same
 other method; the driver carries the array part of the state across chunks and keeps the
 static part (jaxprs) fixed, as `_iterate.py` does inside its `while_loop`.
 
+A float32 (or narrower) `theta` with x64 on is solved in float64: Optimistix's searches and
+trust regions start their step sizes as default-dtype scalars, so its own state turns float64
+and its `while_loop`/Lineax structure checks fail on a float32 `y` (a raw `TypeError` before).
+The loss still sees `theta` in its own dtype; only the solver's bookkeeping is wider, and
+`theta` comes back in its own dtype.
+
 One loss evaluation per step, as in `optx.minimise`: the loss at the accepted point is read
 from the solver's own `f_info` instead of being recomputed. A non-finite trial point is left to
 the solver's line search / trust region, which rejects it and backs off, as `optx.minimise`
@@ -15,7 +21,9 @@ from collections.abc import Callable
 from typing import Any
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
+import numpy as np
 import optimistix as optx
 
 from ._stepper import RESULTS, AbstractStepper
@@ -26,28 +34,45 @@ def _sum_squares(r):
     return 0.5 * jnp.sum(r * r)
 
 
+def _solve_dtype(dtype) -> str | None:
+    """float64 where Optimistix would mix it into a narrower `theta` (see the module
+    docstring), else None (solve in `theta`'s own dtype)."""
+    narrow = jnp.issubdtype(dtype, jnp.floating) and np.dtype(dtype).itemsize < 8
+    return "float64" if narrow and jax.config.read("jax_enable_x64") else None
+
+
+def _cast(tree, dtype):
+    return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating)
+                        else x, tree)  # fmt: skip
+
+
 class OptimistixStepper(AbstractStepper):
     fn: Callable
     solver: Any
     least_squares: bool = eqx.field(static=True)
     options: dict
+    dtype: str = eqx.field(static=True)  # `theta`'s own
+    solve_dtype: str | None = eqx.field(static=True, default=None)
 
     def criterion(self) -> str:
         return ("Optimistix's Cauchy criterion was met (the changes in `theta` and in the "
                 "loss fell below `rtol`/`atol`, i.e. `tol`)")
 
     def _wrapped(self, y, args):
-        return self.fn(y, *args), None
+        if self.solve_dtype is None:
+            return self.fn(y, *args), None
+        return _cast(self.fn(y.astype(self.dtype), *args), self.solve_dtype), None
 
     def init(self, theta, args):
-        f_struct, aux_struct = eqx.filter_eval_shape(self._wrapped, theta, args)
+        y = theta if self.solve_dtype is None else theta.astype(self.solve_dtype)
+        f_struct, aux_struct = eqx.filter_eval_shape(self._wrapped, y, args)
         state = self.solver.init(
-            self._wrapped, theta, args, self.options, f_struct, aux_struct, frozenset()
+            self._wrapped, y, args, self.options, f_struct, aux_struct, frozenset()
         )
-        return theta, state
+        return y, state
 
     def theta(self, state):
-        return state[0]
+        return state[0].astype(self.dtype)
 
     def value(self, theta, args):
         out = self.fn(theta, *args)
@@ -59,7 +84,7 @@ class OptimistixStepper(AbstractStepper):
         # `new_st.f_info` is the loss at `y0`. Solvers without that state are evaluated.
         if hasattr(st, "f_info") and hasattr(st, "first_step"):
             return jnp.where(st.first_step, new_st.f_info.as_min(), st.f_info.as_min())
-        return self.value(y, args)
+        return self.value(y.astype(self.dtype), args)
 
     def step(self, state, args):
         y, st = state
@@ -69,6 +94,8 @@ class OptimistixStepper(AbstractStepper):
             self._wrapped, new_y, args, self.options, new_st, tags
         )
         loss = self._loss_before(y, st, new_st, args)
+        if self.solve_dtype is not None:
+            loss = loss.astype(self.dtype)  # exact: the loss was computed in `self.dtype`
         failed = result != optx.RESULTS.successful
         result = RESULTS.where(failed, RESULTS.solver_failed, RESULTS.successful)
         return (new_y, new_st), loss, done & ~failed, result
@@ -92,11 +119,13 @@ def is_optimistix_solver(method: Any) -> bool:
     return isinstance(method, optx.AbstractMinimiser | optx.AbstractLeastSquaresSolver)
 
 
-def optimistix_stepper(fn, solver, *, least_squares: bool, jac: str | None, options: dict):
+def optimistix_stepper(fn, solver, *, least_squares: bool, jac: str | None, options: dict,
+                       dtype) -> OptimistixStepper:  # fmt: skip
     options = dict(options)
     if least_squares and jac is not None:
         # optimistix/_solver/gauss_newton.py reads `options["jac"]` ("fwd" default, or "bwd").
         options.setdefault("jac", jac)
-    return OptimistixStepper(fn, solver, least_squares, options)
+    return OptimistixStepper(fn, solver, least_squares, options, np.dtype(dtype).name,
+                             _solve_dtype(dtype))  # fmt: skip
 
 
