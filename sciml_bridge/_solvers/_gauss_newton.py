@@ -97,6 +97,10 @@ class GaussNewtonStepper(AbstractStepper):
                 f"got {self.rcond!r}."
             )
 
+    def criterion(self) -> str:
+        return ("the gradient max-norm, or the relative decrease the truncated Gauss-Newton "
+                "model predicts, fell to `tol` (or the loss to 0)")
+
     def init(self, theta, args):
         return theta
 

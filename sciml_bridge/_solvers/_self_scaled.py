@@ -99,6 +99,10 @@ class SelfScaledStepper(AbstractStepper):
     c2: float = eqx.field(static=True, default=0.9)
     line_search_steps: int = eqx.field(static=True, default=30)
 
+    def criterion(self) -> str:
+        return ("the gradient max-norm, or the relative decrease the quasi-Newton model "
+                "predicts, fell to `tol`")
+
     def init(self, theta, args):
         f, g = jax.value_and_grad(lambda t: self.fn(t, *args))(theta)
         H = jnp.eye(theta.size, dtype=theta.dtype)
