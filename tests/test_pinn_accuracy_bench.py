@@ -1,0 +1,26 @@
+"""The formulations `benchmarks/pinn_accuracy.py` measures, checked against autodiff."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sciml_bridge import _cli
+
+
+bench = _cli.load_script("benchmarks/pinn_accuracy.py", command="bench")
+
+
+def test_the_hard_boundary_helmholtz_residual_is_the_pde_of_the_constrained_field():
+    # The product rule in `_helmholtz_hard_pde` against the trace of `jax.hessian` of
+    # u = (1 - x^2)(1 - y^2) N, on a 5 x 5 grid (edges included), each residual / sqrt(25).
+    model, problem, theta0, _, exact = bench.helmholtz_hard(0, n_points=5)
+    theta = theta0 + 0.1 * jax.random.normal(jax.random.key(1), theta0.shape, jnp.float64)
+    x = bench._grid(-1, 1, 5)
+    u = lambda p: model(theta, p)[0]
+    lap = jax.vmap(lambda p: jnp.trace(jax.hessian(u)(p)))(x)
+    k, a1, a2 = bench.K, bench.A1, bench.A2
+    q = (k**2 - (a1 * jnp.pi) ** 2 - (a2 * jnp.pi) ** 2) * exact(x)
+    expected = (lap + k**2 * jax.vmap(u)(x) - q) / 5
+    np.testing.assert_allclose(problem.residual(theta), expected, rtol=1e-12, atol=1e-11)
+    edges = bench._square_boundary(-1.0, 1.0, 7)
+    assert bool(jnp.all(jax.vmap(u)(edges) == 0))
