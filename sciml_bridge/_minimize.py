@@ -119,8 +119,7 @@ def minimize(
     - `tol`: gradient-norm tolerance (Optax; default `None` runs the whole budget, except
         `"lbfgs"`; `"ssbfgs"`/`"ssbroyden"`: gradient max-norm, or the relative decrease
         `-0.5 g.p / |f|` their quadratic model predicts), `rtol=atol` (Optimistix), or SciPy's
-        `tol`. `None` means 1e-8 in float64,
-        1e-4 in float32 where a default is needed.
+        `tol`. `None` means 1e-8 in float64, 1e-4 in float32 where a default is needed.
     - `progress`: tqdm bar with the loss between chunks (off when stderr is not a terminal).
     - `callback`: `callback(step, theta, loss)` between chunks (SciPy: every iteration), with
         `loss` a Python float; for an ensemble it is called once per running member with
