@@ -224,7 +224,9 @@ def test_float32_stays_float32_with_x64_on_for_every_fused_method(method):
         res = sb.minimize(lambda th: 0.5 * jnp.sum(quadratic_f32(th) ** 2), theta0, method, **kw)
     assert res.theta.dtype == jnp.float32 and res.success, res.message
     np.testing.assert_allclose(np.asarray(res.theta, np.float64), expected, rtol=2e-3, atol=2e-3)
-    assert res.loss == float(0.5 * jnp.sum(quadratic_f32(res.theta) ** 2))
+    # The loop's loss and an eager evaluation are two compiled programs: a few float32 ulps.
+    want = float(0.5 * jnp.sum(quadratic_f32(res.theta) ** 2))
+    np.testing.assert_allclose(res.loss, want, rtol=4 * float(jnp.finfo(jnp.float32).eps))
 
 
 def quadratic_f32(theta):
