@@ -140,7 +140,8 @@ def least_squares(
     which for this loss equals energy natural gradient (Mueller & Zeinhofer, ICML 2023): the
     direction `-pinv(J) r` with singular values below `rcond * sigma_max` cut off, the best of
     the step sizes `2^-k`, k = 0..30, evaluated in one `vmap`, no damping. It is what takes
-    PINNs to 1e-7. When no step size lowers the loss before `tol` is met, the run stops with
+    PINNs to 1e-7. When no step size lowers the loss, coarser cutoffs are tried
+    (`fallback_rcond`); when those cannot either before `tol` is met, the run stops with
     `success=False` and `result=sb.RESULTS.stalled` (the Gauss-Newton model is wrong there;
     the run is not at a minimum), returning the last point reached.
 
@@ -169,7 +170,9 @@ def least_squares(
         decrease its model predicts, `0.5 |U_k^T r|^2 / loss`; Optimistix: `rtol=atol`;
         SciPy: `xtol=ftol=gtol`). Default 1e-8 in float64, 1e-4 in float32.
     - `**options`: Gauss-Newton / natural gradient `rcond=` (cutoffs relative to the largest
-        singular value, default `(1e-7, 1e-8)`, all tried in the line search), `solver=`
+        singular value, default `(1e-7, 1e-8)`, all tried in the line search),
+        `fallback_rcond=` (coarser cutoffs, default `(1e-4, 1e-2)`, tried only when no step
+        along the `rcond` directions lowers the loss; `()` to stall there instead), `solver=`
         (`"auto"`: the Gramian `J^T J` for tall `J`, the kernel `J J^T` for wide, matrix-free
         CGLS above 2e7 Jacobian entries; or `"gramian"`, `"kernel"`, `"svd"` (thin SVD of
         `J`), `"cg"` with `cg_steps=200`, `cg_tol=1e-10`), `line_search_steps=` (30),

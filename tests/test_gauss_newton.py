@@ -103,3 +103,35 @@ def test_a_residual_that_knows_its_jacobian_gets_it_with_its_args():
     assert seen and all(shape == (3, 2) for shape in seen)  # traced with the args
     np.testing.assert_allclose(np.asarray(res.theta), np.linalg.lstsq(A, b, rcond=None)[0],
                                rtol=1e-12)
+
+
+def _fine_directions_wrong(theta):
+    # At theta = 0: J = diag(1, 1e-5), r = (-1, 1). The cutoff 1e-7 keeps theta[1]'s direction:
+    # the step is 1e5 long there and its quadratic term raises the loss at every 2^-k,
+    # k = 0..30, by more than theta[0] lowers it (at 2^-30: +7.7e-9 against -9.3e-10). The
+    # fallback cutoff 1e-4 drops that direction, leaving the exact step theta[0] -> 1.
+    return jnp.stack([theta[0] - 1.0, 1e-5 * theta[1] + theta[1] ** 2 + 1.0])
+
+
+@pytest.mark.parametrize("members", [1, 2])
+def test_coarse_cutoffs_take_the_step_when_no_fine_step_lowers_the_loss(members):
+    theta0 = jnp.zeros(2) if members == 1 else jnp.array([[0.0, 0.0], [0.5, 0.0]])
+    kw = dict(progress=False, throw=False)
+    res = sb.least_squares(_fine_directions_wrong, theta0, "natural-gradient", **kw)
+    for sol in res if members > 1 else [res]:
+        # One full coarse step to (1, 0), loss 0.5 (all of it in r[1]); from there the only
+        # descent is theta[1]'s 1e5-long step again, and the coarse direction is 0: a stall.
+        np.testing.assert_allclose(np.asarray(sol.theta), [1.0, 0.0], atol=1e-15)
+        assert sol.result is sb.RESULTS.stalled and sol.steps == 1, sol.message
+        np.testing.assert_allclose(sol.loss, 0.5, rtol=1e-15)
+    # Without the fallback the same run cannot move at all.
+    fine_only = sb.least_squares(_fine_directions_wrong, jnp.zeros(2), "natural-gradient",
+                                 fallback_rcond=(), **kw)
+    assert fine_only.result is sb.RESULTS.stalled and fine_only.steps == 0
+    np.testing.assert_array_equal(np.asarray(fine_only.theta), [0.0, 0.0])
+
+
+def test_fallback_cutoffs_are_checked_like_rcond():
+    with pytest.raises(ValueError, match=r"(?s)`fallback_rcond` in \[0, 1\).*got \(1\.5,\)"):
+        sb.least_squares(exp_fit, jnp.zeros(2), "gauss-newton", args=(_X,),
+                         fallback_rcond=1.5, progress=False)

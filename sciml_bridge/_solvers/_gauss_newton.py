@@ -10,7 +10,10 @@ the loss at `theta + 2^-k d` for every `k = 0..line_search_steps` and every cuto
 `alpha d + alpha^2 / 2 a` join the straight ones, `a` the geodesic acceleration
 (`_natural_gradient.py`), which follows curved valleys of the residual. The run converges when
 the gradient max-norm or the relative decrease the Gauss-Newton model predicts falls to `tol`
-(or the loss to 0); when no step size decreases the loss before that, it stops as
+(or the loss to 0). When no step along the `rcond` directions lowers the loss, the coarser
+`fallback_rcond` directions (default `(1e-4, 1e-2)`, from the same factorisation) get the same
+line search: far from a solution the model of the fine directions can be wrong at every step
+size. When they cannot lower it either before `tol` is met, the run stops as
 `RESULTS.stalled` (`success=False`: the model is wrong there, the run is not at a minimum). No
 damping: a damping floor stalls PINNs near 1e-5 (PITFALLS.md).
 Everything runs in the fused driver; the state is `theta` itself.
@@ -78,6 +81,12 @@ class GaussNewtonStepper(AbstractStepper):
     # Line-search trials evaluated this many at a time; 0: one at a time on CPU (4x faster
     # there, `grid_line_search`), all at once in one `vmap` on accelerators.
     line_search_batch: int = eqx.field(static=True, default=0)
+    # Coarser cutoffs, tried only when no step along the `rcond` directions lowers the loss:
+    # far from a solution the model of the fine directions can be wrong at every step size
+    # (issue 14's Helmholtz seed 3 starts there: |d| ~ 1e8, no decrease down to 2^-39). Tried
+    # always next to `rcond` instead, their greedy larger decreases cost Poisson 1000x in
+    # accuracy (2e-7 -> 2e-4 over 300 steps).
+    fallback_rcond: float | tuple[float, ...] = eqx.field(static=True, default=(1e-4, 1e-2))
 
     def __check_init__(self):
         if self.solver not in SOLVERS:
@@ -85,17 +94,23 @@ class GaussNewtonStepper(AbstractStepper):
                 f"`sb.least_squares` expected `solver` to be one of {SOLVERS}, got "
                 f"{self.solver!r}."
             )
-        rconds = self.rcond if isinstance(self.rcond, tuple) else (self.rcond,)
         if not isinstance(self.line_search_batch, int) or self.line_search_batch < 0:
             raise ValueError(
                 "`sb.least_squares` expected `line_search_batch` to be a non-negative int (0: "
                 f"chosen by platform), got {self.line_search_batch!r}."
             )
-        if not rconds or not all(0 <= float(c) < 1 for c in rconds):
-            raise ValueError(
-                "`sb.least_squares` expected `rcond` in [0, 1) (or a tuple of such cutoffs), "
-                f"got {self.rcond!r}."
-            )
+        for name, rconds, least in (("rcond", self.rcond, 1), ("fallback_rcond",
+                                                               self.fallback_rcond, 0)):
+            rconds = rconds if isinstance(rconds, tuple) else (rconds,)
+            if len(rconds) < least or not all(0 <= float(c) < 1 for c in rconds):
+                raise ValueError(
+                    f"`sb.least_squares` expected `{name}` in [0, 1) (or a tuple of such "
+                    f"cutoffs{'' if least else ', possibly empty'}), got {rconds!r}."
+                )
+
+    def _cutoffs(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        as_tuple = lambda c: c if isinstance(c, tuple) else (c,)
+        return as_tuple(self.rcond), as_tuple(self.fallback_rcond)
 
     def criterion(self) -> str:
         return ("the gradient max-norm, or the relative decrease the truncated Gauss-Newton "
@@ -124,42 +139,52 @@ class GaussNewtonStepper(AbstractStepper):
         return "gramian" if m >= theta.size else "kernel"
 
     def direction(self, theta, args):
-        """`(r, d, g, a)`: residual, truncated Gauss-Newton directions (one row per cutoff),
-        gradient `J^T r`, and geodesic accelerations (or `None`)."""
+        """`(r, d, g, a)`: residual, truncated Gauss-Newton directions (one row per cutoff of
+        `rcond`, then of `fallback_rcond`; CGLS: one row), gradient `J^T r`, and geodesic
+        accelerations (one row per direction, or `None`)."""
         f = lambda t: self._residual(t, args)
         form = self.form(theta, args)
         if form == "cg":
             if self.geodesic:
                 raise ValueError(_MSG_GEODESIC_CG)
             r, d, g = cgls_step(f, theta, self.cg_steps, self.cg_tol)
-            return r, d, g, None
+            return r, d[None], g, None
         own = _own_jacobian(self.fn)
         if own is not None:
             r, J = own(theta, *args)
         else:
             r, J = residual_and_jacobian(f, theta, self.jac)
-        rconds = self.rcond if isinstance(self.rcond, tuple) else (self.rcond,)
-        solve = truncated_solver(J, rconds, form)
+        solve = truncated_solver(J, sum(self._cutoffs(), ()), form)
         d = -solve(r)
-        if not self.geodesic:
-            return r, d, J.T @ r, None
-        # Straight and curved candidates both: the line search keeps whichever lowers the
-        # loss more, so the correction never costs a step.
-        a = geodesic_corrections(f, theta, d, solve)
-        return r, jnp.concatenate([d, d]), J.T @ r, jnp.concatenate([jnp.zeros_like(a), a])
+        a = geodesic_corrections(f, theta, d, solve) if self.geodesic else None
+        return r, d, J.T @ r, a
+
+    def _search(self, value, theta, loss, d, a):
+        batch = self.line_search_batch or (1 if jax.default_backend() == "cpu" else None)
+        if a is not None:
+            # Straight and curved candidates both: the line search keeps whichever lowers the
+            # loss more, so the correction never costs a step.
+            d, a = jnp.concatenate([d, d]), jnp.concatenate([jnp.zeros_like(a), a])
+        step, _, decreased, _ = grid_line_search(value, theta, d, loss, self.line_search_steps, a,
+                                                 batch)
+        return step, decreased
 
     def step(self, state, args):
         theta = state
         r, d, g, a = self.direction(theta, args)
         loss = 0.5 * jnp.sum(r * r)
         value = lambda t: self.value(t, args)
-        batch = self.line_search_batch or (1 if jax.default_backend() == "cpu" else None)
-        step, _, decreased, _ = grid_line_search(value, theta, d, loss, self.line_search_steps, a,
-                                                 batch)
-        solved = jnp.all(jnp.isfinite(d))
+        fine = len(self._cutoffs()[0]) if d.shape[0] > 1 else 1
+        rows = lambda x, s: None if x is None else x[s]
+        step, decreased = self._search(value, theta, loss, d[:fine], rows(a, slice(fine)))
+        if d.shape[0] > fine:
+            coarse = lambda: self._search(value, theta, loss, d[fine:], rows(a, slice(fine, None)))
+            step, decreased = jax.lax.cond(decreased, lambda: (step, decreased), coarse)
+        solved = jnp.all(jnp.isfinite(d[:fine]))
         # For `d = -pinv_k(J) r` the Gauss-Newton model predicts the decrease
-        # `0.5 |U_k^T r|^2 = -0.5 g.d` (CGLS: the same up to its tolerance).
-        predicted = jnp.max(-0.5 * (jnp.atleast_2d(d) @ g))
+        # `0.5 |U_k^T r|^2 = -0.5 g.d` (CGLS: the same up to its tolerance); the finest cutoff
+        # predicts the most.
+        predicted = jnp.max(-0.5 * (d[:fine] @ g))
         met = (jnp.max(jnp.abs(g)) <= self.tol) | (loss == 0) | (predicted <= self.tol * loss)
         new_theta = jnp.where(decreased & solved, theta + step, theta)
         result = RESULTS.where(decreased | met, RESULTS.successful, RESULTS.stalled)
