@@ -105,6 +105,34 @@ def test_a_residual_that_knows_its_jacobian_gets_it_with_its_args():
                                rtol=1e-12)
 
 
+def test_a_residual_that_draws_its_points_from_a_key_keeps_its_own_jacobian():
+    # `key=` resampling wraps the residual (the key rides in `args`); its own Jacobian must
+    # still be found and called with the same key as the residual, else every step pays the
+    # black-box Jacobian (8x on the Helmholtz PINN).
+    b = jnp.array([1.0, 2.0, 3.0, 4.0])
+    seen = []
+
+    def design(key):  # rows drawn from the key: a different full-rank fit at every step
+        return jnp.ones((4, 2)) + 0.1 * jax.random.normal(key, (4, 2))
+
+    class Keyed:
+        def __call__(self, theta, scale, *, key):
+            return scale * (design(key) @ theta - b)
+
+        def residual_and_jacobian(self, theta, scale, *, key):
+            seen.append(scale)
+            return self(theta, scale, key=key), scale * design(key)
+
+    res = sb.least_squares(Keyed(), jnp.zeros(2), "natural-gradient", args=(2.0,),
+                           key=jax.random.key(0), max_steps=3, progress=False, throw=False)
+    assert seen and res.steps == 3  # traced with the args and the key; a new fit each step
+    # The same run through the black-box Jacobian of the same keyed residual:
+    plain = sb.least_squares(lambda t, s, *, key: Keyed()(t, s, key=key), jnp.zeros(2),
+                             "natural-gradient", args=(2.0,), key=jax.random.key(0),
+                             max_steps=3, progress=False, throw=False)
+    np.testing.assert_allclose(np.asarray(res.theta), np.asarray(plain.theta), rtol=1e-10)
+
+
 def _fine_directions_wrong(theta):
     # At theta = 0: J = diag(1, 1e-5), r = (-1, 1). The cutoff 1e-7 keeps theta[1]'s direction:
     # the step is 1e5 long there and its quadratic term raises the loss at every 2^-k,

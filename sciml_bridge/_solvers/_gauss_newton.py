@@ -25,6 +25,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from ._batches import KeyedLoss
 from ._natural_gradient import (
     cgls_step,
     geodesic_corrections,
@@ -55,8 +56,13 @@ def _own_jacobian(fn: Callable) -> Callable | None:
     a residual that takes its collocation points as `args` (resampled between runs without
     recompiling) keeps it. Missing it costs the black-box Jacobian instead: 5.2 against 0.6
     CPU s per step on the 2-D Helmholtz PINN of `benchmarks/pinn_accuracy.py` (1020
-    residuals, 2751 parameters)."""
+    residuals, 2751 parameters). A residual drawing its points from `key=` (resampled at every
+    step) is called as `residual_and_jacobian(theta, *args, key=k)`."""
     inner = fn.fn if isinstance(fn, Residual) else fn
+    if isinstance(inner, KeyedLoss):
+        own = getattr(inner.fn, "residual_and_jacobian", None)
+        return None if own is None else lambda theta, *args: own(theta, *args[:-1],
+                                                                  key=args[-1])
     return getattr(inner, "residual_and_jacobian", None)
 
 
