@@ -118,7 +118,10 @@ def _edge_factor(x):
 class HardBoundary:
     """`u(theta, x) = (1 - x^2)(1 - y^2) N(theta, x)`: zero on the edges for every `theta`, so
     the boundary condition holds exactly and the PDE residual is the whole loss (Lagaris et
-    al. 1998; Sukumar & Srivastava, CMAME 2022). Used for the prediction and its error."""
+    al. 1998; Sukumar & Srivastava, CMAME 2022). Used for the prediction and its error. The
+    measured rows write the product rule by hand (`_helmholtz_hard_pde`); `sb.HardConstraint`
+    is the library's form of the same field (tests/test_pinn_accuracy_bench.py: same residual
+    and Jacobian)."""
 
     def __init__(self, fm: sb.FlatMLP):
         self.fm, self.size = fm, fm.size

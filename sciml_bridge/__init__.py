@@ -13,6 +13,7 @@ from ._destructure import Restructure as Restructure, destructure as destructure
 from ._distributed import distributed_init as distributed_init
 from ._flat import AbstractFlatModel as AbstractFlatModel, FlatModel as FlatModel
 from ._flat_mlp import FlatMLP as FlatMLP
+from ._hard_constraint import HardConstraint as HardConstraint
 from ._laplacian import grad_x as grad_x, laplacian as laplacian
 from ._least_squares import least_squares as least_squares
 from ._make_flat import flat as flat

@@ -27,6 +27,7 @@ from jaxtyping import Array, ArrayLike
 from ._activations import Activation, check_twice_differentiable
 from ._custom_types import ThetaLike, Validated
 from ._flat_mlp import FlatMLP
+from ._hard_constraint import HardConstraint
 from ._precision import guard_x64, is_inexact, promote
 
 
@@ -53,7 +54,8 @@ def laplacian(fm: Validated[Callable[..., Any]], *, batched: bool = False) -> Ca
 
     `lap(theta, x)` has the shape of `fm(theta, x)`: for each output, the sum over input
     dimensions of its second derivatives, `sum_k d^2 y / dx_k^2`. On an `sb.FlatMLP` (also what
-    `sb.flat(eqx.nn.MLP(...))` gives) it is a forward-Laplacian pass; on any other flat model
+    `sb.flat(eqx.nn.MLP(...))` gives) it is a forward-Laplacian pass (on an
+    `sb.HardConstraint`, the product rule around its network's); on any other flat model
     it is `trace(jax.hessian)` over the first input (extra inputs pass through:
     `lap(theta, x, *args)`). One point at a time, like the model; use `jax.vmap` for a batch,
     or `batched=True` for the faster batched kernel (a PINN loss over many points).
@@ -99,6 +101,10 @@ def laplacian(fm: Validated[Callable[..., Any]], *, batched: bool = False) -> Ca
     differentiable (relu); `TypeError` if `fm` is not callable.
     """
     _check_callable(fm, "laplacian")
+    if isinstance(fm, HardConstraint):
+        # The product rule around the network's own derivatives (`_hard_constraint.py`).
+        one = lambda theta, x: fm.derivatives(theta, x, order=2)[2]
+        return jax.vmap(one, in_axes=(None, 0)) if batched else one
     if isinstance(fm, FlatMLP):
         for activation in fm.activations:
             check_twice_differentiable(activation)
@@ -201,7 +207,8 @@ def grad_x(fm: Validated[Callable[..., Any]]) -> Callable[..., Array]:
 
     The Jacobian has shape `y.shape + x.shape` (as `jax.jacfwd`): the gradient `(d,)` for a
     scalar output, `(out, d)` for a vector one. On an `sb.FlatMLP` it comes from one forward
-    pass (works with relu too); on any other flat model it is `jax.jacfwd` over the first input.
+    pass (works with relu too; on an `sb.HardConstraint`, the product rule around it); on any
+    other flat model it is `jax.jacfwd` over the first input.
 
     !!! example
 
@@ -226,6 +233,8 @@ def grad_x(fm: Validated[Callable[..., Any]]) -> Callable[..., Array]:
     `TypeError` if `fm` is not callable.
     """
     _check_callable(fm, "grad_x")
+    if isinstance(fm, HardConstraint):
+        return lambda theta, x: fm.derivatives(theta, x, order=1)[1]
     if isinstance(fm, FlatMLP):
 
         def forward_jacobian(theta: ThetaLike, x: ArrayLike) -> Array:
