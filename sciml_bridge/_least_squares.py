@@ -172,7 +172,8 @@ def least_squares(
     - `**options`: Gauss-Newton / natural gradient `rcond=` (cutoffs relative to the largest
         singular value, default `(1e-7, 1e-8)`, all tried in the line search),
         `fallback_rcond=` (coarser cutoffs, default `(1e-4, 1e-2)`, tried only when no step
-        along the `rcond` directions lowers the loss; `()` to stall there instead), `solver=`
+        along the `rcond` directions lowers the loss; `()` to stall there instead; not with
+        `solver="cg"`, which has no cutoffs), `solver=`
         (`"auto"`: the Gramian `J^T J` for tall `J`, the kernel `J J^T` for wide, matrix-free
         CGLS above 2e7 Jacobian entries; or `"gramian"`, `"kernel"`, `"svd"` (thin SVD of
         `J`), `"cg"` with `cg_steps=200`, `cg_tol=1e-10`), `line_search_steps=` (30),
