@@ -1,5 +1,6 @@
 """The PINN examples, end to end in reduced settings, and the Burgers reference solution."""
 
+import jax
 import numpy as np
 import pytest
 
@@ -73,4 +74,22 @@ def test_burgers_pinn_learns_the_smooth_part(tmp_path, burgers):
     assert h[-1] < h[200] / 3 < h[0] / 3
     assert h[300] < h[201] and h[-1] < h[301]
     assert out["steps"] == 400 and len(h) == 401
+    assert out["png"].is_file() and out["png"].stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_helmholtz_example_keeps_the_boundary_exact_and_trains(tmp_path):
+    # A smoke-sized run (the full example: 100 + 20 steps on 60 x 60 and 90 x 90 grids, ~1e-7):
+    # the hard constraint holds on the edges, the error falls far below u = 0's (1.0), and the
+    # finer grid's stage starts from the coarse one's theta.
+    helmholtz = load_script("examples/pinn/helmholtz_2d.py")
+    out = helmholtz.main(width=20, coarse=20, coarse_steps=40, fine=24, fine_steps=3,
+                         test_n=21, out_dir=str(tmp_path), progress=False)
+    coarse, fine = out["stages"]
+    assert coarse["steps"] == 40 and fine["steps"] <= 3
+    assert out["rel_l2"] < 0.5, out["rel_l2"]
+    x = helmholtz.grid(21)
+    on_edge = np.isclose(np.abs(np.asarray(x)).max(1), 1.0)
+    values = jax.vmap(lambda p: out["model"](out["theta"], p))(x[on_edge])
+    np.testing.assert_array_equal(np.asarray(values), 0.0)
     assert out["png"].is_file() and out["png"].stat().st_size > 10_000
