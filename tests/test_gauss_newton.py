@@ -132,6 +132,14 @@ def test_a_residual_that_draws_its_points_from_a_key_keeps_its_own_jacobian():
                              max_steps=3, progress=False, throw=False)
     np.testing.assert_allclose(np.asarray(res.theta), np.asarray(plain.theta), rtol=1e-10)
 
+    class KeylessJacobian(Keyed):  # its Jacobian would not see the step's points: not used
+        def residual_and_jacobian(self, theta, scale):
+            raise AssertionError("called without the key")
+
+    other = sb.least_squares(KeylessJacobian(), jnp.zeros(2), "natural-gradient", args=(2.0,),
+                             key=jax.random.key(0), max_steps=3, progress=False, throw=False)
+    np.testing.assert_allclose(np.asarray(other.theta), np.asarray(plain.theta), rtol=1e-10)
+
 
 def _fine_directions_wrong(theta):
     # At theta = 0: J = diag(1, 1e-5), r = (-1, 1). The cutoff 1e-7 keeps theta[1]'s direction:

@@ -25,7 +25,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from ._batches import KeyedLoss
+from ._batches import KeyedLoss, takes_key
 from ._natural_gradient import (
     cgls_step,
     geodesic_corrections,
@@ -60,9 +60,11 @@ def _own_jacobian(fn: Callable) -> Callable | None:
     step) is called as `residual_and_jacobian(theta, *args, key=k)`."""
     inner = fn.fn if isinstance(fn, Residual) else fn
     if isinstance(inner, KeyedLoss):
+        # One that cannot take the key would see other points than the residual: not used.
         own = getattr(inner.fn, "residual_and_jacobian", None)
-        return None if own is None else lambda theta, *args: own(theta, *args[:-1],
-                                                                  key=args[-1])
+        if own is None or not takes_key(own):
+            return None
+        return lambda theta, *args: own(theta, *args[:-1], key=args[-1])
     return getattr(inner, "residual_and_jacobian", None)
 
 
