@@ -25,6 +25,7 @@ from jaxtyping import Array, ArrayLike
 from ._activations import check_twice_differentiable
 from ._custom_types import Theta, ThetaLike, Validated
 from ._flat_mlp import FlatMLP
+from ._precision import guard_x64
 
 
 _MSG_POINT = """\
@@ -118,6 +119,7 @@ class HardConstraint(eqx.Module):
         return g
 
     def __call__(self, theta: ThetaLike, x: ArrayLike) -> Array:
+        guard_x64(x, "`sb.HardConstraint(...)(theta, x)`", "a NumPy `x`")
         x = jnp.asarray(x)
         return self._lift(x) + self._distance(x) * self.model(theta, x)
 
@@ -132,6 +134,7 @@ class HardConstraint(eqx.Module):
     def derivatives(self, theta: ThetaLike, x: ArrayLike, order: int = 2) -> tuple[Array, ...]:
         """`(u, du/dx, Lap u)` at one point `x` (or `(u, du/dx)` for `order=1`), shapes as
         `sb.FlatMLP.forward_derivatives`: the Jacobian is `u.shape + x.shape`."""
+        guard_x64(x, "`sb.HardConstraint` derivatives", "a NumPy `x`")
         x = jnp.asarray(x)
         if x.ndim != 1:
             raise ValueError(_MSG_POINT.format(shape=x.shape))

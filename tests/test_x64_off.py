@@ -36,6 +36,10 @@ checks = {
     "flat numpy theta": lambda: sb.flat(mlp, fast=False)(np.zeros(theta.size), jnp.ones(1)),
     "FlatMLP dtype": lambda: sb.FlatMLP((1, 4, 1), key=jax.random.key(0), dtype=jnp.float64),
     "FlatMLP numpy x": lambda: fast(fast.theta0, np.ones(1)),
+    "HardConstraint numpy x": lambda: sb.HardConstraint(fast, lambda x: x[0])(fast.theta0,
+                                                                              np.ones(1)),
+    "HardConstraint laplacian numpy x": lambda: sb.laplacian(
+        sb.HardConstraint(fast, lambda x: x[0]))(fast.theta0, np.ones(1)),
     "pinn points": lambda: sb.pinn(fm, {"bc": (lambda u, x: u(x), x64)}),
     "error_report points": lambda: sb.error_report(u, jnp.ones(1), x64, np.zeros((8, 1), "f4")),
     "error_report reference": lambda: sb.error_report(u, jnp.ones(1), x64.astype("f4"),
