@@ -29,13 +29,18 @@ from ._precision import guard_x64
 
 
 _MSG_POINT = """\
-`sb.HardConstraint` derivatives expected one point `x` of shape (d,), but got shape {shape}.
-Fix: call them on one point, and `jax.vmap` over a batch (as `sb.pinn` does)."""
+`sb.HardConstraint` expected one point `x` of shape (d,), but got shape {shape}.
+Fix: call it on one point, and `jax.vmap` over a batch (as `sb.pinn` does)."""
 
 _MSG_DISTANCE = """\
 `sb.HardConstraint` expected `distance(x)` to return a scalar (shape ()), but got shape
 {shape}. Fix: return one number per point, zero where the condition holds, e.g.
 `lambda x: (1 - x[0] ** 2) * (1 - x[1] ** 2)` on [-1, 1]^2."""
+
+_MSG_LIFT = """\
+`sb.HardConstraint` expected `lift(x)` to have the model's output shape {want} (or a shape
+that broadcasts to it), but got shape {got}, which would change the output to {out}.
+Fix: return the boundary values with the model's output shape, e.g. `jnp.zeros({want})`."""
 
 
 def _scalar_derivatives(f: Callable, x: Array, order: int) -> tuple[Array, ...]:
@@ -112,6 +117,14 @@ class HardConstraint(eqx.Module):
     def _lift(self, x: Array) -> Array:
         return jnp.zeros((), x.dtype) if self.lift is None else self.lift(x)
 
+    @staticmethod
+    def _add_lift(a: Array, rest: Array) -> Array:
+        # Broadcasting a wrongly shaped lift would silently change the field's shape.
+        out = jnp.broadcast_shapes(jnp.shape(a), jnp.shape(rest))
+        if out != jnp.shape(rest):
+            raise ValueError(_MSG_LIFT.format(want=jnp.shape(rest), got=jnp.shape(a), out=out))
+        return a + rest
+
     def _distance(self, x: Array) -> Array:
         g = self.distance(x)
         if jnp.shape(g) != ():
@@ -121,7 +134,9 @@ class HardConstraint(eqx.Module):
     def __call__(self, theta: ThetaLike, x: ArrayLike) -> Array:
         guard_x64(x, "`sb.HardConstraint(...)(theta, x)`", "a NumPy `x`")
         x = jnp.asarray(x)
-        return self._lift(x) + self._distance(x) * self.model(theta, x)
+        if x.ndim != 1:
+            raise ValueError(_MSG_POINT.format(shape=x.shape))
+        return self._add_lift(self._lift(x), self._distance(x) * self.model(theta, x))
 
     def _network_derivatives(self, theta: ThetaLike, x: Array, order: int) -> tuple[Array, ...]:
         if isinstance(self.model, FlatMLP):
@@ -141,9 +156,9 @@ class HardConstraint(eqx.Module):
         n = self._network_derivatives(theta, x, order)
         g = _scalar_derivatives(self._distance, x, order)
         a = _scalar_derivatives(self._lift, x, order)
-        value = a[0] + g[0] * n[0]
-        grad = a[1] + n[0][..., None] * g[1] + g[0] * n[1]
+        value = self._add_lift(a[0], g[0] * n[0])
+        grad = self._add_lift(a[1], n[0][..., None] * g[1] + g[0] * n[1])
         if order == 1:
             return value, grad
-        lap = a[2] + n[0] * g[2] + 2 * (n[1] @ g[1]) + g[0] * n[2]
+        lap = self._add_lift(a[2], n[0] * g[2] + 2 * (n[1] @ g[1]) + g[0] * n[2])
         return value, grad, lap

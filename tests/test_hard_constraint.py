@@ -92,3 +92,22 @@ def test_bad_inputs_say_what_was_expected():
     assert sb.HardConstraint(_NET, _box).size == _NET.size == _NET.theta0.size
     with pytest.raises(ValueError, match=r"one point `x` of shape \(d,\)"):
         sb.laplacian(sb.HardConstraint(_NET, _box))(_NET.theta0, jnp.zeros((3, 2)))
+    # A batch passed as a point is named as such, not blamed on `distance`.
+    with pytest.raises(ValueError, match=r"one point `x` of shape \(d,\), but got shape \(3, 2\)"):
+        sb.HardConstraint(_NET, _box)(_NET.theta0, jnp.zeros((3, 2)))
+
+
+def test_a_lift_of_the_wrong_shape_is_refused_not_broadcast():
+    # (3,) + the scalar network's () would silently give every point three outputs.
+    wide = sb.HardConstraint(_NET, _box, lambda x: jnp.ones(3) * x[0])
+    x = _POINTS[0]
+    with pytest.raises(ValueError, match=r"(?s)output shape \(\).*got shape \(3,\).*to \(3,\)"):
+        wide(_NET.theta0, x)
+    with pytest.raises(ValueError, match=r"(?s)output shape \(\).*got shape \(3,\)"):
+        sb.laplacian(wide)(_NET.theta0, x)
+    # A scalar lift for a one-output network broadcasts without changing the shape: allowed.
+    vector = sb.FlatMLP((2, 8, 1), key=jax.random.key(2), dtype=jnp.float64)
+    u = sb.HardConstraint(vector, _box, _lift)
+    assert u(vector.theta0, x).shape == (1,)
+    np.testing.assert_allclose(u(vector.theta0, x), _lift(x) + _box(x) * vector(vector.theta0, x),
+                               rtol=1e-15)
