@@ -110,4 +110,4 @@ def test_a_lift_of_the_wrong_shape_is_refused_not_broadcast():
     u = sb.HardConstraint(vector, _box, _lift)
     assert u(vector.theta0, x).shape == (1,)
     np.testing.assert_allclose(u(vector.theta0, x), _lift(x) + _box(x) * vector(vector.theta0, x),
-                               rtol=1e-15)
+                               rtol=1e-14)
