@@ -78,7 +78,9 @@ class HardConstraint(eqx.Module):
         `sb.FlatMLP` (derivatives from its forward pass) or any flat model (nested autodiff).
     - `distance`: `distance(x) -> scalar`, zero exactly where the condition is imposed and
         nonzero inside (for a box, the product of `(x_k - lo_k)(hi_k - x_k)`; for other
-        domains an approximate distance function, Sukumar & Srivastava 2022).
+        domains an approximate distance function, Sukumar & Srivastava 2022). It must be
+        twice differentiable inside: the exact distance `min_k(...)` or an `abs` has kinks
+        whose second derivative autodiff reports as 0, so the Laplacian would be wrong there.
     - `lift`: `lift(x)` with the shape of `model`'s output, the boundary values extended
         inside (default: zero).
 
