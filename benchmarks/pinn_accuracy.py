@@ -431,8 +431,9 @@ def main(problems: str = "poisson", methods: str = "natural-gradient", seeds: st
                       f"{row['steps']} steps, {row['cpu']:.0f} CPU s, {row['wall']:.0f} s",
                       flush=True)
     header = (
-        "PINN accuracy, float64, same initial weights per seed; measured under load (six "
-        f"people sharing 2 CPU cores), {jax.devices()[0].platform.upper()}, jax "
+        "PINN accuracy, float64, same initial weights per seed; rows measured at different "
+        "times, some under load (six people sharing 2 CPU cores: CPU seconds are the fairer "
+        f"column), {jax.devices()[0].platform.upper()}, jax "
         f"{jax.__version__}, one OpenBLAS thread (see the top of the script). CPU seconds "
         "include compilation.\n"
     )
