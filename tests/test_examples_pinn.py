@@ -50,9 +50,12 @@ def test_burgers_reference_has_converged_in_the_number_of_nodes(burgers):
 @pytest.mark.slow
 def test_seed_1d_adam_then_bfgs_reaches_its_threshold(tmp_path):
     seed_1d = load_script("examples/pinn/seed_1d.py")
-    out = seed_1d.main(n_points=24, adam_steps=200, bfgs_steps=100, out_dir=str(tmp_path),
+    # 100 BFGS steps met 1e-4 on 3 of seeds 0-5 (up to 1.04 on seed 3): a rounding change could
+    # fail it. 300 steps end at 1.4e-5..2.8e-5 on five seeds and 1.1e-4 on seed 3, while Adam
+    # alone stays at 5e-4..1.4; the threshold keeps a 4x margin over the worst of them.
+    out = seed_1d.main(n_points=24, adam_steps=200, bfgs_steps=300, out_dir=str(tmp_path),
                        progress=False)
-    assert out["rel_l2"] < 1e-4, out["rel_l2"]
+    assert out["rel_l2"] < 5e-4, out["rel_l2"]
     assert out["rel_l2"] < out["rel_l2_adam"]  # BFGS improves on where Adam stopped
     assert out["png"].is_file() and out["png"].stat().st_size > 10_000
     assert len(out["history"]) == out["steps"] + 1
@@ -63,12 +66,13 @@ def test_seed_1d_adam_then_bfgs_reaches_its_threshold(tmp_path):
 
 @pytest.mark.slow
 def test_burgers_pinn_learns_the_smooth_part(tmp_path, burgers):
-    out = burgers.main(width=10, depth=2, n_points=200, n_boundary=50, adam_steps=200,
-                       rounds=2, round_steps=100, n_adaptive=50, out_dir=str(tmp_path),
+    out = burgers.main(width=10, depth=2, n_points=800, n_boundary=100, adam_steps=200,
+                       rounds=2, round_steps=100, n_adaptive=100, out_dir=str(tmp_path),
                        progress=False)
     # A smoke-sized run cannot resolve the front (the full example reaches 5.5e-5): check that
     # it learns the smooth part (u = 0 scores 1.0) and that SSBroyden keeps lowering the loss
-    # in both rounds, each on its own new points.
+    # in both rounds, each on its own new points. On 200 points the error was 0.29-0.83 over
+    # seeds 0-5 (seed 0: 0.43, close to the bar); on 800 it is 0.17-0.33, in the same time.
     assert out["rel_l2"] < 0.5, out["rel_l2"]
     h = out["history"]
     assert h[-1] < h[200] / 3 < h[0] / 3
