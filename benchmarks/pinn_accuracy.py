@@ -39,6 +39,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import time
 from pathlib import Path
 
@@ -398,6 +399,17 @@ def _cost_section(measure: bool) -> str:
     return old.split("Cost per step:\n\n", 1)[1].rstrip("\n")
 
 
+def _revision() -> str:
+    """The commit the rows were measured at (`-dirty` with uncommitted changes), so a row that
+    drifts between measurements can be traced to the code it ran."""
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=HERE,
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
 def _load_rows() -> list[dict]:
     if not ROWS.is_file():
         return []
@@ -421,10 +433,12 @@ def main(problems: str = "poisson", methods: str = "natural-gradient", seeds: st
               f"steps, {row['wall']:.0f} s")
         return table([row])
     ROWS.parent.mkdir(parents=True, exist_ok=True)
+    revision = _revision()
     for name in problems.split(","):
         for method in methods.split(","):
             for seed in (int(s) for s in seeds.split(",")):
-                row = run_one(name, method, seed, every)
+                row = {**run_one(name, method, seed, every), "revision": revision,
+                       "date": time.strftime("%Y-%m-%d")}
                 with ROWS.open("a") as fh:
                     fh.write(json.dumps(row) + "\n")
                 print(f"{name} {method} seed {seed}: rel. L2 {row['rel_l2']:.2e}, "
