@@ -62,6 +62,32 @@ def test_update_is_skipped_without_positive_curvature():
     np.testing.assert_array_equal(np.asarray(new), H)
 
 
+@pytest.mark.parametrize("kind", ["ssbfgs", "ssbroyden"])
+def test_update_keeps_a_symmetric_matrix_exactly_symmetric(kind):
+    # The update has no symmetrising pass: entry (i, j) is computed from the same numbers as
+    # (j, i), so symmetry holds to the bit, step after step.
+    H, s, y, g = _pair(1, n=9)
+    H = (H + H.T) / 2
+    update = jax.jit(lambda H, s, y, g: self_scaled_update(H, s, y, g, jnp.asarray(0.7),
+                                                          jnp.asarray(False), kind))
+    H = jnp.asarray(H)
+    for k in range(5):
+        s_k, y_k = np.roll(s, k), np.roll(y, k)
+        H = update(H, jnp.asarray(s_k), jnp.asarray(y_k), jnp.asarray(g))
+        np.testing.assert_array_equal(np.asarray(H), np.asarray(H).T)
+
+
+def test_update_is_skipped_when_not_applied_or_when_it_would_overflow():
+    H, s, y, g = map(jnp.asarray, _pair())
+    one, no = jnp.asarray(1.0), jnp.asarray(False)
+    same = self_scaled_update(H, s, y, g, one, no, "ssbroyden", apply=jnp.asarray(False))
+    np.testing.assert_array_equal(np.asarray(same), np.asarray(H))
+    # (H y)(H y)^T overflows although y^T s > 0 and every input is finite.
+    big = 1e300 * jnp.eye(H.shape[0])
+    huge = self_scaled_update(big, s, y, g, one, no, "ssbfgs")
+    np.testing.assert_array_equal(np.asarray(huge), np.asarray(big))
+
+
 def test_strong_wolfe_conditions_hold_at_the_returned_step():
     f = lambda t: jnp.sum(t**4) + jnp.sum((t - 1.0) ** 2)
     theta = jnp.array([2.0, -3.0])

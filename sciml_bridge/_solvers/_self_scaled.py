@@ -65,8 +65,16 @@ def self_scaled_update(
     alpha: Array,
     first: Array,
     kind: str,
+    apply: Array | bool = True,
 ) -> Float[Array, "n n"]:
-    """One self-scaled update of the inverse Hessian `H` (`kind`: "ssbfgs" or "ssbroyden")."""
+    """One self-scaled update of the inverse Hessian `H` (`kind`: "ssbfgs" or "ssbroyden");
+    `H` itself where `apply` is false or the update is rejected (see the module docstring).
+
+    The `n x n` work is one fused pass over `H`: every check is made on scalars and vectors
+    before it, and the branch not taken costs nothing (`lax.cond`). The update keeps a
+    symmetric `H` exactly symmetric (each entry `(i, j)` is computed from the same numbers as
+    `(j, i)`), so it needs no symmetrising pass.
+    """
     ys = y @ s
     Hy = H @ y
     yHy = y @ Hy
@@ -79,12 +87,19 @@ def self_scaled_update(
         tau, phi, theta = _ssbroyden_scaling(a, b, s.size)
     tau = jnp.where(first, h / (1 + a * theta), tau)
     v = s / ys - Hy / yHy
-    new = (H - jnp.outer(Hy, Hy) / yHy + (phi * yHy) * jnp.outer(v, v)) / tau
-    new = new + jnp.outer(s, s) / ys
-    new = (new + new.T) / 2  # keep it symmetric against rounding
-    ok = (ys > jnp.finfo(ys.dtype).eps * jnp.linalg.norm(s) * jnp.linalg.norm(y))
-    ok = ok & jnp.all(jnp.isfinite(new))
-    return jnp.where(ok, new, H)
+    # A bound on every entry of the result, each term computed in the order the update
+    # computes it: finite bound, finite update (it overflows exactly when a term does).
+    big = lambda w: jnp.max(jnp.abs(w))
+    bound = (big(H) + big(Hy) * big(Hy) / yHy + jnp.abs(phi * yHy) * (big(v) * big(v))) \
+        / jnp.abs(tau) + big(s) * big(s) / ys  # fmt: skip
+    ok = apply & (ys > jnp.finfo(ys.dtype).eps * jnp.linalg.norm(s) * jnp.linalg.norm(y))
+    ok = ok & jnp.isfinite(bound) & (tau != 0)
+
+    def update(H):
+        return (H - jnp.outer(Hy, Hy) / yHy + (phi * yHy) * jnp.outer(v, v)) / tau \
+            + jnp.outer(s, s) / ys  # fmt: skip
+
+    return jax.lax.cond(ok, update, lambda H: H, H)
 
 
 class SelfScaledStepper(AbstractStepper):
@@ -118,7 +133,8 @@ class SelfScaledStepper(AbstractStepper):
         theta, f, g, H, k = state
         p = -(H @ g)
         descent = g @ p < 0
-        H = jnp.where(descent, H, jnp.eye(theta.size, dtype=H.dtype))  # restart if not
+        # Not a descent direction (rounding in a badly conditioned `H`): restart from `I`.
+        H = jax.lax.cond(descent, lambda: H, lambda: jnp.eye(theta.size, dtype=H.dtype))
         p = jnp.where(descent, p, -g)
         # First step: identity `H`, so scale the trial to a unit max-norm move.
         alpha0 = jnp.where(k == 0, 1 / jnp.maximum(1, jnp.max(jnp.abs(g))), 1).astype(f.dtype)
@@ -129,8 +145,7 @@ class SelfScaledStepper(AbstractStepper):
         )  # fmt: skip
         moved = alpha > 0
         s, y = alpha * p, g_new - g
-        H_new = self_scaled_update(H, s, y, g, alpha, k == 0, self.kind)
-        H = jnp.where(moved, H_new, H)
+        H = self_scaled_update(H, s, y, g, alpha, k == 0, self.kind, apply=moved)
         # Converged: a small gradient, or a quadratic model (`H`) that predicts a relative
         # decrease `-0.5 g.p / |f|` below `tol`. A line search that cannot move before either
         # holds is a stall (`RESULTS.stalled`), not convergence.
