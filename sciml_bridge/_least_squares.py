@@ -24,6 +24,7 @@ from ._solvers._batches import KeyedLoss, takes_key, with_batches
 from ._solvers._checkpoint import fingerprint
 from ._solvers._methods import resolve_least_squares
 from ._solvers._outputs import Residual
+from ._solvers._own_jacobian import own_jacobian
 from ._solvers._run import drive
 from ._solvers._scipy_backend import scipy_least_squares, solve_scipy
 from ._solvers._setup import check_tol, make_run, prepare_args, prepare_theta0
@@ -105,6 +106,8 @@ def resolve_jac(jac: str, residual, theta0, args, *, by_shape: bool, where: str)
         raise ValueError(f'`{where}` expected `jac` to be "auto", "fwd" or "bwd", got {jac!r}.')
     if jac != "auto":
         return jac
+    if own_jacobian(residual) is not None:  # never differentiated: its Jacobian is its own
+        return "fwd"
     key = _signature(residual, theta0, args)
     if not _FORWARD_OK.get(key, lambda: _check_forward(residual, theta0, args)):
         return "bwd"
@@ -165,7 +168,9 @@ def least_squares(
         Jacobian), or an Optimistix least-squares solver object.
     - `jac`: `"auto"` (default: forward mode, or reverse when the residual holds a
         `jax.custom_vjp` such as a default-adjoint Diffrax solve; for dense Jacobians the
-        cheaper mode by shape), `"fwd"` or `"bwd"`.
+        cheaper mode by shape), `"fwd"` or `"bwd"`. A residual with its own
+        `residual_and_jacobian(theta, *args) -> (r, J)` (an `sb.pinn` residual: per point,
+        in reverse mode) is linearised by it in every method, SciPy's and Optimistix's too.
     - `tol`: stopping tolerance (Gauss-Newton: gradient max-norm, or the relative loss
         decrease its model predicts, `0.5 |U_k^T r|^2 / loss`; Optimistix: `rtol=atol`;
         SciPy: `xtol=ftol=gtol`). Default 1e-8 in float64, 1e-4 in float32.

@@ -26,7 +26,6 @@ import equinox.internal as eqxi
 import jax
 import jax.numpy as jnp
 
-from ._batches import KeyedLoss, takes_key
 from ._natural_gradient import (
     cgls_step,
     geodesic_corrections,
@@ -34,7 +33,7 @@ from ._natural_gradient import (
     residual_and_jacobian,
     truncated_solver,
 )
-from ._outputs import Residual
+from ._own_jacobian import own_jacobian
 from ._stepper import RESULTS, AbstractStepper
 
 
@@ -49,25 +48,6 @@ _MSG_GEODESIC_CG = """\
 `solver="auto"` above 2e7 Jacobian entries), but the geodesic correction reuses a factorisation
 of the Jacobian, which CGLS never forms. Fix: pass `solver="svd"`, `"gramian"` or `"kernel"`,
 or drop `geodesic=True`."""
-
-def _own_jacobian(fn: Callable) -> Callable | None:
-    """The `residual_and_jacobian` of a residual that knows its structure (`sb.pinn`'s, per
-    point), looking through the output check `sb.least_squares` wraps around every residual.
-    It is called with the residual's own arguments, `residual_and_jacobian(theta, *args)`, so
-    a residual that takes its collocation points as `args` (resampled between runs without
-    recompiling) keeps it. Missing it costs the black-box Jacobian instead: 5.2 against 0.6
-    CPU s per step on the 2-D Helmholtz PINN of `benchmarks/pinn_accuracy.py` (1020
-    residuals, 2751 parameters). A residual drawing its points from `key=` (resampled at every
-    step) is called as `residual_and_jacobian(theta, *args, key=k)`."""
-    inner = fn.fn if isinstance(fn, Residual) else fn
-    if isinstance(inner, KeyedLoss):
-        # One that cannot take the key would see other points than the residual: not used.
-        own = getattr(inner.fn, "residual_and_jacobian", None)
-        if own is None or not takes_key(own):
-            return None
-        return lambda theta, *args: own(theta, *args[:-1], key=args[-1])
-    return getattr(inner, "residual_and_jacobian", None)
-
 
 class GaussNewtonStepper(AbstractStepper):
     """One truncated Gauss-Newton (ENGD) step; see the module docstring."""
@@ -158,7 +138,7 @@ class GaussNewtonStepper(AbstractStepper):
                 raise ValueError(_MSG_GEODESIC_CG)
             r, d, g = cgls_step(f, theta, self.cg_steps, self.cg_tol)
             return r, d[None], g, None
-        own = _own_jacobian(self.fn)
+        own = own_jacobian(self.fn)
         if own is not None:
             r, J = own(theta, *args)
         else:

@@ -22,6 +22,7 @@ from ._optimistix import (
     minimiser,
     optimistix_stepper,
 )
+from ._own_jacobian import with_own_jacobian
 from ._self_scaled import SelfScaledStepper
 from ._setup import check_options, default_tol
 from ._stateful import check_first_order
@@ -152,8 +153,9 @@ def resolve_least_squares(fn, theta0, method, tol, options: dict, jac_mode, wher
     if is_optimistix_solver(method) or method in ("lm", "dogleg"):
         check_options(options, (), where, method, extra=("jac",))
         solver = least_squares_solver(method, tol) if isinstance(method, str) else method
-        return Plan(optimistix_stepper(fn, solver, least_squares=True, jac=jac_mode(False),
-                                       options=options, dtype=theta0.dtype))  # fmt: skip
+        return Plan(optimistix_stepper(with_own_jacobian(fn), solver, least_squares=True,
+                                       jac=jac_mode(False), options=options,
+                                       dtype=theta0.dtype))  # fmt: skip
     if isinstance(method, str) and (method in MINIMIZE or hasattr(optax, method)):
         raise ValueError(_MSG_VERB.format(where=where, method=method, other="sb.minimize",
                                           valid=", ".join(map(repr, LEAST_SQUARES))))  # fmt: skip

@@ -10,7 +10,8 @@ returned.
 
 import time
 import warnings
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import equinox as eqx
 import jax
@@ -22,6 +23,7 @@ from .._progress import Progress
 from .._result import RESULTS, finish
 from .._scipy import scipy_dtype, scipy_objective
 from ._interrupt import catch_sigint
+from ._own_jacobian import own_jacobian
 from ._run import _RUNTIME_ERRORS, deliver, first_line
 from ._setup import Run
 
@@ -180,9 +182,17 @@ class _Residual:
             fn, args = eqx.combine(dynamic, static)
             return jnp.ravel(fn(x, *args))
 
+        own = own_jacobian(fn)
+
+        def own_j(x, dynamic):
+            fn, args = eqx.combine(dynamic, static)
+            return cast(Callable, own_jacobian(fn))(x, *args)[1]  # `fn`'s type has one
+
         self.dtype, self._dynamic = dtype, dynamic
         self._r = jax.jit(r)
-        self._j = jax.jit(jax.jacfwd(r) if jac == "fwd" else jax.jacrev(r))
+        # The residual's own Jacobian when it has one (`_own_jacobian.py`: `sb.pinn`'s).
+        self._j = jax.jit(own_j if own is not None else
+                          jax.jacfwd(r) if jac == "fwd" else jax.jacrev(r))  # fmt: skip
 
     def residual(self, x) -> np.ndarray:
         out = np.asarray(self._r(jnp.asarray(x, dtype=self.dtype), self._dynamic), np.float64)
