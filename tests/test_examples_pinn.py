@@ -83,16 +83,18 @@ def test_burgers_pinn_learns_the_smooth_part(tmp_path, burgers):
 
 @pytest.mark.slow
 def test_helmholtz_example_keeps_the_boundary_exact_and_trains(tmp_path):
-    # A smoke-sized run (the full example: 100 + 20 steps on 60 x 60 and 90 x 90 grids, ~1e-7):
+    # A smoke-sized run (the full example: 100 + 20 natural-gradient steps on 60 x 60 and
+    # 90 x 90 grids, then 10,000 SSBroyden steps on the 90 x 90 loss):
     # the hard constraint holds on the edges, the error falls far below u = 0's (1.0), and the
     # finer grid's stage starts from the coarse one's theta. The example's own width: a width-20
     # network trained in 40 steps on 1 of seeds 0-5 (on the others the loss stayed ~1e3, and
     # rounding alone moved seed 0 from 0.08 to 2.7), width 50 on all six (0.06-0.15).
     helmholtz = load_script("examples/pinn/helmholtz_2d.py")
-    out = helmholtz.main(coarse=20, coarse_steps=40, fine=24, fine_steps=3, test_n=21,
-                         out_dir=str(tmp_path), progress=False)
-    coarse, fine = out["stages"]
-    assert coarse["steps"] == 40 and fine["steps"] <= 3
+    out = helmholtz.main(coarse=20, coarse_steps=40, fine=24, fine_steps=3, polish_steps=20,
+                         test_n=21, out_dir=str(tmp_path), progress=False)
+    coarse, fine, polish = out["stages"]
+    assert coarse["steps"] == 40 and fine["steps"] <= 3 and 0 < polish["steps"] <= 20
+    assert polish["grid"] == 24 and polish["loss"] < fine["loss"]  # on the fine grid's loss
     assert out["rel_l2"] < 0.5, out["rel_l2"]
     x = helmholtz.grid(21)
     on_edge = np.isclose(np.abs(np.asarray(x)).max(1), 1.0)

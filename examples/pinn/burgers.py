@@ -17,8 +17,10 @@ points and not between them, at the steep front. New points every round close th
 residual needs `u_t`, `u_x` and `u_xx` only: `u.grad` gives the first two in the forward pass of
 the fast path, and `u.second_derivative(z, axis=1)` the last without forming the full Hessian.
 The initial and wall conditions live on three faces of the (t, x) box, chosen with `faces=`.
-With the defaults the relative L2 error is 5.5e-5 after ~9 CPU minutes on a loaded 2-core CPU
-(Adam 1000 + L-BFGS 4000 steps on fixed points, the previous recipe, reached 7.4e-3).
+With the defaults the relative L2 error is 5.2e-5 after ~2.5 CPU minutes on a loaded 2-core
+CPU (Adam 1000 + L-BFGS 4000 steps on fixed points, the previous recipe, reached 7.4e-3);
+seeds 0-4 in `benchmarks/pinn_accuracy.py`: median 7.5e-5, worst 2.6e-3 (seed 1: the rounds
+are sensitive to rounding, and that seed got 2.3e-4 before a change that only moved rounding).
 
 Run `python examples/pinn/burgers.py`; it prints the relative L2 error and writes
 `out/burgers.png`.
