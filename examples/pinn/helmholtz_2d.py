@@ -15,8 +15,8 @@ from ~1e-5 to ~5e-9 on a 2-50-50-1 tanh network (2,751 parameters):
 - SSBroyden (`sb.minimize(..., "ssbroyden")`) on the 90 x 90 loss: its curvature, built over
   thousands of steps, halves the loss every ~1,000 steps, and the error follows.
 
-With the natural-gradient stages alone (`polish_steps=0`) this script reaches 1.02e-7 and 7.5e-8
-relative L2 (seeds 0 and 1), about 780 CPU s each on one core. `benchmarks/pinn_accuracy.py`
+With the defaults this script reaches 9.5e-9 relative L2 on seed 0 in about 1,630 CPU s on one
+core (after the natural-gradient stages: 1.5e-7 at ~710 CPU s). `benchmarks/pinn_accuracy.py`
 (the same field with its product rule written by hand, which changes the trajectory at rounding
 level) has seeds 0-4 at median 9.4e-8 after those stages (row `natural-gradient-hard-bc`), and
 at median 5.4e-9, worst 9.4e-9 after 10,000 more SSBroyden steps (row
