@@ -70,8 +70,9 @@ def self_scaled_update(
     """One self-scaled update of the inverse Hessian `H` (`kind`: "ssbfgs" or "ssbroyden");
     `H` itself where `apply` is false or the update is rejected (see the module docstring).
 
-    The `n x n` work is one fused pass over `H`: every check is made on scalars and vectors
-    before it, and the branch not taken costs nothing (`lax.cond`). The update keeps a
+    The `n x n` work is two reads of `H` (`H @ y` and `max |H|` for the overflow bound) and one
+    fused pass that writes the result: every check is made on scalars and vectors before it,
+    and the branch not taken costs nothing (`lax.cond`). The update keeps a
     symmetric `H` exactly symmetric (each entry `(i, j)` is computed from the same numbers as
     `(j, i)`), so it needs no symmetrising pass.
     """
