@@ -307,7 +307,7 @@ def finish(
     head = f"`{where}` ({detail})" if detail else f"`{where}`"
     message = f"{head}: {text or RESULTS[result]}"
     if result is not RESULTS.successful and text and RESULTS[result] not in text:
-        message = f"{message}. {RESULTS[result]}"
+        message = f"{message.rstrip('.')}. {RESULTS[result]}"
     sol = Solution(
         theta=theta,
         loss=float(loss),

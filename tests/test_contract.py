@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import scipy.optimize
 from helpers import run_python
 
 import sciml_bridge as sb
@@ -314,3 +315,40 @@ def test_running_out_of_memory_while_setting_up_says_which_methods_fit(monkeypat
         sb.minimize(lambda t: jnp.sum(t * t), jnp.ones(3), "ssbfgs", progress=False)
     assert '"lbfgs"' in str(info.value) and "n x n" in str(info.value)
     np.testing.assert_array_equal(np.asarray(info.value.result.theta), np.ones(3))
+
+
+def test_running_out_of_memory_mid_run_keeps_the_last_chunk_and_says_what_fits(monkeypatch):
+    # The chunk loop's failure path used to append the generic backend text (with a doubled
+    # period) and no word on memory; the setup path above already had one.
+    loss = lambda t: jnp.sum((t - 1.0) ** 2)
+    # The chunk's state is donated, so the last point whose loss is known is kept: the first
+    # chunk evaluated the loss after its first step, not after its second.
+    one = sb.minimize(loss, jnp.zeros(3), "adam", max_steps=1, learning_rate=0.1,
+                      progress=False)
+    calls, real = [], _run.run_chunk
+
+    def runs_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:
+            raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 8 "
+                                             "bytes.")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_run, "run_chunk", runs_once)
+    res = sb.minimize(loss, jnp.zeros(3), "adam", max_steps=6, learning_rate=0.1,
+                      chunk_size=2, throw=False, progress=False)
+    assert res.result is sb.RESULTS.solver_failed and res.steps == 1
+    assert "RESOURCE_EXHAUSTED" in res.message and 'solver="cg"' in res.message
+    assert "m x n" in res.message and ".." not in res.message
+    np.testing.assert_allclose(np.asarray(res.theta), np.asarray(one.theta), rtol=1e-15)
+
+
+def test_running_out_of_memory_inside_scipy_says_what_fits(monkeypatch):
+    def no_memory(*args, **kwargs):
+        raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 8 bytes.")
+
+    monkeypatch.setattr(scipy.optimize, "minimize", no_memory)
+    res = sb.minimize(lambda t: jnp.sum(t * t), jnp.ones(3), "scipy:bfgs", throw=False,
+                      progress=False)
+    assert res.result is sb.RESULTS.solver_failed and 'solver="cg"' in res.message
+    np.testing.assert_array_equal(np.asarray(res.theta), np.ones(3))

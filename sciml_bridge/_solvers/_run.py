@@ -288,7 +288,7 @@ def drive(stepper: AbstractStepper, theta0, args: tuple, run: Run):
         except KeyboardInterrupt:
             driver.stop_all(RESULTS.interrupted)
         except _RUNTIME_ERRORS as e:
-            driver.stop_all(RESULTS.solver_failed, first_line(e))
+            driver.stop_all(RESULTS.solver_failed, failure_detail(e))
         if interrupt:
             driver.stop_all(RESULTS.interrupted)
     return deliver(driver.conclude(), batched, run, driver.sharding)
@@ -300,14 +300,28 @@ _MSG_OUT_OF_MEMORY = (
     'limited-memory method ("lbfgs"), Gauss-Newton with `solver="cg"`, fewer members, or a '
     "smaller model"
 )
+_MSG_STEP_MEMORY = (
+    "a step needs more memory than the device holds. Least-squares methods form the Jacobian "
+    "of every residual (m x n, 8 m n bytes per member in float64), dense quasi-Newton methods "
+    "an n x n matrix, and the natural-gradient line search its trial points. Fix: "
+    'Gauss-Newton with `solver="cg"` (matrix-free), a limited-memory method ("lbfgs"), fewer '
+    "residual points or members, or a smaller model"
+)
+
+
+def failure_detail(e: Exception, fix: str = _MSG_STEP_MEMORY) -> str:
+    """The failure's own line (`first_line`); when it is XLA's out-of-memory line, followed by
+    what holds the memory and how to fit (`fix`)."""
+    detail = first_line(e)
+    if "RESOURCE_EXHAUSTED" not in detail:
+        return detail
+    return f"{detail.rstrip('.')}: {fix}"
 
 
 def _failed_at_start(theta0, run: Run, e: Exception) -> list[Solution]:
     """Every member as `solver_failed` at `theta0` with step 0: setting up the method's state
     evaluated the loss, which raised (`eqx.error_if`), or allocated more than memory holds."""
-    detail = first_line(e)
-    if "RESOURCE_EXHAUSTED" in detail:
-        detail = f"{detail.rstrip('.')}: {_MSG_OUT_OF_MEMORY}"
+    detail = failure_detail(e, _MSG_OUT_OF_MEMORY)
     rows = local(theta0) if theta0.ndim == 2 else local(theta0)[None]
     return [finish(theta=row, loss=float("nan"), history=[float("nan")], steps=0,
                    result=RESULTS.solver_failed, wall_time=time.perf_counter() - run.start,

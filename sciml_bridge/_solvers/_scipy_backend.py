@@ -24,7 +24,7 @@ from .._result import RESULTS, finish
 from .._scipy import scipy_dtype, scipy_objective
 from ._interrupt import catch_sigint
 from ._own_jacobian import own_jacobian
-from ._run import _RUNTIME_ERRORS, deliver, first_line
+from ._run import _RUNTIME_ERRORS, deliver, failure_detail, first_line
 from ._setup import Run
 
 
@@ -128,7 +128,7 @@ def _call(thunk, run: Run, name: str):
     except KeyboardInterrupt:
         return RESULTS.interrupted, ""
     except _RUNTIME_ERRORS as e:
-        return RESULTS.solver_failed, first_line(e)
+        return RESULTS.solver_failed, failure_detail(e)
     except ValueError as e:
         # Under plain `jax.jit` (our SciPy objective) an `eqx.error_if` inside the loss
         # arrives as XLA's callback error wrapping Equinox's message.
