@@ -353,6 +353,18 @@ ANCHORS = {
 }
 
 
+def _seed_ranges(seeds: list[int]) -> str:
+    """`[0, 1, 2, 3, 4, 7]` -> `"0-4,7"` (runs of three or more consecutive seeds)."""
+    runs: list[list[int]] = []
+    for s in seeds:
+        if runs and s == runs[-1][-1] + 1:
+            runs[-1].append(s)
+        else:
+            runs.append([s])
+    spell = lambda run: f"{run[0]}-{run[-1]}" if len(run) > 2 else ",".join(map(str, run))
+    return ",".join(spell(run) for run in runs)
+
+
 def table(rows: list[dict]) -> str:
     lines = []
     for name in PROBLEMS:
@@ -371,7 +383,7 @@ def table(rows: list[dict]) -> str:
             # Rows pieced together from separately timed stages carry no wall time.
             walls = [x["wall"] for x in r if x.get("wall") is not None]
             wall = f"{statistics.median(walls):.0f}" if walls else "-"
-            seeds = ",".join(str(x["seed"]) for x in sorted(r, key=lambda x: x["seed"]))
+            seeds = _seed_ranges(sorted(x["seed"] for x in r))
             lines.append(
                 f"| {method} | {seeds} | {med('rel_l2'):.2e} | {max(x['rel_l2'] for x in r):.2e} "
                 f"| {med('steps'):.0f} | {med('cpu'):.0f} | {wall} |"

@@ -41,3 +41,11 @@ def test_sb_hard_constraint_gives_the_benchmarks_hand_written_residual_and_jacob
     r0, J0 = problem.residual.residual_and_jacobian(theta)
     np.testing.assert_allclose(r, r0, rtol=1e-12, atol=1e-11)
     np.testing.assert_allclose(J, J0, rtol=1e-10, atol=1e-11)
+
+
+def test_the_table_spells_runs_of_seeds_as_ranges_and_keeps_gaps():
+    # The seeds column must still say exactly which seeds a median is over.
+    row = dict(problem="poisson", method="natural-gradient", params=129, rel_l2=1e-7,
+               steps=300, cpu=3.0, wall=None)
+    rows = [dict(row, seed=s) for s in (0, 1, 2, 3, 4, 7, 9, 10)]
+    assert "| natural-gradient | 0-4,7,9,10 |" in bench.table(rows)
