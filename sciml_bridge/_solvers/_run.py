@@ -303,9 +303,10 @@ _MSG_OUT_OF_MEMORY = (
 _MSG_STEP_MEMORY = (
     "a step needs more memory than the device holds. Least-squares methods form the Jacobian "
     "of every residual (m x n, 8 m n bytes per member in float64), dense quasi-Newton methods "
-    "an n x n matrix, and the natural-gradient line search its trial points. Fix: "
-    'Gauss-Newton with `solver="cg"` (matrix-free), a limited-memory method ("lbfgs"), fewer '
-    "residual points or members, or a smaller model"
+    "an n x n matrix, and the natural-gradient line search its trial points (all at once on "
+    'an accelerator). Fix: Gauss-Newton with `solver="cg"` (matrix-free), `line_search_batch=` '
+    '(trial points a few at a time), a limited-memory method ("lbfgs"), fewer residual points '
+    "or members, or a smaller model"
 )
 
 
