@@ -22,6 +22,10 @@ level) has seeds 0-4 at median 9.4e-8 after those stages (row `natural-gradient-
 at median 5.4e-9, worst 9.4e-9 after 10,000 more SSBroyden steps (row
 `natural-gradient-hard-bc+ssbroyden`, about 1,900 CPU s per seed). Most of a natural-gradient
 step is `J^T J` and its eigendecomposition at 2,751 parameters; an SSBroyden step is ~0.1 s.
+`fine_steps=0` skips the natural-gradient steps on the 90 x 90 grid (~330 CPU s), and SSBroyden
+starts from the 60 x 60 fit: seed 0 ends at 8.9e-9 in about 1,340 CPU s; the benchmark's row
+`natural-gradient-hard-bc60+ssbroyden` has seeds 0-4 at median 6.4e-9, worst 1.0e-8 in about
+1,470 CPU s per seed: a quarter less time, errors within the seed-to-seed spread.
 
 Run `python examples/pinn/helmholtz_2d.py [seed]`; it prints the loss and error after each stage
 and writes `out/helmholtz_2d.png` (the solution and the pointwise error).
@@ -89,9 +93,10 @@ def main(seed: int = 0, width: int = 50, coarse: int = 60, coarse_steps: int = 1
 
     for n, steps in ((coarse, coarse_steps), (fine, fine_steps)):
         problem = sb.pinn(u, {"pde": (pde, grid(n))})
-        res = sb.least_squares(problem.residual, theta, "natural-gradient", max_steps=steps,
-                               tol=1e-14, progress=progress, throw=False)
-        theta = stage("natural gradient", n, res)
+        if steps:
+            res = sb.least_squares(problem.residual, theta, "natural-gradient",
+                                   max_steps=steps, tol=1e-14, progress=progress, throw=False)
+            theta = stage("natural gradient", n, res)
     if polish_steps:
         # Below ~1e-7 natural gradient's steps zig-zag; SSBroyden's curvature, built over
         # thousands of steps, goes on lowering the loss of the fine grid, and the error with it.
