@@ -119,8 +119,9 @@ def demo(out_dir: str = "out", quick: bool = False, progress: bool = True) -> di
     return dict(rows=rows, poisson=result, spiral=out)
 
 
-def bench(names: Sequence[str] = (), quick: bool = False) -> list[str]:
-    """Run `benchmarks/<name>.py` (all of them by default); each prints its own table."""
+def benchmark_names(names: Sequence[str] = ()) -> list[str]:
+    """The benchmarks `bench(names)` runs: `names`, or all of them; `ValueError` naming the
+    available ones for an unknown name."""
     folder = ROOT / "benchmarks"
     if not folder.is_dir():
         raise FileNotFoundError(_MSG_NO_SCRIPT.format(command="bench", path=folder))
@@ -130,8 +131,14 @@ def bench(names: Sequence[str] = (), quick: bool = False) -> list[str]:
         raise ValueError(
             f"`sciml-bridge bench` got unknown benchmark(s) {unknown}; available: {available}."
         )
+    return list(names) or available
+
+
+def bench(names: Sequence[str] = (), quick: bool = False) -> list[str]:
+    """Run `benchmarks/<name>.py` (all of them by default); each prints its own table."""
+    names = benchmark_names(names)
     ran = []
-    for name in names or available:
+    for name in names:
         print(f"== benchmarks/{name}.py ==", flush=True)
         module = load_script(f"benchmarks/{name}.py", command="bench")
         _call_main(module, **({"repeats": _QUICK_REPEATS, "quick": True} if quick else {}))
@@ -155,7 +162,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `sciml-bridge` console script and of `python -m sciml_bridge`."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "bench":
+        try:  # a wrong name is a usage error (message, exit status 2), not a traceback
+            benchmark_names(args.names)
+        except (ValueError, FileNotFoundError) as e:
+            parser.error(str(e))
     # The examples and benchmarks measure float64 accuracy (1e-5 and below).
     jax.config.update("jax_enable_x64", True)
     if args.command == "demo":

@@ -119,6 +119,9 @@ def _saved_dtype(layout: dict) -> np.dtype:
         raise Corrupt(_MSG_NOT_THETA.format(why=f"unknown dtype {layout.get('dtype')!r}")) from e
     if not is_inexact(dtype):
         raise Corrupt(_MSG_NOT_THETA.format(why=f"theta dtype {dtype} is not floating"))
+    if dtype.byteorder not in "=|":  # `sb.save` writes native order; JAX takes no other
+        raise Corrupt(_MSG_NOT_THETA.format(why=f"theta dtype {dtype.str} is not native byte "
+                                            "order"))  # fmt: skip
     return dtype
 
 
@@ -159,6 +162,9 @@ def save(path: str | os.PathLike, theta: ThetaLike, fm: Any, metadata: dict | No
     theta = np.asarray(theta)
     if not is_inexact(theta.dtype):
         raise TypeError(_MSG_SAVE_KIND.format(dtype=theta.dtype))
+    # Big-endian data (FITS, HDF5, network buffers) is stored in native order: the layout
+    # names the dtype only (`float64`), and JAX refuses non-native arrays.
+    theta = theta.astype(theta.dtype.newbyteorder("="), copy=False)
     if theta.ndim != 1 or theta.size != layout["size"]:
         raise ValueError(_MSG_SAVE_SIZE.format(size=layout["size"], shape=theta.shape))
     layout.update(format=_FORMAT, dtype=theta.dtype.name, metadata=metadata)

@@ -63,6 +63,23 @@ def test_bench_rejects_unknown_names():
         _cli.bench(["no_such_bench"])
 
 
+def test_unknown_bench_name_is_a_usage_error_without_traceback(capsys):
+    with pytest.raises(SystemExit) as info:
+        _cli.main(["bench", "no_such_bench"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "unknown benchmark(s) ['no_such_bench']" in err
+    assert "pinn_accuracy" in err and "Traceback" not in err
+    out = run_python(
+        """
+        import runpy, sys
+        sys.argv = ["sciml_bridge", "bench", "no_such_bench"]
+        runpy.run_module("sciml_bridge", run_name="__main__")
+        """
+    )
+    assert out.returncode == 2 and "no_such_bench" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
 def test_bench_lists_scripts_with_a_main():
     folder = _cli.ROOT / "benchmarks"
     names = sorted(p.stem for p in folder.glob("*.py") if not p.stem.startswith("_"))

@@ -1,5 +1,6 @@
 """`sb.scipy_objective`: float64 NumPy callables, one compiled function each, any SciPy method."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -7,6 +8,7 @@ import scipy.optimize
 from helpers import TraceCounter
 
 import sciml_bridge as sb
+from sciml_bridge._solvers._methods import SCIPY_LEAST_SQUARES, SCIPY_MINIMIZE
 
 
 _H = jnp.array([[4.0, 1.0, 0.0], [1.0, 3.0, 0.5], [0.0, 0.5, 2.0]])
@@ -113,3 +115,114 @@ def test_both_scipy_routes_follow_one_float_rule():
     np.testing.assert_allclose(res.stats["scipy"].x, ref.x, rtol=1e-7)
     np.testing.assert_allclose(ref.x, expected, rtol=1e-7)
 
+
+
+def _rosen(t):
+    return jnp.sum(100 * (t[1:] - t[:-1] ** 2) ** 2 + (1 - t[:-1]) ** 2)
+
+
+_X0 = np.array([-1.2, 1.0, -1.2, 1.0])
+_SECOND = {"Newton-CG": "hessp", "trust-ncg": "hessp", "trust-krylov": "hessp",
+           "trust-constr": "hessp", "dogleg": "hess", "trust-exact": "hess"}  # fmt: skip
+_FREE = {"Nelder-Mead", "Powell", "COBYLA", "COBYQA"}
+
+
+def _direct_minimize(method, max_steps):
+    """`scipy.optimize.minimize` itself, with SciPy's iterates as a callback records them:
+    SciPy's outcome, the losses at its iterates and its step count by our rule (one per
+    iterate, one more when its final `x` is not the last iterate)."""
+    obj = sb.scipy_objective(_rosen)
+    kw = {} if method in _FREE else {"jac": obj.jac}
+    if method in _SECOND:
+        kw[_SECOND[method]] = getattr(obj, _SECOND[method])
+    seen = [_X0]
+    budget = {{"TNC": "maxfun", "COBYQA": "maxfev"}.get(method, "maxiter"): max_steps}
+    record = lambda xk, *_: seen.append(np.array(xk))
+    ref = scipy.optimize.minimize(obj.fun, _X0, method=method, tol=1e-12, options=budget,
+                                  callback=record, **kw)  # fmt: skip
+    if method == "trust-constr":  # its first call reports `x0`, before any iteration
+        del seen[1]
+    if not np.array_equal(ref.x, seen[-1]):
+        seen.append(ref.x)
+    return ref, [obj.fun(x) for x in seen]
+
+
+@pytest.mark.parametrize("method", SCIPY_MINIMIZE)
+def test_every_scipy_method_budget_returns_with_honest_steps(method):
+    # Budget used up returns (never raises, even with `throw=True`) whatever SciPy's budget is
+    # (TNC's `maxfun`, COBYLA's evaluations), and `steps`/`history` count SciPy's iterations
+    # (COBYQA's evaluations: it calls back once per evaluation).
+    ref, losses = _direct_minimize(method, 6)  # COBYLA needs 6 evaluations to start (n + 2)
+    res = sb.minimize(_rosen, jnp.asarray(_X0), f"scipy:{method}", tol=1e-12, max_steps=6,
+                      progress=False)  # fmt: skip
+    assert not ref.success and res.result is sb.RESULTS.max_steps_reached, res.message
+    np.testing.assert_allclose(np.asarray(res.theta), ref.x, rtol=1e-10)
+    assert len(res.history) == res.steps + 1 and res.history[-1] == res.loss
+    np.testing.assert_allclose(res.history, losses, rtol=1e-10)
+    assert res.steps <= 6
+
+
+@pytest.mark.parametrize("method", SCIPY_LEAST_SQUARES)
+def test_scipy_least_squares_steps_count_iterations(method):
+    # `lm` (MINPACK) calls back nothing: its iterations are its Jacobian evaluations.
+    x = jnp.linspace(0, 1, 16)
+    residual = lambda th: th[0] * jnp.exp(th[1] * x) - 2 * jnp.exp(-x)
+    r, j = jax.jit(residual), jax.jit(jax.jacfwd(residual))
+    seen = [np.array([1.0, 0.0])]
+    kw = {} if method == "lm" else {"callback": lambda intermediate_result: seen.append(
+        np.array(intermediate_result.x))}  # fmt: skip
+
+    def jac(th):
+        if method == "lm":
+            seen.append(np.array(th))
+        return np.asarray(j(th))
+
+    ref = scipy.optimize.least_squares(lambda th: np.asarray(r(th)), seen[0], jac=jac,
+                                       method=method, **kw)  # fmt: skip
+    steps = len(seen) - (2 if method == "lm" else 1) + (not np.array_equal(ref.x, seen[-1]))
+    res = sb.least_squares(residual, jnp.array([1.0, 0.0]), f"scipy:{method}", progress=False)
+    assert res.success and res.steps == steps and len(res.history) == steps + 1
+    assert res.steps == ref.njev or method != "lm"
+    np.testing.assert_allclose(np.asarray(res.theta), ref.x, rtol=1e-10)
+    assert res.history[-1] == res.loss == pytest.approx(ref.cost, rel=1e-12)
+
+
+@pytest.mark.parametrize(("method", "loss"), [
+    ("CG", lambda t: jnp.sum((t - 1.0) ** 2) + 1e3),  # at its rounding floor at once
+    ("BFGS", lambda t: jnp.sum(jnp.abs(t - 1.0))),  # a kink: no line search succeeds
+])  # fmt: skip
+def test_scipy_precision_loss_is_a_stall_not_a_failure(method, loss):
+    obj = sb.scipy_objective(loss)
+    ref = scipy.optimize.minimize(obj.fun_and_jac, np.zeros(3), jac=True, method=method,
+                                  tol=1e-14)  # fmt: skip
+    assert ref.status == 2 and "precision loss" in ref.message
+    res = sb.minimize(loss, jnp.zeros(3), f"scipy:{method}", tol=1e-14, progress=False)
+    assert res.result is sb.RESULTS.stalled and not res.success and "stopped early" in res.message
+    np.testing.assert_allclose(np.asarray(res.theta), ref.x, rtol=1e-12)
+    assert res.loss == ref.fun
+
+
+def test_scipy_lm_keeps_the_best_finite_point_evaluated():
+    # NaN in a band the iterates cross: MINPACK's second evaluation is already finite and
+    # better than `theta0`; its third is NaN. `lm` reports no iterates, yet nothing is lost.
+    x = jnp.linspace(0, 1, 16)
+    band = lambda th: (th[0] > 1.99) & (th[0] < 1.9995)
+    residual = lambda th: jnp.where(band(th), jnp.nan, th[0] * jnp.exp(th[1] * x) - 2 * jnp.exp(-x))
+    seen = []
+
+    def fun(th):
+        out = np.asarray(residual(jnp.asarray(th)))
+        if not np.all(np.isfinite(out)):
+            raise FloatingPointError
+        seen.append((0.5 * float(out @ out), np.array(th)))
+        return out
+
+    with pytest.raises(FloatingPointError):
+        scipy.optimize.least_squares(fun, np.array([1.0, 0.0]), method="lm",
+                                     jac=lambda th: np.asarray(jax.jacfwd(residual)(th)))
+    best_loss, best_x = min(seen, key=lambda s: s[0])
+    res = sb.least_squares(residual, jnp.array([1.0, 0.0]), "scipy:lm", throw=False,
+                           progress=False)  # fmt: skip
+    assert res.result is sb.RESULTS.nonfinite and best_loss < seen[0][0]
+    assert res.loss == pytest.approx(best_loss, rel=1e-12) and res.history[-1] == res.loss
+    np.testing.assert_allclose(np.asarray(res.theta), best_x, rtol=1e-12)

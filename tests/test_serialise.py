@@ -337,3 +337,72 @@ def test_sigkill_mid_save_leaves_old_or_new_file_and_the_next_save_cleans_up(tmp
     mid_write, left = (int(v) for v in proc.stdout.split()[1::2])
     assert mid_write >= 1 and left == 0  # some kills hit a write; none left a trace
     assert [p.name for p in tmp_path.iterdir()] == ["big.npz"]
+
+
+@pytest.mark.parametrize("dtype", [">f8", ">c16"])
+def test_big_endian_theta_round_trips_in_native_order(tmp_path, dtype):
+    fm = _fm()
+    theta = (np.asarray(fm.theta0) + 1e-13).astype(dtype)
+    sb.save(tmp_path / "be.npz", theta, fm)
+    loaded = sb.load(tmp_path / "be.npz", fm)
+    assert loaded.dtype == np.dtype(dtype).newbyteorder("=")
+    np.testing.assert_array_equal(np.asarray(loaded), theta)  # NumPy compares values
+
+
+def test_forged_non_native_byte_order_is_a_clear_error(tmp_path):
+    fm = _fm()
+    sb.save(tmp_path / "ok.npz", fm.theta0, fm)
+    _, layout = read_arrays(tmp_path / "ok.npz", "test")
+    write_arrays(tmp_path / "be.npz", {"theta": np.asarray(fm.theta0).astype(">f8")},
+                 {**layout, "dtype": ">f8"})  # fmt: skip
+    with pytest.raises(ValueError, match="not native byte order"):
+        sb.load(tmp_path / "be.npz", fm)
+
+
+# --- a checkpoint's bookkeeping is untrusted input too ------------------------------------------
+
+_Q = lambda t: jnp.sum((t - 1.0) ** 2)
+
+
+@pytest.fixture(scope="module")
+def adam_checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ck") / "run.npz"
+    sb.minimize(_Q, jnp.zeros(3), "adam", max_steps=10, checkpoint=path, checkpoint_every=5,
+                progress=False)  # fmt: skip
+    return path, *read_arrays(path, "test")
+
+
+@pytest.mark.parametrize(("name", "value", "why"), [
+    ("book_results", np.array([7]), "holds 7, which is no `sb.RESULTS` code"),
+    ("book_lengths", None, "no `book_lengths`"),
+    ("book_steps", np.array([1, 2, 3]), r"`book_steps` of shape \(3,\)"),
+    ("book_steps", np.array([-4]), "disagree"),
+    ("book_lengths", np.array([12]), "disagree"),  # 12 losses for 10 steps
+    ("book_done", np.array([1]), "dtype int64"),
+    ("book_history", np.zeros(3), r"`book_history` of shape \(3,\)"),
+    ("good_theta", np.zeros((1, 3), np.complex128), "dtype complex128 where"),
+    ("state_0", np.zeros((1, 3), np.float32), "dtype float32 where"),
+])  # fmt: skip
+def test_damaged_checkpoint_books_are_refused(tmp_path, adam_checkpoint, name, value, why):
+    _, arrays, layout = adam_checkpoint
+    arrays = dict(arrays)
+    assert name in arrays and arrays["book_steps"].tolist() == [10]
+    if value is None:
+        del arrays[name]
+    else:
+        arrays[name] = value
+    path = tmp_path / "damaged.npz"
+    write_arrays(path, arrays, layout)
+    with pytest.raises(ValueError, match=f"damaged checkpoint .*{why}"):
+        sb.minimize(_Q, jnp.zeros(3), "adam", max_steps=20, checkpoint=path,
+                    checkpoint_every=5, progress=False)  # fmt: skip
+
+
+def test_intact_checkpoint_resumes_where_it_stopped(tmp_path, adam_checkpoint):
+    _, arrays, layout = adam_checkpoint
+    write_arrays(tmp_path / "ok.npz", arrays, layout)
+    res = sb.minimize(_Q, jnp.zeros(3), "adam", max_steps=20, checkpoint=tmp_path / "ok.npz",
+                      checkpoint_every=5, progress=False)  # fmt: skip
+    fresh = sb.minimize(_Q, jnp.zeros(3), "adam", max_steps=20, progress=False)
+    assert res.steps == 20 and len(res.history) == 21
+    np.testing.assert_allclose(np.asarray(res.theta), np.asarray(fresh.theta), rtol=1e-12)

@@ -19,6 +19,7 @@ import jax.tree_util as jtu
 import numpy as np
 
 from .._distributed import agree, barrier, host, is_main
+from .._result import result_at
 from .._serialise import check_layout, read_arrays, write_arrays
 
 
@@ -148,7 +149,8 @@ def resume(path: str, fp: dict, force: bool, dynamic, good_theta, good_loss, whe
         _check_fingerprint(layout.get("fingerprint", {}), fp, where, path)
     check_layout(layout, _layout(dynamic, good_theta), where)
     try:
-        return _restore(arrays, dynamic, good_theta, good_loss)
+        books = _books(arrays, int(np.shape(good_theta)[0]))
+        return (*_restore(arrays, dynamic, good_theta, good_loss), books)
     except (KeyError, ValueError, TypeError) as e:
         raise ValueError(f"`{where}` found a damaged checkpoint at {path!r} ({e}). Fix: "
                          "remove it, or pass another `checkpoint=` path.") from e
@@ -158,14 +160,61 @@ def _restore(arrays: dict, dynamic, good_theta, good_loss):
     leaves, treedef = jtu.tree_flatten(dynamic)
     pairs = [(arrays[f"state_{i}"], x) for i, x in enumerate(leaves)]
     pairs += [(arrays["good_theta"], good_theta), (arrays["good_loss"], good_loss)]
-    for saved, fresh in pairs:
-        if saved.shape != _data(fresh).shape:
-            raise ValueError(f"an array of shape {saved.shape} where {fresh.shape} belongs")
+    pairs = [(_same_kind(saved, _data(fresh)), fresh) for saved, fresh in pairs]
     # Back where the fresh state lives: replicated or split over a (multi-process) mesh.
     new = [jax.device_put(_device(saved, fresh), fresh.sharding) for saved, fresh in pairs]
     *new, good_theta, good_loss = new
-    books = {k[5:]: v for k, v in arrays.items() if k.startswith("book_")}
-    return jtu.tree_unflatten(treedef, new), good_theta, good_loss, books
+    return jtu.tree_unflatten(treedef, new), good_theta, good_loss
+
+
+def _same_kind(saved: np.ndarray, fresh) -> np.ndarray:
+    """`saved`, refused unless it has `fresh`'s shape and dtype: a cast would hide damage
+    (a complex `good_theta` becoming real)."""
+    want = np.dtype(fresh.dtype)
+    if saved.dtype.kind == "V" and saved.dtype.itemsize == want.itemsize:
+        saved = saved.view(want)  # bfloat16 and other ml_dtypes are stored as bits
+    if saved.shape != fresh.shape or saved.dtype != want:
+        raise ValueError(f"an array of shape {saved.shape} and dtype {saved.dtype} where "
+                         f"{fresh.shape} {want} belongs")  # fmt: skip
+    return saved
+
+
+# The per-member host records `_run._Driver` keeps: name -> the dtype kinds allowed.
+_BOOKS = {"steps": "iu", "results": "iu", "lengths": "iu", "done": "b", "by_callback": "b"}
+
+
+def _book(arrays: dict, name: str, kinds: str, shape: tuple) -> np.ndarray:
+    key = f"book_{name}"
+    if key not in arrays:
+        raise ValueError(f"no `{key}`")
+    book = arrays[key]
+    if book.shape != shape or book.dtype.kind not in kinds:
+        raise ValueError(f"`{key}` of shape {book.shape} and dtype {book.dtype}, where "
+                         f"shape {shape} and dtype kind {kinds!r} belong")  # fmt: skip
+    return book
+
+
+def _is_result(code: int) -> bool:
+    try:
+        result_at(code)
+    except KeyError:
+        return False
+    return True
+
+
+def _books(arrays: dict, members: int) -> dict:
+    """The books, each checked (presence, shape, dtype, range, agreement with the others and
+    with the number of members) before the driver uses any: only checked books come back."""
+    books = {k: _book(arrays, k, kinds, (members,)) for k, kinds in _BOOKS.items()}
+    steps, lengths = ([int(x) for x in books[k]] for k in ("steps", "lengths"))
+    if any(s < 0 or not 0 <= n <= s + 1 for s, n in zip(steps, lengths)):
+        raise ValueError(f"`book_steps` {steps} and `book_lengths` {lengths} disagree: a "
+                         "member's history holds at most one loss per step and its start")
+    bad = [int(c) for c in books["results"] if int(c) != -1 and not _is_result(int(c))]
+    if bad:  # -1 is "no result yet"
+        raise ValueError(f"`book_results` holds {bad[0]}, which is no `sb.RESULTS` code")
+    books["history"] = _book(arrays, "history", "f", (sum(lengths),))
+    return books
 
 
 def exists(path: str | None, where: str) -> bool:

@@ -4,10 +4,18 @@ Every SciPy route follows one float rule (`_scipy.py`): the residual or loss see
 float64 (float32 with x64 off) whatever the dtype of `theta0`, and `res.theta` comes back in
 `theta0`'s dtype. SciPy owns the loop (in Python), so here "nothing lost" means: every
 evaluation is checked, a non-finite loss aborts SciPy at once, and the last finite iterate
-(minimize) or the best finite point evaluated (least squares, which reports no iterates) is
-returned.
+(minimize) or the best finite point evaluated (least squares) is returned.
+
+`res.steps` and `res.history` count SciPy's iterations: one entry per iteration callback, and
+one more when SciPy's final `x` is not its last iterate (TNC and COBYLA stop inside an
+iteration when the budget runs out). Two methods differ: COBYQA calls back once per function
+evaluation (with its best point so far), so there a step is an evaluation and `max_steps`
+caps evaluations (`maxfev`, as TNC's `maxfun`); MINPACK's `lm` takes no callback at all, and
+its iterations are read from its Jacobian evaluations (`_Residual`).
+How SciPy ended is read from its message (`_outcome`).
 """
 
+import re
 import time
 import warnings
 from collections.abc import Callable
@@ -24,7 +32,7 @@ from .._result import RESULTS, finish
 from .._scipy import scipy_dtype, scipy_objective
 from ._interrupt import catch_sigint
 from ._own_jacobian import own_jacobian
-from ._run import _RUNTIME_ERRORS, deliver, failure_detail, first_line
+from ._run import deliver, failure_detail, first_line
 from ._setup import Run
 
 
@@ -32,6 +40,10 @@ _MSG_SCIPY_OPTIONS = """\
 `{where}` got options that SciPy's method {method!r} does not take ({err}).
 Fix: remove them; `scipy.optimize.show_options("minimize", {method!r})` lists the valid ones."""
 
+
+# A runtime error inside the loss (`eqx.error_if`, a failing XLA computation): a failure of the
+# run, as in the fused driver.
+_RUNTIME_ERRORS = (eqx.EquinoxRuntimeError, jax.errors.JaxRuntimeError)
 
 _GRADIENT = {"cg", "bfgs", "newton-cg", "l-bfgs-b", "tnc", "slsqp", "dogleg", "trust-ncg",
              "trust-krylov", "trust-exact", "trust-constr"}  # fmt: skip
@@ -70,9 +82,36 @@ class _Tracker:
         if cb is not None and cb(len(self.history) - 1, jnp.asarray(self.theta), self.loss):
             raise _Abort(RESULTS.successful)
 
+    def adopt(self, x, loss: float) -> None:
+        """End at `(x, loss)`, a finite point SciPy evaluated but never reported as an iterate
+        (its next evaluation was non-finite): one more step, no callback."""
+        self.theta, self.loss = np.array(x, dtype=np.float64), float(loss)
+        self.history.append(self.loss)
+
+
+# How SciPy ended, from its message: the status codes differ between methods and changed
+# between SciPy versions (COBYLA's moved to PRIMA's in 1.16, L-BFGS-B's with its C port in
+# 1.15), the messages did not. A budget run out (any budget: `maxiter`, TNC's `maxfun`,
+# COBYLA's evaluations, `max_nfev`) returns; a failed line search ("precision loss" of
+# CG/BFGS/Newton-CG, "ABNORMAL" of L-BFGS-B) is the stall the native methods report.
+_BUDGET = re.compile(r"max(imum|\.)? number of|maxfun|iteration limit|total no\. of", re.I)
+_STALL = re.compile(r"precision loss|^abnormal", re.I)
+
+
+def _outcome(outcome) -> RESULTS:
+    message = str(outcome.get("message", ""))
+    if outcome.success:
+        return RESULTS.successful
+    if _BUDGET.search(message):
+        return RESULTS.max_steps_reached
+    if _STALL.search(message):
+        return RESULTS.stalled
+    return RESULTS.solver_failed
+
 
 def _options(method: str, max_steps: int, options: dict) -> dict:
-    key = "maxfun" if method == "tnc" else "maxiter"
+    # A step is what SciPy calls back on: an iteration, but for COBYQA an evaluation.
+    key = {"tnc": "maxfun", "cobyqa": "maxfev"}.get(method, "maxiter")
     return {key: max_steps, **options}
 
 
@@ -104,7 +143,12 @@ def scipy_minimize(loss, theta0, args, name, tol, options, run: Run, interrupt):
         track = _Tracker(x0, run, bar, interrupt)
 
         def cb(intermediate_result):
-            track.see(intermediate_result.x, obj.fun(intermediate_result.x))
+            # TNC (and, before SciPy 1.15, COBYLA and SLSQP) pass the bare `x` instead.
+            x = getattr(intermediate_result, "x", intermediate_result)
+            # trust-constr's first call reports `x0`, before any iteration (it counts it in
+            # `nit`: scipy/optimize/_trustregion_constr/minimize_trustregion_constr.py).
+            if method != "trust-constr" or intermediate_result.nit > 1:
+                track.see(x, obj.fun(x))
 
         def thunk():
             track.start(obj.fun(x0))
@@ -147,11 +191,9 @@ def _scipy_finish(outcome, track, theta0, run: Run):
     else:
         stats["scipy"] = outcome
         x, loss = outcome.x, float(outcome.fun) if np.ndim(outcome.fun) == 0 else outcome.cost
-        result = RESULTS.successful if outcome.success else RESULTS.solver_failed
-        if not outcome.success and outcome.get("nit", outcome.get("nfev", -1)) >= run.max_steps:
-            result = RESULTS.max_steps_reached
+        result = _outcome(outcome)
         detail = "" if outcome.success else f"SciPy: {outcome.message}"
-        if track.history[-1] != loss:
+        if not np.array_equal(x, track.theta):  # SciPy ended between iterates: one more step
             track.history.append(float(loss))
     if result is RESULTS.nonfinite:
         detail = f"at SciPy iteration {len(track.history)}"
@@ -173,7 +215,13 @@ def _scipy_finish(outcome, track, theta0, run: Run):
 
 
 class _Residual:
-    """Jitted flattened residual and dense Jacobian, as float64 NumPy for SciPy."""
+    """Jitted flattened residual and dense Jacobian, as float64 NumPy for SciPy.
+
+    It keeps the lowest finite loss evaluated (`best`, returned when a later evaluation is
+    non-finite) and the losses evaluated since the last Jacobian. MINPACK's `lm` calls back
+    nothing, but it evaluates the Jacobian once per iteration, at the point that iteration
+    starts from, which it has already evaluated: so `on_iterate(x, loss)` (set for `lm`) is
+    called at every Jacobian but the first, which is at `x0`."""
 
     def __init__(self, fn, args, dtype, jac: str):
         dynamic, static = eqx.partition((fn, args), eqx.is_array)
@@ -193,14 +241,29 @@ class _Residual:
         # The residual's own Jacobian when it has one (`_own_jacobian.py`: `sb.pinn`'s).
         self._j = jax.jit(own_j if own is not None else
                           jax.jacfwd(r) if jac == "fwd" else jax.jacrev(r))  # fmt: skip
+        self.best: tuple[float, Any] = (float("inf"), None)
+        self.on_iterate: Callable | None = None
+        self._losses: dict[bytes, float] = {}
+        self._jacobians = 0
 
     def residual(self, x) -> np.ndarray:
         out = np.asarray(self._r(jnp.asarray(x, dtype=self.dtype), self._dynamic), np.float64)
         if not np.all(np.isfinite(out)):
             raise _Abort(RESULTS.nonfinite)
+        loss = 0.5 * float(out @ out)
+        self._losses[np.asarray(x, np.float64).tobytes()] = loss
+        if loss < self.best[0]:
+            self.best = (loss, np.array(x, dtype=np.float64))
         return out
 
     def jacobian(self, x) -> np.ndarray:
+        self._jacobians += 1
+        if self.on_iterate is not None and self._jacobians > 1:
+            key = np.asarray(x, np.float64).tobytes()
+            if key not in self._losses:  # not seen in MINPACK; kept for safety
+                self.residual(x)
+            self.on_iterate(x, self._losses[key])
+        self._losses.clear()
         out = self._j(jnp.asarray(x, dtype=self.dtype), self._dynamic)
         return np.asarray(out, dtype=np.float64)
 
@@ -220,6 +283,8 @@ def scipy_least_squares(residual, theta0, args, name, tol, jac, options, run: Ru
         # SciPy's `lm` (MINPACK) takes no callback and warns if given one.
         if kwargs["method"] != "lm":
             kwargs["callback"] = cb
+        else:
+            res.on_iterate = track.see
 
         def thunk():
             r0 = res.residual(x0)
@@ -227,6 +292,9 @@ def scipy_least_squares(residual, theta0, args, name, tol, jac, options, run: Ru
             return scipy.optimize.least_squares(res.residual, x0, **kwargs, **options)
 
         outcome = _call(thunk, run, name)
+        if isinstance(outcome, tuple) and outcome[0] is RESULTS.nonfinite \
+                and res.best[0] < track.loss:  # fmt: skip
+            track.adopt(res.best[1], res.best[0])
     return _scipy_finish(outcome, track, theta0, run)
 
 
