@@ -84,6 +84,9 @@ def minimize(
     - non-finite loss, solver breakdown, runtime error inside the loss (`eqx.error_if`, a
         failing Diffrax solve): `throw=True` raises `sb.OptimizationError` (or its subclass
         `sb.NonFiniteLossError`) carrying the last good `theta`; `throw=False` returns it.
+        A runtime error aborts the compiled chunk; the chunk is then run again up to the
+        step that raised, so the steps before it are kept (in an ensemble, for the members
+        that raised only: the others go on).
         For `"lbfgs"` and the Optimistix methods a non-finite *trial* point is a rejected
         step: their line search / trust region backs off, as `optx.minimise` does.
     - Ctrl-C: one SIGINT returns the partial result (`result=sb.RESULTS.interrupted`); the

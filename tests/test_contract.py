@@ -321,8 +321,9 @@ def test_running_out_of_memory_mid_run_keeps_the_last_chunk_and_says_what_fits(m
     # The chunk loop's failure path used to append the generic backend text (with a doubled
     # period) and no word on memory; the setup path above already had one.
     loss = lambda t: jnp.sum((t - 1.0) ** 2)
-    # The chunk's state is donated, so the last point whose loss is known is kept: the first
-    # chunk evaluated the loss after its first step, not after its second.
+    # Out of memory is not a point in the run (it is not run again step by step): the last
+    # point whose loss is known is kept, and the first chunk evaluated the loss after its
+    # first step, not after its second.
     one = sb.minimize(loss, jnp.zeros(3), "adam", max_steps=1, learning_rate=0.1,
                       progress=False)
     calls, real = [], _run.run_chunk
@@ -352,3 +353,131 @@ def test_running_out_of_memory_inside_scipy_says_what_fits(monkeypatch):
                       progress=False)
     assert res.result is sb.RESULTS.solver_failed and 'solver="cg"' in res.message
     np.testing.assert_array_equal(np.asarray(res.theta), np.ones(3))
+
+
+def _fails_beyond_two(theta):
+    # Two wells, at theta[0] = -1 and 3; crossing theta[0] = 2 trips a runtime error.
+    theta = eqx.error_if(theta, theta[0] > 2.0, "boom: this member's solve failed")
+    return ((theta[0] + 1.0) * (theta[0] - 3.0)) ** 2 + theta[1] ** 2
+
+
+# Member 0 goes to the left well, member 1 to the right one, crossing theta[0] = 2 mid-run.
+_MIXED = jnp.array([[-2.0, 0.5], [1.5, 0.5]])
+
+
+@pytest.mark.parametrize("method", ["adam", "ssbfgs"])
+def test_a_runtime_error_in_one_member_fails_that_member_only(method):
+    # `eqx.error_if` raises for a whole vmapped batch; the ensemble used to stop every
+    # member with the failing member's message. Each member must end as it does alone.
+    kw = dict(max_steps=40, chunk_size=5, throw=False, progress=False)
+    kw |= dict(learning_rate=0.02) if method == "adam" else {}
+    ens = sb.minimize(_fails_beyond_two, _MIXED, method, **kw)
+    for row, sol in zip(_MIXED, ens.members):
+        alone = sb.minimize(_fails_beyond_two, row, method, **kw)
+        assert sol.result is alone.result and sol.steps == alone.steps, sol.message
+        np.testing.assert_allclose(np.asarray(sol.theta), np.asarray(alone.theta), rtol=1e-12,
+                                   atol=1e-15)
+        np.testing.assert_allclose(sol.history, alone.history, rtol=1e-12, atol=1e-20)
+    assert ens[1].result is sb.RESULTS.solver_failed and "boom" in ens[1].message
+    if method == "adam":  # (SSBFGS's first line search already crosses)
+        assert ens[1].steps > 0  # it failed mid-run, not while setting up
+    assert ens[0].result is not sb.RESULTS.solver_failed and "boom" not in ens[0].message
+    assert ens[0].steps > ens[1].steps  # member 0 went on after member 1 failed
+    with pytest.raises(sb.OptimizationError, match="boom"):
+        sb.minimize(_fails_beyond_two, _MIXED, method, **(kw | dict(throw=True)))
+
+
+def test_a_member_whose_setup_raises_fails_alone_and_the_others_run():
+    # SSBFGS evaluates the loss to set up its state: member 1 raises there, member 0 does not.
+    theta0 = jnp.array([[-2.0, 0.5], [3.0, 0.5]])
+    kw = dict(max_steps=20, throw=False, progress=False)
+    ens = sb.minimize(_fails_beyond_two, theta0, "ssbfgs", **kw)
+    alone = sb.minimize(_fails_beyond_two, theta0[0], "ssbfgs", **kw)
+    assert ens[0].result is alone.result and ens[0].steps == alone.steps > 0
+    np.testing.assert_allclose(np.asarray(ens[0].theta), np.asarray(alone.theta), rtol=1e-12,
+                               atol=1e-15)
+    assert ens[1].result is sb.RESULTS.solver_failed and ens[1].steps == 0
+    assert "boom" in ens[1].message
+    np.testing.assert_array_equal(np.asarray(ens[1].theta), np.asarray(theta0[1]))
+
+
+def test_a_last_step_into_a_failing_region_keeps_the_point_before_it():
+    # Adam's 25th update lands past theta[0] = 2, where the loss raises; the loop never
+    # evaluates it, the final evaluation does: that raise escaped raw (a lost run).
+    kw = dict(learning_rate=0.02, throw=False, progress=False)
+    before = sb.minimize(_fails_beyond_two, _MIXED[1], "adam", max_steps=24, **kw)
+    res = sb.minimize(_fails_beyond_two, _MIXED[1], "adam", max_steps=25, **kw)
+    ens = sb.minimize(_fails_beyond_two, _MIXED, "adam", max_steps=25, **kw)
+    healthy = sb.minimize(_fails_beyond_two, _MIXED[0], "adam", max_steps=25, **kw)
+    assert before.success and float(before.theta[0]) < 2.0
+    for sol in (res, ens[1]):
+        assert sol.result is sb.RESULTS.solver_failed and "boom" in sol.message
+        assert sol.steps == 24 and sol.loss == before.loss
+        np.testing.assert_allclose(np.asarray(sol.theta), np.asarray(before.theta), rtol=1e-12)
+    assert ens[0].success and ens[0].steps == 25
+    np.testing.assert_allclose(np.asarray(ens[0].theta), np.asarray(healthy.theta), rtol=1e-12)
+
+
+def test_an_ensemble_counts_steps_by_the_members_still_running(tmp_path):
+    # Member 0 turns non-finite at its third step; member 1 runs on. The step handed to the
+    # callback and the checkpoint schedule came from member 0's count (4, not 10).
+    loss = lambda t: jnp.where(t[0] > 1.25, jnp.nan, jnp.sum((t - 5.0) ** 2))
+    seen, path = [], tmp_path / "c.npz"
+    res = sb.minimize(loss, jnp.array([[1.0, 0.0], [-50.0, 0.0]]), "adam", learning_rate=0.1,
+                      max_steps=30, chunk_size=10, throw=False, progress=False, checkpoint=path,
+                      checkpoint_every=10,
+                      callback=lambda step, theta, value: seen.append(step))  # fmt: skip
+    assert [m.result for m in res] == [sb.RESULTS.nonfinite, sb.RESULTS.successful]
+    assert seen == [10, 20, 30] and res[1].steps == 30
+    saved = []
+    sb.minimize(loss, jnp.array([[1.0, 0.0], [-50.0, 0.0]]), "adam", learning_rate=0.1,
+                max_steps=30, chunk_size=10, throw=False, progress=False,
+                checkpoint=tmp_path / "d.npz", checkpoint_every=10,
+                callback=lambda step, theta, value: saved.append((tmp_path / "d.npz").exists()))
+    assert saved == [True, True, True]  # written at step 10, before the first callback
+
+
+@pytest.mark.parametrize("members", [1, 2])
+def test_a_failed_minibatch_run_reports_the_loss_on_all_the_data(members):
+    # The last good point's loss came from its minibatch: `res.loss != loss(res.theta)`, and
+    # `res.best` ranked members by such numbers.
+    x = jnp.linspace(-1.0, 1.0, 8)
+    loss = lambda t, x, y: jnp.where(t[0] > 2.0, jnp.nan, jnp.mean((t[0] * x - y) ** 2))
+    theta0 = jnp.zeros(1) if members == 1 else jnp.zeros((2, 1))
+    res = sb.minimize(loss, theta0, "adam", args=(x, 3 * x), batch_size=2,
+                      key=jax.random.key(1), learning_rate=0.3, max_steps=100, throw=False,
+                      progress=False)  # fmt: skip
+    for sol in each(res):
+        assert sol.result is sb.RESULTS.nonfinite
+        want = float(jnp.mean((sol.theta[0] * x - 3 * x) ** 2))
+        np.testing.assert_allclose(sol.loss, want, rtol=1e-14)
+        assert sol.history[-1] == sol.loss and len(sol.history) == sol.steps + 1
+
+
+@pytest.mark.parametrize("method", ["lbfgs", "ssbfgs", "ssbroyden"])
+@pytest.mark.parametrize("theta_dtype", [jnp.float64, jnp.float32])
+def test_line_search_methods_take_a_loss_of_another_precision_than_theta(method, theta_dtype):
+    # A float32 loss of float64 parameters, or float64 data with a float32 model, crashed
+    # inside Optax's / our line search (its carry changed type).
+    other = jnp.float32 if theta_dtype == jnp.float64 else jnp.float64
+    target = jnp.array([1.0, -2.0, 0.5], dtype=other)
+    loss = lambda t: jnp.sum((t.astype(other) - target) ** 2)
+    res = sb.minimize(loss, jnp.zeros(3, theta_dtype), method, max_steps=50, throw=False,
+                      progress=False)  # fmt: skip
+    assert res.theta.dtype == theta_dtype and res.result is not sb.RESULTS.solver_failed
+    np.testing.assert_allclose(np.asarray(res.theta), np.asarray(target), atol=1e-3)
+    assert res.loss == float(loss(res.theta))
+
+
+def test_a_runtime_error_keeps_the_steps_before_it_not_the_start_of_the_chunk():
+    # With the default chunk (1,000 steps), a raise at step 26 used to roll the run back to
+    # theta0 (steps=0): the chunk is run again up to the step that raises.
+    kw = dict(learning_rate=0.02, throw=False, progress=False)
+    before = sb.minimize(_fails_beyond_two, _MIXED[1], "adam", max_steps=24, **kw)
+    res = sb.minimize(_fails_beyond_two, _MIXED[1], "adam", max_steps=100, **kw)
+    assert res.result is sb.RESULTS.solver_failed and "boom" in res.message
+    assert res.steps == 24 and res.loss == before.loss
+    np.testing.assert_allclose(np.asarray(res.theta), np.asarray(before.theta), rtol=1e-12)
+    np.testing.assert_allclose(res.history, before.history, rtol=1e-12)
+    ens = sb.minimize(_fails_beyond_two, _MIXED, "adam", max_steps=100, **kw)
+    assert ens[1].steps == 24 and ens[0].steps == 100 and ens[0].success

@@ -316,8 +316,14 @@ def test_runtime_error_inside_a_chunk_keeps_the_last_good_theta():
     kw = dict(max_steps=400, progress=False, chunk_size=10, learning_rate=0.05)
     res = sb.minimize(_erroring_loss, jnp.zeros(2), "adam", throw=False, **kw)
     assert res.result == sb.RESULTS.solver_failed and "max_steps reached" in res.message
-    assert res.steps > 0 and (res.steps + 1) % 10 == 0  # the last finished chunk
     assert float(res.theta[0]) <= 1.5 and np.isfinite(res.loss)
+    # The chunk that raised is run again up to the raising step: every step before it is
+    # kept (it used to fall back to the last finished chunk, a multiple of 10 steps).
+    assert res.steps > 0 and (res.steps + 1) % 10 != 0
+    upto = sb.minimize(_erroring_loss, jnp.zeros(2), "adam", throw=False,
+                       **(kw | dict(max_steps=res.steps)))  # fmt: skip
+    assert upto.success and upto.loss == res.loss
+    np.testing.assert_allclose(np.asarray(upto.theta), np.asarray(res.theta), rtol=1e-12)
     with pytest.raises(sb.OptimizationError, match="max_steps reached") as info:
         sb.minimize(_erroring_loss, jnp.zeros(2), "adam", throw=True, **kw)
     np.testing.assert_array_equal(info.value.theta, res.theta)

@@ -11,7 +11,7 @@ state, so a run resumed from a checkpoint draws the same batches and keys.
 
 import inspect
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 import equinox as eqx
 import jax
@@ -72,6 +72,8 @@ def count_rows(args: tuple, batch_size: int, where: str) -> int:
 class MinibatchStepper(AbstractStepper):
     """Runs `inner` on a fresh minibatch (and/or key) at every step; the state carries the
     step counter."""
+
+    step_loss_is_value: ClassVar[bool] = False  # a minibatch's loss, or another step's key
 
     inner: AbstractStepper
     key: Any

@@ -43,6 +43,8 @@ def _loop(stepper, args, static, dynamic, good_theta, good_loss, active, n, chun
         state = eqx.combine(dynamic, static)
         theta = stepper.theta(state)
         new_state, loss, done, result = stepper.step(state, args)
+        # In `value`'s dtype: a line search may carry the loss in `theta`'s precision.
+        loss = jnp.asarray(loss).astype(good_loss.dtype)
         finite = jnp.isfinite(loss)
         result = RESULTS.where(finite, result, RESULTS.nonfinite)
         apply = result == RESULTS.successful
@@ -121,8 +123,7 @@ def init_members(stepper, args, theta0, layout: str | Mesh | None):
     """`(dynamic, static, good_theta, nan_losses)` for `theta0` (`(members, n)` for an
     ensemble, one `(n,)` run when `layout` is `None`): the array part of every member's state
     (leading member axis), the static part shared by all, the start as the first "last good"
-    point (a fresh buffer: the state is donated later, the user's `theta0` never is), and "no
-    good loss yet" placeholders."""
+    point (a fresh buffer, not the user's `theta0`), and "no good loss yet" placeholders."""
     static_box = []
 
     def one(t):
@@ -136,16 +137,22 @@ def init_members(stepper, args, theta0, layout: str | Mesh | None):
     return dynamic, static_box[0], good, nan
 
 
-@eqx.filter_jit(donate="all-except-first")
-def run_chunk(keep, dynamic):
-    """At most `n` steps for every active member. Only the solver state is donated, so the
-    last good `theta` survives a failure or Ctrl-C while the chunk runs."""
+def _chunk(keep, dynamic):
     stepper, args, static, good_theta, good_loss, active, n, chunk, layout = keep
 
     def one(dynamic, good_theta, good_loss, active):
         return _loop(stepper, args, static, dynamic, good_theta, good_loss, active, n, chunk)
 
     return _member_axis(layout, one, (0, 0, 0, 0))(dynamic, good_theta, good_loss, active)
+
+
+@eqx.filter_jit
+def run_chunk(keep, dynamic):
+    """At most `n` steps for every active member. Nothing is donated: the state at the start
+    of the chunk survives a runtime error raised in it (`eqx.error_if` fires for the whole
+    vmapped batch), so the driver can run the chunk again, member by member, up to the step
+    that raised (`_recover.py`)."""
+    return _chunk(keep, dynamic)
 
 
 @eqx.filter_jit

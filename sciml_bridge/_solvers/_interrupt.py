@@ -1,7 +1,7 @@
 """Ctrl-C as data: one SIGINT asks the run to stop at the next chunk boundary.
 
 PITFALLS.md: SIGINT reaches Python only between dispatches, and a `KeyboardInterrupt` raised
-while a chunk's donated state is in flight loses that state. So while a run is driven, SIGINT
+while a chunk is in flight loses the chunk. So while a run is driven, SIGINT
 only sets a flag; the host loop (or the SciPy callback) checks it between chunks/iterations
 and returns the partial result with `result=interrupted`. A second SIGINT raises
 `KeyboardInterrupt` as usual (for a loss that hangs). The previous handler is restored

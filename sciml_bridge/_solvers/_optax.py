@@ -167,6 +167,9 @@ class OptaxStepper(AbstractStepper):
             return loss, grad, {}, (model_state,)
         f = lambda t: self.fn(t, *args)
         if self.linesearch:
+            # Optax's line search carries the loss in `theta`'s (real) precision: cast it, or
+            # a float32 loss of float64 parameters (or float64 data) breaks its `cond`.
+            f = lambda t: self.fn(t, *args).astype(jnp.finfo(theta.dtype).dtype)
             loss, grad = optax.value_and_grad_from_state(f)(theta, state=opt_state)
             return loss, grad, dict(value=loss, grad=grad, value_fn=f), ()
         loss, grad = jax.value_and_grad(f)(theta)

@@ -34,13 +34,15 @@ from . import _checkpoint
 from ._cpu_pool import warn_if_pool_starves
 from ._fused import final_members, init_members, model_states, run_chunk, values_at
 from ._interrupt import catch_sigint
+from ._recover import (
+    RUNTIME_ERRORS,
+    chunk_output,
+    one_member_may_be_at_fault,
+    run_until_raise,
+)
 from ._setup import Run
 from ._stepper import AbstractStepper
 
-
-# Failures raised while a compiled chunk runs (not while it is traced): Equinox's `error_if`
-# (Diffrax's max_steps / step-size collapse under `throw=True`) and XLA runtime errors.
-_RUNTIME_ERRORS = (eqx.EquinoxRuntimeError, jax.errors.JaxRuntimeError)
 
 _MSG_CHECKPOINT_FAILED = """\
 `{where}` could not write the checkpoint {path!r} ({err}). The run goes on and its result is
@@ -58,6 +60,7 @@ class _Member:
     done: bool = False  # the method's stopping rule was met
     by_callback: bool = False
     detail: str = ""
+    at_start: bool = False  # failed while its state was set up: no model state to report
 
     @property
     def running(self) -> bool:
@@ -80,17 +83,38 @@ class _Driver:
         self.layout = member_layout(theta0)
         self.members = [_Member([]) for _ in range(theta0.shape[0] if batched else 1)]
         self.warned, self.active = False, (None, None)
-        self.dynamic, self.static, self.good_theta, self.good_loss = init_members(
-            stepper, args, theta0, self.layout
-        )
+        try:
+            self.dynamic, self.static, self.good_theta, self.good_loss = init_members(
+                stepper, args, theta0, self.layout
+            )
+        except RUNTIME_ERRORS as e:
+            if not (batched and one_member_may_be_at_fault(e)):
+                raise
+            self._init_alone(theta0, e)
         self.sharding = members_sharding(theta0)
         self._split_members(self.sharding, theta0.shape[0])
         if _checkpoint.exists(run.checkpoint, run.where):
             self._resume()
-        # A stateful loss (`state=`): the model state before the chunk in flight, kept for a
-        # chunk that fails at run time (its donated solver state is gone then).
         self.stateful = stepper.model_state(eqx.combine(self.dynamic, self.static)) is not None
-        self.kept_state = None
+        self.frozen: dict[int, object] = {}  # model states of members stopped by a raise
+
+    def _init_alone(self, theta0, e: Exception) -> None:
+        """Set up each member alone after setting up all at once raised: a member whose own
+        setup raises fails at `theta0`; the others start as usual. Raises `e` if all fail."""
+        rows = [_alone(init_members, self.stepper, self.args, theta0[i : i + 1], "vmap")
+                for i in range(theta0.shape[0])]  # fmt: skip
+        healthy = next((r for r in rows if not isinstance(r, Exception)), None)
+        if healthy is None:
+            raise e
+        for m, r in zip(self.members, rows):
+            if isinstance(r, Exception):
+                m.result, m.detail, m.at_start = RESULTS.solver_failed, failure_detail(r), True
+        # A failed member's state is a stand-in (a healthy member's): it never runs again.
+        dynamic = [healthy[0] if isinstance(r, Exception) else r[0] for r in rows]
+        nan = healthy[3]
+        self.dynamic = jax.tree.map(lambda *xs: jnp.concatenate(xs), *dynamic)
+        self.static, self.good_theta = healthy[1], jnp.array(theta0)
+        self.good_loss = jnp.concatenate([nan] * len(rows))
 
     def _split_members(self, sharding, members: int) -> None:
         # Members split over a mesh axis: every per-member array of the state follows theta0,
@@ -188,15 +212,65 @@ class _Driver:
             active = self._active()
             keep = (self.stepper, self.args, self.static, self.good_theta, self.good_loss,
                     active, jnp.asarray(n), run.chunk, self.layout)  # fmt: skip
-            if self.stateful:
-                self.kept_state = model_states(self.stepper, self.static, self.dynamic)
-            dynamic, self.dynamic = self.dynamic, None  # donated: gone if the chunk fails
-            self._absorb(run_chunk(keep, dynamic))
-            evaluated = running[0].steps
+            try:
+                self._absorb(run_chunk(keep, self.dynamic))
+            except RUNTIME_ERRORS as e:
+                if not one_member_may_be_at_fault(e):
+                    raise
+                self._recover(keep, e)
+            # Members that ran this chunk took `n` steps unless they stopped in it: the run's
+            # step count is the most any of them took, not the first member's.
+            evaluated = max(m.steps for m in running)
             self._report(bar, evaluated)
             self._save(evaluated)
             if run.callback is not None:
                 self._callbacks(evaluated)
+
+    def _recover(self, keep: tuple, e: Exception) -> None:
+        """A chunk raised (`e`): each running member runs it again alone, up to the step that
+        raises (`run_until_raise`). Only the members that raise fail, each at its last point
+        with a known loss, as a single run does; the others go on."""
+        if not self.batched:
+            out, error = run_until_raise(keep, self.dynamic, e)
+            self._absorb(out)
+            return self._failed([0], [error], out[0])
+        stepper, args, static, good_theta, good_loss, active, n, chunk, _ = keep
+        rows, errors = [], []
+        for i, m in enumerate(self.members):
+            row = lambda x: x[i : i + 1]  # noqa: B023 (used at once)
+            dynamic = jax.tree.map(row, self.dynamic)
+            alone = (stepper, args, static, row(good_theta), row(good_loss), row(active), n,
+                     chunk, "vmap")  # fmt: skip
+            out, error = run_until_raise(alone, dynamic) if m.running else (None, None)
+            if out is None:  # not running: as it was
+                out = (dynamic, chunk_output(row(good_theta), row(good_loss), chunk))
+            rows.append(out)
+            errors.append(error)
+        failed = [i for i, error in enumerate(errors) if error is not None]
+        states = jax.tree.map(lambda *xs: jnp.concatenate(xs), *[r[0] for r in rows])
+        # A failed member never runs again, but a batched loop still computes its step from
+        # where it is (and would raise again): it carries a member that ran instead.
+        ok = [i for i, m in enumerate(self.members) if m.running and i not in failed]
+        carried = [(rows[ok[0]][0], r[1]) if i in failed and ok else r
+                   for i, r in enumerate(rows)]  # fmt: skip
+        out = jax.tree.map(lambda *xs: jnp.concatenate(xs), *carried)
+        if self.sharding is not None:
+            out = jax.tree.map(lambda x: jax.device_put(x, self.sharding), out)
+        self._absorb(out)
+        self._failed(failed, [errors[i] for i in failed], states)
+
+    def _failed(self, which: list[int], errors: list, states) -> None:
+        """Members `which` stopped by `errors`, their model states taken from `states` (the
+        solver states where they stopped, a leading member axis) for a stateful loss."""
+        for i, error in zip(which, errors):
+            if error is None:
+                continue
+            self.members[i].result = RESULTS.solver_failed
+            self.members[i].detail = failure_detail(error)
+            if self.stateful:
+                row = jax.tree.map(lambda x: x[i : i + 1], states)  # noqa: B023
+                self.frozen[i] = jtu.tree_map(lambda x: x[0],
+                                              model_states(self.stepper, self.static, row))
 
     def stop_all(self, result: RESULTS, detail: str = "") -> None:
         for m in self.members:
@@ -205,44 +279,84 @@ class _Driver:
 
     # -- the end -------------------------------------------------------------------------
     def conclude(self) -> list[Solution]:
-        final, self.model = None, self.kept_state
-        if self.dynamic is not None:
-            theta, loss, self.model = final_members(self.stepper, self.args, self.static,
-                                                    self.dynamic, self.layout)  # fmt: skip
-            final = (local(theta), np.asarray(host(loss), dtype=np.float64))  # theta stays put
-        elif self.model is not None and not self.batched:
-            self.model = jtu.tree_map(lambda x: x[0], self.model)
+        final, self.model = self._final()
         good = (local(self.good_theta), np.asarray(host(self.good_loss), dtype=np.float64))
-        if any(not m.history for m in self.members):
-            good = (good[0], self._start_values(good[1]))
+        # The loss a step reports is `value` at its point, except on a minibatch (or with
+        # the step's key): then `res.loss` of a member that keeps its last good point is the
+        # loss on all the data there, evaluated here.
+        fresh = [not m.history or not self.stepper.step_loss_is_value for m in self.members]
+        if any(fresh):
+            good = (good[0], self._values_at_good(good[1], fresh))
         return [self._one(i, m, good, final) for i, m in enumerate(self.members)]
 
-    def _start_values(self, losses):
-        """A member stopped before any step finished keeps `theta0`: report its loss there
-        (`loss == loss(theta)`), unless evaluating it fails too."""
+    def _final(self):
+        """`(theta, loss)` at every member's last point (`theta` stays put) and the model
+        state there. Where evaluating the loss there raises (`eqx.error_if`), that member
+        fails, keeping the last point whose loss is known, and `(None, model state)` for a
+        single run (NaN in that member's place for an ensemble)."""
+        at = lambda dynamic, layout: final_members(self.stepper, self.args, self.static,
+                                                   dynamic, layout)  # fmt: skip
         try:
-            start = values_at(self.stepper, self.args, self.good_theta, self.layout)
-            start = np.asarray(host(start), dtype=np.float64)
-        except _RUNTIME_ERRORS:
-            return losses
-        return np.array([lo if m.history else s
-                         for lo, s, m in zip(losses, start, self.members)])  # fmt: skip
+            theta, loss, model = at(self.dynamic, self.layout)
+            return (local(theta), np.asarray(host(loss), dtype=np.float64)), model
+        except RUNTIME_ERRORS as e:
+            if not self.batched:
+                self._failed_by(self.members[0], e)
+                model = model_states(self.stepper, self.static, self.dynamic)
+                return None, jtu.tree_map(lambda x: x[0], model)
+        thetas, losses, models = [], [], []
+        for i, m in enumerate(self.members):
+            row = jax.tree.map(lambda x: x[i : i + 1], self.dynamic)  # noqa: B023
+            out = _alone(at, row, "vmap")
+            if isinstance(out, Exception):
+                self._failed_by(m, out)
+                out = (self.good_theta[i : i + 1], jnp.full(1, jnp.nan),
+                       model_states(self.stepper, self.static, row))  # fmt: skip
+            thetas.append(local(out[0]))
+            losses.append(np.asarray(host(out[1]), dtype=np.float64))
+            models.append(out[2])
+        model = jax.tree.map(lambda *xs: jnp.concatenate(xs), *models)
+        return (jnp.concatenate(thetas), np.concatenate(losses)), model
+
+    @staticmethod
+    def _failed_by(m: _Member, e: Exception) -> None:
+        if m.result is None or m.result is RESULTS.interrupted:
+            m.result, m.detail = RESULTS.solver_failed, failure_detail(e)
+
+    def _values_at_good(self, losses, fresh: list[bool]):
+        """The loss at each member's last good point where `fresh` (a member stopped before
+        any step finished keeps `theta0`; `loss == loss(theta)`), unless evaluating it fails
+        too."""
+        try:
+            start = np.asarray(host(values_at(self.stepper, self.args, self.good_theta,
+                                              self.layout)), dtype=np.float64)  # fmt: skip
+        except RUNTIME_ERRORS:
+            if not self.batched:
+                return losses
+            start = [_alone(values_at, self.stepper, self.args, self.good_theta[i : i + 1],
+                            "vmap") for i in range(len(self.members))]  # fmt: skip
+            start = [lo if isinstance(s, Exception) else float(np.asarray(host(s))[0])
+                     for lo, s in zip(losses, start)]  # fmt: skip
+        return np.array([s if f else lo for lo, s, f in zip(losses, start, fresh)])
 
     def _one(self, i: int, m: _Member, good, final) -> Solution:
         theta, loss, history = good[0], float(good[1][i]), list(m.history)
         result, text = self._ending(m)
         failed = m.result is not None and m.result is not RESULTS.interrupted
-        if final is not None and not failed:
-            if np.isfinite(final[1][i]):
-                theta, loss = final[0], float(final[1][i])
-                history.append(loss)
-            else:
+        if final is not None and not failed and np.isfinite(final[1][i]):
+            theta, loss = final[0], float(final[1][i])
+            history.append(loss)
+        else:
+            if final is not None and not failed:
                 result, text = RESULTS.nonfinite, ""
+            if history and not self.stepper.step_loss_is_value:
+                history[-1] = loss  # the last good point's loss on all the data: `res.loss`
         if result is RESULTS.nonfinite and not text:
             text = self._nonfinite_text(len(history))
         run = self.run
         theta = theta[i] if theta.ndim == 2 else theta
         model = jtu.tree_map(lambda x: x[i], self.model) if self.batched else self.model
+        model = None if m.at_start else self.frozen.get(i, model)
         return finish(theta=theta, loss=loss, state=model,
                       history=history or [loss], steps=max(len(history) - 1, 0),
                       result=result, wall_time=time.perf_counter() - run.start,
@@ -281,17 +395,25 @@ def drive(stepper: AbstractStepper, theta0, args: tuple, run: Run):
     with Progress(run.max_steps, run.progress, run.where) as bar, catch_sigint() as interrupt:
         try:
             driver = _Driver(stepper, theta0, args, run, batched)
-        except _RUNTIME_ERRORS as e:  # methods whose state needs the loss (or memory) at theta0
+        except RUNTIME_ERRORS as e:  # methods whose state needs the loss (or memory) at theta0
             return deliver(_failed_at_start(theta0, run, e), batched, run)
         try:
             driver.chunks(bar, interrupt)
         except KeyboardInterrupt:
             driver.stop_all(RESULTS.interrupted)
-        except _RUNTIME_ERRORS as e:
+        except RUNTIME_ERRORS as e:
             driver.stop_all(RESULTS.solver_failed, failure_detail(e))
         if interrupt:
             driver.stop_all(RESULTS.interrupted)
     return deliver(driver.conclude(), batched, run, driver.sharding)
+
+
+def _alone(kernel, *xs):
+    """`kernel(*xs)`, or the runtime error it raised."""
+    try:
+        return kernel(*xs)
+    except RUNTIME_ERRORS as e:
+        return e
 
 
 _MSG_OUT_OF_MEMORY = (

@@ -32,6 +32,7 @@ from .._result import RESULTS, finish
 from .._scipy import scipy_dtype, scipy_objective
 from ._interrupt import catch_sigint
 from ._own_jacobian import own_jacobian
+from ._recover import RUNTIME_ERRORS
 from ._run import deliver, failure_detail, first_line
 from ._setup import Run
 
@@ -40,10 +41,6 @@ _MSG_SCIPY_OPTIONS = """\
 `{where}` got options that SciPy's method {method!r} does not take ({err}).
 Fix: remove them; `scipy.optimize.show_options("minimize", {method!r})` lists the valid ones."""
 
-
-# A runtime error inside the loss (`eqx.error_if`, a failing XLA computation): a failure of the
-# run, as in the fused driver.
-_RUNTIME_ERRORS = (eqx.EquinoxRuntimeError, jax.errors.JaxRuntimeError)
 
 _GRADIENT = {"cg", "bfgs", "newton-cg", "l-bfgs-b", "tnc", "slsqp", "dogleg", "trust-ncg",
              "trust-krylov", "trust-exact", "trust-constr"}  # fmt: skip
@@ -171,7 +168,7 @@ def _call(thunk, run: Run, name: str):
         return e.kind, e.detail
     except KeyboardInterrupt:
         return RESULTS.interrupted, ""
-    except _RUNTIME_ERRORS as e:
+    except RUNTIME_ERRORS as e:
         return RESULTS.solver_failed, failure_detail(e)
     except ValueError as e:
         # Under plain `jax.jit` (our SciPy objective) an `eqx.error_if` inside the loss

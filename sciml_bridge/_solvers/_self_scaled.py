@@ -119,8 +119,14 @@ class SelfScaledStepper(AbstractStepper):
         return ("the gradient max-norm, or the relative decrease the quasi-Newton model "
                 "predicts, fell to `tol`")
 
+    def _objective(self, args, theta):
+        # The line search carries the loss in `theta`'s (real) precision: a float32 loss of
+        # float64 parameters (or the reverse, float64 data) would change the carry's type.
+        dtype = jnp.finfo(theta.dtype).dtype
+        return jax.value_and_grad(lambda t: self.fn(t, *args).astype(dtype))
+
     def init(self, theta, args):
-        f, g = jax.value_and_grad(lambda t: self.fn(t, *args))(theta)
+        f, g = self._objective(args, theta)(theta)
         H = jnp.eye(theta.size, dtype=theta.dtype)
         return theta, f, g, H, jnp.asarray(0)
 
@@ -139,7 +145,7 @@ class SelfScaledStepper(AbstractStepper):
         p = jnp.where(descent, p, -g)
         # First step: identity `H`, so scale the trial to a unit max-norm move.
         alpha0 = jnp.where(k == 0, 1 / jnp.maximum(1, jnp.max(jnp.abs(g))), 1).astype(f.dtype)
-        fg = jax.value_and_grad(lambda t: self.fn(t, *args))
+        fg = self._objective(args, theta)
         alpha, f_new, g_new, _ = strong_wolfe(
             lambda a: fg(theta + a * p), f, g, p, alpha0,
             c1=self.c1, c2=self.c2, max_iters=self.line_search_steps,

@@ -27,6 +27,9 @@ class AbstractStepper(eqx.Module):
     - `chunkable`: whether the driver may run a few steps per dispatch and carry the state
         across `jit` boundaries (array leaves carried, the rest kept static, as
         `optimistix/_iterate.py` does). Default `True`.
+    - `step_loss_is_value`: whether the loss `step` returns is `value` at the same point.
+        `False` on minibatches (or with a key per step): the driver then evaluates `value` at
+        the last good point of a run that stops there. Default `True`.
 
     **Methods:**
 
@@ -49,6 +52,7 @@ class AbstractStepper(eqx.Module):
     """
 
     chunkable: ClassVar[bool] = True
+    step_loss_is_value: ClassVar[bool] = True
 
     def has_stopping_rule(self) -> bool:
         return True
