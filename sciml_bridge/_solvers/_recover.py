@@ -31,11 +31,13 @@ def one_member_may_be_at_fault(e: Exception) -> bool:
     return "RESOURCE_EXHAUSTED" not in str(e)
 
 
-def run_until_raise(keep: tuple, dynamic, error: Exception | None = None):
-    """`run_chunk(keep, dynamic)` for one member (a leading member axis of 1), or, if it
-    raises (`error`: it is known to), its longest run of steps that does not. Returns the
-    chunk's output for the driver and the error (`None` when the whole chunk ran, or the
-    member stopped by itself first)."""
+def run_until_raise(keep: tuple, dynamic, member: int, error: Exception | None = None):
+    """`run_chunk(keep, dynamic)` for the one active `member` of `keep`, or, if it raises
+    (`error`: it is known to), its longest run of steps that does not. Returns the solver
+    state, last good `theta` and loss of every member after it, that member's losses, end
+    code and `done`, and the error (`None` when its whole chunk ran, or it stopped by itself
+    first). Call it only on a layout where inactive members are not computed (one run, a row,
+    or members mapped one after another)."""
     stepper, args, static, good_theta, good_loss, active, n, chunk, layout = keep
 
     def probe(steps, dynamic, good_theta, good_loss):
@@ -43,37 +45,36 @@ def run_until_raise(keep: tuple, dynamic, error: Exception | None = None):
                 chunk, layout)  # fmt: skip
         return run_chunk(keep, dynamic)
 
-    if error is None:
-        try:
-            return run_chunk(keep, dynamic), None
-        except RUNTIME_ERRORS as e:
-            error = e
     lo, hi, losses = 0, int(n), []  # `lo` steps run, `hi` raise
-    result, done = jnp.asarray(RESULTS.successful._value), False
-    while hi - lo > 1:
-        steps = (hi - lo) // 2
+    if error is not None:
+        hi = int(n)
+    result, done = int(RESULTS.successful._value), False
+    while hi - lo > (1 if error is not None else 0):
+        steps = hi - lo if error is None else (hi - lo) // 2
         try:
             new, (theta, loss, res, stop, count, hist) = probe(steps, dynamic, good_theta,
                                                                good_loss)  # fmt: skip
         except RUNTIME_ERRORS as e:
             hi, error = lo + steps, e
             continue
-        taken = int(np.asarray(count)[0])
-        losses.extend(np.asarray(hist, dtype=np.float64)[0, :taken].tolist())
+        taken = int(np.asarray(count)[member])
+        losses.extend(np.asarray(hist, dtype=np.float64)[member, :taken].tolist())
         dynamic, good_theta, good_loss, lo = new, theta, loss, lo + taken
-        result, done = res[0], bool(np.asarray(stop)[0])
-        if int(result) != int(RESULTS.successful._value) or done:  # stopped by itself first
-            error = None
+        result, done = int(np.asarray(res)[member]), bool(np.asarray(stop)[member])
+        if result != int(RESULTS.successful._value) or done or error is None:
+            error = None  # it stopped by itself before the step that raises, or never raised
             break
-    return (dynamic, chunk_output(good_theta, good_loss, chunk, losses, result, done)), error
+    return (dynamic, good_theta, good_loss), (losses, result, done), error
 
 
-def chunk_output(good_theta, good_loss, chunk: int, losses=(), result=None, done=False):
-    """What `run_chunk` returns beside the state, for one member (a leading axis of 1) that
-    took `len(losses)` steps with these losses, as the kernel's dtypes have it."""
-    result = RESULTS.successful._value if result is None else result
-    hist = np.full((1, chunk), np.nan, dtype=good_loss.dtype)
-    hist[0, : len(losses)] = losses
-    return (good_theta, good_loss, jnp.asarray([result], jnp.asarray(result).dtype),
-            jnp.asarray([done]), jnp.asarray([len(losses)], jnp.asarray(0).dtype),
+def chunk_output(good_theta, good_loss, chunk: int, ends: list[tuple]):
+    """What `run_chunk` returns beside the state, from each member's `(losses, result, done)`
+    (`run_until_raise`), as the kernel's dtypes have it."""
+    hist = np.full((len(ends), chunk), np.nan, dtype=np.dtype(good_loss.dtype))
+    for row, (losses, _, _) in zip(hist, ends):
+        row[: len(losses)] = losses
+    code = jnp.asarray(RESULTS.successful._value).dtype
+    return (good_theta, good_loss, jnp.asarray([r for _, r, _ in ends], code),
+            jnp.asarray([d for _, _, d in ends], bool),
+            jnp.asarray([len(lo) for lo, _, _ in ends], jnp.asarray(0).dtype),
             jnp.asarray(hist))  # fmt: skip

@@ -101,6 +101,8 @@ class _Driver:
     def _init_alone(self, theta0, e: Exception) -> None:
         """Set up each member alone after setting up all at once raised: a member whose own
         setup raises fails at `theta0`; the others start as usual. Raises `e` if all fail."""
+        if self.layout != "vmap":  # a CPU mesh: a device that raised stopped them all
+            raise e
         rows = [_alone(init_members, self.stepper, self.args, theta0[i : i + 1], "vmap")
                 for i in range(theta0.shape[0])]  # fmt: skip
         healthy = next((r for r in rows if not isinstance(r, Exception)), None)
@@ -231,29 +233,38 @@ class _Driver:
         raises (`run_until_raise`). Only the members that raise fail, each at its last point
         with a known loss, as a single run does; the others go on."""
         if not self.batched:
-            out, error = run_until_raise(keep, self.dynamic, e)
-            self._absorb(out)
-            return self._failed([0], [error], out[0])
+            (dynamic, theta, loss), end, error = run_until_raise(keep, self.dynamic, 0, e)
+            self._absorb((dynamic, chunk_output(theta, loss, keep[7], [end])))
+            return self._failed([0], [error], dynamic)
+        if self.layout != "vmap":  # a CPU mesh: a device that raised stopped them all
+            raise e
+        return self._recover_rows(keep)
+
+    def _recover_rows(self, keep: tuple) -> None:
+        """`_recover` for vmapped members: a batched loop computes inactive members too (and
+        would raise again on them), so each runs as a batch of one, and a member that fails
+        carries a healthy member's state from then on."""
         stepper, args, static, good_theta, good_loss, active, n, chunk, _ = keep
-        rows, errors = [], []
+        rows, ends, errors = [], [], []
         for i, m in enumerate(self.members):
             row = lambda x: x[i : i + 1]  # noqa: B023 (used at once)
-            dynamic = jax.tree.map(row, self.dynamic)
-            alone = (stepper, args, static, row(good_theta), row(good_loss), row(active), n,
-                     chunk, "vmap")  # fmt: skip
-            out, error = run_until_raise(alone, dynamic) if m.running else (None, None)
-            if out is None:  # not running: as it was
-                out = (dynamic, chunk_output(row(good_theta), row(good_loss), chunk))
+            out = (jax.tree.map(row, self.dynamic), row(good_theta), row(good_loss))
+            end, error = ([], int(RESULTS.successful._value), False), None
+            if m.running:
+                alone = (stepper, args, static, out[1], out[2], row(active), n, chunk, "vmap")
+                out, end, error = run_until_raise(alone, out[0], 0)
             rows.append(out)
+            ends.append(end)
             errors.append(error)
         failed = [i for i, error in enumerate(errors) if error is not None]
-        states = jax.tree.map(lambda *xs: jnp.concatenate(xs), *[r[0] for r in rows])
+        concat = lambda rows: jax.tree.map(lambda *xs: jnp.concatenate(xs), *rows)
+        states = concat([r[0] for r in rows])
         # A failed member never runs again, but a batched loop still computes its step from
         # where it is (and would raise again): it carries a member that ran instead.
         ok = [i for i, m in enumerate(self.members) if m.running and i not in failed]
-        carried = [(rows[ok[0]][0], r[1]) if i in failed and ok else r
-                   for i, r in enumerate(rows)]  # fmt: skip
-        out = jax.tree.map(lambda *xs: jnp.concatenate(xs), *carried)
+        carried = concat([rows[ok[0] if i in failed and ok else i][0] for i in range(len(rows))])
+        out = (carried, chunk_output(concat([r[1] for r in rows]), concat([r[2] for r in rows]),
+                                     chunk, ends))  # fmt: skip
         if self.sharding is not None:
             out = jax.tree.map(lambda x: jax.device_put(x, self.sharding), out)
         self._absorb(out)
@@ -300,10 +311,11 @@ class _Driver:
             theta, loss, model = at(self.dynamic, self.layout)
             return (local(theta), np.asarray(host(loss), dtype=np.float64)), model
         except RUNTIME_ERRORS as e:
-            if not self.batched:
-                self._failed_by(self.members[0], e)
+            if self.layout != "vmap":  # one run, or a CPU mesh (a raise stopped every device)
+                for m in self.members:
+                    self._failed_by(m, e)
                 model = model_states(self.stepper, self.static, self.dynamic)
-                return None, jtu.tree_map(lambda x: x[0], model)
+                return None, model if self.batched else jtu.tree_map(lambda x: x[0], model)
         thetas, losses, models = [], [], []
         for i, m in enumerate(self.members):
             row = jax.tree.map(lambda x: x[i : i + 1], self.dynamic)  # noqa: B023
@@ -332,6 +344,8 @@ class _Driver:
                                               self.layout)), dtype=np.float64)  # fmt: skip
         except RUNTIME_ERRORS:
             if not self.batched:
+                return losses
+            if self.layout != "vmap":  # a CPU mesh: a device that raised stopped them all
                 return losses
             start = [_alone(values_at, self.stepper, self.args, self.good_theta[i : i + 1],
                             "vmap") for i in range(len(self.members))]  # fmt: skip
