@@ -137,7 +137,10 @@ class Activation:
     def __call__(self, z: Array) -> Array:
         if self.kind == "table":
             return self.fn(z)
-        return jax.vmap(self.fn)(z)
+        fn = self.fn
+        for _ in range(jnp.ndim(z)):  # per entry, at any shape (a "scalar" output is 0-d)
+            fn = jax.vmap(fn)
+        return fn(z)
 
     @property
     def twice_differentiable(self) -> bool:

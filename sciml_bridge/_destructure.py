@@ -54,6 +54,15 @@ to {dtype}, losing precision.
 Fix: leave `dtype=None` (a dtype that holds every parameter exactly), pick a wider dtype, or,
 to really train in lower precision, opt in with `lossy=True`."""
 
+_MSG_STRICT_MIXED = """\
+`sb.destructure(..., precision="strict")` got parameters of several dtypes ({mixed}), but
+strict mode needs every leaf to have exactly `theta`'s dtype: no `theta` could rebuild this
+model (its own `re` would refuse every vector).
+Fix: use `precision="vector"` (theta's precision wins, here a {stored} theta) or
+`precision="model"` (cast back to the stored dtypes), or give the parameters one dtype first:
+`model = jax.tree.map(lambda x: x.astype(jnp.{stored}) if eqx.is_inexact_array(x) else x,
+model)`."""
+
 _MSG_TIE_FILTER = """\
 `sb.destructure(..., params=...)` froze the array at `{frozen}` but trains the very same array
 object at `{trained}` (a tie: one parameter in two places). Training one place and freezing
@@ -209,14 +218,21 @@ def _same_array(a, b) -> bool:
 _NOT_PARAM = object()
 
 
+def _on_arrays(predicate: Callable[..., Any]) -> Callable[[Any], bool]:
+    """`predicate` asked only about inexact array leaves: nothing else can be a parameter, so a
+    natural `lambda leaf: leaf.ndim == 2` never meets an activation function or an int."""
+    return lambda leaf: eqx.is_inexact_array(leaf) and bool(predicate(leaf))
+
+
 def _param_flags(model: Model, leaves: list, params) -> list[bool]:
     """Which flattened leaves are parameters: inexact arrays, narrowed by `params`."""
     flags = [eqx.is_inexact_array(leaf) for leaf in leaves]
     if params is None:
         return flags
     # Equinox filter semantics: a callable, or a pytree prefix of bools/callables.
+    spec = jtu.tree_map(lambda f: _on_arrays(f) if callable(f) else f, params)
     try:
-        chosen = eqx.filter(model, params, replace=_NOT_PARAM, is_leaf=_is_state_index)
+        chosen = eqx.filter(model, spec, replace=_NOT_PARAM, is_leaf=_is_state_index)
     except ValueError as e:
         raise ValueError(_MSG_PARAMS.format(got=type(params).__name__)) from e
     chosen_leaves = jtu.tree_leaves(chosen, is_leaf=lambda x: x is _NOT_PARAM or _is_state_index(x))
@@ -262,6 +278,12 @@ def _slots(paths: list, leaves: list, flags: list[bool], ties: Ties) -> tuple[_S
 def _theta_dtype(slots: tuple[_Slot, ...], dtype, precision: Precision,
                  lossy: bool) -> np.dtype:
     stored = promote(s.dtype for s in slots)
+    if precision == "strict" and dtype is None and len({s.dtype for s in slots}) > 1:
+        first = {}
+        for s in slots:
+            first.setdefault(s.dtype, s.path)
+        mixed = ", ".join(f"{d} at `{path}`" for d, path in first.items())
+        raise TypeError(_MSG_STRICT_MIXED.format(stored=stored, mixed=mixed))
     if dtype is None:
         check_x64(stored, "`sb.destructure`", "a model with parameters")
         return stored
@@ -315,14 +337,17 @@ def destructure(
 
     - `model`: any pytree (Equinox module, dict/list/tuple/NamedTuple, Flax params).
     - `params`: narrows which leaves are parameters: a callable `leaf -> bool` or an
-        Equinox filter spec (pytree prefix of bools). Unselected leaves ride along as constants.
+        Equinox filter spec (pytree prefix of bools or such callables). A callable is asked
+        only about inexact array leaves (nothing else can be a parameter). Unselected leaves
+        ride along as constants.
     - `dtype`: dtype of `theta`. Default: one that holds every parameter exactly. A `dtype`
         that cannot hold some parameter exactly (float64 -> float32 or float16, complex128 ->
         complex64) is a `TypeError` naming that parameter, unless `lossy=True`.
     - `precision`: dtypes that `re(theta)` builds. `"vector"` (default): theta's precision
         wins (real leaves stay real, complex stay complex; a non-zero imaginary part headed
         for a real leaf is an error). `"model"`: cast back to the stored dtypes, warning once
-        per leaf on a lossy cast. `"strict"`: any dtype difference is a `TypeError`.
+        per leaf on a lossy cast. `"strict"`: any dtype difference is a `TypeError` (so the
+        parameters must share one dtype, the dtype of `theta`).
     - `ties`: `"identity"` (default): the same array object in several places is one
         parameter (one slot, gradient summed over places). `"none"`: every place is its own
         parameter, Equinox's semantics (the same layer twice is two independent copies;
@@ -336,10 +361,11 @@ def destructure(
 
     **Raises:**
 
-    `TypeError` for a float64 request or float64 NumPy data while JAX's x64 mode
-    is off (JAX would truncate silently), a non-floating `dtype`, or a lossy `dtype` without
-    `lossy=True`; `ValueError` for an unknown `precision` or `ties`, a malformed `params`, or
-    a `params` that freezes one place of a tied array and trains another.
+    `TypeError` for a float64 request or float64 NumPy data (parameters or frozen leaves)
+    while JAX's x64 mode is off (JAX would truncate silently), a non-floating `dtype`, a lossy
+    `dtype` without `lossy=True`, or `precision="strict"` with parameters of several dtypes;
+    `ValueError` for an unknown `precision` or `ties`, a malformed `params`, or a `params`
+    that freezes one place of a tied array and trains another.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"`sb.destructure` expected `precision` in {PRECISIONS}, got "
@@ -349,6 +375,9 @@ def destructure(
     with_paths, treedef = jtu.tree_flatten_with_path(model, is_leaf=_is_state_index)
     paths = [p for p, _ in with_paths]
     leaves = [leaf for _, leaf in with_paths]
+    # Frozen NumPy leaves too: JAX would truncate them silently when the model runs.
+    guard_x64([x for x in leaves if isinstance(x, np.ndarray | np.generic)], "`sb.destructure`",
+              "a NumPy leaf")
     flags = _param_flags(model, leaves, params)
     if ties == "identity":
         _check_filter_ties(paths, leaves, flags)

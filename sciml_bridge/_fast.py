@@ -109,6 +109,9 @@ def _mlp_parts(mlp: eqx.nn.MLP):
         refs.append(_LinearRef(last, None, "`layers[2]`"))
     else:
         refs = [_LinearRef(lin, None, f"`layers[{i}]`") for i, lin in enumerate(mlp.layers)]
+    if mlp.depth == 0:
+        # `eqx.nn.MLP.__call__` at depth 0 is `layers[0](x)`: both activations are ignored.
+        return refs, (None,), mlp.in_size, mlp.out_size
     hidden = _pure_activation(mlp.activation, "`activation`")
     final = _pure_activation(mlp.final_activation, "`final_activation`")
     activations = (hidden,) * (len(refs) - 1) + (final,)
@@ -123,7 +126,9 @@ def _sequential_parts(seq: eqx.nn.Sequential):
             refs.append(_LinearRef(module, None, f"`layers[{i}]`"))
             activations.append(None)
         elif type(module) is eqx.nn.Lambda and refs and activations[-1] is None:
-            known = known_activation(module.fn)
+            # An `Activation` is what `sb.FlatMLP` itself puts in a `Lambda` (elementwise).
+            fn = module.fn
+            known = fn if isinstance(fn, Activation) else known_activation(fn)
             if known is None:
                 raise Unsupported(f"`layers[{i}]` is a `Lambda` of {module.fn!r}, not a known "
                                   "elementwise activation")

@@ -6,12 +6,15 @@ general and the fast path) lives in `_make_flat.py`, so imports go one way:
 """
 
 import abc
+import dataclasses
 from typing import Any, ClassVar
 
 import equinox as eqx
+import jax.tree_util as jtu
 
 from ._custom_types import Theta, ThetaLike
 from ._destructure import Restructure
+from ._precision import guard_x64
 
 
 class AbstractFlatModel(eqx.Module):
@@ -48,6 +51,44 @@ class AbstractFlatModel(eqx.Module):
     @property
     def size(self) -> int:
         return self.restructure.size
+
+
+class Mode(int):
+    """A mode flag (`fm.inference`) that `jax.jit` never traces: a pytree node with no leaves.
+
+    A plain `bool` field would be a leaf, so `jax.jit(lambda fm, t, x: fm(t, x))(fm, ...)`
+    would trace it and the `if inference:` of Dropout/BatchNorm/NNX `.eval()` would fail
+    (`TracerBoolConversionError`). As a leafless node the flag is part of the tree structure
+    (hashed, no retrace) yet still a node that `eqx.nn.inference_mode` (`eqx.tree_at`) can
+    replace. It is an `int` subclass, so `bool(m)`, `m == True` and hashing act as the bool's.
+    """
+
+    def __repr__(self) -> str:
+        return repr(bool(self))
+
+
+jtu.register_pytree_node(Mode, lambda m: ((), bool(m)), lambda value, _: Mode(value))
+
+
+def _mode(value: Any) -> "Mode | None":
+    return value if value is None or isinstance(value, Mode) else Mode(bool(value))
+
+
+class _ModeField:
+    """The `inference` field: stores every value as a `Mode` (or `None`).
+
+    `eqx.nn.inference_mode` replaces the `Mode` node with a plain bool and Equinox's unflatten
+    sets it with `object.__setattr__`, which goes through this data descriptor: the flag
+    becomes a `Mode` again instead of a leaf that `jax.jit` would trace."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, owner: Any = None) -> "Mode | None":
+        return None if obj is None else obj.__dict__.get(self.name)
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        obj.__dict__[self.name] = _mode(value)
 
 
 _MSG_NO_ADAPTER = """\
@@ -92,7 +133,8 @@ class FlatModel(AbstractFlatModel):
         ```
 
     **Attributes:** as `sb.AbstractFlatModel`, plus `apply` (how the rebuilt model is called),
-    `state0` (the state stored at flattening time) and `inference` (the mode flags, or `None`).
+    `state0` (the state stored at flattening time) and `inference` (the mode flag, or `None`;
+    it acts as a bool, `bool(fm.inference)`, and is never traced by `jax.jit`).
 
     **Raises:**
 
@@ -105,14 +147,18 @@ class FlatModel(AbstractFlatModel):
     restructure: Restructure
     apply: Any = eqx.field(static=True)
     state0: Any = None
-    inference: bool | None = None
+    # Set as a bool, stored and read as a `Mode` (see `_ModeField`).
+    inference: bool | Mode | None = _ModeField()  # pyright: ignore[reportAssignmentType]
     is_fast: ClassVar[bool] = False
 
     def __call__(self, theta: ThetaLike, *inputs: Any, state: Any = None, **kwargs: Any) -> Any:
+        # The x64 guard `sb.FlatMLP` applies to `x`, for every input (jax#11895).
+        guard_x64((inputs, kwargs, state), "`fm(theta, x)`", "a NumPy input")
         model = self.restructure(theta)
         run = getattr(self.apply, "run", None)
+        inference = None if self.inference is None else bool(self.inference)
         if run is not None:
-            return run(model, inputs, kwargs, state, self.inference)
+            return run(model, inputs, kwargs, state, inference)
         if state is not None or self.inference is not None:
             what, kind = ("state=...", "state") if state is not None else ("", "modes")
             raise TypeError(_MSG_NO_ADAPTER.format(what=what, kind=kind))
@@ -126,8 +172,7 @@ class FlatModel(AbstractFlatModel):
 
     def inference_mode(self, value: bool | None = True) -> "FlatModel":
         """This model with its mode flags set (as `eqx.nn.inference_mode(fm, value)`)."""
-        return eqx.tree_at(lambda fm: fm.inference, self, value,
-                           is_leaf=lambda x: x is None)
+        return dataclasses.replace(self, inference=value)
 
     def __hash__(self) -> int:
         # `jax.jit(fm)` and static-argument use need a hash; theta0 is data, not identity.

@@ -24,7 +24,15 @@ from ._custom_types import DTypeLike, KeyLike, Size, Theta, ThetaLike
 from ._destructure import Restructure, check_theta, destructure
 from ._fast import Layer, Param, recognise
 from ._flat import AbstractFlatModel
-from ._precision import cast_leaf, check_x64, guard_x64, is_inexact, promote
+from ._precision import (
+    cast_leaf,
+    check_x64,
+    complex_dtype,
+    guard_x64,
+    is_complex,
+    is_inexact,
+    promote,
+)
 
 
 _MSG_X = """\
@@ -92,14 +100,17 @@ def _fn(activation: Activation | None):
 def equivalent_model(sizes: tuple[Size, ...], hidden: Activation | None,
                      final: Activation | None, key: PRNGKeyArray, dtype,
                      use_bias: bool) -> eqx.Module:
-    """The Equinox network FlatMLP mirrors: `eqx.nn.MLP`, or a `Sequential` for uneven widths.
+    """The Equinox network FlatMLP mirrors: `eqx.nn.MLP`, or a `Sequential` of
+    `Linear`/`Lambda` for uneven widths or for one layer with a `final_activation`.
 
     Keys are split as `eqx.nn.MLP` splits them (one per layer, in order), so for uniform
     widths both constructions give the very same numbers.
     """
     depth = len(sizes) - 2
     widths = set(sizes[1:-1])
-    if len(widths) <= 1:
+    # `eqx.nn.MLP` ignores `final_activation` at depth 0 (`layers[0](x)`): a `Sequential`
+    # then keeps the activation, so `restructure` still rebuilds what `fm` computes.
+    if len(widths) <= 1 and not (depth == 0 and final is not None):
         width = cast(int, widths.pop()) if widths else 1  # hidden sizes are never "scalar"
         kwargs: dict[str, Any] = {} if final is None else {"final_activation": final.fn}
         return eqx.nn.MLP(sizes[0], sizes[-1], width, depth, activation=_fn(hidden),
@@ -111,7 +122,9 @@ def equivalent_model(sizes: tuple[Size, ...], hidden: Activation | None,
         modules.append(eqx.nn.Linear(sizes[i], sizes[i + 1], use_bias, dtype=dtype, key=k))
         act = hidden if i < depth else final
         if act is not None:
-            modules.append(eqx.nn.Lambda(act.fn))
+            # A known function as itself; any other as the `Activation`, applied per entry
+            # (as `eqx.nn.MLP` applies it) and recognised by `_fast.py` as elementwise.
+            modules.append(eqx.nn.Lambda(act.fn if act.kind == "table" else act))
     return eqx.nn.Sequential(modules)
 
 
@@ -120,7 +133,8 @@ class FlatMLP(AbstractFlatModel):
 
     Weights are static-offset slices of `theta`: no pytree is rebuilt, no `eqx.combine`, no
     per-call Python work. `theta0` is exactly `sb.destructure` of the equivalent `eqx.nn.MLP`
-    made with the same key (an `eqx.nn.Sequential` of `Linear`/`Lambda` for uneven widths),
+    made with the same key (an `eqx.nn.Sequential` of `Linear`/`Lambda` for uneven widths, and
+    for one layer with a `final_activation`, which `eqx.nn.MLP` ignores at depth 0),
     and `fm.restructure(theta)` rebuilds that Equinox network. Inputs follow `eqx.nn.MLP`:
     one unbatched point; `jax.vmap` over points runs every layer as one matrix product.
 
@@ -266,7 +280,7 @@ class FlatMLP(AbstractFlatModel):
 
         Upcasting float32 weights for a float64 (or complex) `x` is lossless; truncating the
         input to the weights' dtype would silently lose precision, so we never do that."""
-        if not isinstance(x, jax.Array):
+        if not isinstance(x, jax.Array | int | float | complex):  # Python scalars stay weak
             guard_x64(x, "`fm(theta, x)`", "a NumPy `x`")
             x = np.asarray(x)
         x = jnp.asarray(x)
@@ -274,7 +288,14 @@ class FlatMLP(AbstractFlatModel):
         if x.shape != want:
             raise ValueError(_MSG_X.format(size=self.in_size, want=want, got=x.shape))
         w_dtype = np.dtype(params[0][0].dtype)
-        dtype = promote([w_dtype, x.dtype]) if is_inexact(x.dtype) else w_dtype
+        if not is_inexact(x.dtype):
+            dtype = w_dtype
+        elif x.weak_type:
+            # A Python float (weakly typed) follows the weights, as in `eqx.nn.MLP`'s matmul;
+            # a Python complex makes the computation complex at the weights' precision.
+            dtype = complex_dtype(w_dtype) if is_complex(x.dtype) else w_dtype
+        else:
+            dtype = promote([w_dtype, x.dtype])
         if dtype != w_dtype:
             params = [(w.astype(dtype), None if b is None else b.astype(dtype)) for w, b in params]
         return params, x.astype(dtype).reshape(-1)

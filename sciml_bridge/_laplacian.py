@@ -121,6 +121,7 @@ def laplacian(fm: Validated[Callable[..., Any]], *, batched: bool = False) -> Ca
         return forward_laplacian
 
     def hessian_trace(theta: ThetaLike, x: ArrayLike, *args: Any) -> Array:
+        guard_x64((x, args), "`sb.laplacian(fm)(theta, x)`", "a NumPy input")
         x = jnp.asarray(x)
         at = lambda v: fm(theta, v.reshape(x.shape), *args)
         # x of any shape: differentiate w.r.t. its entries, trace the last two axes.
@@ -128,8 +129,13 @@ def laplacian(fm: Validated[Callable[..., Any]], *, batched: bool = False) -> Ca
         return jnp.trace(hessian, axis1=-2, axis2=-1)
 
     if batched:
-        return lambda theta, xs, *args: jax.vmap(
-            hessian_trace, in_axes=(None, 0) + (None,) * len(args))(theta, xs, *args)
+
+        def batched_hessian_trace(theta: ThetaLike, xs: ArrayLike, *args: Any) -> Array:
+            guard_x64((xs, args), "`sb.laplacian(fm, batched=True)(theta, xs)`", "a NumPy input")
+            in_axes = (None, 0) + (None,) * len(args)
+            return jax.vmap(hessian_trace, in_axes=in_axes)(theta, xs, *args)
+
+        return batched_hessian_trace
     return hessian_trace
 
 
@@ -243,6 +249,7 @@ def grad_x(fm: Validated[Callable[..., Any]]) -> Callable[..., Array]:
         return forward_jacobian
 
     def jacobian(theta: ThetaLike, x: ArrayLike, *args: Any) -> Array:
+        guard_x64((x, args), "`sb.grad_x(fm)(theta, x)`", "a NumPy input")
         return jax.jacfwd(lambda v: fm(theta, v, *args))(jnp.asarray(x))
 
     return jacobian

@@ -38,21 +38,30 @@ def _fast_path(model: Any, theta0: Theta, re: Restructure, fast) -> FlatMLP | No
     return FlatMLP.from_layout(theta0, re, *parts)
 
 
-def _nnx_parts(model: Any):
+def _nnx_parts(model: Any, params: Any):
     """`(apply, pytree, params)` for a Flax NNX module; None for anything else."""
     if nnx is None or not isinstance(model, nnx.Module):
         return None
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    # Only `nnx.Param` state is trained; batch statistics and RNG state ride along.
-    spec = (True, False)
-    return MergeNNX(graphdef), (params, rest), spec
+    graphdef, param_state, rest = nnx.split(model, nnx.Param, ...)
+    # Only `nnx.Param` state is trained; `params=` narrows within it (a callable asked about
+    # its leaves, or a filter spec for it). Batch statistics and RNG state ride along.
+    spec = (True if params is None else params, False)
+    return MergeNNX(graphdef), (param_state, rest), spec
 
 
-def _params_collection(variables: Model):
-    """Flax-style `{"params": ..., "batch_stats": ...}`: train only the "params" collection."""
-    if isinstance(variables, Mapping) and "params" in variables and len(variables) > 1:
-        return cast(Any, type(variables))({k: k == "params" for k in variables})
-    return None
+def _params_collection(variables: Model, params: Any):
+    """Flax-style `{"params": ..., "batch_stats": ...}`: train only the "params" collection,
+    narrowed by `params=` (a callable, a spec for `variables["params"]`, or a spec for the
+    whole `variables` whose other collections are then ignored: they stay frozen)."""
+    if not (isinstance(variables, Mapping) and "params" in variables):
+        return params
+    if params is None:
+        within = True
+    elif isinstance(params, Mapping) and set(params) == set(variables):
+        within = params["params"]
+    else:
+        within = params
+    return cast(Any, type(variables))({k: within if k == "params" else False for k in variables})
 
 
 def flat(
@@ -91,9 +100,14 @@ def flat(
 
     - `model`: the model, or a pure `apply_fn` when `variables` is given.
     - `variables`: the parameters of `apply_fn` (e.g. Flax's `{"params": ...}`; when other
-        collections such as `"batch_stats"` are present, only `"params"` is trained unless
-        `params=` says otherwise).
-    - `params`, `dtype`, `precision`, `ties`, `lossy`: as in `sb.destructure`.
+        collections such as `"batch_stats"` are present, only `"params"` is trained).
+    - `params`: as in `sb.destructure`, but it only narrows what the framework trains: for a
+        Flax NNX module, within the `nnx.Param` state (a callable is asked about its leaves;
+        a filter spec is a prefix of `nnx.state(model, nnx.Param)`); for Flax-style
+        `variables`, within `"params"` (a callable, a spec for `variables["params"]`, or a
+        spec for all of `variables` whose other collections are ignored). Batch
+        statistics and RNG state are never trained.
+    - `dtype`, `precision`, `ties`, `lossy`: as in `sb.destructure`.
     - `fast`: `"auto"` uses the slice-based fast path (`sb.FlatMLP`) when the model is one it
         knows (`eqx.nn.MLP`, or an `eqx.nn.Sequential` of `Linear` layers each followed by at
         most one activation `Lambda`) with the very same `theta` layout; `True` requires it;
@@ -124,15 +138,14 @@ def flat(
     kwargs: dict[str, Any] = dict(params=params, dtype=dtype, precision=precision, ties=ties,
                                   lossy=lossy)
     if variables is not None:
-        if params is None:
-            kwargs["params"] = _params_collection(variables)
+        kwargs["params"] = _params_collection(variables, params)
         theta0, re = destructure(variables, **kwargs)
         state0 = linen_state(variables) if state is None else state
         return FlatModel(theta0, re, ApplyVariables(model), state0, False)
-    nnx_parts = _nnx_parts(model)
+    nnx_parts = _nnx_parts(model, params)
     if nnx_parts is not None:
         apply, states, spec = nnx_parts
-        theta0, re = destructure(states, **{**kwargs, "params": params or spec})
+        theta0, re = destructure(states, **{**kwargs, "params": spec})
         return FlatModel(theta0, re, apply, states[1] if state is None else state,
                          initial_mode(model))
     theta0, re = destructure(model, **kwargs)

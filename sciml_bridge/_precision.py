@@ -111,8 +111,42 @@ def is_wide(dtype) -> bool:
 def is_lossless(got, want) -> bool:
     """Every value of dtype `got` is exactly representable in dtype `want` (JAX's lattice)."""
     got, want = np.dtype(got), np.dtype(want)
+    return got == want or _promote_two(got, want) == want
+
+
+def _holds(wide: np.dtype, narrow: np.dtype) -> bool:
+    """Every value of the floating dtype `narrow` is a value of `wide` (by their `finfo`):
+    as many mantissa bits, as large an exponent, as small a subnormal."""
+    if is_complex(narrow) and not is_complex(wide):
+        return False
+    w, n = jnp.finfo(wide), jnp.finfo(narrow)
+    return (w.nmant >= n.nmant and w.maxexp >= n.maxexp
+            and w.minexp - w.nmant <= n.minexp - n.nmant)
+
+
+def _carrier(dtype: np.dtype) -> np.dtype:
+    """The narrowest of float16, bfloat16, float32 that holds `dtype` exactly (float8, float4)."""
+    if not is_inexact(dtype) or dtype.itemsize > 1:
+        return dtype
+    return next(np.dtype(d) for d in (jnp.float16, jnp.bfloat16, jnp.float32)
+                if _holds(np.dtype(d), dtype))
+
+
+def _promote_two(a, b) -> np.dtype:
+    """JAX's promotion of two dtypes, also for float8/float4 (which JAX refuses to promote
+    implicitly, `jax.dtypes.TypePromotionError`): the wider one if it holds the narrow float
+    exactly, else the promotion of their exact 16/32-bit carriers (a lossless widening)."""
+    a, b = np.dtype(a), np.dtype(b)
+    # Our own choice of dtype must not depend on the user's promotion mode.
     with jax.numpy_dtype_promotion("standard"):
-        return got == want or np.dtype(jnp.promote_types(got, want)) == want
+        try:
+            return np.dtype(jnp.promote_types(a, b))
+        except jax.dtypes.TypePromotionError:
+            if is_inexact(a) and is_inexact(b):
+                for wide, narrow in ((a, b), (b, a)):
+                    if narrow.itemsize == 1 and _holds(wide, narrow):
+                        return wide
+            return np.dtype(jnp.promote_types(_carrier(a), _carrier(b)))
 
 
 def check_x64(dtype, where: str, what: str = "data") -> None:
@@ -156,10 +190,8 @@ def complex_dtype(dtype) -> np.dtype:
 def promote(dtypes) -> np.dtype:
     """The dtype that holds every dtype in `dtypes` exactly (JAX's lattice, never strict)."""
     out = None
-    # Our own choice of theta dtype must not depend on the user's promotion mode.
-    with jax.numpy_dtype_promotion("standard"):
-        for dtype in dtypes:
-            out = dtype if out is None else jnp.promote_types(out, dtype)
+    for dtype in dtypes:
+        out = np.dtype(dtype) if out is None else _promote_two(out, dtype)
     return np.dtype(out if out is not None else jnp.zeros(()).dtype)
 
 

@@ -22,7 +22,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from ._custom_types import Validated
 from ._distributed import check_mesh, check_same_everywhere
-from ._precision import check_x64
+from ._precision import guard_x64
 
 
 MEMBERS = "members"
@@ -66,6 +66,18 @@ def _data_sharding(mesh: Mesh) -> NamedSharding:
 def replicate(x: Any, mesh: Mesh) -> Any:
     """Put `x` (an array or pytree) whole on every device of `mesh`."""
     return jax.device_put(x, NamedSharding(_auto(mesh), PartitionSpec()))
+
+
+def _same_mesh(a: Any, b: Mesh) -> bool:
+    """The same devices under the same axis names and shape, whatever the axis types: `_auto`
+    turns `jax.make_mesh`'s Explicit axes into Auto ones, and an array the user committed to
+    the original mesh must still count as placed on it (a hand-chosen layout wins)."""
+    devices = getattr(a, "devices", None)
+    if not isinstance(devices, np.ndarray) or a.axis_names != b.axis_names:
+        return False
+    if devices.shape != b.devices.shape:
+        return False
+    return all(d.id == e.id for d, e in zip(devices.flat, b.devices.flat))
 
 
 def _check(mesh, where: str) -> Mesh:
@@ -126,11 +138,8 @@ def shard(
 
     **Raises:**
 
-    `args` with every array leaf placed on the mesh.
-
-    **Raises:**
-
-    `TypeError` if `mesh` is not a `Mesh`; `RuntimeError` if the mesh spans
+    `TypeError` if `mesh` is not a `Mesh`, or for float64 NumPy data (arrays or scalars)
+    while JAX's x64 mode is off (JAX would truncate it silently); `RuntimeError` if the mesh spans
     processes that `jax.distributed` does not connect; `ValueError` if process-local rows
     do not split over this process's devices.
     """
@@ -140,15 +149,15 @@ def shard(
 
     def placed(x) -> bool:
         sharding = getattr(x, "sharding", None)
-        on_mesh = isinstance(sharding, NamedSharding) and sharding.mesh == mesh
-        return on_mesh or not isinstance(x, jax.Array | np.ndarray)
+        on_mesh = isinstance(sharding, NamedSharding) and _same_mesh(sharding.mesh, mesh)
+        return on_mesh or not isinstance(x, jax.Array | np.ndarray | np.generic)
 
+    # NumPy arrays and scalars (`np.float64(...)`) alike: JAX would truncate them silently.
+    guard_x64(args, f"`{where}`", "NumPy data")
     if not process_local:
         check_same_everywhere([x for x in jax.tree.leaves(args) if not placed(x)], "data", where)
 
     def place(x):
-        if isinstance(x, np.ndarray):
-            check_x64(x.dtype, f"`{where}`", "NumPy data")
         if placed(x):
             return x
         if process_local:

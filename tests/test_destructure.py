@@ -297,3 +297,57 @@ def test_warn_once_registry_is_per_layout_not_per_address():
         with pytest.warns(sb.PrecisionLossWarning):
             re(theta)
         del re
+
+
+def test_params_callable_is_asked_only_about_array_leaves():
+    # An MLP holds activation functions too: `leaf.ndim` must never be asked of them.
+    mlp = eqx.nn.MLP(2, 1, 4, 1, key=jax.random.key(0))
+    theta, re = sb.destructure(mlp, params=lambda leaf: leaf.ndim == 2)
+    assert re.paths == (".layers[0].weight", ".layers[1].weight")
+    want = jnp.concatenate([mlp.layers[0].weight.ravel(), mlp.layers[1].weight.ravel()])
+    np.testing.assert_array_equal(theta, want)
+    rebuilt = re(2.0 * theta)
+    np.testing.assert_array_equal(rebuilt.layers[1].weight, 2.0 * mlp.layers[1].weight)
+    np.testing.assert_array_equal(rebuilt.layers[1].bias, mlp.layers[1].bias)
+
+
+def test_strict_with_mixed_dtypes_is_refused_up_front():
+    model = {"a": jnp.ones(2, jnp.float32), "b": jnp.ones(2, jnp.float64)}
+    with pytest.raises(TypeError, match=r"several dtypes \(float32 at `\['a'\]`, float64"):
+        sb.destructure(model, precision="strict")
+    # One dtype: strict works and its theta0 rebuilds the model.
+    theta, re = sb.destructure({"b": jnp.ones(2)}, precision="strict")
+    np.testing.assert_array_equal(re(theta)["b"], jnp.ones(2))
+
+
+@pytest.mark.parametrize("other, want", [
+    (jnp.float32, jnp.float32),   # float32 holds every float8_e4m3fn exactly
+    (jnp.bfloat16, jnp.bfloat16),  # so does bfloat16 (8 exponent, 7 mantissa bits)
+    (jnp.float8_e5m2, jnp.float16),  # neither holds the other: float16 holds both
+    (jnp.float64, jnp.float64),
+])
+def test_float8_mixed_with_other_floats_is_flattened_exactly(other, want):
+    q = jnp.array([0.5, -3.0, 448.0, 2.0**-9], jnp.float8_e4m3fn)
+    w = jnp.array([1.5, -0.25], other)
+    theta, re = sb.destructure({"q": q, "w": w})
+    assert theta.dtype == want
+    # Independent reference: float64 values of the leaves.
+    ref = np.concatenate([np.asarray(q, np.float64), np.asarray(w, np.float64)])
+    np.testing.assert_array_equal(np.asarray(theta, np.float64), ref)
+    with pytest.warns(sb.PrecisionLossWarning) as caught:  # theta is wider than float8
+        back = sb.destructure({"q": q, "w": w}, precision="model")[1](theta)
+    assert any("float8_e4m3fn" in str(c.message) for c in caught)
+    assert back["q"].dtype == q.dtype and back["w"].dtype == w.dtype
+    np.testing.assert_array_equal(np.asarray(back["q"], np.float64), np.asarray(q, np.float64))
+
+
+def test_float8_model_with_a_wider_dtype_and_precision_model():
+    q = jnp.array([0.5, -3.0], jnp.float8_e4m3fn)
+    theta, re = sb.destructure({"q": q}, dtype=jnp.float32)
+    assert theta.dtype == jnp.float32
+    np.testing.assert_array_equal(theta, [0.5, -3.0])
+    assert re(theta)["q"].dtype == jnp.float32  # "vector": theta's precision wins
+    _, re_model = sb.destructure({"q": q}, precision="model")
+    with pytest.warns(sb.PrecisionLossWarning, match="float8_e4m3fn"):
+        back = re_model(jnp.array([0.5, 0.1], jnp.float32))
+    assert back["q"].dtype == jnp.float8_e4m3fn

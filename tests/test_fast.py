@@ -159,3 +159,28 @@ def test_precision_policies_match_the_general_path():
             y_gen = general(theta64, x)
         assert y_fast.dtype == y_gen.dtype == jnp.float32
         assert_ulp_close(y_fast, y_gen)  # fast vs general path: two programs (tests/README.md)
+
+
+def test_depth_zero_ignores_final_activation_as_equinox_does():
+    # `eqx.nn.MLP.__call__` at depth 0 is `layers[0](x)`: its `final_activation` never runs.
+    mlp = eqx.nn.MLP(2, 3, 4, 0, final_activation=jnp.tanh, key=jax.random.key(0))
+    fast, general = sb.flat(mlp), sb.flat(mlp, fast=False)
+    x = jnp.array([0.5, -0.3])
+    assert fast.is_fast and fast.activations == (None,)
+    assert_ulp_close(fast(fast.theta0, x), mlp(x))
+    assert_ulp_close(fast(fast.theta0, x), general(general.theta0, x))
+
+
+def test_python_float_input_keeps_a_float32_network_in_float32():
+    # A Python float is weakly typed: `eqx.nn.MLP` stays float32 even with x64 on.
+    mlp = eqx.nn.MLP("scalar", "scalar", 4, 2, activation=jnp.tanh, key=jax.random.key(0),
+                     dtype=jnp.float32)
+    fast, general = sb.flat(mlp), sb.flat(mlp, fast=False)
+    want = mlp(0.5)
+    assert want.dtype == jnp.float32
+    for y in (fast(fast.theta0, 0.5), jax.jit(fast)(fast.theta0, 0.5),
+              general(general.theta0, 0.5)):
+        assert_ulp_close(y, want)
+    assert sb.laplacian(fast)(fast.theta0, 0.5).dtype == jnp.float32
+    # A float64 array still widens the computation (never truncated).
+    assert fast(fast.theta0, jnp.float64(0.5)).dtype == jnp.float64

@@ -8,6 +8,7 @@ import optimistix as optx
 import pytest
 import scipy.optimize
 from helpers import TraceCounter, assert_ulp_close
+from jax.sharding import NamedSharding, PartitionSpec
 
 import sciml_bridge as sb
 
@@ -130,3 +131,14 @@ def test_batched_input_on_the_general_path_is_a_clear_error():
                                          r"shape \(5, 2\).*jax.vmap"):
         fm(fm.theta0, jnp.ones((5, 2)))
     assert jax.vmap(fm, in_axes=(None, 0))(fm.theta0, jnp.ones((5, 2))).shape == (5, 1)
+
+
+def test_shard_keeps_a_hand_chosen_layout_on_an_explicit_mesh():
+    # `jax.make_mesh` gives Explicit axes; `sb.shard` works on an Auto copy of the mesh, and an
+    # array committed by hand to the user's own mesh must still be left as it is.
+    mesh = jax.make_mesh((1,), ("data",))
+    hand = jax.device_put(jnp.ones((4, 2)), NamedSharding(mesh, PartitionSpec(None, "data")))
+    (out,) = sb.shard((hand,), mesh)
+    assert out is hand and out.sharding.spec == PartitionSpec(None, "data")
+    (moved,) = sb.shard((np.ones((4, 2)),), mesh)
+    assert moved.sharding.spec == PartitionSpec("data")

@@ -204,3 +204,18 @@ def test_key_keyword_is_accepted_and_ignored_as_by_eqx_mlp():
     np.testing.assert_array_equal(fm(fm.theta0, x, key=jax.random.key(5)), fm(fm.theta0, x))
     with pytest.raises(TypeError):
         fm(fm.theta0, x, train=True)  # like `eqx.nn.MLP`, nothing else is accepted
+
+
+@pytest.mark.parametrize("final", ["tanh", lambda z: z**3])
+def test_one_layer_with_final_activation_restructures_to_the_same_network(final):
+    # `eqx.nn.MLP` ignores `final_activation` at depth 0, so `restructure` builds a
+    # `Sequential([Linear, Lambda])` that does apply it, with the very same weights.
+    key = jax.random.key(0)
+    net = sb.FlatMLP((2, "scalar"), final_activation=final, key=key)
+    lin = eqx.nn.Linear(2, "scalar", key=jax.random.split(key, 1)[0])
+    f = jnp.tanh if final == "tanh" else final
+    x = jnp.array([0.5, -0.3])
+    assert net.theta0.dtype == jnp.float64
+    assert_ulp_close(net(net.theta0, x), f(lin(x)))
+    assert_ulp_close(net.restructure(net.theta0)(x), f(lin(x)))
+    assert sb.flat(net.restructure(net.theta0)).is_fast

@@ -200,7 +200,7 @@ def _batch(f):
 def test_equinox_modes_keys_and_state_match_the_nested_model():
     model, state = eqx.nn.make_with_state(_BNDrop)(K1)
     fm = sb.flat(model, state=state)
-    assert fm.inference is False and fm.init_state() is state
+    assert fm.inference is not None and not fm.inference and fm.init_state() is state
     key = jax.random.key(7)
     y, new = _batch(lambda x, s: fm(fm.theta0, x, state=s, key=key))(XS, fm.init_state())
     y_ref, new_ref = _batch(lambda x, s: model(x, s, key=key))(XS, state)
@@ -292,7 +292,7 @@ def test_nnx_state_threads_rng_streams_and_batch_statistics():
     XS = XS32
     net = _NNXDrop(nnx.Rngs(0, dropout=1))
     fm = sb.flat(net)
-    assert fm.inference is False and fm.size == 3 * 4 + 4 + 4 + 4
+    assert fm.inference is not None and not fm.inference and fm.size == 3 * 4 + 4 + 4 + 4
     step = jax.jit(lambda t, s: fm(t, XS, state=s))
     y1, s1 = step(fm.theta0, fm.init_state())
     y2, _ = step(fm.theta0, s1)
@@ -410,3 +410,56 @@ def test_minimize_trains_complex_parameters_to_the_exact_fit():
                       learning_rate=1e-2, progress=False)  # fmt: skip
     assert res.theta.dtype == jnp.complex128 and res.loss < 1e-20
     np.testing.assert_allclose(res.theta, sb.destructure(truth)[0], rtol=0, atol=1e-10)
+
+
+class _NNXBN(nnx.Module):
+    def __init__(self, rngs):
+        self.lin = nnx.Linear(2, 4, rngs=rngs)  # NNX defaults: float32
+        self.bn = nnx.BatchNorm(4, rngs=rngs)
+
+    def __call__(self, x):
+        return self.bn(self.lin(x))
+
+
+class _LinenDenseBN(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return nn.BatchNorm(use_running_average=True)(nn.Dense(4)(x))
+
+
+def test_params_callable_narrows_within_the_trained_parameters():
+    # `params=` narrows what the framework trains; batch statistics never become parameters.
+    biases = lambda leaf: leaf.ndim == 1
+    net = _NNXBN(nnx.Rngs(0))
+    fm = sb.flat(net, params=biases)
+    ones = [p for p in jax.tree.leaves(nnx.state(net, nnx.Param)) if p.ndim == 1]
+    assert fm.size == sum(p.size for p in ones) == 12
+    assert not any("mean" in p or "var" in p for p in fm.restructure.paths)
+    np.testing.assert_allclose(fm(fm.theta0, XS32[:, :2]), net(XS32[:, :2]), **F32)
+    variables = _LinenDenseBN().init(K1, XS32[:, :2])
+    for spec in (biases, {"params": biases, "batch_stats": True}):
+        fl = sb.flat(_LinenDenseBN().apply, variables, params=spec)
+        assert fl.size == 12 and all(p.startswith("['params']") for p in fl.restructure.paths)
+
+
+def test_fm_passed_as_a_jit_argument_never_traces_its_mode():
+    # `fm.inference` is part of the tree structure, not a leaf that `jax.jit` would trace.
+    x = jnp.array([0.5, -0.25])
+    seq = eqx.nn.Sequential([eqx.nn.Linear(2, 3, key=K1), eqx.nn.Dropout(0.5)])
+    dense = nn.Dense(3, param_dtype=jnp.float64)
+    lin = nnx.Linear(2, 3, rngs=nnx.Rngs(0), param_dtype=jnp.float64)
+    cases = [
+        (eqx.nn.inference_mode(sb.flat(seq), True), eqx.nn.inference_mode(seq, True)),
+        (sb.flat(dense.apply, v := dense.init(K2, x)), lambda x: dense.apply(v, x)),
+        (sb.flat(lin), lin),
+    ]
+    for fm, model in cases:
+        counted = TraceCounter(lambda fm, theta, x: fm(theta, x))
+        run = jax.jit(counted)
+        np.testing.assert_allclose(run(fm, fm.theta0, x), model(x), rtol=1e-13)
+        run(fm, 2.0 * fm.theta0, x)
+        assert counted.count == 1
+    fi = eqx.nn.inference_mode(sb.flat(seq), True)
+    assert fi.inference and eqx.nn.inference_mode(fi, False).inference is not None
+    assert not eqx.nn.inference_mode(fi, False).inference
+    assert hash(fi) == hash(sb.flat(seq).inference_mode(True))

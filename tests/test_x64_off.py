@@ -49,6 +49,20 @@ checks = {
     "load float64": lambda: sb.load(PATH, LAYOUT),
     "save numpy float64": lambda: sb.save(PATH + ".new", np.zeros(theta.size), re),
 }
+# Inputs on every path, frozen leaves and NumPy scalars (not only FlatMLP's `x`).
+general = sb.flat(mlp, fast=False)
+checks.update({
+    "general path numpy x": lambda: general(general.theta0, np.ones(1)),
+    "apply_fn numpy x": lambda: sb.flat(lambda v, x: v["w"] @ x, {"w": jnp.ones((1, 1))})(
+        jnp.ones(1, jnp.float32), np.ones(1)),
+    "laplacian general numpy x": lambda: sb.laplacian(general)(general.theta0, np.ones(1)),
+    "laplacian batched general numpy xs": lambda: sb.laplacian(general, batched=True)(
+        general.theta0, np.ones((2, 1))),
+    "grad_x general numpy x": lambda: sb.grad_x(general)(general.theta0, np.ones(1)),
+    "frozen numpy leaf": lambda: sb.destructure({"w": jnp.ones(3), "k": np.ones(3)},
+                                                params=lambda x: x.dtype == jnp.float32),
+    "shard numpy scalar": lambda: sb.shard((np.float64(1.0),), jax.make_mesh((1,), ("d",))),
+})
 # Every array entering the engine (issue 12 #2) and the neural-ODE inputs.
 checks.update({
     "minimize theta0": lambda: sb.minimize(lambda t: jnp.sum(t ** 2), np.zeros(3), max_steps=2),
