@@ -91,7 +91,9 @@ def collocation_points(
     **Raises:**
 
     - `ValueError`: mismatched, empty or non-finite bounds, a non-positive `n`, an unknown
-        `where`, `sampling` or face, or a missing `key` for random sampling.
+        `where`, `sampling` or face, a missing `key` for random sampling, or a grid that
+        `dtype` cannot hold without repeating points or rounding interior points onto the
+        boundary (float32 resolves about 6e-5 near 1000: use float64 or fewer points).
     - `TypeError`: `dtype=float64`, or float64 NumPy bounds, while JAX runs with 64-bit mode
         off.
     """
@@ -107,6 +109,7 @@ def collocation_points(
     chosen = _faces(faces, d)
     if sampling == "grid":
         counts = _counts(n, d)
+        _check_resolution(lo, hi, counts, where == "interior", dtype)
         if where == "interior":
             points = _interior_grid(lo, hi, counts)
         else:
@@ -144,6 +147,33 @@ def _dtype(dtype) -> np.dtype:
         )
     check_x64(dtype, "`sb.collocation_points`", "`dtype`")
     return dtype
+
+
+_MSG_RESOLUTION = """\
+`sb.collocation_points` in {dtype}: {n} grid points along axis {axis} of [{lo}, {hi}] are {step:.3g}
+apart, but {dtype} only resolves {ulp:.3g} near {mag:.3g}, so after rounding some points would
+repeat{edge}.
+Fix: pass `dtype=jnp.float64` (with `jax.config.update("jax_enable_x64", True)`), use fewer
+points on that axis (about {most} at most), or move the box towards 0 (e.g. [0, {width:g}], and
+shift the coordinates inside the residual)."""
+
+
+def _check_resolution(lo, hi, counts, interior: bool, dtype) -> None:
+    """The grid promises distinct points, and interior points strictly inside the box: true
+    in float64, but rounding to `dtype` can merge neighbours or land on the boundary (float32:
+    20000 points on [1000, 1001] gave 16383 distinct values)."""
+    for axis, (a, b, c) in enumerate(zip(lo, hi, counts)):
+        exact = np.linspace(a, b, c + 2) if interior else np.linspace(a, b, max(c, 2))
+        rounded = exact.astype(dtype).astype(np.float64)
+        if np.all(np.diff(rounded) > 0):
+            continue
+        mag = max(abs(a), abs(b))
+        ulp = float(np.spacing(np.asarray(mag, dtype=dtype)))
+        raise ValueError(_MSG_RESOLUTION.format(
+            dtype=np.dtype(dtype).name, n=c, axis=axis, lo=a, hi=b, step=exact[1] - exact[0],
+            ulp=ulp, mag=mag, most=max(int((b - a) / ulp) // 2, 1), width=b - a,
+            edge=" or land on the boundary" if interior else "",
+        ))  # fmt: skip
 
 
 def _counts(n, d: int) -> tuple[int, ...]:

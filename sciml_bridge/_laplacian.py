@@ -122,7 +122,11 @@ def laplacian(fm: Validated[Callable[..., Any]], *, batched: bool = False) -> Ca
 
     def hessian_trace(theta: ThetaLike, x: ArrayLike, *args: Any) -> Array:
         guard_x64((x, args), "`sb.laplacian(fm)(theta, x)`", "a NumPy input")
-        x = jnp.asarray(x)
+        x, dtype = jnp.asarray(x), np.dtype(jnp.asarray(theta).dtype)
+        if jnp.issubdtype(x.dtype, jnp.floating) and jnp.issubdtype(dtype, jnp.floating):
+            # In the wider dtype, as the model computes: reverse mode differentiates in the
+            # dtype of `x`, so a float32 point with float64 weights gave a float32 Laplacian.
+            x = x.astype(promote([x.dtype, dtype]))
         at = lambda v: fm(theta, v.reshape(x.shape), *args)
         # x of any shape: differentiate w.r.t. its entries, trace the last two axes.
         hessian = jax.hessian(at)(x.reshape(-1))

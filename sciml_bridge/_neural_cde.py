@@ -18,9 +18,12 @@ from ._custom_types import ThetaLike, Validated
 from ._diffeq import (
     all_finite,
     as_arrays,
+    bad_times,
     check_inputs,
     check_max_steps,
+    check_reversible_backsolve,
     honest_adjoint,
+    placeholder_times,
     report,
     shapes,
 )
@@ -33,6 +36,15 @@ _MSG_FIELD = (
     "`sb.NeuralCDE(...)(theta, z0, ts, coeffs)`: the vector field must return a matrix of shape "
     "`(*z.shape, channels)` = {want} (one column per channel of the control), but it returned "
     "{got}. Fix: e.g. `fm(theta, z).reshape(hidden, channels)`."
+)
+_MSG_IMPLICIT = (
+    "`sb.NeuralCDE(..., adjoint=diffrax.ImplicitAdjoint())` is not supported: "
+    "`ImplicitAdjoint` differentiates a steady state (`fm(theta, z1) @ dX/dt(t1) = 0`) by the "
+    "implicit function theorem, which a CDE driven by data reaches only where the control "
+    "stops moving, and `sb.NeuralCDE` has no `event=` to stop there; at any other final state "
+    "its gradient is wrong without a warning (7x off on a small CDE). Fix: use "
+    "`adjoint=diffrax.RecursiveCheckpointAdjoint()` (the default), `diffrax.DirectAdjoint()`, "
+    "`diffrax.BacksolveAdjoint()` or `diffrax.ForwardMode()`."
 )
 _MSG_COEFFS = (
     "`sb.NeuralCDE(...)(theta, z0, ts, coeffs)` expected `coeffs` from "
@@ -82,7 +94,7 @@ class NeuralCDE(eqx.Module):
     - `solver`, `adjoint`, `stepsize_controller`, `dt0`, `saveat`, `max_steps`, `throw`: as
         for [`sb.NeuralODE`][sciml_bridge.NeuralODE] (defaults `Tsit5`,
         `RecursiveCheckpointAdjoint`, `PIDController(rtol=1e-6, atol=1e-6)`, `None`, every
-        time in `ts`, 4096, `True`).
+        time in `ts`, 4096, `True`; `adjoint` not `diffrax.ImplicitAdjoint()`).
 
     **Returns:**
 
@@ -92,7 +104,9 @@ class NeuralCDE(eqx.Module):
     **Raises:**
 
     As [`sb.NeuralODE`][sciml_bridge.NeuralODE]; `ValueError` for a field of the wrong
-    shape or `coeffs` that do not fit `ts`.
+    shape or `coeffs` that do not fit `ts`; `ValueError` for
+    `adjoint=diffrax.ImplicitAdjoint()`, at construction (no steady state to differentiate:
+    see the message).
     """
 
     fm: Callable
@@ -118,6 +132,8 @@ class NeuralCDE(eqx.Module):
         max_steps: Validated[int] = 4096,
         throw: bool = True,
     ):
+        if isinstance(adjoint, diffrax.ImplicitAdjoint):
+            raise ValueError(_MSG_IMPLICIT)
         self.fm, self.solver, self.adjoint = fm, solver, adjoint
         self.stepsize_controller, self.dt0, self.saveat = stepsize_controller, dt0, saveat
         self.max_steps = check_max_steps(max_steps, "sb.NeuralCDE(max_steps=...)")
@@ -136,20 +152,25 @@ class NeuralCDE(eqx.Module):
         coeffs = tuple(as_arrays(_WHERE, **{f"coeffs[{i}]": c for i, c in enumerate(coeffs)}))
         check_inputs(theta, z0, ts, _WHERE, "z0")
         _check_coeffs(coeffs, ts, theta.dtype)
+        bad_ts = bad_times(ts, steady_end=False)
+        ts = placeholder_times(ts, bad_ts)
         prepare, field = network_parts(self.fm, False, self.adjoint)
         control = diffrax.CubicInterpolation(ts, coeffs)
         term, p = diffrax.ControlTerm(field, control).to_ode(), (prepare(theta), None)
         _check_field(field, ts[0], z0, p, coeffs[0].shape[-1])
+        bad_inputs = ~all_finite((theta, z0, coeffs))
+        saveat = diffrax.SaveAt(ts=ts) if self.saveat is None else self.saveat
+        check_reversible_backsolve(self.solver, self.adjoint, saveat, self.saveat is None, _WHERE)
         sol = diffrax.diffeqsolve(
-            term, self.solver, t0=ts[0], t1=ts[-1], dt0=self.dt0, y0=z0, args=p,
-            saveat=diffrax.SaveAt(ts=ts) if self.saveat is None else self.saveat,
+            term, self.solver, t0=ts[0], t1=ts[-1], dt0=self.dt0, y0=z0, args=p, saveat=saveat,
             stepsize_controller=_with_knots(self.stepsize_controller, ts),
             adjoint=honest_adjoint(self.adjoint, self.stepsize_controller, _WHERE, self.throw),
             max_steps=self.max_steps, throw=False,
         )  # fmt: skip
-        bad_inputs = ~all_finite((theta, z0, ts, coeffs))
         bad_field = ~all_finite(term.vf(ts[0], z0, p))
-        return cast(Array, report(sol, bad_inputs, bad_field, _WHERE, self.throw).ys)
+        sol = report(sol, saveat, _WHERE, self.throw, bad_inputs=bad_inputs, bad_ts=bad_ts,
+                     bad_field=bad_field)
+        return cast(Array, sol.ys)
 
 
 def _with_knots(controller: Any, ts: Array) -> Any:

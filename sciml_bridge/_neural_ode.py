@@ -6,7 +6,6 @@ from typing import Any
 import diffrax
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 import jax.tree_util as jtu
 from jaxtyping import Array, ArrayLike, Inexact, PyTree, Real
 
@@ -14,10 +13,13 @@ from ._custom_types import ThetaLike, Validated
 from ._diffeq import (
     all_finite,
     as_arrays,
+    bad_times,
     check_inputs,
     check_max_steps,
+    check_reversible_backsolve,
     honest_adjoint,
     not_steady,
+    placeholder_times,
     progress_meter,
     report,
     shapes,
@@ -100,12 +102,17 @@ class NeuralODE(eqx.Module):
     single cotangent is cheaper for the backward solve than one per layer. Same numbers either
     way (same `theta` layout).
 
-    Failures never give a silent wrong answer: non-finite `theta`/`y0`/`ts`, a field that is not
-    finite at `y0`, a failed forward solve, a failed backward solve of `BacksolveAdjoint`, and a
-    final state that is not steady under `ImplicitAdjoint` each raise their own error under
-    `throw=True`; under `throw=False` they give NaN (or, for a failed forward solve, `inf` after
-    the failure time, as Diffrax does), so a loss or gradient is non-finite and `sb.minimize`
-    keeps the last good `theta`.
+    Failures never give a silent wrong answer: non-finite `theta`/`y0`/`args`, a NaN or
+    infinite time in `ts` (except `ts[-1] = jnp.inf` with an `event=`), a field that is not
+    finite at `y0`, a failed forward solve, a failed backward solve of `BacksolveAdjoint`, and
+    a final state that is not steady under `ImplicitAdjoint` each raise their own error under
+    `throw=True`. Under `throw=False` they give NaN; a failed forward solve gives `inf` in
+    every saved value after the failure time (as Diffrax does) and also in the last value
+    saved, which stands for the end of the span it never reached (the `SaveAt(t1=True)` value,
+    the last of `steps=True`, the last of `ts` that all lie before the failure); dense output
+    is NaN past the failure time (Diffrax), and everywhere for the NaN causes. The derivatives
+    of those values are NaN, so a loss and its gradient are non-finite and `sb.minimize` keeps
+    the last good `theta`.
 
     !!! example
 
@@ -157,9 +164,11 @@ class NeuralODE(eqx.Module):
     At construction: `ValueError` if `max_steps` is not a positive int, or for
     `ImplicitAdjoint` without an adaptive step size controller. At call time: `ValueError` if
     `ts` is not 1-D with at least two times or if the vector field returns another shape than
-    `y0`; `TypeError` if `theta` is not a 1-D floating vector, if `y0`, `ts` and `theta` differ
-    in dtype, if float64 NumPy data arrive with x64 off, or if `args` are given without a
-    hybrid vector field. Inside the solve, see `throw`.
+    `y0`; `ValueError` for `diffrax.ReversibleHeun()` with
+    `diffrax.BacksolveAdjoint()` when values are saved inside the span (Diffrax's gradient is
+    wrong there); `TypeError` if `theta` is not a 1-D floating vector, if `y0`, `ts` and
+    `theta` differ in dtype, if float64 NumPy data arrive with x64 off, or if `args` are given
+    without a hybrid vector field. Inside the solve, see `throw`.
     """
 
     fm: Callable | _Hybrid  # `_Hybrid`: made by `NeuralODE.hybrid`
@@ -281,14 +290,14 @@ class NeuralODE(eqx.Module):
         term, p = diffrax.ODETerm(field), (prepare(theta), args)
         _check_field(field, ts[0], y0, p)
         adjoint = honest_adjoint(self.adjoint, self.stepsize_controller, _WHERE, self.throw)
+        bad_inputs = ~all_finite((theta, y0, args))
         # `ts[-1] = inf` is how a steady-state solve (an `event=`) is asked for; NaN never is.
-        bad_inputs = ~all_finite((theta, y0, args)) | jnp.any(jnp.isnan(ts))
-        # Diffrax rejects a NaN `ts` with its own error even under `throw=False`: solve on
-        # placeholder times instead and report the NaN as ours.
-        ts = jnp.where(jnp.any(jnp.isnan(ts)), jnp.arange(ts.shape[0], dtype=ts.dtype), ts)
+        bad_ts = bad_times(ts, steady_end=self.event is not None)
+        ts = placeholder_times(ts, bad_ts)
+        saveat = diffrax.SaveAt(ts=ts) if self.saveat is None else self.saveat
+        check_reversible_backsolve(self.solver, self.adjoint, saveat, self.saveat is None, _WHERE)
         sol = diffrax.diffeqsolve(
-            term, self.solver, t0=ts[0], t1=ts[-1], dt0=self.dt0, y0=y0, args=p,
-            saveat=diffrax.SaveAt(ts=ts) if self.saveat is None else self.saveat,
+            term, self.solver, t0=ts[0], t1=ts[-1], dt0=self.dt0, y0=y0, args=p, saveat=saveat,
             stepsize_controller=self.stepsize_controller, adjoint=adjoint, event=self.event,
             max_steps=self.max_steps, throw=False, progress_meter=progress_meter(self.progress),
         )  # fmt: skip
@@ -296,7 +305,8 @@ class NeuralODE(eqx.Module):
         steady = None
         if isinstance(self.adjoint, diffrax.ImplicitAdjoint):
             steady = not_steady(sol, term, self.solver, self.stepsize_controller, p)
-        return report(sol, bad_inputs, bad_field, _WHERE, self.throw, steady)
+        return report(sol, saveat, _WHERE, self.throw, bad_inputs=bad_inputs, bad_ts=bad_ts,
+                      bad_field=bad_field, not_steady=steady)
 
     def _parts(self, args: PyTree[Any]) -> tuple[Callable, Callable]:
         if isinstance(self.fm, _Hybrid):

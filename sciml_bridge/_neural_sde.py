@@ -20,9 +20,12 @@ from ._custom_types import KeyLike, Theta, ThetaLike, Validated
 from ._diffeq import (
     all_finite,
     as_arrays,
+    bad_times,
     check_inputs,
     check_max_steps,
+    check_reversible_backsolve,
     honest_adjoint,
+    placeholder_times,
     progress_meter,
     report,
     shapes,
@@ -41,6 +44,14 @@ _MSG_KEY = (
     "`sb.NeuralSDE(...)(theta, y0, ts, key)` expected `key` to be one PRNG key (e.g. "
     "`jax.random.key(0)`), but got {got}. Fix: pass one key per path; for many paths use "
     "`jax.vmap(sde, in_axes=(None, None, None, 0))(theta, y0, ts, jax.random.split(key, n))`."
+)
+_MSG_IMPLICIT = (
+    "`sb.NeuralSDE(..., adjoint=diffrax.ImplicitAdjoint())` is not supported: "
+    "`ImplicitAdjoint` differentiates a steady state (`drift(theta, y1) = 0`) by the implicit "
+    "function theorem, and a sample path of an SDE has none (the noise keeps it moving). Fix: "
+    "use `adjoint=diffrax.RecursiveCheckpointAdjoint()` (the default), "
+    "`diffrax.DirectAdjoint()`, or `diffrax.BacksolveAdjoint()` with a Stratonovich solver "
+    "such as `diffrax.Heun()`."
 )
 _MSG_THETA0 = (
     "`sb.NeuralSDE(...).theta0` exists only when `drift` and `diffusion` are both flat models "
@@ -105,7 +116,9 @@ class NeuralSDE(eqx.Module):
     - `solver`: a Diffrax SDE solver; it decides Itô vs Stratonovich. Default
         `diffrax.Euler()` (Itô).
     - `adjoint`: default `diffrax.RecursiveCheckpointAdjoint()`; `diffrax.DirectAdjoint()`
-        and, for Stratonovich solvers only (Diffrax's rule), `diffrax.BacksolveAdjoint()`.
+        and, for Stratonovich solvers only (Diffrax's rule), `diffrax.BacksolveAdjoint()`
+        (with `diffrax.ReversibleHeun()` only for `ts = [t0, t1]`: see **Raises**). Not
+        `diffrax.ImplicitAdjoint()`: a sample path has no steady state.
     - `dt0`: the step size (constant steps). Default 0.01.
     - `max_steps`, `throw`, `progress`: as for [`sb.NeuralODE`][sciml_bridge.NeuralODE].
 
@@ -116,7 +129,10 @@ class NeuralSDE(eqx.Module):
     **Raises:**
 
     As [`sb.NeuralODE`][sciml_bridge.NeuralODE]; `ValueError` when `drift` or
-    `diffusion` return the wrong shape; `TypeError` when `key` is not one PRNG key.
+    `diffusion` return the wrong shape; `TypeError` when `key` is not one PRNG key;
+    `ValueError` for `adjoint=diffrax.ImplicitAdjoint()` (at construction), and for
+    `solver=diffrax.ReversibleHeun()` with `adjoint=diffrax.BacksolveAdjoint()` and more than
+    two times in `ts` (Diffrax's gradient is wrong there, 31% off on a small SDE).
     """
 
     drift: Callable
@@ -149,6 +165,8 @@ class NeuralSDE(eqx.Module):
                 f"(got diagonal={diagonal!r}, brownian_shape={brownian_shape!r}). Fix: e.g. "
                 "`diagonal=False, brownian_shape=(3,)` for a `(*y.shape, 3)` diffusion matrix."
             )
+        if isinstance(adjoint, diffrax.ImplicitAdjoint):
+            raise ValueError(_MSG_IMPLICIT)
         self.drift, self.diffusion = drift, diffusion
         self.solver, self.adjoint, self.dt0 = solver, adjoint, dt0
         self.brownian_shape = None if diagonal else tuple(cast(tuple[int, ...], brownian_shape))
@@ -181,17 +199,23 @@ class NeuralSDE(eqx.Module):
         theta, y0, ts = as_arrays(_WHERE, theta=theta, y0=y0, ts=ts)
         check_inputs(theta, y0, ts, _WHERE)
         _check_key(key)
+        bad_inputs = ~all_finite((theta, y0))
+        bad_ts = bad_times(ts, steady_end=False)
+        ts = placeholder_times(ts, bad_ts)
+        saveat = diffrax.SaveAt(ts=ts)
+        check_reversible_backsolve(self.solver, self.adjoint, saveat, True, _WHERE)
         terms, p = self._terms(theta, y0, ts, key)
         sol = diffrax.diffeqsolve(
             terms, self.solver, t0=ts[0], t1=ts[-1], dt0=self.dt0, y0=y0, args=p,
-            saveat=diffrax.SaveAt(ts=ts),
+            saveat=saveat,
             adjoint=honest_adjoint(self.adjoint, None, _WHERE, self.throw),
             max_steps=self.max_steps, throw=False, progress_meter=progress_meter(self.progress),
         )  # fmt: skip
-        bad_inputs = ~all_finite((theta, y0, ts))
         drift, diffusion = terms.terms[0].vector_field, terms.terms[1].vector_field
         bad_field = ~all_finite((drift(ts[0], y0, p), _as_array(diffusion(ts[0], y0, p))))
-        return cast(Array, report(sol, bad_inputs, bad_field, _WHERE, self.throw).ys)
+        sol = report(sol, saveat, _WHERE, self.throw, bad_inputs=bad_inputs, bad_ts=bad_ts,
+                     bad_field=bad_field)
+        return cast(Array, sol.ys)
 
     def _terms(self, theta: Array, y0: Array, ts: Array, key: PRNGKeyArray):
         n = cast(AbstractFlatModel, self.drift).size if self._split else None

@@ -77,16 +77,43 @@ class Field(eqx.Module):
         """All second input derivatives (forward mode over `sb.grad_x`), for mixed operators."""
         return jax.jacfwd(lambda y: grad_x(self.model)(self.theta, y))(x)
 
-    def second_derivative(self, x: Array, axis: int) -> Array:
+    def second_derivative(self, x: Array, axis: int | tuple[int, ...]) -> Array:
         """`d^2 u / dx_axis^2` alone (shape of `u(x)`), by forward over forward mode.
 
         Cheaper than `hessian(x)[..., axis, axis]` when one axis needs it (the `u_xx` of a
-        space-time problem): two directional derivatives instead of the full Hessian.
+        space-time problem): two directional derivatives instead of the full Hessian. `axis`
+        indexes the entries of `x`: an int for a 1-D `x`, `0` (or `-1`) for a scalar `x`, a
+        tuple of `x.ndim` ints otherwise.
         """
         x = jnp.asarray(x)
-        e = jnp.zeros_like(x).at[axis].set(1)
+        e = jnp.zeros_like(x).at[_entry(x.shape, axis)].set(1)
         first = lambda y: jax.jvp(lambda z: self.model(self.theta, z), (y,), (e,))[1]
         return jax.jvp(first, (x,), (e,))[1]
+
+
+_MSG_AXIS = """\
+`u.second_derivative(x, axis)` expected `axis` to pick one entry of `x` (shape {shape}): {want},
+but got {axis!r}. Fix: e.g. `u.second_derivative(x, 0)`."""
+
+
+def _entry(shape: tuple[int, ...], axis: Any) -> tuple[int, ...]:
+    """`axis` as an index of one entry of an `x` of `shape`; JAX would drop an out-of-range
+    `.at[...]` update without a word (and a zero direction gives a zero derivative)."""
+    want = ("an int in [-1, 0] for a scalar `x`" if not shape else
+            f"an int in [-{shape[0]}, {shape[0] - 1}]" if len(shape) == 1 else
+            f"a tuple of {len(shape)} ints within the shape")  # fmt: skip
+    index = (axis,) if isinstance(axis, int | np.integer) else axis
+    ok = isinstance(index, tuple) and all(
+        isinstance(i, int | np.integer) and not isinstance(i, bool) for i in index
+    )
+    if ok and not shape:
+        ok = len(index) == 1 and index[0] in (0, -1)
+        index = ()
+    elif ok:
+        ok = len(index) == len(shape) and all(-n <= i < n for i, n in zip(index, shape))
+    if not ok:
+        raise ValueError(_MSG_AXIS.format(shape=shape, want=want, axis=axis))
+    return tuple(int(i) for i in index)
 
 
 class PINN(NamedTuple):
@@ -292,9 +319,11 @@ def _scales(named: dict, weights: Validated[Mapping[str, float] | None]) -> dict
 class ErrorReport(NamedTuple):
     """How far a trained network is from a reference solution, made by `sb.error_report`.
 
-    `rel_l2` is `||u - u_ref|| / ||u_ref||` over the points, `max_abs` is `max |u - u_ref|`,
-    `rms` is the root-mean-square error; `prediction` and `reference` are the NumPy values (with
-    the network's output shape per point), kept for plots and error maps.
+    `rel_l2` is `||u - u_ref|| / ||u_ref||` over the points (where `u_ref` is zero everywhere:
+    0 for an exact prediction, `inf` otherwise), `max_abs` is `max |u - u_ref|`, `rms` is the
+    root-mean-square error (norms are scaled, so right at any magnitude, in float32 too);
+    `prediction` and `reference` are the NumPy values (with the network's output shape per
+    point), kept for plots and error maps.
 
     !!! example
 
@@ -362,7 +391,8 @@ def error_report(
     **Returns:**
 
     An [`ErrorReport`][sciml_bridge.ErrorReport] (`rel_l2`, `max_abs`, `rms`, `prediction`,
-    `reference`).
+    `reference`). A reference that is zero everywhere gives `rel_l2 = 0` for an exact
+    prediction and `inf` otherwise (read `max_abs` or `rms` then).
 
     **Raises:**
 
@@ -378,14 +408,28 @@ def error_report(
     values = reference(points) if callable(reference) else reference
     values = _check_reference(np.asarray(values), prediction)
     err = prediction - values
-    ref_norm = float(np.linalg.norm(values))
+    err_norm, ref_norm = _norm(err), _norm(values)
+    if ref_norm == 0:
+        rel_l2 = 0.0 if err_norm == 0 else float("inf")
+    else:
+        rel_l2 = err_norm / ref_norm
     return ErrorReport(
-        rel_l2=float(np.linalg.norm(err)) / ref_norm if ref_norm > 0 else float("inf"),
+        rel_l2=rel_l2,
         max_abs=float(np.max(np.abs(err))),
-        rms=float(np.sqrt(np.mean(err * err))),
+        rms=err_norm / float(np.sqrt(err.size)),
         prediction=prediction,
         reference=values,
     )
+
+
+def _norm(x: np.ndarray) -> float:
+    """`||x||_2`, right at any magnitude: `sqrt(sum(x**2))` over- or underflows (in float32
+    past ~1e19 and below ~1e-23), so scale by `max |x|` first, in float64."""
+    a = np.abs(np.asarray(x)).astype(np.float64)
+    m = float(np.max(a, initial=0.0))
+    if m == 0 or not np.isfinite(m):
+        return m  # 0, inf, or NaN: nothing to scale
+    return m * float(np.sqrt(np.sum((a / m) ** 2)))
 
 
 def _check_reference(values: np.ndarray, prediction: np.ndarray) -> np.ndarray:

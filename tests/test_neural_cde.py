@@ -51,3 +51,27 @@ def test_field_and_coeffs_of_the_wrong_shape_are_clear_errors():
         cde(jnp.ones(2), jnp.ones(2), TS, COEFFS)
     with pytest.raises(ValueError, match="backward_hermite_coefficients"):
         sb.NeuralCDE(_linear)(jnp.ones(2), jnp.ones(2), TS[:-1], COEFFS)
+
+
+def test_failed_solve_saved_at_t1_is_non_finite():
+    # z' = a z^2 (z0 = 1, X = (t, 2t)) blows up at t = 1; plain Diffrax returns the finite state
+    # at the failure time as if it were z(t1).
+    ts = jnp.linspace(0.0, 2.0, 5)
+    coeffs = diffrax.backward_hermite_coefficients(ts, jnp.stack([ts, 2.0 * ts], axis=1))
+    field = lambda theta, z: theta[0] * jnp.outer(z**2, jnp.array([1.0, 0.0]))
+    raw = diffrax.diffeqsolve(
+        diffrax.ControlTerm(lambda t, z, a: field(a, z), diffrax.CubicInterpolation(ts, coeffs))
+        .to_ode(), diffrax.Tsit5(), 0.0, 2.0, None, jnp.ones(1), args=jnp.ones(1),
+        saveat=diffrax.SaveAt(t1=True), stepsize_controller=diffrax.PIDController(rtol=1e-6,
+        atol=1e-6), max_steps=64, throw=False)  # fmt: skip
+    assert not diffrax.is_okay(raw.result) and np.isfinite(raw.ys).all()
+    cde = sb.NeuralCDE(field, saveat=diffrax.SaveAt(t1=True), max_steps=64, throw=False)
+    loss = lambda theta: jnp.sum(cde(theta, jnp.ones(1), ts, coeffs))
+    value, grad = jax.value_and_grad(loss)(jnp.ones(1))
+    assert np.isinf(value) and np.isnan(grad).all()
+
+
+def test_implicit_adjoint_is_refused():
+    # No steady state to differentiate: the implicit-function-theorem gradient was 7x off.
+    with pytest.raises(ValueError, match="RecursiveCheckpointAdjoint"):
+        sb.NeuralCDE(_linear, adjoint=diffrax.ImplicitAdjoint())

@@ -376,3 +376,83 @@ def test_save_at_t1_only():
     ys = node(jnp.array([0.0, 1.0, -1.0, 0.0]), jnp.array([1.0, 0.0]), jnp.array([0.0, 1.0]))
     assert ys.shape == (1, 2)
     assert np.allclose(ys[0], [np.cos(1.0), -np.sin(1.0)], rtol=1e-8, atol=1e-9)
+
+
+_SPAN = jnp.array([0.0, 2.0])  # `_blow_up` from y0 = 1 fails near t = 1 (max_steps=64)
+
+
+@pytest.mark.parametrize(
+    "saveat",
+    [diffrax.SaveAt(t1=True), diffrax.SaveAt(t0=True, t1=True), diffrax.SaveAt(steps=True),
+     diffrax.SaveAt(ts=jnp.array([0.0, 0.5])), diffrax.SaveAt(ts=jnp.array([0.0, 0.5]), t1=True)],
+    ids=["t1", "t0-t1", "steps", "ts-before-failure", "ts-t1"],
+)  # fmt: skip
+def test_failed_solve_is_non_finite_for_every_saveat(saveat):
+    theta, y0 = jnp.array([1.0]), jnp.array([1.0])
+    # Plain Diffrax fails here but leaves every saved value finite (the state at the failure).
+    raw = diffrax.diffeqsolve(
+        diffrax.ODETerm(lambda t, y, args: _blow_up(args, y)), diffrax.Tsit5(), 0.0, 2.0, None,
+        y0, args=theta, saveat=saveat, stepsize_controller=diffrax.PIDController(rtol=1e-6,
+        atol=1e-6), max_steps=64, throw=False)  # fmt: skip
+    assert not diffrax.is_okay(raw.result) and np.isfinite(raw.ys[np.isfinite(raw.ts)]).all()
+    node = sb.NeuralODE(_blow_up, saveat=saveat, max_steps=64, throw=False)
+    sol = node.solve(theta, y0, _SPAN)
+    ys = sol.ys[np.isfinite(sol.ts)]  # as a user of `steps=True` masks the unused rows
+    assert np.isinf(ys[-1]).all()
+    # What was reached before the failure stays as Diffrax computed it.
+    assert tree_allclose(ys[:-1], raw.ys[np.isfinite(raw.ts)][:-1], rtol=1e-12, atol=0)
+    loss = lambda theta: jnp.sum(node(theta, y0, _SPAN)[-1])
+    value, grad = jax.value_and_grad(loss)(theta)
+    assert not np.isfinite(value) and np.isnan(grad).all()
+
+
+def test_steady_state_that_is_never_reached_is_non_finite():
+    oscillator = lambda theta, y: theta[0] * jnp.stack([y[1], -y[0]])  # no steady state
+    node = sb.NeuralODE(oscillator, saveat=diffrax.SaveAt(t1=True), max_steps=64, throw=False,
+                        event=diffrax.Event(diffrax.steady_state_event()))  # fmt: skip
+    assert np.isinf(node(jnp.array([1.0]), Y0, jnp.array([0.0, jnp.inf]))).all()
+
+
+def test_failed_t1_solve_in_training_keeps_last_good_theta():
+    node = sb.NeuralODE(_blow_up, saveat=diffrax.SaveAt(t1=True), max_steps=64, throw=False)
+    loss = lambda theta: jnp.sum(node(theta, jnp.array([1.0]), _SPAN))
+    res = sb.minimize(loss, jnp.array([1.0]), "adam", max_steps=3, learning_rate=1e-3,
+                      progress=False, throw=False)  # fmt: skip
+    assert not res.success and res.result is sb.RESULTS.nonfinite
+
+
+def test_dense_output_without_throw_reports_failures_in_evaluate():
+    dense = diffrax.SaveAt(dense=True)
+    theta, y0, ts = jnp.array([0.0, 1.0, -1.0, 0.0]), jnp.array([1.0, 0.0]), jnp.array([0.0, 2.0])
+    node = sb.NeuralODE(_rotation, saveat=dense, stepsize_controller=TIGHT, throw=False)
+    sol = node.solve(theta, y0, ts)
+    assert np.allclose(sol.evaluate(0.7), [np.cos(0.7), -np.sin(0.7)], rtol=1e-7, atol=1e-8)
+    assert np.isnan(node.solve(theta.at[0].set(jnp.nan), y0, ts).evaluate(0.7)).all()
+    blow = sb.NeuralODE(_blow_up, saveat=dense, max_steps=64, throw=False)
+    failed = blow.solve(jnp.array([1.0]), jnp.array([1.0]), _SPAN)
+    assert np.isclose(failed.evaluate(0.5)[0], 2.0, rtol=1e-5)  # before the failure: exact
+    assert not np.isfinite(failed.evaluate(1.5)).any()
+
+
+@pytest.mark.parametrize("ts", [[-jnp.inf, 1.0], [0.0, jnp.inf], [0.0, jnp.inf, 1.0]])
+def test_infinite_times_are_named_not_blamed_on_stiffness(ts):
+    node = sb.NeuralODE(_rotation)
+    theta, ts = jnp.array([0.0, 1.0, -1.0, 0.0]), jnp.array(ts)
+    with pytest.raises(eqx.EquinoxRuntimeError, match="non-finite values in `ts`") as info:
+        node(theta, Y0, ts).block_until_ready()
+    assert "probably stiff" not in str(info.value)
+    assert np.isnan(sb.NeuralODE(_rotation, throw=False)(theta, Y0, ts)).all()
+
+
+def test_reversible_heun_with_backsolve_is_refused_inside_the_span():
+    # Diffrax restarts each backward segment with ReversibleHeun's stale auxiliary state: the
+    # gradient is wrong (0.4% on this ODE). Over the span alone it is exact.
+    kwargs = dict(solver=diffrax.ReversibleHeun(), adjoint=diffrax.BacksolveAdjoint(), dt0=0.01,
+                  stepsize_controller=diffrax.ConstantStepSize())  # fmt: skip
+    theta = jnp.array([0.0, 1.0, -1.0, 0.0])
+    with pytest.raises(ValueError, match="RecursiveCheckpointAdjoint"):
+        sb.NeuralODE(_rotation, **kwargs)(theta, Y0, TS)
+    node = sb.NeuralODE(_rotation, saveat=diffrax.SaveAt(t1=True), **kwargs)
+    loss = jax.jit(lambda theta: jnp.sum(node(theta, Y0, TS) ** 2))
+    fd = central_difference(loss, theta, eps=1e-6)
+    assert np.allclose(jax.grad(loss)(theta), fd, rtol=1e-7, atol=1e-8)

@@ -263,3 +263,61 @@ def test_collocation_points_refuse_non_finite_bounds(lower, upper):
     for sampling in ("grid", "random"):
         with pytest.raises(ValueError, match="expected finite `lower` and `upper`"):
             sb.collocation_points(lower, upper, 4, sampling=sampling, key=jax.random.key(0))
+
+
+@pytest.mark.parametrize("lower, upper, n", [(1000.0, 1001.0, 20000), (1000.0, 1000.001, 100)])
+def test_float32_grid_that_would_repeat_or_touch_the_boundary_is_refused(lower, upper, n):
+    # Cast to float32, 20000 points on [1000, 1001] were 16383 distinct values; on
+    # [1000, 1000.001] 8 of 100 landed on the boundary.
+    exact = np.linspace(lower, upper, n + 2)[1:-1].astype(np.float32)
+    assert len(np.unique(exact)) < n or exact.min() <= np.float32(lower)
+    with pytest.raises(ValueError, match=r"(?s)float32 only resolves.*dtype=jnp.float64"):
+        sb.collocation_points(lower, upper, n, dtype=jnp.float32)
+    with pytest.raises(ValueError, match="fewer"):
+        sb.collocation_points((0.0, lower), (1.0, upper), (4, n), where="boundary",
+                              dtype=jnp.float32)  # fmt: skip
+    x = np.asarray(sb.collocation_points(lower, upper, n, dtype=jnp.float64))[:, 0]
+    assert len(np.unique(x)) == n and lower < x.min() and x.max() < upper
+
+
+def test_float32_grid_within_resolution_is_strictly_inside_and_distinct():
+    x = np.asarray(sb.collocation_points(1000.0, 1001.0, 1000, dtype=jnp.float32))[:, 0]
+    assert x.dtype == np.float32 and len(np.unique(x)) == 1000
+    assert np.float32(1000.0) < x.min() and x.max() < np.float32(1001.0)
+
+
+@pytest.mark.parametrize("scale", [1e20, 1e-22, 1.0])
+def test_error_report_norms_are_right_at_any_magnitude_in_float32(scale):
+    # sqrt(sum(x**2)) in float32 overflows at 1e20 and underflows at 1e-22: both gave 0.0.
+    fm = lambda theta, x: theta[0] * x[0]
+    x = jnp.linspace(0.5, 1.0, 5, dtype=jnp.float32)[:, None]
+    ref = np.asarray(x[:, 0]) * np.float32(scale)
+    report = sb.error_report(fm, jnp.array([1.01 * scale], jnp.float32), x, ref)
+    err = np.asarray(report.prediction, np.float64) - np.asarray(ref, np.float64)
+    assert np.isclose(report.rel_l2, 1e-2, rtol=1e-5)
+    assert np.isclose(report.rms, np.sqrt(np.mean(err**2)), rtol=1e-6)
+
+
+def test_error_report_against_a_zero_reference():
+    fm = lambda theta, x: theta[0] * x[0]
+    x = jnp.ones((3, 1))
+    assert sb.error_report(fm, jnp.array([0.0]), x, np.zeros(3)).rel_l2 == 0.0
+    report = sb.error_report(fm, jnp.array([1e-3]), x, np.zeros(3))
+    assert report.rel_l2 == np.inf and np.isclose(report.max_abs, 1e-3)
+
+
+def test_second_derivative_of_a_scalar_input_network():
+    fm = sb.FlatMLP(("scalar", 8, "scalar"), key=jax.random.key(0), dtype=jnp.float64)
+    u, x = sb.Field(fm, fm.theta0), jnp.array(0.3)
+    reference = jax.grad(jax.grad(lambda y: fm(fm.theta0, y)))(x)
+    assert np.isclose(u.second_derivative(x, 0), reference, rtol=1e-12)
+    assert np.isclose(u.second_derivative(x, -1), reference, rtol=1e-12)
+    assert np.isclose(u.hessian(x), reference, rtol=1e-12)
+
+
+@pytest.mark.parametrize("x, axis", [(jnp.array(0.3), 1), (jnp.ones(2), 2), (jnp.ones(2), (0, 1))])
+def test_second_derivative_refuses_an_axis_outside_x(x, axis):
+    # JAX would drop the out-of-range `.at[axis]` update: a zero direction, a silent 0.
+    fm = lambda theta, x: jnp.sum(theta[0] * x**3)
+    with pytest.raises(ValueError, match="pick one entry of `x`"):
+        sb.Field(fm, jnp.ones(1)).second_derivative(x, axis)
