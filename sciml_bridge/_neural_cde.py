@@ -37,6 +37,12 @@ _MSG_FIELD = (
     "`(*z.shape, channels)` = {want} (one column per channel of the control), but it returned "
     "{got}. Fix: e.g. `fm(theta, z).reshape(hidden, channels)`."
 )
+_MSG_NO_YS = (
+    "`sb.NeuralCDE(..., saveat={saveat})` saves no values: a CDE is called for its path "
+    "`zs`, and a dense-only `SaveAt` gives none (the call returned `None`). Fix: add the "
+    "times to save, e.g. `diffrax.SaveAt(ts=ts, dense=True)` or `diffrax.SaveAt(t1=True)`, "
+    "or leave `saveat=None` (every time in `ts`)."
+)
 _MSG_IMPLICIT = (
     "`sb.NeuralCDE(..., adjoint=diffrax.ImplicitAdjoint())` is not supported: "
     "`ImplicitAdjoint` differentiates a steady state (`fm(theta, z1) @ dX/dt(t1) = 0`) by the "
@@ -106,7 +112,7 @@ class NeuralCDE(eqx.Module):
     As [`sb.NeuralODE`][sciml_bridge.NeuralODE]; `ValueError` for a field of the wrong
     shape or `coeffs` that do not fit `ts`; `ValueError` for
     `adjoint=diffrax.ImplicitAdjoint()`, at construction (no steady state to differentiate:
-    see the message).
+    see the message), and for a `saveat` that saves no values (dense output only).
     """
 
     fm: Callable
@@ -134,6 +140,8 @@ class NeuralCDE(eqx.Module):
     ):
         if isinstance(adjoint, diffrax.ImplicitAdjoint):
             raise ValueError(_MSG_IMPLICIT)
+        if saveat is not None and saveat.subs is None:  # dense output only
+            raise ValueError(_MSG_NO_YS.format(saveat=saveat))
         self.fm, self.solver, self.adjoint = fm, solver, adjoint
         self.stepsize_controller, self.dt0, self.saveat = stepsize_controller, dt0, saveat
         self.max_steps = check_max_steps(max_steps, "sb.NeuralCDE(max_steps=...)")

@@ -53,6 +53,14 @@ _MSG_IMPLICIT = (
     "`diffrax.DirectAdjoint()`, or `diffrax.BacksolveAdjoint()` with a Stratonovich solver "
     "such as `diffrax.Heun()`."
 )
+_MSG_EULER_HEUN_BACKSOLVE = (
+    "`sb.NeuralSDE(..., solver=diffrax.EulerHeun(), adjoint=diffrax.BacksolveAdjoint())` "
+    "cannot be solved backwards: Diffrax's `EulerHeun` takes the drift and the diffusion as "
+    "two separate terms, and the backward solve hands it one combined adjoint term (Diffrax "
+    "raises `TermAndSolverIncompatible`). Fix: `solver=diffrax.Heun()` (also Stratonovich) "
+    "with `BacksolveAdjoint`, or keep `EulerHeun` with the default "
+    "`adjoint=diffrax.RecursiveCheckpointAdjoint()`."
+)
 _MSG_THETA0 = (
     "`sb.NeuralSDE(...).theta0` exists only when `drift` and `diffusion` are both flat models "
     "(`sb.flat(...)`, `sb.FlatMLP`), whose `theta0`s it concatenates. Fix: build `theta0` "
@@ -117,7 +125,8 @@ class NeuralSDE(eqx.Module):
         `diffrax.Euler()` (Itô).
     - `adjoint`: default `diffrax.RecursiveCheckpointAdjoint()`; `diffrax.DirectAdjoint()`
         and, for Stratonovich solvers only (Diffrax's rule), `diffrax.BacksolveAdjoint()`
-        (with `diffrax.ReversibleHeun()` only for `ts = [t0, t1]`: see **Raises**). Not
+        (with `diffrax.ReversibleHeun()` only for `ts = [t0, t1]`, and not with
+        `diffrax.EulerHeun()`: see **Raises**). Not
         `diffrax.ImplicitAdjoint()`: a sample path has no steady state.
     - `dt0`: the step size (constant steps). Default 0.01.
     - `max_steps`, `throw`, `progress`: as for [`sb.NeuralODE`][sciml_bridge.NeuralODE].
@@ -130,7 +139,8 @@ class NeuralSDE(eqx.Module):
 
     As [`sb.NeuralODE`][sciml_bridge.NeuralODE]; `ValueError` when `drift` or
     `diffusion` return the wrong shape; `TypeError` when `key` is not one PRNG key;
-    `ValueError` for `adjoint=diffrax.ImplicitAdjoint()` (at construction), and for
+    `ValueError` for `adjoint=diffrax.ImplicitAdjoint()` and for `diffrax.EulerHeun()` with
+    `diffrax.BacksolveAdjoint()` (at construction), and for
     `solver=diffrax.ReversibleHeun()` with `adjoint=diffrax.BacksolveAdjoint()` and more than
     two times in `ts` (Diffrax's gradient is wrong there, 31% off on a small SDE).
     """
@@ -167,6 +177,9 @@ class NeuralSDE(eqx.Module):
             )
         if isinstance(adjoint, diffrax.ImplicitAdjoint):
             raise ValueError(_MSG_IMPLICIT)
+        if isinstance(adjoint, diffrax.BacksolveAdjoint) and isinstance(solver,
+                                                                          diffrax.EulerHeun):
+            raise ValueError(_MSG_EULER_HEUN_BACKSOLVE)
         self.drift, self.diffusion = drift, diffusion
         self.solver, self.adjoint, self.dt0 = solver, adjoint, dt0
         self.brownian_shape = None if diagonal else tuple(cast(tuple[int, ...], brownian_shape))

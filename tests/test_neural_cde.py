@@ -75,3 +75,10 @@ def test_implicit_adjoint_is_refused():
     # No steady state to differentiate: the implicit-function-theorem gradient was 7x off.
     with pytest.raises(ValueError, match="RecursiveCheckpointAdjoint"):
         sb.NeuralCDE(_linear, adjoint=diffrax.ImplicitAdjoint())
+
+
+def test_a_saveat_that_saves_no_values_is_refused():
+    # `SaveAt(dense=True)` alone made the call return `None` without a word.
+    with pytest.raises(ValueError, match="saves no values"):
+        sb.NeuralCDE(sb.FlatMLP((2, 4, 2), key=jax.random.key(0)),
+                     saveat=diffrax.SaveAt(dense=True))  # fmt: skip

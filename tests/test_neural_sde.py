@@ -107,6 +107,13 @@ def test_implicit_adjoint_is_refused_with_a_message_that_fits_an_sde():
     assert "stepsize_controller" not in str(info.value)  # NeuralSDE has no such argument
 
 
+def test_euler_heun_with_backsolve_is_refused_with_what_works():
+    # Diffrax raised its raw `TermAndSolverIncompatible` at the first gradient.
+    with pytest.raises(ValueError, match=r"EulerHeun.*Heun\(\)"):
+        sb.NeuralSDE(_ou_drift, _ou_diffusion, solver=diffrax.EulerHeun(),
+                     adjoint=diffrax.BacksolveAdjoint())  # fmt: skip
+
+
 def test_infinite_time_is_named():
     with pytest.raises(eqx.EquinoxRuntimeError, match="non-finite values in `ts`"):
         SDE(THETA, Y0, TS.at[0].set(-jnp.inf), jax.random.key(0)).block_until_ready()
