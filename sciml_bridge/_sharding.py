@@ -168,12 +168,24 @@ def shard(
     return jax.tree.map(place, args)
 
 
+def _auto_axes(x: Any) -> Any:
+    """`x` itself, or, if it lies on a mesh with Explicit axes (`jax.make_mesh`'s default),
+    the same layout on Auto axes (see `_auto`): a `theta0` put there by hand could not even be
+    indexed (JAX asks for an `out_sharding=` on every gather)."""
+    sharding = getattr(x, "sharding", None)
+    if not isinstance(x, jax.Array) or not isinstance(sharding, NamedSharding):
+        return x
+    if AxisType.Explicit not in tuple(getattr(sharding.mesh, "axis_types", ())):
+        return x
+    return jax.device_put(x, NamedSharding(_auto(sharding.mesh), sharding.spec))
+
+
 def place(theta0: jax.Array, args: tuple, mesh: Validated[Mesh | None],
           where: str) -> tuple[jax.Array, tuple]:
     """`mesh=` of `sb.minimize`: theta replicated (an ensemble's members split over a
     `"members"` axis), the data in `args` split across the data axes."""
     if mesh is None:
-        return theta0, tuple(args)
+        return _auto_axes(theta0), jax.tree.map(_auto_axes, tuple(args))
     mesh = _check(mesh, where)
     check_same_everywhere([theta0], "`theta0`", where)
     if theta0.ndim == 2 and MEMBERS in mesh.axis_names:

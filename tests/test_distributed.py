@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import run_python
+from jax.sharding import NamedSharding, PartitionSpec
 
 import sciml_bridge as sb
 from sciml_bridge import _distributed
@@ -216,3 +217,17 @@ def test_batched_lapack_is_found_inside_nested_jaxprs_and_only_when_batched():
     assert batched_lapack(jax.make_jaxpr(in_loop)(jnp.stack([a, a])).jaxpr) == "lu"
     eigh = jax.vmap(lambda a: jnp.linalg.eigh(a)[0])
     assert batched_lapack(jax.make_jaxpr(eigh)(jnp.stack([a, a])).jaxpr) == "eigh"
+
+
+def test_an_ensemble_put_on_an_explicit_axis_mesh_by_hand_runs():
+    # `jax.make_mesh` gives Explicit axes; a `theta0` put there by hand (no `mesh=`) could not
+    # even be indexed (JAX's ShardingTypeError asks for `out_sharding=` on the gather).
+    mesh = jax.make_mesh((1,), ("members",))
+    thetas = jax.device_put(jnp.zeros((2, 3)), NamedSharding(mesh, PartitionSpec("members")))
+    res = sb.minimize(lambda t: jnp.sum((t - 1.0) ** 2), thetas, "lbfgs", max_steps=20,
+                      progress=False)  # fmt: skip
+    assert all(m.success for m in res) and res.theta.shape == (2, 3)
+    np.testing.assert_allclose(np.asarray(res.theta), 1.0, rtol=1e-10)
+    fit = sb.least_squares(lambda t: t - 1.0, thetas, "gauss-newton", max_steps=20,
+                           progress=False)  # fmt: skip
+    np.testing.assert_allclose(np.asarray(fit.theta), 1.0, rtol=1e-12)
