@@ -103,7 +103,8 @@ class Solution:
     - `loss`: the loss at `theta`, a Python float (for `sb.least_squares`: `0.5 * sum(r**2)`).
     - `history`: NumPy float64 array, `history[i]` is the loss after `i` steps (so
         `history[-1] == loss` and `len(history) == steps + 1`); SciPy methods record one
-        entry per iteration.
+        entry per iteration (`"scipy:COBYQA"`, which calls back once per evaluation: one per
+        evaluation, its best loss so far; `max_steps` caps its evaluations).
     - `steps`: number of steps taken to reach `theta`.
     - `success`: whether `result` is `RESULTS.successful`.
     - `message`: a sentence saying how the run ended and what to try.
