@@ -105,7 +105,12 @@ class MergeNNX(eqx.Module):
 
     def run(self, states: Model, inputs: tuple, kwargs: dict, state: Any, inference) -> Any:
         params, rest = states
-        model = nnx.merge(self.graphdef, params, rest if state is None else state)
+        # Fresh Variable containers: `nnx.merge` adopts the Variables of the state it is given,
+        # and a call in train mode (BatchNorm statistics, Rngs counts) would then change the
+        # caller's state, `fm.init_state()` and the original module in place (and fail under
+        # `jax.grad`: "Cannot mutate BatchStat from a different trace level").
+        fresh = jtu.tree_map(lambda x: x, rest if state is None else state)
+        model = nnx.merge(self.graphdef, params, fresh)
         if inference is not None:
             model.eval() if inference else model.train()
         y = model(*inputs, **kwargs)

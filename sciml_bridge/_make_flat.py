@@ -3,6 +3,9 @@
 from collections.abc import Callable, Mapping
 from typing import Any, cast
 
+import jax
+import jax.numpy as jnp
+
 from ._activations import NAMES
 from ._adapters import ApplyVariables, EquinoxCall, MergeNNX, initial_mode, linen_state
 from ._custom_types import DTypeLike, Model, Precision, Theta, Ties
@@ -11,6 +14,7 @@ from ._fast import Unsupported, recognise
 from ._flat import AbstractFlatModel, FlatModel
 from ._flat_mlp import FlatMLP
 from ._flax import nnx
+from ._precision import is_lossless
 
 
 _MSG_FAST = """\
@@ -62,6 +66,22 @@ def _params_collection(variables: Model, params: Any):
     else:
         within = params
     return cast(Any, type(variables))({k: within if k == "params" else False for k in variables})
+
+
+def _widened(state: Any, dtype: Any) -> Any:
+    """The model's state with its floating leaves widened to `dtype`, as `dtype=` widens the
+    parameters (a float32 BatchNorm computing in float64 writes float64 statistics, which an
+    `eqx.nn.State` holding float32 ones refuses); narrower or other leaves stay."""
+    if dtype is None or state is None:
+        return state
+
+    def widen(x):
+        kind = getattr(x, "dtype", None)
+        if kind is None or not jnp.issubdtype(kind, jnp.floating):
+            return x
+        return x.astype(dtype) if is_lossless(kind, dtype) else x
+
+    return jax.tree.map(widen, state)
 
 
 def flat(
@@ -140,15 +160,17 @@ def flat(
     if variables is not None:
         kwargs["params"] = _params_collection(variables, params)
         theta0, re = destructure(variables, **kwargs)
-        state0 = linen_state(variables) if state is None else state
+        state0 = _widened(linen_state(variables) if state is None else state, dtype)
         return FlatModel(theta0, re, ApplyVariables(model), state0, False)
     nnx_parts = _nnx_parts(model, params)
     if nnx_parts is not None:
         apply, states, spec = nnx_parts
         theta0, re = destructure(states, **{**kwargs, "params": spec})
-        return FlatModel(theta0, re, apply, states[1] if state is None else state,
-                         initial_mode(model))
+        return FlatModel(theta0, re, apply,
+                         _widened(states[1] if state is None else state, dtype),
+                         initial_mode(model))  # fmt: skip
     theta0, re = destructure(model, **kwargs)
+    state = _widened(state, dtype)
     if fast is not False and state is None:
         fm = _fast_path(model, theta0, re, fast)
         if fm is not None:

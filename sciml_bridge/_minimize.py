@@ -8,6 +8,7 @@ import os
 from collections.abc import Callable
 from typing import Any, Literal
 
+import jax
 from jax.sharding import Mesh
 
 from ._custom_types import ThetaBatchLike, ThetaLike, Validated
@@ -21,7 +22,7 @@ from ._solvers._outputs import ScalarLoss
 from ._solvers._run import drive
 from ._solvers._scipy_backend import scipy_minimize, solve_scipy
 from ._solvers._setup import check_tol, make_run, prepare_args, prepare_theta0
-from ._solvers._stateful import StatefulLoss
+from ._solvers._stateful import StatefulLoss, prepare_state
 
 
 _MSG_SCIPY_BATCHES = """\
@@ -194,10 +195,12 @@ def minimize(
     pass_key = key is not None and takes_key(loss)
     loss = KeyedLoss(loss) if pass_key else loss
     stateful = state is not None
+    member = theta0[0] if theta0.ndim == 2 else theta0
     if stateful:
         guard_x64(state, f"`{where}`", "`state`")
+        probe = (*args, jax.random.key(0)) if pass_key else tuple(args)
+        state = prepare_state(loss, member, state, probe)
     loss = StatefulLoss(loss, where) if stateful else ScalarLoss(loss, where)
-    member = theta0[0] if theta0.ndim == 2 else theta0
     plan = resolve_minimize(loss, member, method, tol, options, where, state, stateful)
     if plan.scipy is not None:
         if batch_size is not None or key is not None:

@@ -1,6 +1,7 @@
 """`sb.minimize` beyond real, stateless losses (issue 13): complex `theta` with Optax, stateful
 losses (`state=`), and Optax objects that compile once however often they are rebuilt."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -132,3 +133,85 @@ def test_bfloat16_theta_trains_and_stays_bfloat16():
     res = sb.minimize(loss, jnp.zeros(3, jnp.bfloat16), "adam", max_steps=100,
                       learning_rate=0.05, progress=False)  # fmt: skip
     assert res.theta.dtype == jnp.bfloat16 and res.loss < 1e-3 < res.history[0]
+
+
+class _Norm(nnx.Module):
+    def __init__(self, rngs):
+        self.a, self.bn = nnx.Linear(3, 4, rngs=rngs), nnx.BatchNorm(4, rngs=rngs)
+
+    def __call__(self, x):
+        return self.bn(self.a(x))
+
+
+def test_an_nnx_call_with_state_leaves_the_callers_state_and_module_alone():
+    # `nnx.merge` adopted the caller's Variables: a train-mode call changed `state`, the
+    # original module and `fm.init_state()` in place, and `jax.grad` through it failed
+    # ("Cannot mutate BatchStat from a different trace level").
+    module, xs = _Norm(nnx.Rngs(0)), XS.astype(jnp.float32)
+    fm = sb.flat(module)
+    state = fm.init_state()
+    before = np.asarray(module.bn.mean[...]).copy()
+    y1, new = fm(fm.theta0, xs, state=state)
+    y2, _ = fm(fm.theta0, xs, state=state)
+    np.testing.assert_array_equal(np.asarray(y1), np.asarray(y2))
+    np.testing.assert_array_equal(np.asarray(module.bn.mean[...]), before)
+    assert not np.array_equal(np.asarray(new["bn"]["mean"][...]), before)  # it did update
+    loss = lambda t, s: (jnp.mean(fm(t, xs, state=s)[0] ** 2), fm(t, xs, state=s)[1])
+    grad = jax.grad(lambda t: loss(t, state)[0])(fm.theta0)
+    step = 1e-2 * jnp.eye(fm.size, dtype=jnp.float32)[0]
+    fd = (loss(fm.theta0 + step, state)[0] - loss(fm.theta0 - step, state)[0]) / 2e-2
+    np.testing.assert_allclose(float(grad[0]), float(fd), rtol=2e-2, atol=1e-4)
+
+
+def test_a_state_the_loss_widens_or_holds_as_python_numbers_trains():
+    # Flax keeps BatchNorm statistics float32 under float64 parameters and returns them
+    # float64 after one step: the run was refused (with a fix the loss already followed).
+    # A Python number in the state crashed the check of the loss's output.
+    nn = pytest.importorskip("flax.linen")
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x, train):
+            h = nn.Dense(4, param_dtype=jnp.float64)(x)
+            return nn.BatchNorm(use_running_average=not train, param_dtype=jnp.float64)(h)
+
+    def loss(t, s, x):
+        y, s = fm(t, x, train=True, state=s)
+        return jnp.mean(y**2), s
+
+    x = jnp.arange(24.0).reshape(8, 3) / 10
+    with jax.numpy_dtype_promotion("standard"):  # Flax mixes the float32 statistics in
+        variables = Net().init(jax.random.key(0), x, train=False)
+        fm = sb.flat(Net().apply, variables)
+        assert jax.tree.leaves(fm.init_state())[0].dtype == jnp.float32
+        res = sb.minimize(loss, fm.theta0, "adam", args=(x,), state=fm.init_state(),
+                          max_steps=3, progress=False)  # fmt: skip
+    assert res.steps == 3 and all(a.dtype == jnp.float64 for a in jax.tree.leaves(res.state))
+    counter = lambda t, s: (jnp.sum((t - 1.0) ** 2) + 0 * s["n"], {"n": s["n"] + 1})
+    res = sb.minimize(counter, jnp.zeros(2), "sgd", state={"n": 0.0}, max_steps=3,
+                      progress=False)  # fmt: skip
+    assert float(res.state["n"]) == 3.0
+
+
+def test_flattening_with_a_wider_dtype_widens_the_models_state_too():
+    # A float32 BatchNorm flattened with `dtype=float64` computes float64 statistics, which
+    # its float32 `eqx.nn.State` refused inside Equinox ("different dtypes").
+    class Net(eqx.Module):
+        lin: eqx.nn.Linear
+        bn: eqx.nn.BatchNorm
+
+        def __init__(self, key):
+            self.lin = eqx.nn.Linear(3, 4, key=key, dtype=jnp.float32)
+            self.bn = eqx.nn.BatchNorm(4, "batch", mode="ema", dtype=jnp.float32)
+
+        def __call__(self, x, state):
+            return self.bn(self.lin(x), state)
+
+    model, state = eqx.nn.make_with_state(Net)(jax.random.key(0))
+    fm = sb.flat(model, state=state, dtype=jnp.float64)
+    floats = [a for a in jax.tree.leaves(fm.init_state()) if jnp.issubdtype(a.dtype, jnp.floating)]
+    assert floats and all(a.dtype == jnp.float64 for a in floats)
+    batch = jax.vmap(lambda x, s: fm(fm.theta0, x, state=s), (0, None), (0, None),
+                     axis_name="batch")  # fmt: skip
+    y, new = batch(XS, fm.init_state())
+    assert y.dtype == jnp.float64 and jax.tree.structure(new) == jax.tree.structure(state)

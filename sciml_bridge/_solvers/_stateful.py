@@ -16,6 +16,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from .._precision import is_lossless
 from ._optax import OptaxStepper
 
 
@@ -40,6 +41,31 @@ _FIX_COMPLEX = (", or train the real view: `n = theta0.size`, "
                 "`loss_r = lambda r, *a: loss(r[:n] + 1j * r[n:], *a)`")  # fmt: skip
 
 
+def prepare_state(fn: Callable, theta, state, args: tuple):
+    """`state` ready to carry through the steps: Python numbers as arrays, and each floating
+    leaf widened to the dtype `fn(theta, state, *args)` gives back for it, where that holds
+    it exactly. Flax keeps BatchNorm statistics float32 under float64 parameters and returns
+    them float64 after one step, which a loop carry cannot take (a narrowing is left for
+    `StatefulLoss` to report)."""
+    number = lambda x: jnp.asarray(x) if isinstance(x, bool | int | float | complex) else x
+    state = jax.tree.map(number, state)
+    out = jax.eval_shape(fn, theta, state, *args)
+    if not (isinstance(out, tuple | list) and len(out) == 2):
+        return state
+    if jax.tree.structure(out[1]) != jax.tree.structure(state):
+        return state
+
+    def widen(old, new):
+        dtype = getattr(old, "dtype", None)
+        if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+            return old
+        if jnp.shape(old) != new.shape or not is_lossless(dtype, new.dtype):
+            return old
+        return old.astype(new.dtype)
+
+    return jax.tree.map(widen, state, out[1])
+
+
 def _describe(out, state) -> str:
     if isinstance(out, tuple | list) and len(out) != 2:
         return f"it returned a {type(out).__name__} of {len(out)} items"
@@ -55,9 +81,10 @@ def _describe(out, state) -> str:
     if jax.tree.structure(new) != jax.tree.structure(state):
         return "its new state has another tree structure than `state`"
     for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(state)):
-        if jnp.shape(a) != jnp.shape(b) or a.dtype != b.dtype:
-            return (f"a leaf of its new state has shape {jnp.shape(a)} and dtype {a.dtype} "
-                    f"where `state` has {jnp.shape(b)} and {b.dtype}")  # fmt: skip
+        a_dtype, b_dtype = jnp.result_type(a), jnp.result_type(b)
+        if jnp.shape(a) != jnp.shape(b) or a_dtype != b_dtype:
+            return (f"a leaf of its new state has shape {jnp.shape(a)} and dtype {a_dtype} "
+                    f"where `state` has {jnp.shape(b)} and {b_dtype}")  # fmt: skip
     return ""
 
 
