@@ -184,10 +184,16 @@ class OptaxStepper(AbstractStepper):
             updates, opt_state = self.optimizer.transform.update(grad, opt_state, theta,
                                                                  **extra)  # fmt: skip
         new_theta = optax.apply_updates(theta, updates)
+        new = (new_theta, opt_state, *model_state)
         done = jnp.asarray(False)
         if self.tol is not None:
+            # The gradient was measured at `theta`, not after the update: a converged run
+            # stays where the test held (a step from a point already within `tol` could
+            # lose many orders of magnitude, e.g. Adam's fixed-size first step).
             done = optax.tree.norm(grad) <= self.tol
-        return (new_theta, opt_state, *model_state), loss, done, RESULTS.successful
+            new = jax.tree.map(lambda old, step: jnp.where(done, old, step),
+                               (theta, state[1], *state[2:]), new)  # fmt: skip
+        return new, loss, done, RESULTS.successful
 
 
 @functools.lru_cache(maxsize=64)
