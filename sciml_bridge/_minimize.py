@@ -126,8 +126,10 @@ def minimize(
         `tol`. `None` means 1e-8 in float64, 1e-4 in float32 where a default is needed.
     - `progress`: tqdm bar with the loss between chunks (off when stderr is not a terminal).
     - `callback`: `callback(step, theta, loss)` between chunks (SciPy: every iteration), with
-        `loss` a Python float; for an ensemble it is called once per running member with
-        that member's `theta`. Returning `True` stops the run (that member) successfully.
+        the last `theta` whose loss is known, `loss` there (a Python float) and the steps
+        taken to reach it (`history[step] == loss`); for an ensemble it is called once per
+        running member with that member's. Returning `True` stops the run (that member)
+        successfully.
     - `throw`: raise `sb.OptimizationError` on failure (default) or return it in the result.
     - `checkpoint`, `checkpoint_every`: a path to save the full optimizer state (every
         member's) to every `checkpoint_every` steps (not for SciPy methods); an existing file

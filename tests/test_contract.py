@@ -426,9 +426,11 @@ def test_an_ensemble_counts_steps_by_the_members_still_running(tmp_path):
     res = sb.minimize(loss, jnp.array([[1.0, 0.0], [-50.0, 0.0]]), "adam", learning_rate=0.1,
                       max_steps=30, chunk_size=10, throw=False, progress=False, checkpoint=path,
                       checkpoint_every=10,
-                      callback=lambda step, theta, value: seen.append(step))  # fmt: skip
+                      callback=lambda step, theta, value: seen.append((step, value)))  # fmt: skip
     assert [m.result for m in res] == [sb.RESULTS.nonfinite, sb.RESULTS.successful]
-    assert seen == [10, 20, 30] and res[1].steps == 30
+    # Each chunk ends on a point not yet evaluated: the callback gets the one before it.
+    assert [step for step, _ in seen] == [9, 19, 29] and res[1].steps == 30
+    assert [value for _, value in seen] == [res[1].history[k] for k in (9, 19, 29)]
     saved = []
     sb.minimize(loss, jnp.array([[1.0, 0.0], [-50.0, 0.0]]), "adam", learning_rate=0.1,
                 max_steps=30, chunk_size=10, throw=False, progress=False,
@@ -481,3 +483,15 @@ def test_a_runtime_error_keeps_the_steps_before_it_not_the_start_of_the_chunk():
     np.testing.assert_allclose(res.history, before.history, rtol=1e-12)
     ens = sb.minimize(_fails_beyond_two, _MIXED, "adam", max_steps=100, **kw)
     assert ens[1].steps == 24 and ens[0].steps == 100 and ens[0].success
+
+
+def test_the_callback_gets_a_step_its_theta_and_the_loss_there():
+    # `step=3` came with theta_2 and history[2]: sgd at 0.25 on (t - 1)^2 gives
+    # theta_k = 1 - 0.5^k exactly.
+    seen = []
+    res = sb.minimize(lambda t: jnp.sum((t - 1.0) ** 2), jnp.zeros(1), "sgd",
+                      learning_rate=0.25, max_steps=6, chunk_size=3, progress=False,
+                      callback=lambda k, theta, value: seen.append((k, float(theta[0]), value)))
+    assert [k for k, _, _ in seen] == [2, 5]
+    for k, theta, value in seen:
+        assert theta == 1 - 0.5**k and value == res.history[k] == (1 - theta) ** 2

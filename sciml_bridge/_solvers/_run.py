@@ -184,12 +184,15 @@ class _Driver:
                 m.done = True
             m.history.extend(losses.tolist())
 
-    def _callbacks(self, evaluated: int) -> None:
+    def _callbacks(self) -> None:
         # Every process calls the callback (a stop must be the same everywhere); a theta
-        # split over processes is handed over as a local copy.
+        # split over processes is handed over as a local copy. Each member's last point
+        # whose loss is known, with the steps taken to reach it (`history[step] == loss`):
+        # the point the chunk ended on has not been evaluated yet.
         losses, thetas = np.asarray(host(self.good_loss), np.float64), local(self.good_theta)
         for i, m in enumerate(self.members):
-            if m.running and self.run.callback(evaluated, thetas[i], float(losses[i])):
+            step = len(m.history) - 1
+            if m.running and self.run.callback(step, thetas[i], float(losses[i])):
                 m.by_callback = True
 
     def _report(self, bar: Progress, evaluated: int) -> None:
@@ -226,7 +229,7 @@ class _Driver:
             self._report(bar, evaluated)
             self._save(evaluated)
             if run.callback is not None:
-                self._callbacks(evaluated)
+                self._callbacks()
 
     def _recover(self, keep: tuple, e: Exception) -> None:
         """A chunk raised (`e`): each running member runs it again alone, up to the step that
