@@ -495,3 +495,21 @@ def test_the_callback_gets_a_step_its_theta_and_the_loss_there():
     assert [k for k, _, _ in seen] == [2, 5]
     for k, theta, value in seen:
         assert theta == 1 - 0.5**k and value == res.history[k] == (1 - theta) ** 2
+
+
+def _rosenbrock_until(theta, limit):
+    theta = eqx.error_if(theta, theta[0] > limit, "boom: past the limit")
+    return (1 - theta[0]) ** 2 + 100 * (theta[1] - theta[0] ** 2) ** 2
+
+
+def test_lbfgs_members_run_again_alone_as_single_runs_not_batches_of_one():
+    # A vmapped batch of one still evaluates the trial points a batched Optax zoom line search
+    # does, which a single run never visits: a member that finishes alone failed at step 0.
+    theta0 = jnp.array([[-1.5, 2.0], [-1.6, 1.9]])
+    kw = dict(args=(-0.5,), max_steps=5, chunk_size=4, throw=False, progress=False)
+    ens = sb.minimize(_rosenbrock_until, theta0, "lbfgs", **kw)
+    for row, sol in zip(theta0, ens.members):
+        alone = sb.minimize(_rosenbrock_until, row, "lbfgs", **kw)
+        assert sol.result is alone.result and sol.steps == alone.steps, sol.message
+        np.testing.assert_allclose(np.asarray(sol.theta), np.asarray(alone.theta), rtol=1e-12)
+    assert ens[0].steps == 5 and "boom" not in ens[0].message

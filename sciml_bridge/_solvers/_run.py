@@ -103,7 +103,7 @@ class _Driver:
         setup raises fails at `theta0`; the others start as usual. Raises `e` if all fail."""
         if self.layout != "vmap":  # a CPU mesh: a device that raised stopped them all
             raise e
-        rows = [_alone(init_members, self.stepper, self.args, theta0[i : i + 1], "vmap")
+        rows = [_alone(init_members, self.stepper, self.args, theta0[i], None)
                 for i in range(theta0.shape[0])]  # fmt: skip
         healthy = next((r for r in rows if not isinstance(r, Exception)), None)
         if healthy is None:
@@ -245,8 +245,9 @@ class _Driver:
 
     def _recover_rows(self, keep: tuple) -> None:
         """`_recover` for vmapped members: a batched loop computes inactive members too (and
-        would raise again on them), so each runs as a batch of one, and a member that fails
-        carries a healthy member's state from then on."""
+        would raise again on them), so each runs alone, as a single run does (not as a batch
+        of one: a vmapped Optax line search evaluates trial points a single run never does),
+        and a member that fails carries a healthy member's state from then on."""
         stepper, args, static, good_theta, good_loss, active, n, chunk, _ = keep
         rows, ends, errors = [], [], []
         for i, m in enumerate(self.members):
@@ -254,7 +255,7 @@ class _Driver:
             out = (jax.tree.map(row, self.dynamic), row(good_theta), row(good_loss))
             end, error = ([], int(RESULTS.successful._value), False), None
             if m.running:
-                alone = (stepper, args, static, out[1], out[2], row(active), n, chunk, "vmap")
+                alone = (stepper, args, static, out[1], out[2], row(active), n, chunk, None)
                 out, end, error = run_until_raise(alone, out[0], 0)
             rows.append(out)
             ends.append(end)
@@ -322,11 +323,13 @@ class _Driver:
         thetas, losses, models = [], [], []
         for i, m in enumerate(self.members):
             row = jax.tree.map(lambda x: x[i : i + 1], self.dynamic)  # noqa: B023
-            out = _alone(at, row, "vmap")
+            out = _alone(at, row, None)
             if isinstance(out, Exception):
                 self._failed_by(m, out)
                 out = (self.good_theta[i : i + 1], jnp.full(1, jnp.nan),
                        model_states(self.stepper, self.static, row))  # fmt: skip
+            else:  # a single run's kernel hands back `theta` and the state without the axis
+                out = (out[0][None], out[1], jtu.tree_map(lambda x: x[None], out[2]))
             thetas.append(local(out[0]))
             losses.append(np.asarray(host(out[1]), dtype=np.float64))
             models.append(out[2])
@@ -351,7 +354,7 @@ class _Driver:
             if self.layout != "vmap":  # a CPU mesh: a device that raised stopped them all
                 return losses
             start = [_alone(values_at, self.stepper, self.args, self.good_theta[i : i + 1],
-                            "vmap") for i in range(len(self.members))]  # fmt: skip
+                            None) for i in range(len(self.members))]  # fmt: skip
             start = [lo if isinstance(s, Exception) else float(np.asarray(host(s))[0])
                      for lo, s in zip(losses, start)]  # fmt: skip
         return np.array([s if f else lo for lo, s, f in zip(losses, start, fresh)])
