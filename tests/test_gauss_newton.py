@@ -216,3 +216,24 @@ def test_fallback_cutoffs_are_checked_like_rcond():
     with pytest.raises(ValueError, match=r"(?s)`fallback_rcond` in \[0, 1\).*got \(1\.5,\)"):
         sb.least_squares(exp_fit, jnp.zeros(2), "gauss-newton", args=(_X,),
                          fallback_rcond=1.5, progress=False)
+
+
+def test_a_null_truncated_step_is_a_stall_not_convergence():
+    # Every cutoff removes the direction the residual lies along (singular value 1e-3 of
+    # 1e6): the model predicts no decrease, which made the relative rule say "converged" at
+    # theta0 with gradient 1e3. `numpy.linalg.lstsq` solves it exactly.
+    J, y = jnp.diag(jnp.array([1e6, 1e-3])), jnp.array([0.0, 1e6])
+    res = sb.least_squares(lambda t: J @ t - y, jnp.zeros(2), "gauss-newton", max_steps=5,
+                           throw=False, progress=False)  # fmt: skip
+    assert res.result is sb.RESULTS.stalled and not res.success
+    assert "converged" not in res.message
+
+
+def test_a_float64_residual_of_float32_parameters_trains_in_float32():
+    # The float64 step broke the float32 carry (a raw while_loop TypeError).
+    target = jnp.array([10.0, 1.0])  # float64
+    residual = lambda t: t.astype(target.dtype) - target
+    res = sb.least_squares(residual, jnp.zeros(2, jnp.float32), "gauss-newton", max_steps=5,
+                           progress=False)  # fmt: skip
+    assert res.success and res.theta.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(res.theta), np.asarray(target), rtol=1e-6)

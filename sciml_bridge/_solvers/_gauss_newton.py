@@ -161,6 +161,9 @@ class GaussNewtonStepper(AbstractStepper):
     def step(self, state, args):
         theta = state
         r, d, g, a = self.direction(theta, args)
+        # In `theta`'s dtype: a float64 residual of float32 parameters gives float64 steps.
+        d, g = d.astype(theta.dtype), g.astype(theta.dtype)
+        a = None if a is None else a.astype(theta.dtype)
         loss = 0.5 * jnp.sum(r * r)
         value = lambda t: self.value(t, args)
         fine = len(self._cutoffs()[0]) if d.shape[0] > 1 else 1
@@ -184,8 +187,14 @@ class GaussNewtonStepper(AbstractStepper):
         # For `d = -pinv_k(J) r` the Gauss-Newton model predicts the decrease
         # `0.5 |U_k^T r|^2 = -0.5 g.d` (CGLS: the same up to its tolerance); the finest cutoff
         # predicts the most.
-        predicted = jnp.max(-0.5 * (d[:fine] @ g))
-        met = (jnp.max(jnp.abs(g)) <= self.tol) | (loss == 0) | (predicted <= self.tol * loss)
+        predicted = jnp.max(-0.5 * (d[:fine] @ g)).astype(loss.dtype)
+        # A model that predicts nothing at all (every cutoff removed the whole residual: the
+        # step is null) says nothing about a minimum while the gradient is not small: that
+        # is a stall (`J = diag(1e6, 1e-3)` with the residual along the small direction said
+        # "converged" at theta0, gradient 1e3).
+        informative = (predicted > 0) | (loss == 0)
+        met = (jnp.max(jnp.abs(g)) <= self.tol) | (loss == 0) \
+            | ((predicted <= self.tol * loss) & informative)  # fmt: skip
         new_theta = jnp.where(decreased & solved, theta + step, theta)
         result = RESULTS.where(decreased | met, RESULTS.successful, RESULTS.stalled)
         result = RESULTS.where(solved, result, RESULTS.solver_failed)
