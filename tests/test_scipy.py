@@ -226,3 +226,15 @@ def test_scipy_lm_keeps_the_best_finite_point_evaluated():
     assert res.result is sb.RESULTS.nonfinite and best_loss < seen[0][0]
     assert res.loss == pytest.approx(best_loss, rel=1e-12) and res.history[-1] == res.loss
     np.testing.assert_allclose(np.asarray(res.theta), best_x, rtol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["trust-ncg", "trust-exact"])
+def test_a_non_finite_hessian_is_a_solver_failure_not_a_raw_error(method):
+    # |t|^1.5 has a finite loss and gradient at 0 but an infinite second derivative: SciPy's
+    # trust-ncg raised a bare ValueError ("array must not contain infs or NaNs") and the run
+    # was lost, even under `throw=False`.
+    loss = lambda t: jnp.sum(jnp.abs(t) ** 1.5) + jnp.sum((t - 0.3) ** 2)
+    res = sb.minimize(loss, jnp.array([1.0, 0.0]), f"scipy:{method}", throw=False,
+                      progress=False)  # fmt: skip
+    assert res.result is sb.RESULTS.solver_failed and "Hessian" in res.message
+    assert np.isfinite(res.loss) and res.loss == pytest.approx(float(loss(res.theta)))

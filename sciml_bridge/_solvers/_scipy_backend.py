@@ -123,6 +123,26 @@ def _checked(fun):
     return wrapped
 
 
+_MSG_CURVATURE = (
+    "the {what} is non-finite at a point where the loss and its gradient are finite (the loss "
+    "is not twice differentiable there, e.g. |t|^1.5 at 0). Fix: a method that needs only "
+    'the gradient ("scipy:BFGS", "lbfgs", "ssbfgs")'
+)
+
+
+def _curvature(fn, what: str):
+    """`fn` (SciPy's `hess`/`hessp`), stopping the run as a solver failure when it is not
+    finite: SciPy's trust-region methods raised a bare `ValueError` on it, losing the run."""
+
+    def checked(*a):
+        out = fn(*a)
+        if not np.all(np.isfinite(out)):
+            raise _Abort(RESULTS.solver_failed, _MSG_CURVATURE.format(what=what))
+        return out
+
+    return checked
+
+
 def scipy_minimize(loss, theta0, args, name, tol, options, run: Run, interrupt):
     method = name.lower()
     obj = scipy_objective(loss, *args)  # its float rule: float64 (float32 with x64 off)
@@ -133,9 +153,9 @@ def scipy_minimize(loss, theta0, args, name, tol, options, run: Run, interrupt):
     if method in _GRADIENT:
         fun, kwargs["jac"] = obj.fun_and_jac, True
     if method in _HESSP:
-        kwargs["hessp"] = obj.hessp
+        kwargs["hessp"] = _curvature(obj.hessp, "Hessian-vector product")
     if method in _HESS:
-        kwargs["hess"] = obj.hess
+        kwargs["hess"] = _curvature(obj.hess, "Hessian")
     with Progress(run.max_steps, run.progress, run.where) as bar:
         track = _Tracker(x0, run, bar, interrupt)
 
