@@ -175,9 +175,10 @@ def _auto_axes(x: Any) -> Any:
     sharding = getattr(x, "sharding", None)
     if not isinstance(x, jax.Array) or not isinstance(sharding, NamedSharding):
         return x
-    if AxisType.Explicit not in tuple(getattr(sharding.mesh, "axis_types", ())):
+    mesh = sharding.mesh
+    if not isinstance(mesh, Mesh) or AxisType.Explicit not in tuple(mesh.axis_types):
         return x
-    return jax.device_put(x, NamedSharding(_auto(sharding.mesh), sharding.spec))
+    return jax.device_put(x, NamedSharding(_auto(mesh), sharding.spec))
 
 
 def place(theta0: jax.Array, args: tuple, mesh: Validated[Mesh | None],

@@ -513,3 +513,26 @@ def test_lbfgs_members_run_again_alone_as_single_runs_not_batches_of_one():
         assert sol.result is alone.result and sol.steps == alone.steps, sol.message
         np.testing.assert_allclose(np.asarray(sol.theta), np.asarray(alone.theta), rtol=1e-12)
     assert ens[0].steps == 5 and "boom" not in ens[0].message
+
+
+def _counting_until(theta, state, limit):
+    # A stateful loss that counts its evaluations and raises past theta[0] = limit.
+    theta = eqx.error_if(theta, theta[0] > limit, "boom: past the limit")
+    return 0.5 * jnp.sum((theta - 10.0) ** 2), {"n": state["n"] + 1.0}
+
+
+def test_a_checkpoint_after_a_member_raised_resumes_its_state_and_message(tmp_path):
+    # The checkpoint held the failed member's stand-in state (a running member's) and no
+    # message: resumed, member 0 reported member 1's state and lost "boom".
+    theta0 = jnp.array([[0.0, 0.0], [-20.0, 0.0]])  # member 0 raises at step 7
+    kw = dict(args=(jnp.asarray(5.0),), state={"n": jnp.array(0.0)}, progress=False,
+              throw=False, learning_rate=0.1, chunk_size=3)  # fmt: skip
+    whole = sb.minimize(_counting_until, theta0, "sgd", max_steps=30, **kw)
+    path = tmp_path / "c.npz"
+    sb.minimize(_counting_until, theta0, "sgd", max_steps=12, checkpoint=path, **kw)
+    resumed = sb.minimize(_counting_until, theta0, "sgd", max_steps=30, checkpoint=path, **kw)
+    assert whole[0].result is sb.RESULTS.solver_failed and whole[0].steps < 12
+    for a, b in zip(whole, resumed):
+        assert a.result is b.result and a.steps == b.steps and a.message == b.message
+        assert float(a.state["n"]) == float(b.state["n"])
+        np.testing.assert_array_equal(np.asarray(a.theta), np.asarray(b.theta))

@@ -83,6 +83,7 @@ class _Driver:
         self.layout = member_layout(theta0)
         self.members = [_Member([]) for _ in range(theta0.shape[0] if batched else 1)]
         self.warned, self.active = False, (None, None)
+        self.frozen: dict[int, object] = {}  # solver-state rows of members a raise stopped
         try:
             self.dynamic, self.static, self.good_theta, self.good_loss = init_members(
                 stepper, args, theta0, self.layout
@@ -96,7 +97,6 @@ class _Driver:
         if _checkpoint.exists(run.checkpoint, run.where):
             self._resume()
         self.stateful = stepper.model_state(eqx.combine(self.dynamic, self.static)) is not None
-        self.frozen: dict[int, object] = {}  # model states of members stopped by a raise
 
     def _init_alone(self, theta0, e: Exception) -> None:
         """Set up each member alone after setting up all at once raised: a member whose own
@@ -134,7 +134,8 @@ class _Driver:
         history = np.concatenate([np.asarray(m.history, np.float64) for m in ms])
         return dict(steps=[m.steps for m in ms], results=results, done=[m.done for m in ms],
                     by_callback=[m.by_callback for m in ms],
-                    lengths=[len(m.history) for m in ms], history=history)  # fmt: skip
+                    lengths=[len(m.history) for m in ms], history=history,
+                    details=_checkpoint.encode_details([m.detail for m in ms]))  # fmt: skip
 
     def _resume(self) -> None:
         run = self.run
@@ -149,6 +150,15 @@ class _Driver:
             m.by_callback = bool(books["by_callback"][i])
             r = int(books["results"][i])
             m.result = None if r < 0 else result_at(r)
+            m.detail = books["details"][i]
+        # A member failed by a raise was saved with its own state: it carries a running
+        # member's again (`_recover_rows`), and keeps its own for what it reports.
+        failed = [i for i, m in enumerate(self.members) if m.result is RESULTS.solver_failed]
+        running = [i for i, m in enumerate(self.members) if m.running]
+        for i in failed:
+            self.frozen[i] = jax.tree.map(lambda x: x[i : i + 1], self.dynamic)  # noqa: B023
+        if self.batched and failed and running:
+            self.dynamic = self._standing_in(running[0])
 
     def _save(self, evaluated: int) -> None:
         run = self.run
@@ -159,13 +169,32 @@ class _Driver:
         if evaluated % cast(int, run.checkpoint_every) and not finished:
             return
         try:
-            _checkpoint.save(run.checkpoint, run.fingerprint, self.dynamic, self.good_theta,
-                             self.good_loss, self._books())  # fmt: skip
+            _checkpoint.save(run.checkpoint, run.fingerprint, self._own_states(),
+                             self.good_theta, self.good_loss, self._books())  # fmt: skip
         except OSError as e:
             if not self.warned:
                 self.warned = True
                 msg = _MSG_CHECKPOINT_FAILED.format(where=run.where, path=run.checkpoint, err=e)
                 warnings.warn(msg, RuntimeWarning, stacklevel=5)
+
+    def _rows(self, pick) -> object:
+        """The solver states with member `i`'s row taken from `pick(i)` (a leading axis of 1),
+        placed as the members are."""
+        rows = [pick(i) for i in range(len(self.members))]
+        out = jax.tree.map(lambda *xs: jnp.concatenate(xs), *rows)
+        return out if self.sharding is None else jax.device_put(out, self.sharding)
+
+    def _own_states(self):
+        """The solver states with every failed member's own (not its stand-in's)."""
+        if not self.frozen or not self.batched:
+            return self.dynamic
+        own = lambda i: self.frozen.get(i, jax.tree.map(lambda x: x[i : i + 1], self.dynamic))
+        return self._rows(own)
+
+    def _standing_in(self, healthy: int):
+        """The solver states with every failed member's row replaced by member `healthy`'s."""
+        row = lambda i: jax.tree.map(lambda x: x[i : i + 1], self.dynamic)
+        return self._rows(lambda i: row(healthy) if i in self.frozen else row(i))
 
     # -- the loop --------------------------------------------------------------------------
     def _absorb(self, out) -> None:
@@ -282,10 +311,7 @@ class _Driver:
                 continue
             self.members[i].result = RESULTS.solver_failed
             self.members[i].detail = failure_detail(error)
-            if self.stateful:
-                row = jax.tree.map(lambda x: x[i : i + 1], states)  # noqa: B023
-                self.frozen[i] = jtu.tree_map(lambda x: x[0],
-                                              model_states(self.stepper, self.static, row))
+            self.frozen[i] = jax.tree.map(lambda x: x[i : i + 1], states)  # noqa: B023
 
     def stop_all(self, result: RESULTS, detail: str = "") -> None:
         for m in self.members:
@@ -376,7 +402,10 @@ class _Driver:
         run = self.run
         theta = theta[i] if theta.ndim == 2 else theta
         model = jtu.tree_map(lambda x: x[i], self.model) if self.batched else self.model
-        model = None if m.at_start else self.frozen.get(i, model)
+        if i in self.frozen and self.stateful:  # where it stopped, not its stand-in's
+            kept = model_states(self.stepper, self.static, self.frozen[i])
+            model = jtu.tree_map(lambda x: x[0], kept)
+        model = None if m.at_start else model
         return finish(theta=theta, loss=loss, state=model,
                       history=history or [loss], steps=max(len(history) - 1, 0),
                       result=result, wall_time=time.perf_counter() - run.start,
