@@ -158,9 +158,13 @@ def minimize(
         *args)` and carries the `new_state` it returns to step `k + 1`, as a hand-written
         Optax loop does (so NNX dropout draws a new mask every step). `res.state` is the
         final state (stacked over members for an ensemble); checkpoints carry it, PRNG
-        streams included. First-order Optax methods only: a line search or trust region
-        evaluates the loss at trial points, so `"lbfgs"`, the Optimistix, self-scaled and
-        SciPy methods raise `NotImplementedError`.
+        streams included. A run that stops at its last good `theta_k` (non-finite loss,
+        a raise) returns `state_{k+1}`, the state its loss returned there, so
+        `loss(res.theta, res.state)` can differ from `res.loss` for a loss that reads the
+        state. Every member starts from the one `state` given: an ensemble's stacked
+        `res.state` cannot be passed back. First-order Optax methods only: a line search
+        or trust region evaluates the loss at trial points, so `"lbfgs"`, the Optimistix,
+        self-scaled and SciPy methods raise `NotImplementedError`.
     - `**options`: passed to the Optax constructor (e.g. `learning_rate=`) or to SciPy as
         `options`; Optimistix methods take `autodiff_mode=`. `chunk_size=` (default 1000)
         sets the steps per dispatch. An option the method does not take is a `TypeError`
