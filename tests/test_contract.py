@@ -536,3 +536,28 @@ def test_a_checkpoint_after_a_member_raised_resumes_its_state_and_message(tmp_pa
         assert a.result is b.result and a.steps == b.steps and a.message == b.message
         assert float(a.state["n"]) == float(b.state["n"])
         np.testing.assert_array_equal(np.asarray(a.theta), np.asarray(b.theta))
+
+
+def _past_five(theta):
+    theta = eqx.error_if(theta, theta[0] > 5.0, "boom: past five")
+    return 0.5 * jnp.sum((theta - 10.0) ** 2)
+
+
+def test_failed_members_stand_in_states_are_renewed_so_chunks_stop_raising(monkeypatch):
+    # Member 0 failed and carried member 1's state; member 1 then raised from exactly that
+    # state, and member 0's stale stand-in made every later chunk raise and run again member
+    # by member (18 of 20 chunks). Recoveries: one per chunk in which a member fails.
+    recoveries, real = [], _run._Driver._recover_rows
+
+    def counted(self, keep):
+        recoveries.append(1)
+        return real(self, keep)
+
+    monkeypatch.setattr(_run._Driver, "_recover_rows", counted)
+    theta0 = jnp.array([[0.0, 0.0], [-2.0, 0.0], [-1e6, 0.0]])  # raise at 6, 8, never
+    kw = dict(learning_rate=0.1, chunk_size=3, max_steps=60, throw=False, progress=False)
+    res = sb.minimize(_past_five, theta0, "sgd", **kw)
+    assert [m.steps for m in res] == [6, 8, 60] and len(recoveries) == 2
+    for row, sol in zip(theta0, res.members):
+        alone = sb.minimize(_past_five, row, "sgd", **kw)
+        assert sol.result is alone.result and sol.steps == alone.steps

@@ -293,9 +293,11 @@ class _Driver:
         concat = lambda rows: jax.tree.map(lambda *xs: jnp.concatenate(xs), *rows)
         states = concat([r[0] for r in rows])
         # A failed member never runs again, but a batched loop still computes its step from
-        # where it is (and would raise again): it carries a member that ran instead.
+        # where it is (and would raise again): it carries a member that ran instead, and so
+        # does every member that failed before (its stand-in may be the state that raised).
         ok = [i for i, m in enumerate(self.members) if m.running and i not in failed]
-        carried = concat([rows[ok[0] if i in failed and ok else i][0] for i in range(len(rows))])
+        stand_in = lambda i: ok and (i in failed or i in self.frozen or self.members[i].at_start)
+        carried = concat([rows[ok[0] if stand_in(i) else i][0] for i in range(len(rows))])
         out = (carried, chunk_output(concat([r[1] for r in rows]), concat([r[2] for r in rows]),
                                      chunk, ends))  # fmt: skip
         if self.sharding is not None:
