@@ -468,7 +468,8 @@ def test_line_search_methods_take_a_loss_of_another_precision_than_theta(method,
                       progress=False)  # fmt: skip
     assert res.theta.dtype == theta_dtype and res.result is not sb.RESULTS.solver_failed
     np.testing.assert_allclose(np.asarray(res.theta), np.asarray(target), atol=1e-3)
-    assert res.loss == float(loss(res.theta))
+    # Compiled against eager: equal to float32 rounding, not bits.
+    assert res.loss == pytest.approx(float(loss(res.theta)), rel=1e-6, abs=1e-12)
 
 
 def test_a_runtime_error_keeps_the_steps_before_it_not_the_start_of_the_chunk():

@@ -173,7 +173,7 @@ def final_members(stepper, args, static, dynamic, layout: str | Mesh | None):
 
 @eqx.filter_jit
 def model_states(stepper, static, dynamic):
-    """A copy of the model state in `dynamic` (kept across a chunk that donates `dynamic`)."""
+    """A copy of the model state in `dynamic` (e.g. the rows of members a raise stopped)."""
     return jtu.tree_map(jnp.copy, stepper.model_state(eqx.combine(dynamic, static)))
 
 
