@@ -16,7 +16,7 @@ import os
 import secrets
 import zipfile
 from collections.abc import Callable, Mapping
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import numpy as np
 
@@ -34,11 +34,13 @@ intact if it exists; a file that needs pickle to load is refused on purpose and 
 
 
 class Expect(NamedTuple):
-    """What one member must be: an exact shape (or None) and dtype (or None), or a byte cap."""
+    """What one member must be: an exact shape (or None) and dtype (or None), or a byte cap;
+    `skip`: its header is checked, its data never read (a member the caller did not ask for)."""
 
     shape: tuple[int, ...] | None = None
     dtype: np.dtype | None = None
     max_bytes: int = DEFAULT_MEMBER_BYTES
+    skip: bool = False
 
 
 class Corrupt(ValueError):
@@ -47,6 +49,14 @@ class Corrupt(ValueError):
 
 class _Refused(Exception):
     """The caller's `expect` refused the layout: its own error reaches the user unchanged."""
+
+
+def storable(dtype: np.dtype) -> np.dtype:
+    """The dtype `.npy` can name for `dtype`: bfloat16 and other ml_dtypes travel as bits."""
+    # Never a list for a plain (non-structured) dtype, whatever the stub says.
+    if cast(str, np.lib.format.dtype_to_descr(dtype)).lstrip("<>|=").startswith("V"):
+        return np.dtype(f"<u{dtype.itemsize}")
+    return dtype
 
 
 def _member_name(info: zipfile.ZipInfo) -> str:
@@ -78,7 +88,7 @@ def _check_header(name: str, info: zipfile.ZipInfo, header, header_len: int,
     if expect.dtype is not None and dtype != expect.dtype:
         raise Corrupt(f"member {name!r} declares dtype {dtype}, expected {expect.dtype}")
     nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
-    if expect.shape is None and nbytes > expect.max_bytes:
+    if expect.shape is None and nbytes > expect.max_bytes and not expect.skip:
         raise Corrupt(f"member {name!r} declares {nbytes} bytes, more than the "
                       f"{expect.max_bytes} allowed")
     if header_len + nbytes != info.file_size:
@@ -144,7 +154,7 @@ def _read(zf: zipfile.ZipFile, expect: Expectations, strict: bool):
     for name, info, want in with_headers:
         with zf.open(info) as stream:
             _check_header(name, info, _header(stream), stream.tell(), want)
-    return {n: _read_member(zf, i, w) for n, i, w in with_headers}, layout
+    return {n: _read_member(zf, i, w) for n, i, w in with_headers if not w.skip}, layout
 
 
 def read_arrays(path: str | os.PathLike, where: str, expect: Expectations | None = None,

@@ -8,13 +8,15 @@ model an error that shows both.
 """
 
 import os
-from typing import Any, cast
+import warnings
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
 
+from . import _saved_state
 from ._custom_types import Theta, ThetaLike
-from ._npz import Corrupt, Expect, read_arrays, write_arrays
+from ._npz import Corrupt, Expect, read_arrays, storable, write_arrays
 from ._precision import check_x64, guard_x64, is_inexact
 
 
@@ -39,6 +41,12 @@ Fix: save the `theta` that belongs to this `fm`, e.g. `theta.astype(fm.theta0.dt
 _MSG_SAVE_SIZE = """\
 `sb.save` expected a 1-D `theta` of length {size} (the size of `fm`), but got shape {shape}.
 Fix: save the `theta` that belongs to this `fm`."""
+
+_MSG_STATE_LEFT = """\
+`sb.save` is writing parameters only, but `fm` has a model state (`fm.init_state()`: batch
+statistics or RNG streams) that a model loaded from this file would start without.
+Fix: pass the current state, `sb.save(path, theta, fm, state=state)`, and load it with
+`sb.load(path, fm, state=fm.init_state())`; or `state=False` to save parameters only."""
 
 _MSG_NOT_THETA = "not a file written by `sb.save` ({why})"
 
@@ -104,14 +112,6 @@ def check_layout(saved: dict, want: dict, where: str) -> None:
     )
 
 
-def _storage(dtype: np.dtype) -> np.dtype:
-    """The dtype `.npy` can name for `dtype`: bfloat16 and other ml_dtypes travel as bits."""
-    # Never a list for a plain (non-structured) dtype, whatever the stub says.
-    if cast(str, np.lib.format.dtype_to_descr(dtype)).lstrip("<>|=").startswith("V"):
-        return np.dtype(f"<u{dtype.itemsize}")
-    return dtype
-
-
 def _saved_dtype(layout: dict) -> np.dtype:
     try:
         dtype = np.dtype(str(layout.get("dtype")))
@@ -125,8 +125,9 @@ def _saved_dtype(layout: dict) -> np.dtype:
     return dtype
 
 
-def save(path: str | os.PathLike, theta: ThetaLike, fm: Any, metadata: dict | None = None) -> None:
-    """Save a flat parameter vector with the layout of the model it belongs to.
+def save(path: str | os.PathLike, theta: ThetaLike, fm: Any, metadata: dict | None = None,
+         *, state: Any = None) -> None:
+    """Save a flat parameter vector with the layout of the model it belongs to (and its state).
 
     The file is an ordinary `.npz` (no pickle) written atomically and crash-safely: the
     data goes to a temporary file `.<name>.sb-tmp-<pid>-<random>` next to the target, is
@@ -142,6 +143,11 @@ def save(path: str | os.PathLike, theta: ThetaLike, fm: Any, metadata: dict | No
         fm = sb.flat(eqx.nn.MLP(2, 1, 8, 2, key=jax.random.key(0)))
         sb.save("net.npz", fm.theta0, fm, metadata={"epoch": 3})
         theta = sb.load("net.npz", fm)
+
+        model, state = eqx.nn.make_with_state(eqx.nn.BatchNorm)(3, "batch", mode="batch")
+        fm = sb.flat(model, state=state)
+        sb.save("bn.npz", fm.theta0, fm, state=state)
+        theta, state = sb.load("bn.npz", fm, state=fm.init_state())
         ```
 
     **Arguments:**
@@ -151,11 +157,16 @@ def save(path: str | os.PathLike, theta: ThetaLike, fm: Any, metadata: dict | No
     - `fm`: the flat model (from `sb.flat`) or `Restructure` (from `sb.destructure`) whose
         layout `theta` follows.
     - `metadata`: optional JSON-serialisable dict stored alongside (default `None`).
+    - `state`: the model's state to store beside `theta` (an `eqx.nn.State`, Flax
+        `batch_stats`, an NNX state: any pytree of arrays, numbers and PRNG keys). `None`
+        (the default) saves parameters only and warns if `fm` has a state that would be lost
+        (`fm.init_state()`); `False` saves parameters only without the warning.
 
     **Raises:**
 
     `ValueError` if `theta` is not 1-D with `fm.size` entries; `TypeError` if `theta` is not
-    floating or complex, `metadata` is not JSON-serialisable or `fm` has no layout.
+    floating or complex, `metadata` is not JSON-serialisable, `fm` has no layout or `state`
+    holds something other than arrays, numbers and keys.
     """
     layout = layout_of(fm)
     guard_x64(theta, "`sb.save`", "`theta`")
@@ -167,11 +178,18 @@ def save(path: str | os.PathLike, theta: ThetaLike, fm: Any, metadata: dict | No
     theta = theta.astype(theta.dtype.newbyteorder("="), copy=False)
     if theta.ndim != 1 or theta.size != layout["size"]:
         raise ValueError(_MSG_SAVE_SIZE.format(size=layout["size"], shape=theta.shape))
+    members = {"theta": theta.view(storable(theta.dtype))}
+    if state is None and getattr(fm, "state0", None) is not None:
+        warnings.warn(_MSG_STATE_LEFT, UserWarning, stacklevel=2)
+    if state is not None and state is not False:
+        guard_x64(state, "`sb.save`", "`state`")
+        members.update(_saved_state.arrays(state))
+        layout.update(state=_saved_state.layout(state))
     layout.update(format=_FORMAT, dtype=theta.dtype.name, metadata=metadata)
-    write_arrays(path, {"theta": theta.view(_storage(theta.dtype))}, layout)
+    write_arrays(path, members, layout)
 
 
-def _expect_theta(fm: Any):
+def _expect(fm: Any, state: Any, path: str):
     """What `sb.load` accepts, decided from the layout before any data is decompressed."""
     want = layout_of(fm)
 
@@ -181,14 +199,20 @@ def _expect_theta(fm: Any):
         check_layout(layout, want, "sb.load")
         dtype = _saved_dtype(layout)
         check_x64(dtype, "`sb.load`", "a saved theta")
-        return {"theta": Expect((want["size"],), _storage(dtype))}
+        members = {"theta": Expect((want["size"],), storable(dtype))}
+        if state is not None:
+            members.update(_saved_state.expect(layout.get("state"), state, path))
+        else:  # a state not asked for is left unread
+            members.update(_saved_state.unread(layout.get("state")))
+        return members
 
     return expect
 
 
-def load(path: str | os.PathLike, fm: Any, *,
-         return_metadata: bool = False) -> Theta | tuple[Theta, Any]:
-    """Load a vector saved by `sb.save`, checking it fits `fm`.
+def load(path: str | os.PathLike, fm: Any, *, state: Any = None,
+         return_metadata: bool = False) -> Theta | tuple[Any, ...]:
+    """Load a vector saved by `sb.save` (and the model state saved with it), checking it
+    fits `fm`.
 
     The file is treated as untrusted: its layout is compared with `fm`'s, and `theta`'s
     declared shape and dtype are checked against that layout (1-D, `fm.size` entries, a
@@ -210,19 +234,31 @@ def load(path: str | os.PathLike, fm: Any, *,
 
     - `path`: the file written by `sb.save`.
     - `fm`: the flat model or `Restructure` to load into.
-    - `return_metadata`: if `True`, return `(theta, metadata)` (default `False`).
+    - `state`: a template of the model state saved with `sb.save(..., state=)`, usually
+        `fm.init_state()`: the saved state is checked against its structure, shapes and
+        dtypes and returned in its form. `None` (the default) loads parameters only (a saved
+        state is then not read).
+    - `return_metadata`: if `True`, also return the saved `metadata` (default `False`).
 
     **Returns:**
 
-    `theta`, a 1-D JAX array of the saved dtype.
+    `theta`, a 1-D JAX array of the saved dtype; `(theta, state)` with `state=`; with
+    `return_metadata=True`, `metadata` is appended: `(theta, metadata)` or
+    `(theta, state, metadata)`.
 
     **Raises:**
 
-    `ValueError` if the layout differs from `fm`'s (showing saved vs expected and the first
-    differing leaf), or the file is truncated, corrupted, forged or needs pickle; `TypeError`
+    `ValueError` if the layout differs from `fm`'s or the saved state from `state`'s
+    (showing saved vs expected and the first differing leaf), `state=` is given for a file
+    without a state, or the file is truncated, corrupted, forged or needs pickle; `TypeError`
     if the file holds float64 data while JAX runs with x64 off.
     """
-    arrays, layout = read_arrays(path, "sb.load", _expect_theta(fm), strict=True)
-    theta = arrays["theta"].view(_saved_dtype(layout))
-    theta = jnp.asarray(theta)
-    return (theta, layout.get("metadata")) if return_metadata else theta
+    arrays, layout = read_arrays(path, "sb.load", _expect(fm, state, os.fspath(path)),
+                                 strict=True)
+    theta = jnp.asarray(arrays["theta"].view(_saved_dtype(layout)))
+    out: tuple[Any, ...] = (theta,)
+    if state is not None:
+        out += (_saved_state.restore(arrays, state),)
+    if return_metadata:
+        out += (layout.get("metadata"),)
+    return theta if len(out) == 1 else out
