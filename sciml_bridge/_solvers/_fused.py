@@ -45,7 +45,9 @@ def _loop(stepper, args, static, dynamic, good_theta, good_loss, active, n, chun
         new_state, loss, done, result = stepper.step(state, args)
         # In `value`'s dtype: a line search may carry the loss in `theta`'s precision.
         loss = jnp.asarray(loss).astype(good_loss.dtype)
-        finite = jnp.isfinite(loss)
+        # A NaN gradient at a finite loss can leave a NaN `theta` beside the line search's
+        # stored (finite) value: such a point is not a good one either.
+        finite = jnp.isfinite(loss) & jnp.all(jnp.isfinite(theta))
         result = RESULTS.where(finite, result, RESULTS.nonfinite)
         apply = result == RESULTS.successful
         dynamic = _tree_where(apply, eqx.filter(new_state, eqx.is_array), dynamic)
