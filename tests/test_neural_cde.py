@@ -45,6 +45,19 @@ def test_gradient_matches_central_differences_with_a_flat_mlp():
     assert np.isfinite(grad).all() and np.abs(grad).max() > 0
 
 
+@pytest.mark.parametrize("span", [1e-4, 0.01])
+def test_two_knots_over_a_short_span_match_the_closed_form(span):
+    # With a jump at `t1` Diffrax reached `t1` in one step, never saved there and said
+    # success: `sb.NeuralCDE` returned `[inf, inf]` at `t1` under `throw=True`.
+    ts = jnp.array([0.0, span])
+    coeffs = diffrax.backward_hermite_coefficients(ts, jnp.stack([ts, 2.0 * ts], axis=1))
+    theta = jnp.array([0.3, -0.4])
+    zs = sb.NeuralCDE(_linear, stepsize_controller=TIGHT)(theta, jnp.array([1.0, 2.0]), ts,
+                                                          coeffs)  # fmt: skip
+    expected = jnp.array([1.0, 2.0])[None, :] * jnp.exp(-0.5 * ts)[:, None]
+    np.testing.assert_allclose(np.asarray(zs), np.asarray(expected), rtol=1e-12)
+
+
 def test_field_and_coeffs_of_the_wrong_shape_are_clear_errors():
     cde = sb.NeuralCDE(lambda theta, z: theta[0] * z)
     with pytest.raises(ValueError, match=r"float64\[2, 2\].*returned float64\[2\]"):
