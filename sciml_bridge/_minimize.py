@@ -157,12 +157,14 @@ def minimize(
         statistics and `nnx.Rngs` streams). Step `k` evaluates `loss(theta_k, state_k,
         *args)` and carries the `new_state` it returns to step `k + 1`, as a hand-written
         Optax loop does (so NNX dropout draws a new mask every step). `res.state` is the
-        final state (stacked over members for an ensemble); checkpoints carry it, PRNG
-        streams included. A run that stops at its last good `theta_k` (non-finite loss,
-        a raise) returns `state_{k+1}`, the state its loss returned there, so
-        `loss(res.theta, res.state)` can differ from `res.loss` for a loss that reads the
-        state. Every member starts from the one `state` given: an ensemble's stacked
-        `res.state` cannot be passed back. First-order Optax methods only: a line search
+        state `res.theta` was evaluated with, so `loss(res.theta, res.state, *args)[0] ==
+        res.loss` (stacked over members for an ensemble): after a run that ends at its last
+        point (budget, convergence, `callback`, Ctrl-C), the state the last step returned;
+        after one that stops at its last good `theta_k` (non-finite loss, a raise),
+        `state_k`. Checkpoints carry it, PRNG streams included, so a resumed run returns the
+        same. A member that failed while setting up returns `state` as given.
+        Every member starts from the one `state` given: an ensemble's stacked `res.state`
+        cannot be passed back. First-order Optax methods only: a line search
         or trust region evaluates the loss at trial points, so `"lbfgs"`, the Optimistix,
         self-scaled and SciPy methods raise `NotImplementedError`.
     - `**options`: passed to the Optax constructor (e.g. `learning_rate=`) or to SciPy as

@@ -113,8 +113,8 @@ class Solution:
     - `method`: the method as given (a string or an optimizer object).
     - `stats`: backend-specific extras (e.g. the SciPy `OptimizeResult`).
     - `state`: the final model state of a stateful run (`sb.minimize(..., state=state0)`):
-        the state returned by the last loss evaluation whose step was kept; `None` without
-        `state=`.
+        the model state `theta` was evaluated with (`loss(theta, state)` gives `loss`);
+        `None` without `state=`.
     """
 
     theta: Theta

@@ -1,4 +1,4 @@
-"""After a chunk raised: run it again up to the step that raises.
+"""After a chunk raised: run it again up to the step that raises, one member at a time.
 
 A runtime error inside the loss (`eqx.error_if`, a Diffrax solve under `throw=True`) aborts
 the whole compiled chunk: up to `chunk_size` steps, and, in an ensemble, every member, since
@@ -9,26 +9,78 @@ to run, try half of the steps left; keep them if they run, else halve again. Tha
 most about twice the chunk's steps, in `log2(chunk)` dispatches of the same compiled program
 (the number of steps is traced). The member then ends as a non-finite loss ends it: at its
 last point with a known loss, its steps and loss curve up to there.
+
+`Members` is the driver's per-member side (`_run._Driver` builds on it): its books, and how a
+member that raised, here or while its state was set up, is kept apart from the others.
 """
+
+import dataclasses
+import re
+from typing import Any
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._result import RESULTS
-from ._fused import run_chunk
+from .._distributed import host
+from .._result import RESULTS, result_at
+from ._fused import init_members, run_chunk
+from ._setup import Run
+from ._stepper import AbstractStepper
 
 
 # Failures raised while a compiled chunk runs (not while it is traced): Equinox's `error_if`
 # (Diffrax's max_steps / step-size collapse under `throw=True`) and XLA runtime errors.
 RUNTIME_ERRORS = (eqx.EquinoxRuntimeError, jax.errors.JaxRuntimeError)
 
+MSG_OUT_OF_MEMORY = (
+    "the method's state at `theta0` does not fit in memory. Dense methods keep an n x n matrix "
+    '("ssbfgs"/"ssbroyden": the inverse Hessian, 8 n^2 bytes per member in float64). Fix: a '
+    'limited-memory method ("lbfgs"), Gauss-Newton with `solver="cg"`, fewer members, or a '
+    "smaller model"
+)
+_MSG_STEP_MEMORY = (
+    "a step needs more memory than the device holds. Least-squares methods form the Jacobian "
+    "of every residual (m x n, 8 m n bytes per member in float64), dense quasi-Newton methods "
+    "an n x n matrix, and the natural-gradient line search its trial points (all at once on "
+    'an accelerator). Fix: Gauss-Newton with `solver="cg"` (matrix-free), `line_search_batch=` '
+    '(trial points a few at a time), a limited-memory method ("lbfgs"), fewer residual points '
+    "or members, or a smaller model"
+)
+
+
+def first_line(e: Exception) -> str:
+    """The failure's own message, without the tracebacks JAX and Equinox wrap around it."""
+    text = str(e)
+    found = re.search(r"EquinoxRuntimeError: (.+)", text)
+    if found:
+        return found.group(1).strip()[:300]
+    lines = [line for line in text.splitlines() if line.strip() and "stack" not in line]
+    return (lines[0] if lines else type(e).__name__)[:300]
+
+
+def failure_detail(e: Exception, fix: str = _MSG_STEP_MEMORY) -> str:
+    """The failure's own line (`first_line`); when it is XLA's out-of-memory line, followed by
+    what holds the memory and how to fit (`fix`)."""
+    detail = first_line(e)
+    if "RESOURCE_EXHAUSTED" not in detail:
+        return detail
+    return f"{detail.rstrip('.')}: {fix}"
+
 
 def one_member_may_be_at_fault(e: Exception) -> bool:
     """Whether running again step by step could find where it raised: not when the device ran
     out of memory (that is the batch's or the step's size, not a point in the run)."""
     return "RESOURCE_EXHAUSTED" not in str(e)
+
+
+def alone(kernel, *xs):
+    """`kernel(*xs)`, or the runtime error it raised."""
+    try:
+        return kernel(*xs)
+    except RUNTIME_ERRORS as e:
+        return e
 
 
 def run_until_raise(keep: tuple, dynamic, member: int, error: Exception | None = None):
@@ -78,3 +130,154 @@ def chunk_output(good_theta, good_loss, chunk: int, ends: list[tuple]):
             jnp.asarray([d for _, _, d in ends], bool),
             jnp.asarray([len(lo) for lo, _, _ in ends], jnp.asarray(0).dtype),
             jnp.asarray(hist))  # fmt: skip
+
+
+def _concat(rows):
+    return jax.tree.map(lambda *xs: jnp.concatenate(xs), *rows)
+
+
+@dataclasses.dataclass
+class Member:
+    """What the host keeps per member between chunks."""
+
+    history: list
+    steps: int = 0
+    result: RESULTS | None = None  # a failure reported by a chunk (or a runtime error)
+    done: bool = False  # the method's stopping rule was met
+    by_callback: bool = False
+    detail: str = ""
+
+    @property
+    def running(self) -> bool:
+        return self.result is None and not self.done and not self.by_callback
+
+
+class Members:
+    """The driver's members: their books, and their solver states kept apart after a raise.
+
+    A batched loop still computes a member that stopped (and would raise again on it), so a
+    member a raise stopped (`frozen`: its own solver-state row, kept for what it reports)
+    carries a running member's state from then on, its stand-in."""
+
+    stepper: AbstractStepper
+    args: tuple
+    run: Run
+    batched: bool
+    layout: Any
+    sharding: Any
+    members: list[Member]
+    frozen: dict[int, Any]  # solver-state rows of members a raise stopped
+    dynamic: Any
+    static: Any
+    good_theta: Any
+    good_loss: Any
+
+    def _absorb(self, out) -> None:
+        self.dynamic, (self.good_theta, self.good_loss, result, done, count, hist) = out
+        result, done, count, hist = host((result, done, count, hist))
+        for i, m in enumerate(self.members):
+            if not m.running:
+                continue
+            losses = np.asarray(hist[i, : int(count[i])], dtype=np.float64)
+            m.steps += int(count[i])
+            if int(result[i]) != int(RESULTS.successful._value):
+                m.result = result_at(int(result[i]))
+                if losses.size and not np.isfinite(losses[-1]):
+                    losses = losses[:-1]
+            elif bool(done[i]):
+                m.done = True
+            m.history.extend(losses.tolist())
+
+    def _row(self, i: int, states=None):
+        """Member `i`'s row of `states` (default: the solver states), a leading axis of 1."""
+        states = self.dynamic if states is None else states
+        return jax.tree.map(lambda x: x[i : i + 1], states)
+
+    def _init_alone(self, theta0, e: Exception) -> None:
+        """Set up each member alone after setting up all at once raised: a member whose own
+        setup raises fails at `theta0`; the others start as usual. Raises `e` if all fail."""
+        if self.layout != "vmap":  # a CPU mesh: a device that raised stopped them all
+            raise e
+        rows = [alone(init_members, self.stepper, self.args, theta0[i], None)
+                for i in range(theta0.shape[0])]  # fmt: skip
+        healthy = next((r for r in rows if not isinstance(r, Exception)), None)
+        if healthy is None:
+            raise e
+        for m, r in zip(self.members, rows):
+            if isinstance(r, Exception):
+                m.result, m.detail = RESULTS.solver_failed, failure_detail(r)
+        # A failed member's state is a stand-in (a healthy member's): it never runs again.
+        dynamic = [healthy[0] if isinstance(r, Exception) else r[0] for r in rows]
+        self.dynamic = _concat(dynamic)
+        self.static, self.good_theta = healthy[1], jnp.array(theta0)
+        self.good_loss = jnp.concatenate([healthy[3]] * len(rows))
+
+    def _rows(self, pick) -> object:
+        """The solver states with member `i`'s row taken from `pick(i)` (a leading axis of 1),
+        placed as the members are."""
+        out = _concat([pick(i) for i in range(len(self.members))])
+        return out if self.sharding is None else jax.device_put(out, self.sharding)
+
+    def _own_states(self):
+        """The solver states with every failed member's own (not its stand-in's)."""
+        if not self.frozen or not self.batched:
+            return self.dynamic
+        return self._rows(lambda i: self.frozen.get(i, self._row(i)))
+
+    def _standing_in(self, healthy: int):
+        """The solver states with every failed member's row replaced by member `healthy`'s."""
+        return self._rows(lambda i: self._row(healthy) if i in self.frozen else self._row(i))
+
+    def _recover(self, keep: tuple, e: Exception) -> None:
+        """A chunk raised (`e`): each running member runs it again alone, up to the step that
+        raises (`run_until_raise`). Only the members that raise fail, each at its last point
+        with a known loss, as a single run does; the others go on."""
+        if not self.batched:
+            (dynamic, theta, loss), end, error = run_until_raise(keep, self.dynamic, 0, e)
+            self._absorb((dynamic, chunk_output(theta, loss, keep[7], [end])))
+            return self._failed([0], [error], dynamic)
+        if self.layout != "vmap":  # a CPU mesh: a device that raised stopped them all
+            raise e
+        return self._recover_rows(keep)
+
+    def _recover_rows(self, keep: tuple) -> None:
+        """`_recover` for vmapped members: a batched loop computes inactive members too (and
+        would raise again on them), so each runs alone, as a single run does (not as a batch
+        of one: a vmapped Optax line search evaluates trial points a single run never does),
+        and a member that fails carries a healthy member's state from then on."""
+        stepper, args, static, good_theta, good_loss, active, n, chunk, _ = keep
+        rows, ends, errors = [], [], []
+        for i, m in enumerate(self.members):
+            row = lambda x: x[i : i + 1]  # noqa: B023 (used at once)
+            out = (self._row(i), row(good_theta), row(good_loss))
+            end, error = ([], int(RESULTS.successful._value), False), None
+            if m.running:
+                own = (stepper, args, static, out[1], out[2], row(active), n, chunk, None)
+                out, end, error = run_until_raise(own, out[0], 0)
+            rows.append(out)
+            ends.append(end)
+            errors.append(error)
+        failed = [i for i, error in enumerate(errors) if error is not None]
+        states = _concat([r[0] for r in rows])
+        # A failed member never runs again, but a batched loop still computes its step from
+        # where it is (and would raise again): it carries a member that ran instead, and so
+        # does every member that failed before (its stand-in may be the state that raised).
+        ok = [i for i, m in enumerate(self.members) if m.running and i not in failed]
+        stand_in = lambda i: ok and (i in failed or i in self.frozen)
+        carried = _concat([rows[ok[0] if stand_in(i) else i][0] for i in range(len(rows))])
+        out = (carried, chunk_output(_concat([r[1] for r in rows]),
+                                     _concat([r[2] for r in rows]), chunk, ends))  # fmt: skip
+        if self.sharding is not None:
+            out = jax.tree.map(lambda x: jax.device_put(x, self.sharding), out)
+        self._absorb(out)
+        self._failed(failed, [errors[i] for i in failed], states)
+
+    def _failed(self, which: list[int], errors: list, states) -> None:
+        """Members `which` stopped by `errors`, their own solver states taken from `states`
+        (where they stopped, a leading member axis): what a stateful member reports."""
+        for i, error in zip(which, errors):
+            if error is None:
+                continue
+            self.members[i].result = RESULTS.solver_failed
+            self.members[i].detail = failure_detail(error)
+            self.frozen[i] = self._row(i, states)

@@ -8,6 +8,12 @@ a hand-written Optax loop does. Only a method that evaluates the loss once per s
 that: a line search or trust region evaluates it at trial points, and which of their states
 to keep has no right answer, so those methods refuse `state=` (and complex `theta`, whose
 Wirtinger gradients they do not handle) up front.
+
+The solver state holds `(theta_k, ..., state_k)`, one step ahead of the last point whose loss is
+known: a run that stops there (a non-finite loss, a raise) ends at `theta_{k-1}`, whose loss
+was evaluated with `state_{k-1}`. `EvaluatedState` carries that state through the loop and the
+checkpoint, so `res.theta`, `res.state` and `res.loss` always describe one evaluation, as
+`eqx.nn.State` is used: the state a model is called with at its parameters.
 """
 
 from collections.abc import Callable
@@ -18,6 +24,7 @@ import jax.numpy as jnp
 
 from .._precision import is_lossless
 from ._optax import OptaxStepper
+from ._stepper import AbstractStepper
 
 
 _MSG_PAIR = """\
@@ -115,3 +122,58 @@ def check_first_order(stepper, method, where: str, *, stateful: bool, complex_: 
         raise TypeError(_MSG_FIRST_ORDER.format(
             where=where, method=method, what="a complex `theta0`", why=_WHY_COMPLEX,
             fix=_FIX_COMPLEX))  # fmt: skip
+
+
+class EvaluatedState(AbstractStepper):
+    """`inner`, a stepper of a stateful loss, whose state also holds the model state the loss
+    was last evaluated with: `(inner_state, evaluated)`. A step applied at `theta_k` leaves
+    `state_k` there, the state its loss was evaluated with, next to `theta_{k+1}` and
+    `state_{k+1}`; a step that fails is not applied, so `evaluated` stays the state of the
+    driver's last good `theta` (steps fail only on a non-finite loss or a raise: first-order
+    Optax methods report nothing else). At the start it is `state_0`.
+
+    `step_loss_is_value` is `inner`'s: the driver asks `inner` (a class variable)."""
+
+    inner: AbstractStepper
+
+    def has_stopping_rule(self) -> bool:
+        return self.inner.has_stopping_rule()
+
+    def criterion(self) -> str:
+        return self.inner.criterion()
+
+    def init(self, theta, args):
+        state = self.inner.init(theta, args)
+        return state, self.inner.model_state(state)
+
+    def theta(self, state):
+        return self.inner.theta(state[0])
+
+    def model_state(self, state):
+        return self.inner.model_state(state[0])
+
+    @staticmethod
+    def evaluated(state):
+        """The model state the loss was last evaluated with (at the last good `theta`)."""
+        return state[1]
+
+    def value(self, theta, args):
+        return self.inner.value(theta, args)
+
+    def value_of(self, state, args):
+        return self.inner.value_of(state[0], args)
+
+    def step(self, state, args):
+        new, loss, done, result = self.inner.step(state[0], args)
+        return (new, self.inner.model_state(state[0])), loss, done, result
+
+
+def keep_evaluated_state(stepper: AbstractStepper, dynamic, static):
+    """`(stepper, dynamic, static)` of a run just set up (`_fused.init_members`): unchanged for
+    a stateless loss, else as `EvaluatedState(stepper)` runs them, each member's `evaluated`
+    its own model state at `theta0`."""
+    model = stepper.model_state(eqx.combine(dynamic, static))
+    if model is None:
+        return stepper, dynamic, static
+    evaluated, rest = eqx.partition(model, eqx.is_array)
+    return EvaluatedState(stepper), (dynamic, evaluated), (static, rest)
