@@ -9,6 +9,8 @@ SciPy's vector is float64). `args` pass through unchanged (integers stay integer
 PITFALLS.md (SciPy): keep one cached jitted `value_and_grad` and one Hessian-vector product, so
 that L-BFGS-B, BFGS and trust-ncg share the same compiled functions, and hand SciPy float64
 NumPy arrays. `fun` and `jac` at the same `x` cost one evaluation: the last result is cached.
+`value` is the loss alone, for derivative-free methods: no gradient is computed, so it costs
+one forward pass and works for a loss JAX cannot differentiate (a `jax.pure_callback`).
 """
 
 from collections.abc import Callable
@@ -37,26 +39,29 @@ def _hvp(x, p, dynamic, static):
 # objective for the same loss and argument shapes (each `sb.minimize(..., "scipy:...")` call,
 # each ensemble member) reuses the compiled functions instead of compiling afresh. JAX's own
 # jit cache bounds them.
+_VALUE = jax.jit(_f, static_argnums=2)
 _VALUE_AND_GRAD = jax.jit(jax.value_and_grad(_f), static_argnums=2)
 _HVP = jax.jit(_hvp, static_argnums=3)
 _HESS = jax.jit(jax.hessian(_f), static_argnums=2)
 
 
 def _compiled(static):
-    """`(value_and_grad, hvp, hess)` taking `(x[, p], dynamic)`."""
+    """`(value, value_and_grad, hvp, hess)` taking `(x[, p], dynamic)`."""
     try:
         hash(static)
     except TypeError:  # e.g. a loss holding a list: compile for this object only
         f = lambda x, d: _f(x, d, static)
-        return (jax.jit(jax.value_and_grad(f)), jax.jit(lambda x, p, d: _hvp(x, p, d, static)),
+        hvp = lambda x, p, d: _hvp(x, p, d, static)
+        return (jax.jit(f), jax.jit(jax.value_and_grad(f)), jax.jit(hvp),
                 jax.jit(jax.hessian(f)))  # fmt: skip
-    return (lambda x, d: _VALUE_AND_GRAD(x, d, static),
+    return (lambda x, d: _VALUE(x, d, static),
+            lambda x, d: _VALUE_AND_GRAD(x, d, static),
             lambda x, p, d: _HVP(x, p, d, static),
             lambda x, d: _HESS(x, d, static))  # fmt: skip
 
 
 class ScipyObjective:
-    """Float64 NumPy `fun`, `jac`, `fun_and_jac`, `hessp`, `hess` of `loss(theta, *args)`.
+    """Float64 NumPy `fun`, `jac`, `fun_and_jac`, `value`, `hessp`, `hess` of `loss(theta, *args)`.
 
     Made by `sb.scipy_objective`; each is one jitted function, compiled once per loss and
     argument shapes (shared by every objective made for them).
@@ -76,9 +81,10 @@ class ScipyObjective:
         dynamic, static = eqx.partition((loss, args), eqx.is_array)
         self.dtype = np.dtype(dtype)
         self._dynamic = dynamic
-        self._value_and_grad, self._hvp, self._hess = _compiled(static)
+        self._value, self._value_and_grad, self._hvp, self._hess = _compiled(static)
         self._last_x: np.ndarray | None = None
         self._last: tuple[float, np.ndarray] | None = None
+        self._last_value: tuple[np.ndarray, float] | None = None
 
     def _x(self, x) -> jax.Array:
         return jnp.asarray(np.asarray(x, dtype=np.float64).astype(self.dtype))
@@ -100,6 +106,16 @@ class ScipyObjective:
     def jac(self, x) -> np.ndarray:
         """The gradient at `x`, a float64 NumPy array."""
         return self.fun_and_jac(x)[1]
+
+    def value(self, x) -> float:
+        """The loss at `x` without its gradient (one forward pass): for derivative-free
+        methods, and for a loss JAX cannot differentiate. The last result is cached."""
+        x = np.array(x, dtype=np.float64, copy=True)
+        if self._last_x is not None and np.array_equal(x, self._last_x):
+            return cast(tuple[float, np.ndarray], self._last)[0]  # set with `_last_x`
+        if self._last_value is None or not np.array_equal(x, self._last_value[0]):
+            self._last_value = (x, float(self._value(self._x(x), self._dynamic)))
+        return self._last_value[1]
 
     def hessp(self, x, p) -> np.ndarray:
         """Hessian-vector product at `x` with `p` (forward-over-reverse), float64 NumPy."""
@@ -149,7 +165,8 @@ def scipy_objective(loss: Callable, *args: Any, dtype: DTypeLike | None = None) 
 
     **Returns:**
 
-    An object with float64 NumPy `fun(x)`, `jac(x)`, `fun_and_jac(x)`, `hessp(x, p)`, `hess(x)`.
+    An object with float64 NumPy `fun(x)`, `jac(x)`, `fun_and_jac(x)`, `hessp(x, p)`, `hess(x)`,
+    and `value(x)`, the loss alone (for derivative-free methods such as Nelder-Mead).
 
     **Raises:**
 

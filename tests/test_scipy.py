@@ -30,6 +30,15 @@ def test_values_match_closed_form():
     assert np.allclose(obj.jac(x), grad) and obj.fun(x) == f
     assert obj.hessp(x, p).dtype == np.float64 and np.allclose(obj.hessp(x, p), H @ p)
     assert np.allclose(obj.hess(x), H)
+    assert obj.value(x) == f and obj.value(p) == pytest.approx(0.5 * p @ H @ p - g @ p)
+
+
+def test_value_is_the_loss_alone():
+    # No gradient is traced or computed: the loss is traced once, for the forward pass only.
+    counter = TraceCounter(quad)
+    obj = sb.scipy_objective(counter, _H, _G)
+    assert obj.value(np.ones(3)) == pytest.approx(float(quad(jnp.ones(3), _H, _G)), rel=1e-15)
+    assert obj.value(np.zeros(3)) == 0.0 and counter.count == 1
 
 
 def test_one_compiled_function_across_scipy_methods():
@@ -128,18 +137,28 @@ _FREE = {"Nelder-Mead", "Powell", "COBYLA", "COBYQA"}
 
 
 def _direct_minimize(method, max_steps):
-    """`scipy.optimize.minimize` itself, with SciPy's iterates as a callback records them:
-    SciPy's outcome, the losses at its iterates and its step count by our rule (one per
-    iterate, one more when its final `x` is not the last iterate)."""
+    """`scipy.optimize.minimize` itself, with SciPy's iterates recorded here: SciPy's outcome,
+    the losses at its iterates and its step count by our rule (one per iterate, one more when
+    its final `x` is not the last iterate). An iterate is what its callback reports, but for
+    SLSQP, whose callback reports a trial point: there, a point where it evaluates the
+    gradient. The budget is `max_steps` iterations; Nelder-Mead and trust-constr count one
+    before any step (the initial simplex, the report of `x0`)."""
     obj = sb.scipy_objective(_rosen)
-    kw = {} if method in _FREE else {"jac": obj.jac}
+    seen = [_X0]
+
+    def jac(x):  # SLSQP's iterates
+        if method == "SLSQP" and not np.array_equal(x, seen[-1]):
+            seen.append(np.array(x))
+        return obj.jac(x)
+
+    kw = {} if method in _FREE else {"jac": jac}
     if method in _SECOND:
         kw[_SECOND[method]] = getattr(obj, _SECOND[method])
-    seen = [_X0]
-    budget = {{"TNC": "maxfun", "COBYQA": "maxfev"}.get(method, "maxiter"): max_steps}
-    record = lambda xk, *_: seen.append(np.array(xk))
-    ref = scipy.optimize.minimize(obj.fun, _X0, method=method, tol=1e-12, options=budget,
-                                  callback=record, **kw)  # fmt: skip
+    if method != "SLSQP":
+        kw["callback"] = lambda xk, *_: seen.append(np.array(xk))
+    extra = method in ("Nelder-Mead", "trust-constr")
+    budget = {{"TNC": "maxfun", "COBYQA": "maxfev"}.get(method, "maxiter"): max_steps + extra}
+    ref = scipy.optimize.minimize(obj.fun, _X0, method=method, tol=1e-12, options=budget, **kw)
     if method == "trust-constr":  # its first call reports `x0`, before any iteration
         del seen[1]
     if not np.array_equal(ref.x, seen[-1]):
@@ -159,7 +178,27 @@ def test_every_scipy_method_budget_returns_with_honest_steps(method):
     np.testing.assert_allclose(np.asarray(res.theta), ref.x, rtol=1e-10)
     assert len(res.history) == res.steps + 1 and res.history[-1] == res.loss
     np.testing.assert_allclose(res.history, losses, rtol=1e-10)
-    assert res.steps <= 6
+    # Every budget of iterations is spent in full (Nelder-Mead and trust-constr took 5 of 6);
+    # TNC's and COBYLA's budgets are evaluations, so fewer steps.
+    assert res.steps == 6 if method not in ("TNC", "COBYLA") else res.steps < 6
+
+
+@pytest.mark.parametrize("max_steps", [1, 2, 20])
+def test_slsqp_counts_accepted_iterates_not_trial_points(max_steps):
+    # SLSQP calls back when its iteration counter moves: at the first trial point of the
+    # line search. Recorded as iterates, those made `steps == max_steps + 1` and put trial
+    # losses (1.6e2 against 2.0 here) into `history`. Unconstrained, SLSQP's merit function is
+    # the loss, so the accepted iterates never go up.
+    loss = lambda t: jnp.sum((t - 1.0) ** 4)
+    seen = []
+    callback = lambda step, theta, value: seen.append((step, float(loss(theta)), value))
+    res = sb.minimize(loss, jnp.zeros(2), "scipy:SLSQP", max_steps=max_steps, tol=1e-14,
+                      callback=callback, progress=False)  # fmt: skip
+    assert res.steps == max_steps == res.stats["scipy"].nit
+    assert len(res.history) == res.steps + 1 and res.history[-1] == res.loss
+    assert np.all(np.diff(res.history) < 0)
+    assert [s for s, _, _ in seen] == list(range(1, max_steps + 1))
+    assert [v for _, v, _ in seen] == [v for _, _, v in seen] == list(res.history[1:])
 
 
 @pytest.mark.parametrize("method", SCIPY_LEAST_SQUARES)
@@ -238,3 +277,145 @@ def test_a_non_finite_hessian_is_a_solver_failure_not_a_raw_error(method):
                       progress=False)  # fmt: skip
     assert res.result is sb.RESULTS.solver_failed and "Hessian" in res.message
     assert np.isfinite(res.loss) and res.loss == pytest.approx(float(loss(res.theta)))
+
+
+@pytest.mark.parametrize("method", ["Nelder-Mead", "Powell", "COBYLA", "COBYQA"])
+def test_derivative_free_methods_evaluate_the_loss_alone(method):
+    # An external simulator JAX cannot differentiate (a `pure_callback` without a JVP rule):
+    # derivative-free methods computed its gradient at every evaluation, and so raised "Pure
+    # callbacks do not support JVP". Each SciPy evaluation is now at most one call of the loss
+    # (a repeated point is cached), none for our bookkeeping (SciPy's callback carries the
+    # loss at its iterate).
+    calls = []
+
+    def simulate(t):
+        calls.append(None)
+        return np.sum((np.asarray(t) - 1.0) ** 2)
+
+    def loss(t):
+        return jax.pure_callback(simulate, jax.ShapeDtypeStruct((), t.dtype), t)
+
+    res = sb.minimize(loss, jnp.zeros(2), f"scipy:{method}", tol=1e-10, max_steps=400,
+                      progress=False)  # fmt: skip
+    assert res.success and res.loss < 1e-8, res.message
+    assert len(calls) <= res.stats["scipy"].nfev
+    np.testing.assert_allclose(np.asarray(res.theta), [1.0, 1.0], atol=1e-4)
+
+
+def _kinked(t):
+    # Finite everywhere, but JAX's derivative of sqrt(t**2) at t = 0 is NaN.
+    return jnp.sum(jnp.sqrt(t**2)) + jnp.sum((t - 1.0) ** 2)
+
+
+@pytest.mark.parametrize("method", ["trust-ncg", "L-BFGS-B", "SLSQP", "BFGS"])
+def test_a_non_finite_gradient_is_a_solver_failure_that_keeps_the_run(method):
+    # trust-ncg raised a bare ValueError (the run lost, even under `throw=False`); L-BFGS-B,
+    # SLSQP and TNC reported a non-finite *loss*, which never happened; BFGS "NaN result".
+    res = sb.minimize(_kinked, jnp.array([0.0, 2.0]), f"scipy:{method}", throw=False,
+                      progress=False)  # fmt: skip
+    assert res.result is sb.RESULTS.solver_failed and "gradient is non-finite" in res.message
+    assert res.steps == 0 and res.loss == 4.0
+    np.testing.assert_array_equal(np.asarray(res.theta), [0.0, 2.0])
+    with pytest.raises(sb.OptimizationError, match="sqrt"):
+        sb.minimize(_kinked, jnp.array([0.0, 2.0]), f"scipy:{method}", progress=False)
+
+
+@pytest.mark.parametrize("method", SCIPY_LEAST_SQUARES)
+def test_a_non_finite_jacobian_is_a_solver_failure_that_keeps_the_run(method):
+    # trf raised a bare ValueError, dogbox numpy's LinAlgError (both losing the run), and
+    # MINPACK's `lm` returned `theta0` as *converged* (its loss 3.0; the minimum is 0.5).
+    residual = lambda t: jnp.concatenate([jnp.sqrt(t**2), t - 1.0])
+    res = sb.least_squares(residual, jnp.array([0.0, 2.0]), f"scipy:{method}", throw=False,
+                           progress=False)  # fmt: skip
+    assert res.result is sb.RESULTS.solver_failed and "Jacobian is non-finite" in res.message
+    assert res.loss == 3.0 and res.steps == 0
+
+
+@jax.custom_jvp
+def _gate(a):
+    return a
+
+
+@_gate.defjvp
+def _gate_jvp(primals, tangents):
+    # The identity, whose derivative is NaN past 1.5 (a broken custom rule).
+    (a,), (da,) = primals, tangents
+    return a, jnp.where(a > 1.5, jnp.nan, 1.0) * da
+
+
+@pytest.mark.parametrize("method", SCIPY_LEAST_SQUARES)
+def test_a_jacobian_failing_mid_run_keeps_the_point_scipy_accepted(method):
+    # trf and dogbox evaluate the Jacobian at a point they accepted before calling back with
+    # it: the run ends there, one step on from `theta0`, not back at `theta0`.
+    x = jnp.linspace(0, 1, 16)
+    residual = lambda th: _gate(th[0]) * jnp.exp(th[1] * x) - 2 * jnp.exp(-x)
+    res = sb.least_squares(residual, jnp.array([1.0, 0.0]), f"scipy:{method}", throw=False,
+                           progress=False)  # fmt: skip
+    assert res.result is sb.RESULTS.solver_failed and "Jacobian" in res.message
+    assert res.steps == 1 and res.theta[0] > 1.5 and res.history[-1] == res.loss < res.history[0]
+    assert res.loss == pytest.approx(0.5 * float(jnp.sum(residual(res.theta) ** 2)), rel=1e-12)
+
+
+def test_an_error_scipy_raises_mid_run_keeps_the_run(monkeypatch):
+    # E.g. "SVD did not converge" (numpy's LinAlgError, a ValueError) from a huge Jacobian: a
+    # breakdown inside the run, not a bad call. An error before SciPy evaluated anything is.
+    def breaks(fun, x0, **kw):
+        kw["callback"](scipy.optimize.OptimizeResult(x=x0 + 1.0, fun=fun(x0 + 1.0)))
+        raise np.linalg.LinAlgError("SVD did not converge")
+
+    monkeypatch.setattr(scipy.optimize, "minimize", breaks)
+    loss = lambda t: jnp.sum(t**2)
+    res = sb.minimize(loss, jnp.ones(2), "scipy:Powell", throw=False, progress=False)
+    assert res.result is sb.RESULTS.solver_failed and "SVD did not converge" in res.message
+    assert res.steps == 1 and res.loss == 8.0 and res.history.tolist() == [2.0, 8.0]
+    with pytest.raises(ValueError, match="outside of provided bounds"):  # SciPy's, at once
+        sb.least_squares(lambda t: t - 1.0, jnp.full(2, 2.0), "scipy:trf", bounds=(0.0, 1.0),
+                         throw=False, progress=False)  # fmt: skip
+
+
+@pytest.mark.parametrize(("key", "error", "match"), [
+    ("bounds", NotImplementedError, r"(?s)runs unconstrained.*sb\.scipy_objective"),
+    ("constraints", NotImplementedError, "runs unconstrained"),
+    ("jac", TypeError, "sets itself"),
+    ("x0", TypeError, "sets itself"),
+])  # fmt: skip
+def test_scipy_keywords_we_set_or_do_not_pass_say_so(key, error, match):
+    # These reached SciPy as `options` and came back as "_minimize_lbfgsb() got multiple values
+    # for argument 'bounds'".
+    with pytest.raises(error, match=match):
+        sb.minimize(lambda t: jnp.sum(t**2), jnp.ones(2), "scipy:L-BFGS-B", progress=False,
+                    **{key: [(0.0, 1.0)] * 2})  # fmt: skip
+
+
+def test_least_squares_tol_below_machine_epsilon_is_our_error():
+    with pytest.raises(ValueError, match=r"`sb.least_squares` got tol=1e-20.*machine epsilon"):
+        sb.least_squares(lambda t: t - 1.0, jnp.zeros(2), "scipy:trf", tol=1e-20,
+                         progress=False)  # fmt: skip
+
+
+def test_a_keyboard_interrupt_stops_every_scipy_member():
+    # A KeyboardInterrupt that reaches the run (a second Ctrl-C, or one raised in a callback)
+    # ended one member; the next ones ran to the end.
+    def callback(step, theta, loss):
+        raise KeyboardInterrupt
+
+    res = sb.minimize(lambda t: jnp.sum((t - 1.0) ** 2), jnp.zeros((3, 2)), "scipy:BFGS",
+                      callback=callback, throw=False, progress=False)  # fmt: skip
+    assert all(m.result is sb.RESULTS.interrupted for m in res.members)
+    assert res.steps.tolist() == [1, 0, 0]
+
+
+def test_a_keyboard_interrupt_inside_the_loss_returns_the_last_iterate():
+    # Raised in a host callback, XLA hands it on as a ValueError: the run was lost.
+    calls = []
+
+    def simulate(t):
+        calls.append(None)
+        if len(calls) == 30:
+            raise KeyboardInterrupt
+        return np.sum((np.asarray(t) - 1.0) ** 2)
+
+    loss = lambda t: jax.pure_callback(simulate, jax.ShapeDtypeStruct((), t.dtype), t)
+    res = sb.minimize(loss, jnp.zeros(2), "scipy:Nelder-Mead", throw=False, progress=False)
+    assert res.result is sb.RESULTS.interrupted and 0 < res.steps < 30
+    assert res.loss == float(np.sum((np.asarray(res.theta) - 1.0) ** 2)) < 2.0

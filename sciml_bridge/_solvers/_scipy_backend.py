@@ -2,22 +2,17 @@
 
 Every SciPy route follows one float rule (`_scipy.py`): the residual or loss sees `theta` in
 float64 (float32 with x64 off) whatever the dtype of `theta0`, and `res.theta` comes back in
-`theta0`'s dtype. SciPy owns the loop (in Python), so here "nothing lost" means: every
-evaluation is checked, a non-finite loss aborts SciPy at once, and the last finite iterate
-(minimize) or the best finite point evaluated (least squares) is returned.
+`theta0`'s dtype. Steps, history and how a run ended: `_scipy_steps.py`.
 
-`res.steps` and `res.history` count SciPy's iterations: one entry per iteration callback, and
-one more when SciPy's final `x` is not its last iterate (TNC and COBYLA stop inside an
-iteration when the budget runs out). Two methods differ: COBYQA calls back once per function
-evaluation (with its best point so far), so there a step is an evaluation and `max_steps`
-caps evaluations (`maxfev`, as TNC's `maxfun`); MINPACK's `lm` takes no callback at all, and
-its iterations are read from its Jacobian evaluations (`_Residual`).
-How SciPy ended is read from its message (`_outcome`).
+An iterate is what SciPy's callback reports, with three exceptions. COBYQA calls back once per
+function evaluation (with its best point so far), so there a step is an evaluation and
+`max_steps` caps evaluations (`maxfev`, as TNC's `maxfun`). SLSQP calls back at a trial point
+(`_at_gradients`), so its iterates are read from its gradient evaluations; MINPACK's `lm`
+takes no callback at all, and its iterations are read from its Jacobian evaluations
+(`_Residual`). Derivative-free methods get the loss alone (`ScipyObjective.value`): no
+gradient is computed for them, so a loss JAX cannot differentiate runs too.
 """
 
-import re
-import time
-import warnings
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -28,106 +23,78 @@ import numpy as np
 import scipy.optimize
 
 from .._progress import Progress
-from .._result import RESULTS, finish
-from .._scipy import scipy_dtype, scipy_objective
+from .._result import RESULTS
+from .._scipy import ScipyObjective, scipy_dtype, scipy_objective
 from ._interrupt import catch_sigint
 from ._own_jacobian import own_jacobian
-from ._recover import RUNTIME_ERRORS
-from ._run import deliver, failure_detail, first_line
+from ._run import deliver
+from ._scipy_steps import Abort, Tracker, budget, call, solution
 from ._setup import Run
 
 
-_MSG_SCIPY_OPTIONS = """\
-`{where}` got options that SciPy's method {method!r} does not take ({err}).
-Fix: remove them; `scipy.optimize.show_options("minimize", {method!r})` lists the valid ones."""
+_MSG_UNCONSTRAINED = """\
+`{where}` got `{key}=`, but method={method!r} runs unconstrained: `{where}` does not pass
+`{key}` to `scipy.optimize.minimize`. Fix: call SciPy yourself with the same compiled loss,
+`obj = sb.scipy_objective(loss, *args)` and `scipy.optimize.minimize(obj.fun_and_jac,
+np.asarray(theta0), jac=True, method={name!r}, {key}=...)`."""
 
+_MSG_OURS = """\
+`{where}` got `{key}=`, which it sets itself for method={method!r} (the loss's own compiled
+gradient and Hessian, `theta0`, the method): it is not one of SciPy's `options`.
+Fix: remove it; `scipy.optimize.show_options("minimize", {name!r})` lists the options."""
 
-_GRADIENT = {"cg", "bfgs", "newton-cg", "l-bfgs-b", "tnc", "slsqp", "dogleg", "trust-ncg",
-             "trust-krylov", "trust-exact", "trust-constr"}  # fmt: skip
-_HESSP = {"newton-cg", "trust-ncg", "trust-krylov", "trust-constr"}
-_HESS = {"dogleg", "trust-exact"}
-
-
-class _Abort(Exception):
-    def __init__(self, kind, detail: str = ""):
-        self.kind, self.detail = kind, detail
-
-
-class _Tracker:
-    """Iterates seen by SciPy's callback: history, progress, user callback, NaN guard."""
-
-    def __init__(self, theta0, run: Run, bar: Progress, interrupt):
-        self.theta, self.loss, self.history = theta0, float("nan"), []
-        self.run, self.bar, self.interrupt = run, bar, interrupt
-
-    def start(self, loss0: float) -> None:
-        if not np.isfinite(loss0):
-            raise _Abort(RESULTS.nonfinite)
-        self.loss, self.history = float(loss0), [float(loss0)]
-        if self.interrupt:
-            raise _Abort(RESULTS.interrupted)
-
-    def see(self, x, loss):
-        if self.interrupt:
-            raise _Abort(RESULTS.interrupted)
-        if not np.isfinite(loss):
-            raise _Abort(RESULTS.nonfinite)
-        self.theta, self.loss = np.array(x, dtype=np.float64), float(loss)
-        self.history.append(self.loss)
-        self.bar.update(len(self.history) - 1, self.loss)
-        cb = self.run.callback
-        if cb is not None and cb(len(self.history) - 1, jnp.asarray(self.theta), self.loss):
-            raise _Abort(RESULTS.successful)
-
-    def adopt(self, x, loss: float) -> None:
-        """End at `(x, loss)`, a finite point SciPy evaluated but never reported as an iterate
-        (its next evaluation was non-finite): one more step, no callback."""
-        self.theta, self.loss = np.array(x, dtype=np.float64), float(loss)
-        self.history.append(self.loss)
-
-
-# How SciPy ended, from its message: the status codes differ between methods and changed
-# between SciPy versions (COBYLA's moved to PRIMA's in 1.16, L-BFGS-B's with its C port in
-# 1.15), the messages did not. A budget run out (any budget: `maxiter`, TNC's `maxfun`,
-# COBYLA's evaluations, `max_nfev`) returns; a failed line search ("precision loss" of
-# CG/BFGS/Newton-CG, "ABNORMAL" of L-BFGS-B) is the stall the native methods report.
-_BUDGET = re.compile(r"max(imum|\.)? number of|maxfun|iteration limit|total no\. of", re.I)
-_STALL = re.compile(r"precision loss|^abnormal", re.I)
-
-
-def _outcome(outcome) -> RESULTS:
-    message = str(outcome.get("message", ""))
-    if outcome.success:
-        return RESULTS.successful
-    if _BUDGET.search(message):
-        return RESULTS.max_steps_reached
-    if _STALL.search(message):
-        return RESULTS.stalled
-    return RESULTS.solver_failed
-
-
-def _options(method: str, max_steps: int, options: dict) -> dict:
-    # A step is what SciPy calls back on: an iteration, but for COBYQA an evaluation.
-    key = {"tnc": "maxfun", "cobyqa": "maxfev"}.get(method, "maxiter")
-    return {key: max_steps, **options}
-
-
-def _checked(fun):
-    def wrapped(x, *a):
-        out = fun(x, *a)
-        value = out[0] if isinstance(out, tuple) else out
-        if not np.all(np.isfinite(value)):
-            raise _Abort(RESULTS.nonfinite)
-        return out
-
-    return wrapped
-
+_MSG_GRADIENT = (
+    "the {what} is non-finite at a point where the {f} is finite (it is not differentiable "
+    "there, e.g. `jnp.sqrt(t**2)` or `jnp.abs(t)` at 0). Fix: smooth it there "
+    "(`jnp.sqrt(t**2 + 1e-12)`){alt}"
+)
 
 _MSG_CURVATURE = (
     "the {what} is non-finite at a point where the loss and its gradient are finite (the loss "
     "is not twice differentiable there, e.g. |t|^1.5 at 0). Fix: a method that needs only "
     'the gradient ("scipy:BFGS", "lbfgs", "ssbfgs")'
 )
+
+_MSG_TOL = """\
+`{where}` got tol={tol!r}, below float64's machine epsilon ({eps:.3g}): SciPy's
+`least_squares` uses it as `ftol`, `xtol` and `gtol` and cannot stop on tolerances that small.
+Fix: `tol=1e-15` or larger (or `tol=None` for SciPy's defaults)."""
+
+
+_GRADIENT = {"cg", "bfgs", "newton-cg", "l-bfgs-b", "tnc", "slsqp", "dogleg", "trust-ncg",
+             "trust-krylov", "trust-exact", "trust-constr"}  # fmt: skip
+_HESSP = {"newton-cg", "trust-ncg", "trust-krylov", "trust-constr"}
+_HESS = {"dogleg", "trust-exact"}
+# `scipy.optimize.minimize`'s own keywords: SciPy raises a bare "got multiple values" for them.
+_UNCONSTRAINED = ("bounds", "constraints")
+_OURS = ("fun", "x0", "args", "method", "jac", "hess", "hessp", "options")
+_NO_GRADIENT_FIX = ', or a derivative-free method ("scipy:Nelder-Mead", "scipy:Powell")'
+
+
+def _check_options(options: dict, run: Run, name: str) -> None:
+    for key in options:
+        fields = dict(where=run.where, key=key, method=run.method, name=name)
+        if key in _UNCONSTRAINED:
+            raise NotImplementedError(_MSG_UNCONSTRAINED.format(**fields))
+        if key in _OURS:
+            raise TypeError(_MSG_OURS.format(**fields))
+
+
+def _checked(fun, track: Tracker, gradient: bool):
+    """`fun` (`value` or `(value, gradient)`) as SciPy calls it: non-finite values stop it."""
+
+    def wrapped(x, *a):
+        track.running = True
+        out = fun(x, *a)
+        value, grad = out if gradient else (out, None)
+        if not np.all(np.isfinite(value)):
+            raise Abort(RESULTS.nonfinite)
+        if grad is not None and not np.all(np.isfinite(grad)):
+            detail = _MSG_GRADIENT.format(what="gradient", f="loss", alt=_NO_GRADIENT_FIX)
+            raise Abort(RESULTS.solver_failed, detail)
+        return out
+
+    return wrapped
 
 
 def _curvature(fn, what: str):
@@ -137,98 +104,77 @@ def _curvature(fn, what: str):
     def checked(*a):
         out = fn(*a)
         if not np.all(np.isfinite(out)):
-            raise _Abort(RESULTS.solver_failed, _MSG_CURVATURE.format(what=what))
+            raise Abort(RESULTS.solver_failed, _MSG_CURVATURE.format(what=what))
         return out
 
     return checked
 
 
-def scipy_minimize(loss, theta0, args, name, tol, options, run: Run, interrupt):
-    method = name.lower()
-    obj = scipy_objective(loss, *args)  # its float rule: float64 (float32 with x64 off)
-    x0 = np.asarray(theta0, dtype=np.float64)
-    kwargs: dict[str, Any] = dict(method=name, tol=tol,
-                                  options=_options(method, run.max_steps, options))
-    fun = obj.fun
-    if method in _GRADIENT:
-        fun, kwargs["jac"] = obj.fun_and_jac, True
+def _at_gradients(jac, value, track: Tracker):
+    """SLSQP's `jac`, reporting its iterates. SLSQP calls back when its iteration counter
+    moves, which happens at the first trial point of the iteration's line search (`x` and
+    `fun` there are the trial's: scipy/optimize/_slsqp_py.py), so trial losses entered the
+    history and a run could report `max_steps + 1` steps. It evaluates the gradient only at
+    the point its line search accepted (and at `x0`): those points are its iterates."""
+
+    def wrapped(x):
+        if not np.array_equal(x, track.theta):
+            track.see(x, value(x))
+        return jac(x)
+
+    return wrapped
+
+
+def _minimize_kwargs(obj: ScipyObjective, method: str, track: Tracker):
+    """`(fun, value, kwargs)`: what SciPy calls, the loss alone, and `jac`/`hess`/`hessp`."""
+    kwargs: dict[str, Any] = {}
+    if method not in _GRADIENT:
+        return _checked(obj.value, track, gradient=False), obj.value, kwargs
+    fun_and_jac = _checked(obj.fun_and_jac, track, gradient=True)
+    fun, kwargs["jac"] = fun_and_jac, True
+    if method == "slsqp":  # the same cached evaluation, split so that `jac` marks iterates
+        fun = lambda x: fun_and_jac(x)[0]
+        kwargs["jac"] = _at_gradients(lambda x: fun_and_jac(x)[1], obj.fun, track)
     if method in _HESSP:
         kwargs["hessp"] = _curvature(obj.hessp, "Hessian-vector product")
     if method in _HESS:
         kwargs["hess"] = _curvature(obj.hess, "Hessian")
-    with Progress(run.max_steps, run.progress, run.where) as bar:
-        track = _Tracker(x0, run, bar, interrupt)
+    return fun, obj.fun, kwargs
 
-        def cb(intermediate_result):
-            # TNC (and, before SciPy 1.15, COBYLA and SLSQP) pass the bare `x` instead.
-            x = getattr(intermediate_result, "x", intermediate_result)
-            # trust-constr's first call reports `x0`, before any iteration (it counts it in
-            # `nit`: scipy/optimize/_trustregion_constr/minimize_trustregion_constr.py).
-            if method != "trust-constr" or intermediate_result.nit > 1:
-                track.see(x, obj.fun(x))
+
+def _callback(method: str, value, track: Tracker):
+    def cb(intermediate_result):
+        # TNC (and, before SciPy 1.15, COBYLA and SLSQP) pass the bare `x` instead.
+        x = getattr(intermediate_result, "x", intermediate_result)
+        # trust-constr's first call reports `x0`, before any iteration (it counts it in
+        # `nit`: scipy/optimize/_trustregion_constr/minimize_trustregion_constr.py).
+        if method == "trust-constr" and intermediate_result.nit <= 1:
+            return
+        # SciPy's own `fun` at `x` (the value our function returned) saves an evaluation.
+        fun = getattr(intermediate_result, "fun", None)
+        track.see(x, value(x) if fun is None else float(fun))
+
+    return None if method == "slsqp" else cb
+
+
+def scipy_minimize(loss, theta0, args, name, tol, options, run: Run, interrupt):
+    method = name.lower()
+    _check_options(options, run, name)
+    obj = scipy_objective(loss, *args)  # its float rule: float64 (float32 with x64 off)
+    x0 = np.asarray(theta0, dtype=np.float64)
+    with Progress(run.max_steps, run.progress, run.where) as bar:
+        track = Tracker(x0, run, bar, interrupt)
+        fun, value, kwargs = _minimize_kwargs(obj, method, track)
 
         def thunk():
-            track.start(obj.fun(x0))
-            return scipy.optimize.minimize(_checked(fun), x0, callback=cb, **kwargs)
+            track.start(value(x0))
+            return scipy.optimize.minimize(fun, x0, method=name, tol=tol,
+                                           options=budget(method, run.max_steps, options),
+                                           callback=_callback(method, value, track),
+                                           **kwargs)  # fmt: skip
 
-        outcome = _call(thunk, run, name)
-    return _scipy_finish(outcome, track, theta0, run)
-
-
-def _call(thunk, run: Run, name: str):
-    """SciPy's outcome, or the `RESULTS` member (with detail) that stopped it: no private
-    exception ever leaves this module."""
-    try:
-        with warnings.catch_warnings():
-            # SciPy only warns about options a method does not use; we promise an error.
-            warnings.filterwarnings("error", "Unknown solver options",
-                                    scipy.optimize.OptimizeWarning)  # fmt: skip
-            return thunk()
-    except _Abort as e:
-        return e.kind, e.detail
-    except KeyboardInterrupt:
-        return RESULTS.interrupted, ""
-    except RUNTIME_ERRORS as e:
-        return RESULTS.solver_failed, failure_detail(e)
-    except ValueError as e:
-        # Under plain `jax.jit` (our SciPy objective) an `eqx.error_if` inside the loss
-        # arrives as XLA's callback error wrapping Equinox's message.
-        if "EquinoxRuntimeError" not in str(e):
-            raise
-        return RESULTS.solver_failed, first_line(e)
-    except scipy.optimize.OptimizeWarning as e:
-        raise TypeError(_MSG_SCIPY_OPTIONS.format(where=run.where, method=name, err=e)) from e
-
-
-def _scipy_finish(outcome, track, theta0, run: Run):
-    stats, detail = {}, ""
-    if isinstance(outcome, tuple):
-        (result, detail), x, loss = outcome, track.theta, track.loss
-        detail = "stopped by `callback`" if result is RESULTS.successful else detail
-    else:
-        stats["scipy"] = outcome
-        x, loss = outcome.x, float(outcome.fun) if np.ndim(outcome.fun) == 0 else outcome.cost
-        result = _outcome(outcome)
-        detail = "" if outcome.success else f"SciPy: {outcome.message}"
-        if not np.array_equal(x, track.theta):  # SciPy ended between iterates: one more step
-            track.history.append(float(loss))
-    if result is RESULTS.nonfinite:
-        detail = f"at SciPy iteration {len(track.history)}"
-    if not track.history:
-        track.history.append(float(loss))
-    return finish(
-        theta=jnp.asarray(np.asarray(x), dtype=theta0.dtype),
-        loss=loss,
-        history=track.history,
-        steps=len(track.history) - 1,
-        result=result,
-        wall_time=time.perf_counter() - run.start,
-        method=run.method,
-        where=run.where,
-        detail=detail,
-        throw=False,
-        stats=stats,
-    )
+        result = call(thunk, run, name, track)
+    return solution(result, track, theta0, run)
 
 
 class _Residual:
@@ -266,7 +212,7 @@ class _Residual:
     def residual(self, x) -> np.ndarray:
         out = np.asarray(self._r(jnp.asarray(x, dtype=self.dtype), self._dynamic), np.float64)
         if not np.all(np.isfinite(out)):
-            raise _Abort(RESULTS.nonfinite)
+            raise Abort(RESULTS.nonfinite)
         loss = 0.5 * float(out @ out)
         self._losses[np.asarray(x, np.float64).tobytes()] = loss
         if loss < self.best[0]:
@@ -281,18 +227,31 @@ class _Residual:
                 self.residual(x)
             self.on_iterate(x, self._losses[key])
         self._losses.clear()
-        out = self._j(jnp.asarray(x, dtype=self.dtype), self._dynamic)
-        return np.asarray(out, dtype=np.float64)
+        out = np.asarray(self._j(jnp.asarray(x, dtype=self.dtype), self._dynamic), np.float64)
+        if not np.all(np.isfinite(out)):  # trf and dogbox raised on it; `lm` "converged"
+            detail = _MSG_GRADIENT.format(what="Jacobian", f="residual", alt="")
+            raise Abort(RESULTS.solver_failed, detail)
+        return out
+
+
+def _entered(fn, track: Tracker):
+    def wrapped(x):
+        track.running = True
+        return fn(x)
+
+    return wrapped
 
 
 def scipy_least_squares(residual, theta0, args, name, tol, jac, options, run: Run, interrupt):
+    if tol is not None and tol < np.finfo(np.float64).eps:
+        raise ValueError(_MSG_TOL.format(where=run.where, tol=tol, eps=np.finfo(np.float64).eps))
     res = _Residual(residual, args, scipy_dtype(), jac)
     x0 = np.asarray(theta0, dtype=np.float64)
     tols = {} if tol is None else dict(xtol=tol, ftol=tol, gtol=tol)
     kwargs: dict[str, Any] = dict(method=name.lower(), jac=res.jacobian, max_nfev=run.max_steps,
                                   **tols)
     with Progress(run.max_steps, run.progress, run.where) as bar:
-        track = _Tracker(x0, run, bar, interrupt)
+        track = Tracker(x0, run, bar, interrupt)
 
         def cb(intermediate_result):
             track.see(intermediate_result.x, float(intermediate_result.cost))
@@ -306,13 +265,17 @@ def scipy_least_squares(residual, theta0, args, name, tol, jac, options, run: Ru
         def thunk():
             r0 = res.residual(x0)
             track.start(0.5 * float(r0 @ r0))
-            return scipy.optimize.least_squares(res.residual, x0, **kwargs, **options)
+            return scipy.optimize.least_squares(_entered(res.residual, track), x0, **kwargs,
+                                                 **options)  # fmt: skip
 
-        outcome = _call(thunk, run, name)
-        if isinstance(outcome, tuple) and outcome[0] is RESULTS.nonfinite \
+        result = call(thunk, run, name, track)
+        # A run stopped by a non-finite residual or Jacobian keeps its best finite point:
+        # trf and dogbox evaluate the Jacobian at a point they accepted before calling back.
+        failed = (RESULTS.nonfinite, RESULTS.solver_failed)
+        if isinstance(result, tuple) and any(result[0] is k for k in failed) \
                 and res.best[0] < track.loss:  # fmt: skip
             track.adopt(res.best[1], res.best[0])
-    return _scipy_finish(outcome, track, theta0, run)
+    return solution(result, track, theta0, run)
 
 
 def solve_scipy(solve_one, theta0, run: Run):

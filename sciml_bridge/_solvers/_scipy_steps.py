@@ -1,0 +1,177 @@
+"""How a SciPy run becomes a `Solution`: its iterates as steps and history, its end as `RESULTS`.
+
+SciPy owns the loop (in Python), so here "nothing lost" means: every evaluation is checked, a
+non-finite loss stops SciPy at once (`Abort`, raised from inside SciPy and caught by `call`),
+and the last finite iterate (minimize) or the best finite point evaluated (least squares) is
+returned.
+
+`res.steps` and `res.history` count SciPy's iterates (`Tracker`): `history[k]` is the loss at
+the point reached after `k` iterations, one entry per iterate SciPy reports (`Tracker.see`),
+and one more when SciPy's final `x` is not its last iterate (TNC and COBYLA stop inside an
+iteration when the budget runs out). Which SciPy event is an iterate differs by method; the
+backend (`_scipy_backend.py`) says which. How SciPy ended is read from its message (`outcome`).
+"""
+
+import re
+import time
+import warnings
+
+import jax.numpy as jnp
+import numpy as np
+import scipy.optimize
+
+from .._progress import Progress
+from .._result import RESULTS, finish
+from ._interrupt import Interrupt
+from ._recover import RUNTIME_ERRORS, failure_detail, first_line
+from ._setup import Run
+
+
+_MSG_SCIPY_OPTIONS = """\
+`{where}` got options that SciPy's method {method!r} does not take ({err}).
+Fix: remove them; `scipy.optimize.show_options("minimize", {method!r})` lists the valid ones."""
+
+
+class Abort(Exception):
+    """Stops SciPy from inside one of our functions, carrying the `RESULTS` member to return."""
+
+    def __init__(self, kind, detail: str = ""):
+        self.kind, self.detail = kind, detail
+
+
+class Tracker:
+    """SciPy's iterates: history, progress, user callback, NaN guard and Ctrl-C.
+
+    `running` turns True at SciPy's first call of one of our functions: an error SciPy raises
+    after that is a failure inside the run (the run is kept), before it a bad call."""
+
+    def __init__(self, theta0, run: Run, bar: Progress, interrupt: Interrupt):
+        self.theta, self.loss, self.history = theta0, float("nan"), []
+        self.run, self.bar, self.interrupt = run, bar, interrupt
+        self.running = False
+
+    def start(self, loss0: float) -> None:
+        if not np.isfinite(loss0):
+            raise Abort(RESULTS.nonfinite)
+        self.loss, self.history = float(loss0), [float(loss0)]
+        if self.interrupt:
+            raise Abort(RESULTS.interrupted)
+
+    def see(self, x, loss) -> None:
+        """`x` is SciPy's next iterate and `loss` the loss there."""
+        if self.interrupt:
+            raise Abort(RESULTS.interrupted)
+        if not np.isfinite(loss):
+            raise Abort(RESULTS.nonfinite)
+        self.theta, self.loss = np.array(x, dtype=np.float64), float(loss)
+        self.history.append(self.loss)
+        self.bar.update(len(self.history) - 1, self.loss)
+        cb = self.run.callback
+        if cb is not None and cb(len(self.history) - 1, jnp.asarray(self.theta), self.loss):
+            raise Abort(RESULTS.successful)
+
+    def adopt(self, x, loss: float) -> None:
+        """End at `(x, loss)`, a finite point SciPy evaluated but never reported as an iterate
+        (an evaluation after it was non-finite): one more step, no callback."""
+        self.theta, self.loss = np.array(x, dtype=np.float64), float(loss)
+        self.history.append(self.loss)
+
+
+# How SciPy ended, from its message: the status codes differ between methods and changed
+# between SciPy versions (COBYLA's moved to PRIMA's in 1.16, L-BFGS-B's with its C port in
+# 1.15), the messages did not. A budget run out (any budget: `maxiter`, TNC's `maxfun`,
+# COBYLA's evaluations, `max_nfev`) returns; a failed line search ("precision loss" of
+# CG/BFGS/Newton-CG, "ABNORMAL" of L-BFGS-B) is the stall the native methods report.
+_BUDGET = re.compile(r"max(imum|\.)? number of|maxfun|iteration limit|total no\. of", re.I)
+_STALL = re.compile(r"precision loss|^abnormal", re.I)
+
+
+def outcome(result) -> RESULTS:
+    message = str(result.get("message", ""))
+    if result.success:
+        return RESULTS.successful
+    if _BUDGET.search(message):
+        return RESULTS.max_steps_reached
+    if _STALL.search(message):
+        return RESULTS.stalled
+    return RESULTS.solver_failed
+
+
+def budget(method: str, max_steps: int, options: dict) -> dict:
+    """SciPy's `options` with `max_steps` as the budget of `method` (lower-case name)."""
+    # A step is an iterate: an iteration, but for COBYQA an evaluation (its callback's rate);
+    # TNC's only budget is evaluations. Nelder-Mead's and trust-constr's iteration counts
+    # start at 1 before any step (the initial simplex; trust-constr's report of `x0`):
+    # scipy/optimize/_optimize.py (`iterations = 1`) and minimize_trustregion_constr.py.
+    key = {"tnc": "maxfun", "cobyqa": "maxfev"}.get(method, "maxiter")
+    extra = 1 if method in ("nelder-mead", "trust-constr") else 0
+    return {key: max_steps + extra, **options}
+
+
+def _interrupted(track: Tracker):
+    track.interrupt.set = True  # one Ctrl-C stops every member, however it arrived
+    return RESULTS.interrupted, ""
+
+
+def call(thunk, run: Run, name: str, track: Tracker):
+    """SciPy's outcome, or the `RESULTS` member (with detail) that stopped it: no private
+    exception ever leaves this module."""
+    try:
+        with warnings.catch_warnings():
+            # SciPy only warns about options a method does not use; we promise an error.
+            warnings.filterwarnings("error", "Unknown solver options",
+                                    scipy.optimize.OptimizeWarning)  # fmt: skip
+            return thunk()
+    except Abort as e:
+        return e.kind, e.detail
+    except KeyboardInterrupt:
+        return _interrupted(track)
+    except RUNTIME_ERRORS as e:
+        return RESULTS.solver_failed, failure_detail(e)
+    except ValueError as e:  # numpy's `LinAlgError` too
+        # Under plain `jax.jit` (our SciPy objective) an `eqx.error_if` inside the loss
+        # arrives as XLA's callback error wrapping Equinox's message. Any other error SciPy
+        # raises once it runs (e.g. "SVD did not converge") is a breakdown: keep the run.
+        if "EquinoxRuntimeError" in str(e):
+            return RESULTS.solver_failed, first_line(e)
+        if "KeyboardInterrupt" in str(e):  # raised in a host callback, wrapped by XLA
+            return _interrupted(track)
+        if not track.running:
+            raise
+        return RESULTS.solver_failed, f"SciPy raised {type(e).__name__}: {first_line(e)}"
+    except scipy.optimize.OptimizeWarning as e:
+        if "Unknown solver options" not in str(e):  # another warning, raised by `-W error`
+            raise
+        raise TypeError(_MSG_SCIPY_OPTIONS.format(where=run.where, method=name, err=e)) from e
+
+
+def solution(result, track: Tracker, theta0, run: Run):
+    """The `Solution` of one run from `call`'s answer and the iterates `track` saw."""
+    stats, detail = {}, ""
+    if isinstance(result, tuple):
+        (kind, detail), x, loss = result, track.theta, track.loss
+        detail = "stopped by `callback`" if kind is RESULTS.successful else detail
+    else:
+        stats["scipy"] = result
+        x, loss = result.x, float(result.fun) if np.ndim(result.fun) == 0 else result.cost
+        kind = outcome(result)
+        detail = "" if result.success else f"SciPy: {result.message}"
+        if not np.array_equal(x, track.theta):  # SciPy ended between iterates: one more step
+            track.history.append(float(loss))
+    if kind is RESULTS.nonfinite:
+        detail = f"at SciPy iteration {len(track.history)}"
+    if not track.history:
+        track.history.append(float(loss))
+    return finish(
+        theta=jnp.asarray(np.asarray(x), dtype=theta0.dtype),
+        loss=loss,
+        history=track.history,
+        steps=len(track.history) - 1,
+        result=kind,
+        wall_time=time.perf_counter() - run.start,
+        method=run.method,
+        where=run.where,
+        detail=detail,
+        throw=False,
+        stats=stats,
+    )
