@@ -57,16 +57,40 @@ def _relu(z):
     return jax.nn.relu(z), (z > 0).astype(z.dtype), None
 
 
-def _nested_ad(fn: Callable) -> Callable:
-    """`z -> (f, f', f'')` of a scalar function by forward over forward AD, per entry."""
+def _per_entry(fn: Callable, z: Array) -> Any:
+    """`fn` applied to each entry of `z`, at any shape: one `jax.vmap` per axis.
 
-    def one(z):
-        first = lambda u: jax.jvp(fn, (u,), (jnp.ones_like(u),))
-        (value, d1), (_, d2) = jax.jvp(first, (z,), (jnp.ones_like(z),))
+    `eqx.nn.MLP` applies its activation to each scalar (`_vmap_a_of_b`), so a user's
+    activation may accept only scalars (`lax.cond` on its input): the batched Laplacian
+    passes `(width, points)` pre-activations, so vmapping only the leading axis is not enough.
+    """
+    for _ in range(jnp.ndim(z)):  # a "scalar" output is 0-d: no vmap at all
+        fn = jax.vmap(fn)
+    return fn(z)
+
+
+def _jvp_ones(fn: Callable, z: Array) -> Any:
+    return jax.jvp(fn, (z,), (jnp.ones_like(z),))
+
+
+def _elementwise_ad(fn: Callable, order: int = 2) -> Callable:
+    """`z -> (f, f'[, f''])` by forward over forward AD of an elementwise `fn`.
+
+    A JVP with tangent ones is the elementwise derivative only if `fn` acts on each entry on
+    its own; for a function that accepts only scalars, wrap it in `_per_entry` first."""
+
+    def derivatives(z: Array) -> tuple[Array, ...]:
+        if order == 1:
+            return _jvp_ones(fn, z)
+        (value, d1), (_, d2) = _jvp_ones(lambda u: _jvp_ones(fn, u), z)
         return value, d1, d2
 
-    # `eqx.nn.MLP` applies its activation to each scalar (`_vmap_a_of_b`); so do we.
-    return jax.vmap(one)
+    return derivatives
+
+
+def _nested_ad(fn: Callable, z: Array, order: int) -> tuple[Array, ...]:
+    """`(f, f'[, f''])` of a user's scalar function at every entry of `z` (any shape)."""
+    return _per_entry(_elementwise_ad(fn, order), z)
 
 
 def identity(x):
@@ -90,7 +114,8 @@ _TABLE: dict[str, tuple[Callable, Callable]] = {
     "sigmoid": (jax.nn.sigmoid, _sigmoid),
     "softplus": (jax.nn.softplus, _softplus),
     "silu": (jax.nn.silu, _silu),
-    "gelu": (jax.nn.gelu, _nested_ad(jax.nn.gelu)),
+    # `jax.nn.gelu` acts on whole arrays: no per-entry vmap needed.
+    "gelu": (jax.nn.gelu, _elementwise_ad(jax.nn.gelu)),
     "relu": (jax.nn.relu, _relu),
     "identity": (identity, _identity),
 }
@@ -137,10 +162,7 @@ class Activation:
     def __call__(self, z: Array) -> Array:
         if self.kind == "table":
             return self.fn(z)
-        fn = self.fn
-        for _ in range(jnp.ndim(z)):  # per entry, at any shape (a "scalar" output is 0-d)
-            fn = jax.vmap(fn)
-        return fn(z)
+        return _per_entry(self.fn, z)
 
     @property
     def twice_differentiable(self) -> bool:
@@ -149,14 +171,16 @@ class Activation:
         return self.kind == "ad" or self.d2f is not None
 
     def derivatives(self, z: Array, order: int) -> tuple[Array, ...]:
-        """`(f, f')` for `order=1`, `(f, f', f'')` for `order=2`, all at the 1-D `z`."""
+        """`(f, f')` for `order=1`, `(f, f', f'')` for `order=2`, at every entry of `z`.
+
+        `z` is `(width,)` per point, or `(width, points)` in the batched Laplacian."""
         if self.kind == "table":
             out = _TABLE[self.name][1](z)
         elif self.kind == "user":
-            second = None if (order < 2 or self.d2f is None) else jax.vmap(self.d2f)(z)
-            out = (self(z), jax.vmap(cast(Callable, self.df))(z), second)
+            second = None if (order < 2 or self.d2f is None) else _per_entry(self.d2f, z)
+            out = (self(z), _per_entry(cast(Callable, self.df), z), second)
         else:
-            out = _nested_ad(self.fn)(z)
+            out = _nested_ad(self.fn, z, order) + (None,) * (2 - order)
         if order == 2 and out[2] is None:
             check_twice_differentiable(self)
         return cast(tuple[Array, ...], out[: order + 1])

@@ -28,7 +28,7 @@ from ._activations import Activation, check_twice_differentiable
 from ._custom_types import ThetaLike, Validated
 from ._flat_mlp import FlatMLP
 from ._hard_constraint import HardConstraint
-from ._precision import guard_x64, is_inexact, promote
+from ._precision import guard_x64, is_complex, is_inexact, promote, real_dtype
 
 
 _MSG_CALLABLE = """\
@@ -57,8 +57,9 @@ def laplacian(fm: Validated[Callable[..., Any]], *, batched: bool = False) -> Ca
     `sb.flat(eqx.nn.MLP(...))` gives) it is a forward-Laplacian pass (on an
     `sb.HardConstraint`, the product rule around its network's); on any other flat model
     it is `trace(jax.hessian)` over the first input (extra inputs pass through:
-    `lap(theta, x, *args)`). One point at a time, like the model; use `jax.vmap` for a batch,
-    or `batched=True` for the faster batched kernel (a PINN loss over many points).
+    `lap(theta, x, *args)`; a complex output takes its real and imaginary parts in turn).
+    One point at a time, like the model; use `jax.vmap` for a batch, or `batched=True` for
+    the faster batched kernel (a PINN loss over many points).
 
     !!! example
 
@@ -122,15 +123,8 @@ def laplacian(fm: Validated[Callable[..., Any]], *, batched: bool = False) -> Ca
 
     def hessian_trace(theta: ThetaLike, x: ArrayLike, *args: Any) -> Array:
         guard_x64((x, args), "`sb.laplacian(fm)(theta, x)`", "a NumPy input")
-        x, dtype = jnp.asarray(x), np.dtype(jnp.asarray(theta).dtype)
-        if jnp.issubdtype(x.dtype, jnp.floating) and jnp.issubdtype(dtype, jnp.floating):
-            # In the wider dtype, as the model computes: reverse mode differentiates in the
-            # dtype of `x`, so a float32 point with float64 weights gave a float32 Laplacian.
-            x = x.astype(promote([x.dtype, dtype]))
-        at = lambda v: fm(theta, v.reshape(x.shape), *args)
-        # x of any shape: differentiate w.r.t. its entries, trace the last two axes.
-        hessian = jax.hessian(at)(x.reshape(-1))
-        return jnp.trace(hessian, axis1=-2, axis2=-1)
+        at, v = _along_real_directions(lambda p: fm(theta, p, *args), theta, x)
+        return _trace_of_hessian(at, v)
 
     if batched:
 
@@ -141,6 +135,42 @@ def laplacian(fm: Validated[Callable[..., Any]], *, batched: bool = False) -> Ca
 
         return batched_hessian_trace
     return hessian_trace
+
+
+def _along_real_directions(model: Callable[[Array], Any], theta: ThetaLike,
+                           x: ArrayLike) -> tuple[Callable[[Array], Any], Array]:
+    """`model` as a function of the real coordinates `v` of `x` (flattened), and `v`.
+
+    Derivatives are taken in the dtype the model computes in, as the fast path does: the
+    wider of `x` and `theta` (reverse mode differentiates in the dtype of `x`, so a float32
+    point with float64 weights gave a float32 Laplacian), and an integer `x` in `theta`'s
+    real dtype (autodiff refuses integer inputs, `fm(theta, x)` accepts them). A complex `x`
+    moves along the real axis of each entry (the complex derivative of a holomorphic model,
+    as the fast path computes): `jax.jacrev` refuses complex inputs of a complex function."""
+    x = jnp.asarray(x)
+    shape = x.shape
+    # `theta` may be any pytree for a hand-written `fm`; Python scalars are weakly typed.
+    dtypes = [leaf.dtype for leaf in jax.tree.leaves(theta) if hasattr(leaf, "dtype")
+              and is_inexact(leaf.dtype) and not getattr(leaf, "weak_type", False)]
+    if dtypes:
+        real = real_dtype(promote(dtypes))
+        x = x.astype(promote([x.dtype, real]) if is_inexact(x.dtype) else real)
+    if not is_complex(x.dtype):
+        return (lambda v: model(v.reshape(shape))), x.reshape(-1)
+    imag = jnp.imag(x).reshape(-1)
+    return (lambda v: model(jax.lax.complex(v, imag).reshape(shape))), jnp.real(x).reshape(-1)
+
+
+def _trace_of_hessian(at: Callable[[Array], Any], v: Array) -> Array:
+    """`sum_k d^2 at / dv_k^2` by `trace(jax.hessian)`, for real or complex outputs.
+
+    `jax.hessian` is forward over reverse, and reverse mode needs real outputs ("jacrev
+    requires real-valued outputs"): a complex output is the Laplacian of its real part plus
+    `i` times that of its imaginary part (the operator is real-linear)."""
+    if is_complex(jax.eval_shape(at, v).dtype):
+        parts = [_trace_of_hessian(lambda u, p=p: p(at(u)), v) for p in (jnp.real, jnp.imag)]
+        return jax.lax.complex(*parts)
+    return jnp.trace(jax.hessian(at)(v), axis1=-2, axis2=-1)
 
 
 def _batched_laplacian(fm: FlatMLP, theta: ThetaLike, xs: ArrayLike) -> Array:
@@ -254,6 +284,9 @@ def grad_x(fm: Validated[Callable[..., Any]]) -> Callable[..., Array]:
 
     def jacobian(theta: ThetaLike, x: ArrayLike, *args: Any) -> Array:
         guard_x64((x, args), "`sb.grad_x(fm)(theta, x)`", "a NumPy input")
-        return jax.jacfwd(lambda v: fm(theta, v, *args))(jnp.asarray(x))
+        at, v = _along_real_directions(lambda p: fm(theta, p, *args), theta, x)
+        # Back to `y.shape + x.shape` (any pytree of outputs, as `jax.jacfwd` gives).
+        unflatten = lambda jac: jac.reshape(jac.shape[:-1] + jnp.shape(x))
+        return jax.tree.map(unflatten, jax.jacfwd(at)(v))
 
     return jacobian

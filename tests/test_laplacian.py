@@ -273,3 +273,17 @@ def test_general_path_laplacian_of_a_float32_point_with_float64_weights_is_float
     assert got.dtype == jnp.float64 and float(got) == float(want)
     np.testing.assert_allclose(float(sb.laplacian(fast)(fast.theta0, x32)), float(want),
                                rtol=1e-13)  # fmt: skip
+
+
+@pytest.mark.parametrize("final", ["sin", None], ids=["final-activation", "linear"])
+def test_batched_kernel_with_no_hidden_layer(final):
+    # One layer: the Jacobian never leaves the `(width, d)` shape shared by all points (and the
+    # Laplacian of a linear model is zero), with vector outputs.
+    fm = sb.FlatMLP((3, 2), final_activation=final, key=jax.random.key(0), dtype=jnp.float64)
+    xs = _points(3)
+    got = jax.jit(sb.laplacian(fm, batched=True))(fm.theta0, xs)
+    model = fm.restructure(fm.theta0)
+    expect = jax.jit(jax.vmap(lambda x: _hessian_trace(model, x)))(xs)
+    assert got.shape == expect.shape == (5, 2)
+    np.testing.assert_allclose(got, expect, rtol=1e-12, atol=1e-13)
+    assert (final is None) == bool(np.all(got == 0))
