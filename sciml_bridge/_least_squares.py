@@ -20,7 +20,7 @@ from jax.sharding import Mesh
 from ._custom_types import ThetaBatchLike, ThetaLike, Validated
 from ._result import EnsembleSolution, Solution
 from ._sharding import place
-from ._solvers._batches import KeyedLoss, takes_key, with_batches
+from ._solvers._batches import KeyedLoss, prepare_batches, with_batches
 from ._solvers._checkpoint import fingerprint
 from ._solvers._methods import resolve_least_squares
 from ._solvers._outputs import Residual
@@ -159,7 +159,8 @@ def least_squares(
 
     **Arguments:**
 
-    Those of `sb.minimize` (same meaning), and:
+    Those of `sb.minimize` (same meaning: `batch_size=`/`key=` switch off the stopping rule
+    and refuse `tol=`, every ensemble member shares one `key`), and:
 
     - `residual`: `residual(theta, *args) -> array` of any shape (flattened).
     - `method`: `"gauss-newton"` (default) or `"natural-gradient"` (the same step),
@@ -194,7 +195,9 @@ def least_squares(
 
     **Raises:**
 
-    As `sb.minimize`; `ValueError` for an unknown `method` or `jac`.
+    As `sb.minimize`; `ValueError` for an unknown `method` or `jac`; `TypeError` for a
+    float16/bfloat16 `theta0` with `"gauss-newton"`/`"natural-gradient"` (their LAPACK
+    factorisations have no half-precision kernels) unless `solver="cg"`.
     """
     where = "sb.least_squares"
     theta0 = prepare_theta0(theta0, where)
@@ -205,7 +208,7 @@ def least_squares(
         checkpoint=checkpoint, every=checkpoint_every, chunk=options.pop("chunk_size", 1000),
         resume=resume,
     )  # fmt: skip
-    pass_key = key is not None and takes_key(residual)
+    batch_size, key, pass_key = prepare_batches(residual, args, batch_size, key, tol, where)
     residual = Residual(KeyedLoss(residual) if pass_key else residual, where)
     member = theta0[0] if theta0.ndim == 2 else theta0
     probe = (*args, jax.random.key(0)) if pass_key else args  # what the residual is called with

@@ -15,7 +15,7 @@ from ._custom_types import ThetaBatchLike, ThetaLike, Validated
 from ._precision import guard_x64
 from ._result import EnsembleSolution, Solution
 from ._sharding import place
-from ._solvers._batches import KeyedLoss, takes_key, with_batches
+from ._solvers._batches import KeyedLoss, prepare_batches, with_batches
 from ._solvers._checkpoint import fingerprint
 from ._solvers._methods import resolve_minimize
 from ._solvers._outputs import ScalarLoss
@@ -119,11 +119,14 @@ def minimize(
         the dtype of `theta0`, exactly as `sb.scipy_objective` does; `res.theta` comes back
         in `theta0`'s dtype.
     - `args`: a tuple of extra arguments passed to `loss` (default `()`).
-    - `max_steps`: step budget (default 1000).
+    - `max_steps`: step budget (default 1000). SciPy methods take it as `maxiter` (TNC:
+        `maxfun`, COBYQA: `maxfev`, where a step is an evaluation); Nelder-Mead and
+        trust-constr too take exactly `max_steps` iterations when no tolerance stops them.
     - `tol`: gradient-norm tolerance (Optax; default `None` runs the whole budget, except
         `"lbfgs"`; `"ssbfgs"`/`"ssbroyden"`: gradient max-norm, or the relative decrease
         `-0.5 g.p / |f|` their quadratic model predicts), `rtol=atol` (Optimistix), or SciPy's
         `tol`. `None` means 1e-8 in float64, 1e-4 in float32 where a default is needed.
+        Not with `batch_size=` (or a `key=` the loss takes): see `batch_size`.
     - `progress`: tqdm bar with the loss between chunks (off when stderr is not a terminal).
     - `callback`: `callback(step, theta, loss)` between chunks (SciPy: every iteration), with
         the last `theta` whose loss is known, `loss` there (a Python float) and the steps
@@ -152,6 +155,26 @@ def minimize(
         searches can amplify that over many steps. On CPU devices an ensemble's members run
         one at a time on each device (not batched): a multi-core CPU then trains its share
         of the starts on every core, e.g. after `jax.config.update("jax_num_cpu_devices", 2)`.
+    - `batch_size`: minibatches drawn inside the compiled loop (default `None`: all the
+        data every step). Every array in `args` shares a leading axis of N rows; step `k`
+        sees `batch_size` of them, every row once per epoch of `N // batch_size` steps,
+        reshuffled each epoch from `key` (`jax.random.key(0)` when `key` is `None`).
+        `res.loss` and a failed run's last good loss are on all the data; `res.history` holds
+        each step's minibatch loss. A stopping rule would test one minibatch's gradient (a
+        run on two rows said "converged" at loss 50 with the minimum at 25), so `tol=` is a
+        `ValueError` here, and methods with a default tolerance (`"lbfgs"`, `"bfgs"`,
+        `"ssbfgs"`, ...) run without one: the run takes all `max_steps` steps unless it fails
+        (`success=True`, the message says the budget ran out). Check convergence afterwards
+        on all the data, e.g. by continuing from `res.theta` without `batch_size=`. Not for
+        SciPy methods. A NumPy integer is accepted.
+    - `key`: a PRNG key (`jax.random.key(0)`, or a legacy `jax.random.PRNGKey(0)`). It
+        draws the minibatches, and a loss with a `key` keyword (`loss(theta, *args, *,
+        key)`) is called with `key=jax.random.fold_in(key, k)` at step `k` (then `tol=` is
+        refused as with `batch_size`: each step's loss is another sample). The same key gives
+        the same batches and keys on every run and after a resume. One key, not one per
+        member: every member of an ensemble sees the same batches and step keys (a batch of
+        keys is a `ValueError`; run members separately for separate sequences). A loss that
+        requires `key` called without `key=` is a `TypeError`.
     - `state`: the model state of a stateful loss (`fm.init_state()`: an `eqx.nn.State`
         of BatchNorm statistics, Flax Linen `batch_stats`, a Flax NNX state with BatchNorm
         statistics and `nnx.Rngs` streams). Step `k` evaluates `loss(theta_k, state_k,
@@ -188,7 +211,12 @@ def minimize(
     `throw=True`; `TypeError` for a bad `theta0` (or a complex one with a method other than
     first-order Optax), `args`, `tol`, `method` type, loss output or option; `ValueError` for
     an unknown method name, a non-finite `theta0` or a mismatched checkpoint;
-    `NotImplementedError` for `checkpoint=` with a SciPy method, or `state=` with a method
+    `TypeError` also for a `key` that is not a PRNG key, or a loss that requires `key`
+    without `key=`; `ValueError` also for a bad `batch_size`, a batch of keys, or `tol=`
+    with `batch_size=` (or a `key=` the loss takes); `NotImplementedError` for
+    `checkpoint=`, `batch_size=` or `key=` with a SciPy method, `bounds=`/`constraints=` with
+    a SciPy method (`sb.minimize` runs them unconstrained; the message shows the same loss
+    through `sb.scipy_objective` and `scipy.optimize.minimize`), or `state=` with a method
     other than first-order Optax.
     """
     where = "sb.minimize"
@@ -200,9 +228,10 @@ def minimize(
         checkpoint=checkpoint, every=checkpoint_every, chunk=options.pop("chunk_size", 1000),
         resume=resume,
     )  # fmt: skip
-    pass_key = key is not None and takes_key(loss)
-    loss = KeyedLoss(loss) if pass_key else loss
     stateful = state is not None
+    batch_size, key, pass_key = prepare_batches(loss, args, batch_size, key, tol, where,
+                                                stateful=stateful)  # fmt: skip
+    loss = KeyedLoss(loss) if pass_key else loss
     member = theta0[0] if theta0.ndim == 2 else theta0
     if stateful:
         guard_x64(state, f"`{where}`", "`state`")

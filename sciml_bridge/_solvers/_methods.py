@@ -53,6 +53,14 @@ _MSG_VERB = """\
 of {valid} here."""
 
 
+_MSG_HALF = """\
+`{where}` got a `theta0` of dtype {dtype}, but method={method!r} with solver={solver!r}
+factorises the Jacobian with LAPACK, which has no {dtype} kernels (JAX raises "Unsupported
+dtype {dtype}" from inside the step). Fix: `theta0.astype(jnp.float32)` (or float64 with x64
+on), or `solver="cg"` (matrix-free CGLS, which runs in {dtype}). "lm" and "dogleg" also take
+{dtype}."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Plan:
     """A resolved method: a stepper for the fused driver, or a SciPy method name."""
@@ -140,6 +148,15 @@ def _gauss_newton_options() -> tuple:
     return tuple(f.name for f in dataclasses.fields(GaussNewtonStepper) if f.name not in ours)
 
 
+def _check_lapack_dtype(dtype, method: str, solver: Any, where: str) -> None:
+    # JAX's LAPACK bindings (jax 0.10, CPU) have no float16/bfloat16 kernels: `eigh`/`svd`
+    # raised a bare NotImplementedError mid-trace. Every other fused method runs in half
+    # precision (checked: Optax, "lbfgs", Optimistix, "ssbfgs"/"ssbroyden", "lm", "dogleg").
+    if solver != "cg" and jnp.finfo(dtype).bits < 32:
+        raise TypeError(_MSG_HALF.format(where=where, dtype=jnp.dtype(dtype).name,
+                                         method=method, solver=solver))  # fmt: skip
+
+
 def resolve_least_squares(fn, theta0, method, tol, options: dict, jac_mode, where: str) -> Plan:
     """`sb.least_squares`'s method. `jac_mode(by_shape)` resolves `jac="auto"` lazily."""
     if is_scipy(method):
@@ -149,6 +166,7 @@ def resolve_least_squares(fn, theta0, method, tol, options: dict, jac_mode, wher
     tol = default_tol(theta0.dtype) if tol is None else tol
     if method in ("gauss-newton", "natural-gradient"):
         check_options(options, _gauss_newton_options(), where, method, extra=("jac",))
+        _check_lapack_dtype(theta0.dtype, method, options.get("solver", "auto"), where)
         return Plan(GaussNewtonStepper(fn, jac_mode(True), tol, **options))
     if is_optimistix_solver(method) or method in ("lm", "dogleg"):
         check_options(options, (), where, method, extra=("jac",))
