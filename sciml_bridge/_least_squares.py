@@ -160,7 +160,9 @@ def least_squares(
     **Arguments:**
 
     Those of `sb.minimize` (same meaning: `batch_size=`/`key=` switch off the stopping rule
-    and refuse `tol=`, every ensemble member shares one `key`), and:
+    and refuse `tol=`, every ensemble member shares one `key`; a `callback` that raises
+    stops the run with `sb.OptimizationError`; SciPy's `res.loss` is the loss at the
+    returned `theta`, in `theta0`'s dtype), and:
 
     - `residual`: `residual(theta, *args) -> array` of any shape (flattened).
     - `method`: `"gauss-newton"` (default) or `"natural-gradient"` (the same step),

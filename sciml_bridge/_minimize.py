@@ -117,7 +117,9 @@ def minimize(
         every call reuses the loop compiled for the first one, and `optax.adam(1e-2)` gets
         its own. SciPy methods evaluate the loss in float64 (float32 with x64 off) whatever
         the dtype of `theta0`, exactly as `sb.scipy_objective` does; `res.theta` comes back
-        in `theta0`'s dtype.
+        in `theta0`'s dtype and `res.loss` is the loss there: where that dtype rounds
+        SciPy's `x` (float32/float16/bfloat16), the loss is evaluated once more at
+        `res.theta`, so `res.loss == loss(res.theta)`.
     - `args`: a tuple of extra arguments passed to `loss` (default `()`).
     - `max_steps`: step budget (default 1000). SciPy methods take it as `maxiter` (TNC:
         `maxfun`, COBYQA: `maxfev`, where a step is an evaluation); Nelder-Mead and
@@ -131,8 +133,13 @@ def minimize(
     - `callback`: `callback(step, theta, loss)` between chunks (SciPy: every iteration), with
         the last `theta` whose loss is known, `loss` there (a Python float) and the steps
         taken to reach it (`history[step] == loss`); for an ensemble it is called once per
-        running member with that member's. Returning `True` stops the run (that member)
-        successfully.
+        running member with that member's; `theta` is in `theta0`'s dtype. Returning `True`
+        stops the run (that member) successfully. A callback that raises (anything but
+        `KeyboardInterrupt`, which is Ctrl-C) stops the run at the point it was given:
+        `sb.OptimizationError` is raised whatever `throw=` says, `from` the callback's
+        exception, with `err.theta` the `theta` the callback got and `err.result` the run up
+        to there (`RESULTS.solver_failed`; for an ensemble an `sb.EnsembleSolution`, whose
+        other running members stop as by Ctrl-C).
     - `throw`: raise `sb.OptimizationError` on failure (default) or return it in the result.
     - `checkpoint`, `checkpoint_every`: a path to save the full optimizer state (every
         member's) to every `checkpoint_every` steps (not for SciPy methods); an existing file
@@ -208,8 +215,9 @@ def minimize(
 
     `sb.NonFiniteLossError` / `sb.OptimizationError` (with `.theta`, `.result`; for an
     ensemble when any member failed, `.result` is the `EnsembleSolution`) when
-    `throw=True`; `TypeError` for a bad `theta0` (or a complex one with a method other than
-    first-order Optax), `args`, `tol`, `method` type, loss output or option; `ValueError` for
+    `throw=True`, and `sb.OptimizationError` whatever `throw=` when `callback` raises;
+    `TypeError` for a bad `theta0` (or a complex one with a method other than first-order
+    Optax), `args`, `tol`, `method` type, loss output or option; `ValueError` for
     an unknown method name, a non-finite `theta0` or a mismatched checkpoint;
     `TypeError` also for a `key` that is not a PRNG key, or a loss that requires `key`
     without `key=`; `ValueError` also for a bad `batch_size`, a batch of keys, or `tol=`

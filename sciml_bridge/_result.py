@@ -226,6 +226,11 @@ class OptimizationError(RuntimeError):
     So `sb.minimize(..., throw=True)` never loses work. A budget run out
     (`RESULTS.max_steps_reached`), a stall (`RESULTS.stalled`: returned with `success=False`,
     as SciPy returns its "precision loss") or Ctrl-C is not a failure and is never raised.
+    A `callback` that raises (anything but `KeyboardInterrupt`, which is Ctrl-C) stops the
+    run at the point it was given, and this error is raised whatever `throw=` says, `from`
+    the callback's exception (`err.__cause__`): its message starts "the callback raised
+    {Type}: {first line}", `err.theta` is the `theta` the callback got, and `err.result` the
+    run up to there (`RESULTS.solver_failed`; for an ensemble, every member's).
 
     !!! example
 
@@ -244,10 +249,12 @@ class OptimizationError(RuntimeError):
     - `result`: the full `sb.Solution` (an `sb.EnsembleSolution` when a member of an
         ensemble failed).
     - `theta`: the last good parameters, `result.theta`.
+
+    The message is `result.message` unless `message` is given (a callback's error).
     """
 
-    def __init__(self, result: "Solution | EnsembleSolution"):
-        super().__init__(result.message)
+    def __init__(self, result: "Solution | EnsembleSolution", message: str | None = None):
+        super().__init__(result.message if message is None else message)
         self.result = result
         self.theta = result.theta
 

@@ -479,7 +479,8 @@ def test_a_runtime_error_keeps_the_steps_before_it_not_the_start_of_the_chunk():
     before = sb.minimize(_fails_beyond_two, _MIXED[1], "adam", max_steps=24, **kw)
     res = sb.minimize(_fails_beyond_two, _MIXED[1], "adam", max_steps=100, **kw)
     assert res.result is sb.RESULTS.solver_failed and "boom" in res.message
-    assert res.steps == 24 and res.loss == before.loss
+    # The same point, its loss evaluated by another compiled program: to rounding.
+    assert res.steps == 24 and res.loss == pytest.approx(before.loss, rel=1e-14)
     np.testing.assert_allclose(np.asarray(res.theta), np.asarray(before.theta), rtol=1e-12)
     np.testing.assert_allclose(res.history, before.history, rtol=1e-12)
     ens = sb.minimize(_fails_beyond_two, _MIXED, "adam", max_steps=100, **kw)

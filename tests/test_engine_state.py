@@ -155,3 +155,46 @@ def test_a_member_that_failed_while_setting_up_returns_state0_before_and_after_a
     resumed = sb.minimize(nan_past, theta0, _SGD, **kw, checkpoint=path)
     np.testing.assert_array_equal(np.asarray(resumed.state["n"]), [8.0, 0.0])
     assert resumed[1].loss == res[1].loss and resumed[0].loss == res[0].loss
+
+
+def nan_past_on_rows(theta, state, x):
+    value = 0.5 * jnp.sum((theta - jnp.mean(x)) ** 2) + 0.01 * state["n"]
+    return jnp.where(theta[0] > 5.0, jnp.nan, value), {"n": state["n"] + 1.0}
+
+
+def raise_past_on_rows(theta, state, x):
+    theta = eqx.error_if(theta, theta[0] > 5.0, "boom: past the limit")
+    return 0.5 * jnp.sum((theta - jnp.mean(x)) ** 2) + 0.01 * state["n"], {"n": state["n"] + 1}
+
+
+@pytest.mark.parametrize("loss", [nan_past_on_rows, raise_past_on_rows])
+@pytest.mark.parametrize("theta0", [jnp.zeros(2), jnp.array([[0.0, 0.0], [-20.0, 0.0]])])
+def test_a_minibatch_run_stopped_at_its_last_good_point_reports_the_loss_with_its_state(
+    loss, theta0
+):
+    # `res.loss` (on all the data) was evaluated with the state given at the start, not the
+    # one `res.state` holds: `loss(res.theta, res.state, x)[0] != res.loss`.
+    x = jnp.full(4, 10.0)
+    res = sb.minimize(loss, theta0, "sgd", args=(x,), state=STATE0, batch_size=2,
+                      max_steps=30, **KW)  # fmt: skip
+    for sol in res.members if isinstance(res, sb.EnsembleSolution) else (res,):
+        assert not sol.success and float(sol.state["n"]) == sol.steps > 0
+        value, _ = loss(sol.theta, sol.state, x)
+        np.testing.assert_allclose(float(value), sol.loss, rtol=1e-13)
+        assert sol.history[-1] == sol.loss
+
+
+@pytest.mark.parametrize("stateful", [True, False])
+def test_a_run_whose_setup_raises_reports_the_loss_at_theta0_as_a_member_does(stateful):
+    # A single run reported NaN, a member of an ensemble the loss at `theta0`.
+    limit = (jnp.asarray(1e3),)
+    theta0 = jnp.array([[0.0, 0.0], [200.0, 0.0]])
+    fn = nan_past if stateful else (lambda theta, limit: nan_past(theta, STATE0, limit)[0])
+    kw = dict(args=limit, max_steps=8, chunk_size=4, throw=False, progress=False)
+    kw |= dict(state=STATE0) if stateful else {}
+    ens = sb.minimize(fn, theta0, _SGD, **kw)
+    alone = sb.minimize(fn, theta0[1], _SGD, **kw)
+    for sol in (ens[1], alone):
+        assert sol.result is sb.RESULTS.solver_failed and sol.steps == 0
+        assert sol.loss == float(nan_past(theta0[1], STATE0, *limit)[0])
+        assert sol.history.tolist() == [sol.loss]

@@ -20,7 +20,7 @@ import numpy as np
 
 from .._distributed import agree, barrier, host, is_main
 from .._result import result_at
-from .._serialise import check_layout, read_arrays, write_arrays
+from .._serialise import read_arrays, write_arrays
 
 
 KIND = "sciml_bridge.checkpoint/2"
@@ -30,6 +30,17 @@ _MSG_NOT_CHECKPOINT = """\
 (it holds {what}). Resuming from it would start from a state it does not have.
 Fix: pass a new path as `checkpoint=` (it is created), and to start from a `theta` saved with
 `sb.save`, load it (`sb.load(path, fm)`) and pass it as `theta0`."""
+
+_MSG_STATE = """\
+`{where}` found a checkpoint at {path!r} whose saved state does not match this run's:
+  saved:    {saved}
+  expected: {want}
+  first differing leaf (#{index}):
+    saved:    {saved_leaf}
+    expected: {want_leaf}
+It holds the solver and model state of another run: another model or `theta0` size, another
+number of members, method or options, or a checkpoint of another sciml_bridge version.
+Fix: remove the file to start afresh, or pass another `checkpoint=` path."""
 
 _MSG_CHANGED = """\
 `{where}` found a checkpoint at {path!r} written with a different optimiser:
@@ -147,13 +158,39 @@ def resume(path: str, fp: dict, force: bool, dynamic, good_theta, good_loss, whe
         raise ValueError(_MSG_NOT_CHECKPOINT.format(where=where, path=path, what=what))
     if not force:
         _check_fingerprint(layout.get("fingerprint", {}), fp, where, path)
-    check_layout(layout, _layout(dynamic, good_theta), where)
+    _check_state(layout, _layout(dynamic, good_theta), where, path)
     try:
         books = _books(arrays, int(np.shape(good_theta)[0]))
         return (*_restore(arrays, dynamic, good_theta, good_loss), books)
     except (KeyError, ValueError, TypeError) as e:
         raise ValueError(f"`{where}` found a damaged checkpoint at {path!r} ({e}). Fix: "
                          "remove it, or pass another `checkpoint=` path.") from e
+
+
+def _rows(layout: dict) -> list[tuple]:
+    """`(path, shape, dtype)` per state leaf; a malformed (forged) layout gives what it can."""
+    columns = [layout.get(k) for k in ("paths", "shapes", "dtypes")]
+    if not all(isinstance(c, list) for c in columns):
+        return []
+    return [(p, tuple(s) if isinstance(s, list) else s, d) for p, s, d in zip(*columns)]
+
+
+def _check_state(saved: dict, want: dict, where: str, path: str) -> None:
+    """The saved state's layout must be the fresh run's: else both, and the first leaf that
+    differs (STYLE.md 8)."""
+    rows_saved, rows_want = _rows(saved), _rows(want)
+    if saved.get("size") == want["size"] and rows_saved == rows_want:
+        return
+    pairs = zip(rows_saved, rows_want)
+    index = next((i for i, (a, b) in enumerate(pairs) if a != b),
+                 min(len(rows_saved), len(rows_want)))  # fmt: skip
+    leaf = lambda rows: "(none)" if index >= len(rows) else \
+        "{} shape={} dtype={}".format(*rows[index])  # fmt: skip
+    summary = lambda size, rows: f"`theta` size {size}, {len(rows)} state leaves"
+    raise ValueError(_MSG_STATE.format(
+        where=where, path=path, saved=summary(saved.get("size"), rows_saved),
+        want=summary(want["size"], rows_want), index=index, saved_leaf=leaf(rows_saved),
+        want_leaf=leaf(rows_want)))  # fmt: skip
 
 
 def _restore(arrays: dict, dynamic, good_theta, good_loss):

@@ -8,6 +8,7 @@ loss, the model state that loss was evaluated with. So `res.theta`, `res.loss` a
 `res.state` always describe one evaluation.
 """
 
+import dataclasses
 import time
 
 import equinox as eqx
@@ -18,7 +19,7 @@ import numpy as np
 
 from .._distributed import host, local
 from .._result import RESULTS, Solution, finish
-from ._fused import final_members, model_states, values_at
+from ._fused import final_members, good_values, model_states
 from ._recover import RUNTIME_ERRORS, Member, Members, alone, failure_detail
 from ._stateful import EvaluatedState
 
@@ -74,18 +75,21 @@ class Conclusion(Members):
 
     def _values_at_good(self, losses, fresh: list[bool]):
         """The loss at each member's last good point where `fresh` (a member stopped before
-        any step finished keeps `theta0`; `loss == loss(theta)`), unless evaluating it fails
+        any step finished keeps `theta0`; `loss == loss(theta)`), with the model state its
+        last good loss was evaluated with (each member's own), unless evaluating it fails
         too."""
+        states = self._own_states()
+        at = lambda dynamic, thetas, layout: good_values(self.stepper, self.args, self.static,
+                                                         dynamic, thetas, layout)  # fmt: skip
         try:
-            start = np.asarray(host(values_at(self.stepper, self.args, self.good_theta,
-                                              self.layout)), dtype=np.float64)  # fmt: skip
+            start = np.asarray(host(at(states, self.good_theta, self.layout)), np.float64)
         except RUNTIME_ERRORS:
             if not self.batched:
                 return losses
             if self.layout != "vmap":  # a CPU mesh: a device that raised stopped them all
                 return losses
-            start = [alone(values_at, self.stepper, self.args, self.good_theta[i : i + 1],
-                           None) for i in range(len(self.members))]  # fmt: skip
+            start = [alone(at, self._row(i, states), self.good_theta[i : i + 1], None)
+                     for i in range(len(self.members))]  # fmt: skip
             start = [lo if isinstance(s, Exception) else float(np.asarray(host(s))[0])
                      for lo, s in zip(losses, start)]  # fmt: skip
         return np.array([s if f else lo for lo, s, f in zip(losses, start, fresh)])
@@ -118,15 +122,17 @@ class Conclusion(Members):
             text = _nonfinite_text(len(history))
         run = self.run
         theta = theta[i] if theta.ndim == 2 else theta
-        return finish(theta=theta, loss=loss, state=self._model_state(i, at_last),
-                      history=history or [loss], steps=max(len(history) - 1, 0),
-                      result=result, wall_time=time.perf_counter() - run.start,
-                      method=run.method, where=run.where, text=text, throw=False)  # fmt: skip
+        sol = finish(theta=theta, loss=loss, state=self._model_state(i, at_last),
+                     history=history or [loss], steps=max(len(history) - 1, 0),
+                     result=result, wall_time=time.perf_counter() - run.start,
+                     method=run.method, where=run.where, text=text, throw=False)  # fmt: skip
+        return dataclasses.replace(sol, message=m.message) if m.message else sol
 
     def _ending(self, m: Member) -> tuple[RESULTS, str]:
         if m.result is RESULTS.interrupted:
-            return m.result, f"interrupted (Ctrl-C) after {m.steps} steps; `res.theta` is the " \
-                             "point reached at the last finished chunk"
+            return m.result, m.detail or (f"interrupted (Ctrl-C) after {m.steps} steps; "
+                                          "`res.theta` is the point reached at the last "
+                                          "finished chunk")  # fmt: skip
         if m.result is not None:
             return m.result, m.detail
         if m.by_callback:

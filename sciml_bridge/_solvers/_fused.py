@@ -45,9 +45,11 @@ def _loop(stepper, args, static, dynamic, good_theta, good_loss, active, n, chun
         new_state, loss, done, result = stepper.step(state, args)
         # In `value`'s dtype: a line search may carry the loss in `theta`'s precision.
         loss = jnp.asarray(loss).astype(good_loss.dtype)
-        # A NaN gradient at a finite loss can leave a NaN `theta` beside the line search's
-        # stored (finite) value: such a point is not a good one either.
+        # A NaN gradient at a finite loss can leave a NaN `theta` beside a line search's
+        # stored (finite) value (Optax L-BFGS), or beside a loss that is finite there
+        # (`jnp.where`): such a point is not a good one, nor a point of the loss curve.
         finite = jnp.isfinite(loss) & jnp.all(jnp.isfinite(theta))
+        loss = jnp.where(finite, loss, jnp.nan)
         result = RESULTS.where(finite, result, RESULTS.nonfinite)
         apply = result == RESULTS.successful
         dynamic = _tree_where(apply, eqx.filter(new_state, eqx.is_array), dynamic)
@@ -181,5 +183,16 @@ def model_states(stepper, static, dynamic):
 
 @eqx.filter_jit
 def values_at(stepper, args, thetas, layout: str | Mesh | None):
-    """The loss of every member at `thetas` (for a run stopped before its first step)."""
+    """The loss of every member at `thetas` (for a run whose setup raised)."""
     return _member_axis(layout, lambda t: stepper.value(t, args), (0,))(thetas)
+
+
+@eqx.filter_jit
+def good_values(stepper, args, static, dynamic, thetas, layout: str | Mesh | None):
+    """The loss of every member at `thetas`, its last good points, evaluated as there
+    (`AbstractStepper.value_at_good`: with the model state of that evaluation)."""
+
+    def one(dynamic, theta):
+        return stepper.value_at_good(eqx.combine(dynamic, static), theta, args)
+
+    return _member_axis(layout, one, (0, 0))(dynamic, thetas)

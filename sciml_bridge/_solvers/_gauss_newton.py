@@ -34,7 +34,7 @@ from ._natural_gradient import (
     truncated_solver,
 )
 from ._own_jacobian import own_jacobian
-from ._stepper import RESULTS, AbstractStepper
+from ._stepper import RESULTS, AbstractStepper, traced
 
 
 SOLVERS = ("auto", "svd", "gramian", "kernel", "cg")
@@ -54,7 +54,7 @@ class GaussNewtonStepper(AbstractStepper):
 
     fn: Callable
     jac: str = eqx.field(static=True)
-    tol: float = eqx.field(static=True)
+    tol: jax.Array = eqx.field(converter=traced)
     # Two cutoffs, both tried by the line search: 1e-7 (numpy's lstsq cutoff on J^T J for
     # ~100 parameters) takes the early steps, 1e-8 the last digits. On the Poisson problem of
     # issue 14, seeds 0 and 3: 1.2e-7 and 3.8e-7 with both, against 3.6e-7 and 8.5e-5 with

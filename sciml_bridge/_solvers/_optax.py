@@ -27,7 +27,7 @@ import optax
 import optax.tree_utils as otu
 
 from ._setup import check_options
-from ._stepper import RESULTS, AbstractStepper
+from ._stepper import RESULTS, AbstractStepper, traced_or_none
 
 
 _MSG_UNKNOWN = """\
@@ -127,7 +127,7 @@ class OptaxStepper(AbstractStepper):
 
     fn: Callable
     optimizer: Transformation = eqx.field(static=True)
-    tol: float | None = eqx.field(static=True)
+    tol: jax.Array | None = eqx.field(converter=traced_or_none)
     linesearch: bool = eqx.field(static=True)
     state0: Any = None
     stateful: bool = eqx.field(static=True, default=False)
@@ -136,7 +136,8 @@ class OptaxStepper(AbstractStepper):
         return self.tol is not None
 
     def criterion(self) -> str:
-        return f"the gradient norm fell to `tol={self.tol:g}` or below"
+        tol = float("nan") if self.tol is None else float(self.tol)
+        return f"the gradient norm fell to `tol={tol:g}` or below"
 
     def init(self, theta, args):
         with _optax_promotion():
@@ -153,6 +154,9 @@ class OptaxStepper(AbstractStepper):
         if self.stateful:
             return self.fn(theta, _fresh(self.state0), *args)[0]
         return self.fn(theta, *args)
+
+    def with_model_state(self, model):
+        return eqx.tree_at(lambda s: s.state0, self, model) if self.stateful else self
 
     def value_of(self, state, args):
         if self.stateful:

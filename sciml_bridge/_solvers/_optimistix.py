@@ -18,7 +18,7 @@ would; only a non-finite loss at an accepted point stops the run.
 """
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import equinox as eqx
 import jax
@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optimistix as optx
 
-from ._stepper import RESULTS, AbstractStepper
+from ._stepper import RESULTS, AbstractStepper, traced
 
 
 def _sum_squares(r):
@@ -101,17 +101,21 @@ class OptimistixStepper(AbstractStepper):
         return (new_y, new_st), loss, done & ~failed, result
 
 
+# `rtol`/`atol` as JAX scalars (`traced`): Optimistix only computes with them, so a new `tol`
+# reuses the compiled kernels.
 def minimiser(name: str, tol: float):
+    t = cast(float, traced(tol))  # Optimistix annotates them `float`
     return {
-        "bfgs": lambda: optx.BFGS(rtol=tol, atol=tol),
-        "nonlinear-cg": lambda: optx.NonlinearCG(rtol=tol, atol=tol),
+        "bfgs": lambda: optx.BFGS(rtol=t, atol=t),
+        "nonlinear-cg": lambda: optx.NonlinearCG(rtol=t, atol=t),
     }[name]()
 
 
 def least_squares_solver(name: str, tol: float):
+    t = cast(float, traced(tol))
     return {
-        "lm": lambda: optx.LevenbergMarquardt(rtol=tol, atol=tol),
-        "dogleg": lambda: optx.Dogleg(rtol=tol, atol=tol),
+        "lm": lambda: optx.LevenbergMarquardt(rtol=t, atol=t),
+        "dogleg": lambda: optx.Dogleg(rtol=t, atol=t),
     }[name]()
 
 

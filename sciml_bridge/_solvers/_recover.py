@@ -49,6 +49,13 @@ _MSG_STEP_MEMORY = (
     "or members, or a smaller model"
 )
 
+# A callback that raised, on either route (`_run.py`, `_scipy_steps.py`).
+MSG_CALLBACK = (
+    "the callback raised {kind}: {line}. `{where}` stopped {member}at step {steps}, the point "
+    "the callback was given: `err.theta` is the `theta` it got, `err.result` the run up to "
+    "there. Fix: correct the callback (the run can go on from `err.theta`)."
+)
+
 
 def first_line(e: Exception) -> str:
     """The failure's own message, without the tracebacks JAX and Equinox wrap around it."""
@@ -146,6 +153,7 @@ class Member:
     done: bool = False  # the method's stopping rule was met
     by_callback: bool = False
     detail: str = ""
+    message: str = ""  # the whole message, when it is not phrased from `result` (a callback's)
 
     @property
     def running(self) -> bool:

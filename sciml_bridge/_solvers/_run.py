@@ -11,6 +11,8 @@ can end is decided here, once, for all methods (DESIGN.md, "The outcome contract
 - non-finite loss, solver breakdown, runtime error inside the loss: the last good `theta`,
   raised as `sb.OptimizationError` under `throw=True`, per member in an ensemble;
 - Ctrl-C: the partial result, `result=interrupted`;
+- a callback that raises: the run up to the point it was given, always raised (whatever
+  `throw=`) as `sb.OptimizationError` from the callback's error;
 - a failing checkpoint write: a warning, the run goes on.
 """
 
@@ -24,17 +26,27 @@ import numpy as np
 
 from .._distributed import host, local
 from .._progress import Progress
-from .._result import RESULTS, EnsembleSolution, Solution, finish, raise_if_failed, result_at
+from .._result import (
+    RESULTS,
+    EnsembleSolution,
+    OptimizationError,
+    Solution,
+    finish,
+    raise_if_failed,
+    result_at,
+)
 from .._sharding import member_layout, members_sharding
 from . import _checkpoint
 from ._conclude import Conclusion
 from ._cpu_pool import warn_if_pool_starves
-from ._fused import init_members, run_chunk
+from ._fused import init_members, run_chunk, values_at
 from ._interrupt import catch_sigint
 from ._recover import (
+    MSG_CALLBACK,
     MSG_OUT_OF_MEMORY,
     RUNTIME_ERRORS,
     Member,
+    alone,
     failure_detail,
     first_line as first_line,  # where `_scipy_backend` takes it from
     one_member_may_be_at_fault,
@@ -49,7 +61,7 @@ _MSG_CHECKPOINT_FAILED = """\
 returned as usual, but no checkpoint is kept until a write succeeds.
 Fix: free disk space or restore the directory, or pass another `checkpoint=` path."""
 
-
+# The same words as the SciPy route's (`_scipy_steps.py`): one rule for every method.
 class _Driver(Conclusion):
     def __init__(self, stepper: AbstractStepper, theta0, args: tuple, run: Run, batched: bool):
         self.stepper, self.args, self.run, self.batched = stepper, args, run, batched
@@ -57,6 +69,7 @@ class _Driver(Conclusion):
         self.layout = member_layout(theta0)
         self.members = [Member([]) for _ in range(theta0.shape[0] if batched else 1)]
         self.warned, self.active = False, (None, None)
+        self.raised: Exception | None = None  # the callback's error, raised by `drive`
         try:
             self.dynamic, self.static, self.good_theta, self.good_loss = init_members(
                 stepper, args, theta0, self.layout
@@ -141,9 +154,30 @@ class _Driver(Conclusion):
         # the point the chunk ended on has not been evaluated yet.
         losses, thetas = np.asarray(host(self.good_loss), np.float64), local(self.good_theta)
         for i, m in enumerate(self.members):
+            if not m.running:
+                continue
             step = len(m.history) - 1
-            if m.running and self.run.callback(step, thetas[i], float(losses[i])):
-                m.by_callback = True
+            try:
+                stop = self.run.callback(step, thetas[i], float(losses[i]))
+            except Exception as e:  # not KeyboardInterrupt: that one is Ctrl-C (`drive`)
+                return self._callback_raised(i, step, e)
+            m.by_callback = m.by_callback or bool(stop)
+
+    def _callback_raised(self, i: int, step: int, e: Exception) -> None:
+        """Member `i`'s callback raised `e` at `step`: it fails there, where the callback was
+        given its point; every other member still running stops as by Ctrl-C."""
+        self.raised = e
+        member = f"member {i} " if self.batched else ""
+        message = MSG_CALLBACK.format(kind=type(e).__name__, line=first_line(e),
+                                      where=self.run.where, member=member, steps=step)  # fmt: skip
+        for j, m in enumerate(self.members):
+            if j == i:
+                m.result, m.detail, m.message = RESULTS.solver_failed, message, message
+            elif m.running:
+                m.result, m.detail = RESULTS.interrupted, (
+                    f"stopped after {m.steps} steps because the callback raised "
+                    f"{type(e).__name__} for member {i}; `res.theta` is the point reached at "
+                    "the last finished chunk")  # fmt: skip
 
     def _report(self, bar: Progress, evaluated: int) -> None:
         losses = np.asarray(host(self.good_loss), dtype=np.float64)
@@ -195,7 +229,7 @@ def drive(stepper: AbstractStepper, theta0, args: tuple, run: Run):
         try:
             driver = _Driver(stepper, theta0, args, run, batched)
         except RUNTIME_ERRORS as e:  # methods whose state needs the loss (or memory) at theta0
-            return deliver(_failed_at_start(theta0, run, e), batched, run)
+            return deliver(_failed_at_start(stepper, args, theta0, run, e), batched, run)
         try:
             driver.chunks(bar, interrupt)
         except KeyboardInterrupt:
@@ -204,23 +238,48 @@ def drive(stepper: AbstractStepper, theta0, args: tuple, run: Run):
             driver.stop_all(RESULTS.solver_failed, failure_detail(e))
         if interrupt:
             driver.stop_all(RESULTS.interrupted)
-    return deliver(driver.conclude(), batched, run, driver.sharding)
+    if driver.raised is None:
+        return deliver(driver.conclude(), batched, run, driver.sharding)
+    out = deliver(driver.conclude(), batched, run, driver.sharding, throw=False)
+    message = next(m.message for m in driver.members if m.message)
+    raise OptimizationError(out, message) from driver.raised
 
 
-def _failed_at_start(theta0, run: Run, e: Exception) -> list[Solution]:
+def _failed_at_start(stepper: AbstractStepper, args: tuple, theta0, run: Run,
+                     e: Exception) -> list[Solution]:  # fmt: skip
     """Every member as `solver_failed` at `theta0` with step 0: setting up the method's state
-    evaluated the loss, which raised (`eqx.error_if`), or allocated more than memory holds."""
+    evaluated the loss (or its gradient), which raised (`eqx.error_if`), or allocated more
+    than memory holds. `loss` is the loss at `theta0` where it can be evaluated, as for a
+    member of an ensemble whose setup raised alone (`Conclusion`); else NaN."""
     detail = failure_detail(e, MSG_OUT_OF_MEMORY)
     rows = local(theta0) if theta0.ndim == 2 else local(theta0)[None]
-    return [finish(theta=row, loss=float("nan"), history=[float("nan")], steps=0,
+    losses = _losses_at_start(stepper, args, theta0)
+    return [finish(theta=row, loss=loss, history=[loss], steps=0,
                    result=RESULTS.solver_failed, wall_time=time.perf_counter() - run.start,
                    method=run.method, where=run.where, detail=detail, throw=False)
-            for row in rows]  # fmt: skip
+            for row, loss in zip(rows, losses)]  # fmt: skip
 
 
-def deliver(solutions: list[Solution], batched: bool, run: Run, sharding=None):
+def _losses_at_start(stepper: AbstractStepper, args: tuple, theta0) -> list[float]:
+    """The loss at each row of `theta0` (NaN where evaluating it raises too)."""
+    layout = member_layout(theta0)
+    thetas = theta0 if theta0.ndim == 2 else theta0[None]
+    out = alone(values_at, stepper, args, thetas, layout)
+    if isinstance(out, Exception) and layout == "vmap":  # each alone: one may raise
+        out = [alone(values_at, stepper, args, thetas[i : i + 1], None)
+               for i in range(thetas.shape[0])]  # fmt: skip
+        return [float("nan") if isinstance(o, Exception) else float(np.asarray(host(o))[0])
+                for o in out]  # fmt: skip
+    if isinstance(out, Exception):
+        return [float("nan")] * thetas.shape[0]
+    return np.asarray(host(out), dtype=np.float64).tolist()
+
+
+def deliver(solutions: list[Solution], batched: bool, run: Run, sharding=None,
+            throw: bool | None = None):  # fmt: skip
     """A `Solution` (1-D `theta0`) or an `EnsembleSolution` (its `theta` on `sharding`: the
-    members' split over a mesh), raised under `throw=True` when a run (or any member) failed."""
+    members' split over a mesh), raised under `throw` (default `run.throw`) when a run (or
+    any member) failed."""
     out = EnsembleSolution(tuple(solutions), time.perf_counter() - run.start, sharding) \
         if batched else solutions[0]  # fmt: skip
-    return raise_if_failed(out, run.throw)
+    return raise_if_failed(out, run.throw if throw is None else throw)

@@ -39,6 +39,11 @@ _MSG_TOL = """\
 Fix: `tol=1e-6` (a number, not a string)."""
 
 
+_MSG_DIRECTORY = """\
+`{where}` got checkpoint={path!r}, which is a directory. `checkpoint=` is the path of one
+file: the run writes its state there, and resumes from it when it exists.
+Fix: name a file in that directory, e.g. `checkpoint=os.path.join({path!r}, "run.npz")`."""
+
 # The keywords of the verbs themselves: a misspelt one must be reported as such.
 VERB_KEYWORDS = ("args", "max_steps", "tol", "progress", "callback", "throw", "checkpoint",
                  "checkpoint_every", "resume", "mesh", "chunk_size", "batch_size",
@@ -83,12 +88,17 @@ def make_run(where, method, *, max_steps, progress, callback, throw, checkpoint,
         raise ValueError(f'`{where}` expected `resume` to be "check" or "force", got {resume!r}.')
     if checkpoint is not None:
         checkpoint = os.fspath(checkpoint)
+        if os.path.isdir(checkpoint):
+            raise ValueError(_MSG_DIRECTORY.format(where=where, path=checkpoint))
         every = chunk if every is None else every
         chunk = every
     if callback is not None and not callable(callback):
         raise TypeError(f"`{where}` expected `callback` to be callable or None, got "
                         f"{type(callback).__name__}.")  # fmt: skip
-    return Run(where=where, method=method, max_steps=max_steps, chunk=min(chunk, max_steps),
+    # `chunk` is the length of the loss buffer each compiled chunk fills (static): not capped
+    # by `max_steps`, so a new `max_steps` reuses the compiled chunk (the number of steps a
+    # chunk runs is traced, `_fused.py`).
+    return Run(where=where, method=method, max_steps=max_steps, chunk=chunk,
                progress=bool(progress), callback=callback, throw=bool(throw),
                checkpoint=checkpoint, checkpoint_every=every, resume=resume)  # fmt: skip
 

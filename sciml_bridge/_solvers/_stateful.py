@@ -163,6 +163,11 @@ class EvaluatedState(AbstractStepper):
     def value_of(self, state, args):
         return self.inner.value_of(state[0], args)
 
+    def value_at_good(self, state, theta, args):
+        # With the state the last good loss was evaluated with, not `state0` (`value`'s):
+        # on all the data, for a run on minibatches that stops at its last good point.
+        return self.inner.with_model_state(self.evaluated(state)).value(theta, args)
+
     def step(self, state, args):
         new, loss, done, result = self.inner.step(state[0], args)
         return (new, self.inner.model_state(state[0])), loss, done, result

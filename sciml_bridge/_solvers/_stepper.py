@@ -14,9 +14,23 @@ from typing import Any, ClassVar
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 
 from .._custom_types import LossScalar, Theta
 from .._result import RESULTS as RESULTS
+
+
+def traced(tol: float | jax.Array) -> jax.Array:
+    """`tol` as a JAX scalar: a stepper field that is data, not part of the compiled program,
+    so a new `tol` reuses the kernels compiled for the last (a Python float field is static:
+    each value compiled `init`, the chunk and the final kernel again). Weakly typed, as the
+    Python float was, so it takes the dtype of what it is compared with."""
+    return jnp.asarray(tol)
+
+
+def traced_or_none(tol: float | jax.Array | None) -> jax.Array | None:
+    """`traced`, keeping `None` (no stopping rule)."""
+    return None if tol is None else traced(tol)
 
 
 class AbstractStepper(eqx.Module):
@@ -44,6 +58,11 @@ class AbstractStepper(eqx.Module):
         state carries (a model state); default `value(theta(state), args)`.
     - `model_state(state)`: the model state a stateful loss carries (`sb.minimize(...,
         state=)`), else `None` (the default).
+    - `with_model_state(model)`: this stepper with `value` evaluating a stateful loss with
+        `model`; by default `self`, or for a wrapper (a stepper field `inner`) the wrapper
+        around `inner.with_model_state(model)`.
+    - `value_at_good(state, theta, args) -> scalar`: the loss at the driver's last good
+        `theta`, with the model state it was evaluated with there; default `value`.
     - `step(state, args) -> (new_state, loss, done, result)`: `loss` is the loss at
         `theta(state)` (the point *before* the step); `done` a bool array, stop after applying
         this step (converged); `result` a `RESULTS` member: `RESULTS.successful` applies the
@@ -71,6 +90,15 @@ class AbstractStepper(eqx.Module):
 
     def value_of(self, state: Any, args: tuple) -> LossScalar:
         return self.value(self.theta(state), args)
+
+    def with_model_state(self, model: Any) -> "AbstractStepper":
+        inner = getattr(self, "inner", None)
+        if not isinstance(inner, AbstractStepper):
+            return self
+        return eqx.tree_at(lambda s: s.inner, self, inner.with_model_state(model))
+
+    def value_at_good(self, state: Any, theta: Theta, args: tuple) -> LossScalar:
+        return self.value(theta, args)
 
     @abc.abstractmethod
     def value(self, theta: Theta, args: tuple) -> LossScalar: ...
