@@ -4,7 +4,10 @@ The float rule of every SciPy route (this object, `sb.minimize(..., "scipy:...")
 `sb.least_squares(..., "scipy:...")`): SciPy iterates in float64, so the loss sees `theta` in
 the widest float JAX has, float64 with x64 on and float32 with x64 off, whatever the dtype of
 `theta0` or of the model (DESIGN.md's precision policy: the flat vector's precision wins, and
-SciPy's vector is float64). `args` pass through unchanged (integers stay integers).
+SciPy's vector is float64). `args` pass through unchanged (integers stay integers). The verbs
+return `res.theta` in `theta0`'s dtype and `res.loss` as the loss there: where that dtype
+rounds SciPy's `x`, the loss is evaluated once more at the rounded point, in `theta0`'s dtype
+(`_scipy_steps.py`). A complex `x` or `dtype` is refused: SciPy iterates over real vectors.
 
 PITFALLS.md (SciPy): keep one cached jitted `value_and_grad` and one Hessian-vector product, so
 that L-BFGS-B, BFGS and trust-ncg share the same compiled functions, and hand SciPy float64
@@ -23,6 +26,22 @@ import numpy as np
 
 from ._custom_types import DTypeLike
 from ._precision import check_x64, guard_x64
+
+
+_REAL_VIEW = """\
+optimise the real view of complex parameters `z0`: `n = z0.size`,
+`x0 = np.concatenate([z0.real, z0.imag])`, `loss_r = lambda x, *a: loss(x[:n] + 1j * x[n:], *a)`,
+then `sb.scipy_objective(loss_r, *args)`."""
+
+_MSG_COMPLEX = """\
+`sb.scipy_objective(...).{name}` expected a real {what} (SciPy's optimizers iterate over real
+float64 vectors), but got a {got} array: its imaginary part would be dropped without a word.
+Fix: """ + _REAL_VIEW
+
+_MSG_DTYPE = """\
+`sb.scipy_objective` expected `dtype` to be a real floating dtype (the dtype the loss sees
+`x` in; SciPy's optimizers iterate over real float64 vectors), but got dtype={got}.
+Fix: `dtype=None` (float64, float32 with x64 off) or `dtype=jnp.float32`; or """ + _REAL_VIEW
 
 
 def _f(x, dynamic, static):
@@ -86,12 +105,11 @@ class ScipyObjective:
         self._last: tuple[float, np.ndarray] | None = None
         self._last_value: tuple[np.ndarray, float] | None = None
 
-    def _x(self, x) -> jax.Array:
-        return jnp.asarray(np.asarray(x, dtype=np.float64).astype(self.dtype))
+    def _x(self, x: np.ndarray) -> jax.Array:
+        return jnp.asarray(x.astype(self.dtype))
 
-    def fun_and_jac(self, x) -> tuple[float, np.ndarray]:
-        """`(loss, gradient)` as `(float, float64 ndarray)`; use with `jac=True` in SciPy."""
-        x = np.array(x, dtype=np.float64, copy=True)
+    def _fun_and_jac(self, x, name: str) -> tuple[float, np.ndarray]:
+        x = _real(x, name).copy()
         if self._last_x is None or not np.array_equal(x, self._last_x):
             value, grad = self._value_and_grad(self._x(x), self._dynamic)
             self._last = (float(value), np.asarray(grad, dtype=np.float64))
@@ -99,18 +117,22 @@ class ScipyObjective:
         value, grad = cast(tuple[float, np.ndarray], self._last)  # set just above
         return value, grad.copy()
 
+    def fun_and_jac(self, x) -> tuple[float, np.ndarray]:
+        """`(loss, gradient)` as `(float, float64 ndarray)`; use with `jac=True` in SciPy."""
+        return self._fun_and_jac(x, "fun_and_jac")
+
     def fun(self, x) -> float:
         """The loss at `x` as a Python float."""
-        return self.fun_and_jac(x)[0]
+        return self._fun_and_jac(x, "fun")[0]
 
     def jac(self, x) -> np.ndarray:
         """The gradient at `x`, a float64 NumPy array."""
-        return self.fun_and_jac(x)[1]
+        return self._fun_and_jac(x, "jac")[1]
 
     def value(self, x) -> float:
         """The loss at `x` without its gradient (one forward pass): for derivative-free
         methods, and for a loss JAX cannot differentiate. The last result is cached."""
-        x = np.array(x, dtype=np.float64, copy=True)
+        x = _real(x, "value").copy()
         if self._last_x is not None and np.array_equal(x, self._last_x):
             return cast(tuple[float, np.ndarray], self._last)[0]  # set with `_last_x`
         if self._last_value is None or not np.array_equal(x, self._last_value[0]):
@@ -119,12 +141,21 @@ class ScipyObjective:
 
     def hessp(self, x, p) -> np.ndarray:
         """Hessian-vector product at `x` with `p` (forward-over-reverse), float64 NumPy."""
-        out = self._hvp(self._x(x), self._x(p), self._dynamic)
-        return np.asarray(out, dtype=np.float64)
+        x, p = self._x(_real(x, "hessp")), self._x(_real(p, "hessp", "`p`"))
+        return np.asarray(self._hvp(x, p, self._dynamic), dtype=np.float64)
 
     def hess(self, x) -> np.ndarray:
         """The dense Hessian at `x` (for `dogleg`/`trust-exact`; small problems only)."""
-        return np.asarray(self._hess(self._x(x), self._dynamic), dtype=np.float64)
+        x = self._x(_real(x, "hess"))
+        return np.asarray(self._hess(x, self._dynamic), dtype=np.float64)
+
+
+def _real(x, name: str, what: str = "`x`") -> np.ndarray:
+    """`x` as float64 NumPy; a complex `x` is refused (NumPy would drop its imaginary part)."""
+    if np.iscomplexobj(x):
+        got = np.asarray(x).dtype
+        raise TypeError(_MSG_COMPLEX.format(name=name, what=what, got=got))
+    return np.asarray(x, dtype=np.float64)
 
 
 def scipy_dtype() -> Any:
@@ -171,10 +202,13 @@ def scipy_objective(loss: Callable, *args: Any, dtype: DTypeLike | None = None) 
     **Raises:**
 
     `TypeError` if `dtype=jnp.float64` is asked for while JAX runs with x64 off, or float64
-    NumPy data arrives in `args` then.
+    NumPy data arrives in `args` then; if `dtype` is not a real floating dtype (complex
+    included: SciPy iterates over real vectors), or a complex `x` (or `p`) reaches one of
+    the callables (NumPy would drop its imaginary part).
     """
-    if dtype is None:
-        dtype = scipy_dtype()
-    check_x64(dtype, "`sb.scipy_objective`", "`dtype=`")
+    wanted = np.dtype(scipy_dtype() if dtype is None else dtype)
+    if not jnp.issubdtype(wanted, jnp.floating):
+        raise TypeError(_MSG_DTYPE.format(got=wanted))
+    check_x64(wanted, "`sb.scipy_objective`", "`dtype=`")
     guard_x64(args, "`sb.scipy_objective`", "`*args`")
-    return ScipyObjective(loss, args, dtype)
+    return ScipyObjective(loss, args, wanted)

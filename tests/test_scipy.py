@@ -108,16 +108,19 @@ def _recorded(seen):
 
 def test_both_scipy_routes_follow_one_float_rule():
     # A float32 start and float32 data: both routes hand the loss float64 `theta` (SciPy's
-    # vector; x64 is on), integer inputs unchanged, and take the same iterates.
+    # vector; x64 is on), integer inputs unchanged, and take the same iterates. `res.loss` is
+    # then evaluated once more, at `res.theta`, in float32: the loss the user gets there.
     H32, g32, idx = _H.astype(jnp.float32), _G.astype(jnp.float32), jnp.arange(3)
     x0 = jnp.array([1.0, -1.0, 0.5], jnp.float32)
     seen = []
     res = sb.minimize(_recorded(seen), x0, "scipy:L-BFGS-B", args=(H32, g32, idx), tol=1e-12,
                       progress=False)  # fmt: skip
+    assert seen[-1] == (np.dtype("float32"), idx.dtype)
+    assert set(seen[:-1]) == {(np.dtype("float64"), idx.dtype)}
+    assert res.loss == float(jax.jit(_recorded([]))(res.theta, H32, g32, idx))
     obj = sb.scipy_objective(_recorded(seen), H32, g32, idx)
     ref = scipy.optimize.minimize(obj.fun_and_jac, np.asarray(x0), jac=True, method="L-BFGS-B",
                                   tol=1e-12)  # fmt: skip
-    assert set(seen) == {(np.dtype("float64"), idx.dtype)}
     assert res.theta.dtype == jnp.float32 and res.stats["scipy"].nit == ref.nit
     # Two compiled programs (ours wraps the loss): the same iterations up to rounding.
     expected = np.linalg.solve(np.asarray(_H), np.asarray(_G))

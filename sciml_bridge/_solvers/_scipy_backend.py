@@ -2,33 +2,33 @@
 
 Every SciPy route follows one float rule (`_scipy.py`): the residual or loss sees `theta` in
 float64 (float32 with x64 off) whatever the dtype of `theta0`, and `res.theta` comes back in
-`theta0`'s dtype. Steps, history and how a run ended: `_scipy_steps.py`.
+`theta0`'s dtype, with `res.loss` the loss there. Steps, history, how a run ended, and a
+callback that raises: `_scipy_steps.py`. Both routes compile once per loss (or residual) and
+argument shapes: every call and every ensemble member shares the compiled functions.
 
 An iterate is what SciPy's callback reports, with three exceptions. COBYQA calls back once per
 function evaluation (with its best point so far), so there a step is an evaluation and
 `max_steps` caps evaluations (`maxfev`, as TNC's `maxfun`). SLSQP calls back at a trial point
 (`_at_gradients`), so its iterates are read from its gradient evaluations; MINPACK's `lm`
 takes no callback at all, and its iterations are read from its Jacobian evaluations
-(`_Residual`). Derivative-free methods get the loss alone (`ScipyObjective.value`): no
+(`_scipy_residual.py`). Derivative-free methods get the loss alone (`ScipyObjective.value`): no
 gradient is computed for them, so a loss JAX cannot differentiate runs too.
 """
 
-from collections.abc import Callable
-from typing import Any, cast
+import dataclasses
+import time
+from typing import Any, NoReturn
 
-import equinox as eqx
-import jax
-import jax.numpy as jnp
 import numpy as np
 import scipy.optimize
 
 from .._progress import Progress
-from .._result import RESULTS
+from .._result import RESULTS, EnsembleSolution, OptimizationError
 from .._scipy import ScipyObjective, scipy_dtype, scipy_objective
 from ._interrupt import catch_sigint
-from ._own_jacobian import own_jacobian
 from ._run import deliver
-from ._scipy_steps import Abort, Tracker, budget, call, solution
+from ._scipy_residual import ScipyResidual
+from ._scipy_steps import MSG_GRADIENT, Abort, CallbackRaised, Tracker, budget, call, solution
 from ._setup import Run
 
 
@@ -42,12 +42,6 @@ _MSG_OURS = """\
 `{where}` got `{key}=`, which it sets itself for method={method!r} (the loss's own compiled
 gradient and Hessian, `theta0`, the method): it is not one of SciPy's `options`.
 Fix: remove it; `scipy.optimize.show_options("minimize", {name!r})` lists the options."""
-
-_MSG_GRADIENT = (
-    "the {what} is non-finite at a point where the {f} is finite (it is not differentiable "
-    "there, e.g. `jnp.sqrt(t**2)` or `jnp.abs(t)` at 0). Fix: smooth it there "
-    "(`jnp.sqrt(t**2 + 1e-12)`){alt}"
-)
 
 _MSG_CURVATURE = (
     "the {what} is non-finite at a point where the loss and its gradient are finite (the loss "
@@ -90,7 +84,7 @@ def _checked(fun, track: Tracker, gradient: bool):
         if not np.all(np.isfinite(value)):
             raise Abort(RESULTS.nonfinite)
         if grad is not None and not np.all(np.isfinite(grad)):
-            detail = _MSG_GRADIENT.format(what="gradient", f="loss", alt=_NO_GRADIENT_FIX)
+            detail = MSG_GRADIENT.format(what="gradient", f="loss", alt=_NO_GRADIENT_FIX)
             raise Abort(RESULTS.solver_failed, detail)
         return out
 
@@ -161,9 +155,11 @@ def scipy_minimize(loss, theta0, args, name, tol, options, run: Run, interrupt):
     method = name.lower()
     _check_options(options, run, name)
     obj = scipy_objective(loss, *args)  # its float rule: float64 (float32 with x64 off)
+    # `res.loss` is the loss at `res.theta`, in `theta0`'s dtype, where that rounds SciPy's `x`.
+    at = None if _unrounded(theta0) else ScipyObjective(loss, args, theta0.dtype).value
     x0 = np.asarray(theta0, dtype=np.float64)
     with Progress(run.max_steps, run.progress, run.where) as bar:
-        track = Tracker(x0, run, bar, interrupt)
+        track = Tracker(x0, run, bar, interrupt, theta0.dtype, at)
         fun, value, kwargs = _minimize_kwargs(obj, method, track)
 
         def thunk():
@@ -174,64 +170,12 @@ def scipy_minimize(loss, theta0, args, name, tol, options, run: Run, interrupt):
                                            **kwargs)  # fmt: skip
 
         result = call(thunk, run, name, track)
-    return solution(result, track, theta0, run)
+    return solution(result, track, run)
 
 
-class _Residual:
-    """Jitted flattened residual and dense Jacobian, as float64 NumPy for SciPy.
-
-    It keeps the lowest finite loss evaluated (`best`, returned when a later evaluation is
-    non-finite) and the losses evaluated since the last Jacobian. MINPACK's `lm` calls back
-    nothing, but it evaluates the Jacobian once per iteration, at the point that iteration
-    starts from, which it has already evaluated: so `on_iterate(x, loss)` (set for `lm`) is
-    called at every Jacobian but the first, which is at `x0`."""
-
-    def __init__(self, fn, args, dtype, jac: str):
-        dynamic, static = eqx.partition((fn, args), eqx.is_array)
-
-        def r(x, dynamic):
-            fn, args = eqx.combine(dynamic, static)
-            return jnp.ravel(fn(x, *args))
-
-        own = own_jacobian(fn)
-
-        def own_j(x, dynamic):
-            fn, args = eqx.combine(dynamic, static)
-            return cast(Callable, own_jacobian(fn))(x, *args)[1]  # `fn`'s type has one
-
-        self.dtype, self._dynamic = dtype, dynamic
-        self._r = jax.jit(r)
-        # The residual's own Jacobian when it has one (`_own_jacobian.py`: `sb.pinn`'s).
-        self._j = jax.jit(own_j if own is not None else
-                          jax.jacfwd(r) if jac == "fwd" else jax.jacrev(r))  # fmt: skip
-        self.best: tuple[float, Any] = (float("inf"), None)
-        self.on_iterate: Callable | None = None
-        self._losses: dict[bytes, float] = {}
-        self._jacobians = 0
-
-    def residual(self, x) -> np.ndarray:
-        out = np.asarray(self._r(jnp.asarray(x, dtype=self.dtype), self._dynamic), np.float64)
-        if not np.all(np.isfinite(out)):
-            raise Abort(RESULTS.nonfinite)
-        loss = 0.5 * float(out @ out)
-        self._losses[np.asarray(x, np.float64).tobytes()] = loss
-        if loss < self.best[0]:
-            self.best = (loss, np.array(x, dtype=np.float64))
-        return out
-
-    def jacobian(self, x) -> np.ndarray:
-        self._jacobians += 1
-        if self.on_iterate is not None and self._jacobians > 1:
-            key = np.asarray(x, np.float64).tobytes()
-            if key not in self._losses:  # not seen in MINPACK; kept for safety
-                self.residual(x)
-            self.on_iterate(x, self._losses[key])
-        self._losses.clear()
-        out = np.asarray(self._j(jnp.asarray(x, dtype=self.dtype), self._dynamic), np.float64)
-        if not np.all(np.isfinite(out)):  # trf and dogbox raised on it; `lm` "converged"
-            detail = _MSG_GRADIENT.format(what="Jacobian", f="residual", alt="")
-            raise Abort(RESULTS.solver_failed, detail)
-        return out
+def _unrounded(theta0) -> bool:
+    """Whether SciPy's float64 `x` reaches the loss exactly as `theta0`'s dtype holds it."""
+    return np.dtype(theta0.dtype) == np.dtype(scipy_dtype())
 
 
 def _entered(fn, track: Tracker):
@@ -245,13 +189,14 @@ def _entered(fn, track: Tracker):
 def scipy_least_squares(residual, theta0, args, name, tol, jac, options, run: Run, interrupt):
     if tol is not None and tol < np.finfo(np.float64).eps:
         raise ValueError(_MSG_TOL.format(where=run.where, tol=tol, eps=np.finfo(np.float64).eps))
-    res = _Residual(residual, args, scipy_dtype(), jac)
+    res = ScipyResidual(residual, args, scipy_dtype(), jac)
     x0 = np.asarray(theta0, dtype=np.float64)
+    at = None if _unrounded(theta0) else lambda x: res.loss_at(x, theta0.dtype)
     tols = {} if tol is None else dict(xtol=tol, ftol=tol, gtol=tol)
     kwargs: dict[str, Any] = dict(method=name.lower(), jac=res.jacobian, max_nfev=run.max_steps,
                                   **tols)
     with Progress(run.max_steps, run.progress, run.where) as bar:
-        track = Tracker(x0, run, bar, interrupt)
+        track = Tracker(x0, run, bar, interrupt, theta0.dtype, at)
 
         def cb(intermediate_result):
             track.see(intermediate_result.x, float(intermediate_result.cost))
@@ -271,17 +216,43 @@ def scipy_least_squares(residual, theta0, args, name, tol, jac, options, run: Ru
         result = call(thunk, run, name, track)
         # A run stopped by a non-finite residual or Jacobian keeps its best finite point:
         # trf and dogbox evaluate the Jacobian at a point they accepted before calling back.
+        # One stopped by its callback ends where the callback was given (`track.theta`).
         failed = (RESULTS.nonfinite, RESULTS.solver_failed)
         if isinstance(result, tuple) and any(result[0] is k for k in failed) \
-                and res.best[0] < track.loss:  # fmt: skip
+                and track.raised is None and res.best[0] < track.loss \
+                and not np.array_equal(res.best[1], track.theta):  # fmt: skip
             track.adopt(res.best[1], res.best[0])
-    return solution(result, track, theta0, run)
+    return solution(result, track, run)
 
 
 def solve_scipy(solve_one, theta0, run: Run):
-    """SciPy owns its loop: members one after another, one Ctrl-C stops them all."""
+    """SciPy owns its loop: members one after another, one Ctrl-C stops them all. A callback
+    that raises stops them all too (`_callback_raised`)."""
     batched = theta0.ndim == 2
     thetas = theta0 if batched else theta0[None]
+    solutions, raised = [], None
     with catch_sigint() as interrupt:
-        solutions = [solve_one(theta, run, interrupt) for theta in thetas]
+        for i, theta in enumerate(thetas):
+            try:
+                solutions.append(solve_one(theta, run, interrupt))
+            except CallbackRaised as e:
+                raised, interrupt.set = (i, e), True  # the next members stop at `theta0`
+                solutions.append(e.solution)
+    if raised is not None:
+        _callback_raised(solutions, *raised, batched, run)
     return deliver(solutions, batched, run)
+
+
+def _callback_raised(solutions, i: int, e: CallbackRaised, batched: bool, run: Run) -> NoReturn:
+    """Member `i`'s callback raised: `sb.OptimizationError` whatever `throw=` says, `from`
+    the callback's error, with the run up to the point the callback was given (every
+    member's in an ensemble: the ones after `i` stopped at their `theta0`, as by Ctrl-C)."""
+    solutions[i] = e.solution_as_raised(run.where, i if batched else None)
+    why = f"the callback raised {type(e.cause).__name__} for member {i}"
+    for j in range(i + 1, len(solutions)):
+        detail = f"not started: {why}; `res.theta` is its `theta0`"
+        message = f"`{run.where}` ({detail}): {RESULTS[RESULTS.interrupted]}"
+        solutions[j] = dataclasses.replace(solutions[j], message=message)
+    out = EnsembleSolution(tuple(solutions), time.perf_counter() - run.start) \
+        if batched else solutions[0]  # fmt: skip
+    raise OptimizationError(out, solutions[i].message) from e.cause

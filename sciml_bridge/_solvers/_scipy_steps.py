@@ -5,6 +5,12 @@ non-finite loss stops SciPy at once (`Abort`, raised from inside SciPy and caugh
 and the last finite iterate (minimize) or the best finite point evaluated (least squares) is
 returned.
 
+SciPy's `x` is float64, `res.theta` is in `theta0`'s dtype: when that rounds (a float32,
+float16 or bfloat16 `theta0` with x64 on; float16 or bfloat16 with x64 off), `res.loss` and
+the last history entry are the loss at the rounded point, evaluated once more in `theta0`'s
+dtype (`loss(res.theta)` as the user evaluates it), and so is every `(theta, loss)` pair a
+callback gets; SciPy's own value there is for a point it never returns.
+
 `res.steps` and `res.history` count SciPy's iterates (`Tracker`): `history[k]` is the loss at
 the point reached after `k` iterations, one entry per iterate SciPy reports (`Tracker.see`),
 and one more when SciPy's final `x` is not its last iterate (TNC and COBYLA stop inside an
@@ -12,18 +18,21 @@ iteration when the budget runs out). Which SciPy event is an iterate differs by 
 backend (`_scipy_backend.py`) says which. How SciPy ended is read from its message (`outcome`).
 """
 
+import dataclasses
 import re
 import time
 import warnings
+from collections.abc import Callable
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.optimize
 
 from .._progress import Progress
-from .._result import RESULTS, finish
+from .._result import RESULTS, Solution, finish
 from ._interrupt import Interrupt
-from ._recover import RUNTIME_ERRORS, failure_detail, first_line
+from ._recover import MSG_CALLBACK, RUNTIME_ERRORS, failure_detail, first_line
 from ._setup import Run
 
 
@@ -32,6 +41,12 @@ _MSG_SCIPY_OPTIONS = """\
 Fix: remove them; `scipy.optimize.show_options("minimize", {method!r})` lists the valid ones."""
 
 
+MSG_GRADIENT = (
+    "the {what} is non-finite at a point where the {f} is finite (it is not differentiable "
+    "there, e.g. `jnp.sqrt(t**2)` or `jnp.abs(t)` at 0). Fix: smooth it there "
+    "(`jnp.sqrt(t**2 + 1e-12)`){alt}"
+)
+
 class Abort(Exception):
     """Stops SciPy from inside one of our functions, carrying the `RESULTS` member to return."""
 
@@ -39,16 +54,35 @@ class Abort(Exception):
         self.kind, self.detail = kind, detail
 
 
+class CallbackRaised(Exception):
+    """The user's callback raised: the run up to the point it was given, and its error."""
+
+    def __init__(self, solution: Solution, cause: Exception):
+        self.solution, self.cause = solution, cause
+
+    def solution_as_raised(self, where: str, member: int | None) -> Solution:
+        """The run, its message saying so (`member` in an ensemble, else None)."""
+        e, at = self.cause, "" if member is None else f"member {member} "
+        message = MSG_CALLBACK.format(kind=type(e).__name__, line=first_line(e), where=where,
+                                       member=at, steps=self.solution.steps)  # fmt: skip
+        return dataclasses.replace(self.solution, message=message)
+
+
 class Tracker:
     """SciPy's iterates: history, progress, user callback, NaN guard and Ctrl-C.
 
     `running` turns True at SciPy's first call of one of our functions: an error SciPy raises
-    after that is a failure inside the run (the run is kept), before it a bad call."""
+    after that is a failure inside the run (the run is kept), before it a bad call.
+    `loss_at(x)` is the loss at `x` rounded to `dtype` (`theta0`'s), evaluated in `dtype`;
+    None when SciPy's `x` reaches the loss unrounded. `raised` is the callback's error."""
 
-    def __init__(self, theta0, run: Run, bar: Progress, interrupt: Interrupt):
+    def __init__(self, theta0, run: Run, bar: Progress, interrupt: Interrupt, dtype,
+                 loss_at: Callable[[np.ndarray], float] | None = None):  # fmt: skip
         self.theta, self.loss, self.history = theta0, float("nan"), []
         self.run, self.bar, self.interrupt = run, bar, interrupt
-        self.running = False
+        self.dtype, self.loss_at = dtype, loss_at
+        self.running, self.raised = False, None
+        self._rounded: tuple[bytes, float] = (b"", float("nan"))
 
     def start(self, loss0: float) -> None:
         if not np.isfinite(loss0):
@@ -57,6 +91,21 @@ class Tracker:
         if self.interrupt:
             raise Abort(RESULTS.interrupted)
 
+    def user(self, x, loss: float) -> tuple[jax.Array, float]:
+        """`(theta, loss)` as the user sees them: `x` in `theta0`'s dtype and the loss there."""
+        x = np.asarray(x, dtype=np.float64)
+        theta = jnp.asarray(x.astype(self.dtype))
+        if self.loss_at is None or not np.isfinite(loss):
+            return theta, float(loss)
+        if self._rounded[0] != x.tobytes():
+            try:
+                self._rounded = (x.tobytes(), float(self.loss_at(x)))
+            # It raised where SciPy's dtype did not (e.g. a `precision="strict"` float64
+            # model): SciPy's value, rather than losing the run.
+            except (*RUNTIME_ERRORS, ValueError, TypeError):
+                self._rounded = (x.tobytes(), float(loss))
+        return theta, self._rounded[1]
+
     def see(self, x, loss) -> None:
         """`x` is SciPy's next iterate and `loss` the loss there."""
         if self.interrupt:
@@ -64,10 +113,20 @@ class Tracker:
         if not np.isfinite(loss):
             raise Abort(RESULTS.nonfinite)
         self.theta, self.loss = np.array(x, dtype=np.float64), float(loss)
+        cb = self.run.callback
+        theta = None
+        if cb is not None:  # the pair the callback gets, and so the history, as the user sees
+            theta, self.loss = self.user(self.theta, self.loss)
         self.history.append(self.loss)
         self.bar.update(len(self.history) - 1, self.loss)
-        cb = self.run.callback
-        if cb is not None and cb(len(self.history) - 1, jnp.asarray(self.theta), self.loss):
+        if cb is None:
+            return
+        try:
+            stop = cb(len(self.history) - 1, theta, self.loss)
+        except Exception as e:  # not KeyboardInterrupt: that one is Ctrl-C (`call`)
+            self.raised = e
+            raise Abort(RESULTS.solver_failed) from e
+        if stop:
             raise Abort(RESULTS.successful)
 
     def adopt(self, x, loss: float) -> None:
@@ -145,8 +204,9 @@ def call(thunk, run: Run, name: str, track: Tracker):
         raise TypeError(_MSG_SCIPY_OPTIONS.format(where=run.where, method=name, err=e)) from e
 
 
-def solution(result, track: Tracker, theta0, run: Run):
-    """The `Solution` of one run from `call`'s answer and the iterates `track` saw."""
+def solution(result, track: Tracker, run: Run) -> Solution:
+    """The `Solution` of one run from `call`'s answer and the iterates `track` saw; raises
+    `CallbackRaised` when the callback raised."""
     stats, detail = {}, ""
     if isinstance(result, tuple):
         (kind, detail), x, loss = result, track.theta, track.loss
@@ -162,9 +222,10 @@ def solution(result, track: Tracker, theta0, run: Run):
         detail = f"at SciPy iteration {len(track.history)}"
     if not track.history:
         track.history.append(float(loss))
-    return finish(
-        theta=jnp.asarray(np.asarray(x), dtype=theta0.dtype),
-        loss=loss,
+    theta, track.history[-1] = track.user(x, loss)
+    sol = finish(
+        theta=theta,
+        loss=track.history[-1],
         history=track.history,
         steps=len(track.history) - 1,
         result=kind,
@@ -175,3 +236,6 @@ def solution(result, track: Tracker, theta0, run: Run):
         throw=False,
         stats=stats,
     )
+    if track.raised is not None:
+        raise CallbackRaised(sol, track.raised)
+    return sol

@@ -1,0 +1,239 @@
+"""SciPy routes: `res.loss` at the `res.theta` returned, one compile per residual, no complex
+`x` dropped silently, and a callback that raises."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import TraceCounter, run_python
+
+import sciml_bridge as sb
+from sciml_bridge._solvers._methods import SCIPY_LEAST_SQUARES
+
+
+# Not representable in float32 or bfloat16: SciPy's float64 minimum rounds away from it.
+_TARGET = jnp.array([0.1, 1 / 3, 2 / 7], jnp.float64)
+
+
+def _loss(theta):
+    return jnp.sum((theta.astype(jnp.float64) - _TARGET) ** 2)
+
+
+def _residual(theta):
+    return theta.astype(jnp.float64) - _TARGET
+
+
+def _rosen(theta):  # many steps for every method
+    t = theta.astype(jnp.float64)
+    return jnp.sum(100 * (t[1:] - t[:-1] ** 2) ** 2 + (1 - t[:-1]) ** 2)
+
+
+def _rosen_residual(theta):
+    t = theta.astype(jnp.float64)
+    return jnp.concatenate([10 * (t[1:] - t[:-1] ** 2), 1 - t[:-1]])
+
+
+def _calls():
+    seen = []
+    return seen, lambda step, theta, loss: seen.append((step, theta, loss)) and False
+
+
+# --- 1. `res.loss` and the callback's loss are the loss at the theta returned ------------------
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize("method", ["scipy:BFGS", "scipy:L-BFGS-B", "scipy:trust-ncg",
+                                    "scipy:Nelder-Mead"])  # fmt: skip
+def test_minimize_loss_is_the_loss_at_the_rounded_theta(method, dtype):
+    # SciPy's float64 minimum reported 0.0 where `loss(res.theta)` was 2.6e-16 (float32).
+    seen, callback = _calls()
+    res = sb.minimize(_loss, jnp.zeros(3, dtype), method, max_steps=300, callback=callback,
+                      throw=False, progress=False)  # fmt: skip
+    assert res.theta.dtype == dtype and res.loss > 0.0
+    assert res.loss == float(jax.jit(_loss)(res.theta)) == res.history[res.steps]
+    assert res.history[-1] == res.loss and len(res.history) == res.steps + 1
+    # Every pair the callback got is a point in `theta0`'s dtype and the loss there.
+    assert [s for s, _, _ in seen] == list(range(1, len(seen) + 1))
+    for step, theta, loss in seen:
+        assert theta.dtype == dtype and loss == float(jax.jit(_loss)(theta))
+        assert res.history[step] == loss
+
+
+@pytest.mark.parametrize("method", SCIPY_LEAST_SQUARES)
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_least_squares_loss_is_the_loss_at_the_rounded_theta(method, dtype):
+    seen, callback = _calls()
+    res = sb.least_squares(_residual, jnp.zeros(3, dtype), f"scipy:{method}", max_steps=50,
+                           callback=callback, progress=False)  # fmt: skip
+    half_ssq = jax.jit(lambda t: 0.5 * jnp.sum(_residual(t) ** 2))
+    assert res.theta.dtype == dtype and res.loss > 0.0
+    assert res.loss == float(half_ssq(res.theta)) == res.history[-1]
+    for step, theta, loss in seen:
+        assert theta.dtype == dtype and loss == float(half_ssq(theta)) == res.history[step]
+
+
+def test_float64_theta0_is_not_evaluated_again():
+    # Nothing rounds: the final loss is SciPy's own, and no float32 program is compiled.
+    counter = TraceCounter(_loss)
+    res = sb.minimize(counter, jnp.zeros(3), "scipy:BFGS", progress=False)
+    assert res.loss == res.stats["scipy"].fun and counter.count == 1
+
+
+def test_bfloat16_with_x64_off_reports_the_loss_at_its_theta():
+    proc = run_python("""
+        import jax, jax.numpy as jnp
+        import sciml_bridge as sb
+        assert not jax.config.read("jax_enable_x64")
+        target = jnp.array([0.1, 1 / 3, 2 / 7], jnp.float32)
+        loss = lambda t: jnp.sum((t.astype(jnp.float32) - target) ** 2)
+        for method in ("scipy:BFGS", "scipy:L-BFGS-B"):
+            res = sb.minimize(loss, jnp.zeros(3, jnp.bfloat16), method, progress=False)
+            assert res.theta.dtype == jnp.bfloat16 and res.loss > 1e-7, res
+            assert res.loss == float(jax.jit(loss)(res.theta)) == res.history[-1]
+        print("ok")
+    """, env={"JAX_ENABLE_X64": "0"})  # fmt: skip
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]
+
+
+# --- 2. one compile per residual and shapes, for every call and every member ---------------
+
+
+@pytest.mark.parametrize("method", SCIPY_LEAST_SQUARES)
+def test_scipy_least_squares_compiles_once(method):
+    # Each call built fresh `jax.jit` closures: the residual and its Jacobian were compiled
+    # again on every call and for every ensemble member (12 compiles for 4 members with trf).
+    x = jnp.linspace(0.0, 1.0, 16)
+
+    def residual(theta, x, y):
+        return theta[0] * jnp.exp(theta[1] * x) - y
+
+    counter = TraceCounter(residual)
+    kw = dict(args=(x, 2 * jnp.exp(-x)), max_steps=5, progress=False, throw=False)
+    sb.least_squares(counter, jnp.array([1.0, 0.0]), f"scipy:{method}", **kw)
+    traced = counter.count
+    kw["args"] = (x + 0.1, 3 * jnp.exp(-x))  # new values, same shapes and dtypes
+    sb.least_squares(counter, jnp.array([0.5, 0.1]), f"scipy:{method}", **kw)
+    sb.least_squares(counter, jnp.array([[1.0, 0.0], [0.9, -0.5], [1.2, 0.3]]),
+                     f"scipy:{method}", **kw)  # fmt: skip
+    assert counter.count == traced
+
+
+def test_float32_theta0_compiles_its_final_evaluation_once():
+    counter = TraceCounter(_residual)
+    sb.least_squares(counter, jnp.zeros(3, jnp.float32), "scipy:trf", progress=False)
+    traced = counter.count
+    sb.least_squares(counter, jnp.ones((2, 3), jnp.float32), "scipy:trf", progress=False)
+    assert counter.count == traced
+
+
+# --- 3. `sb.scipy_objective` refuses a complex `x` ---------------------------------------------
+
+
+@pytest.mark.parametrize("call", ["fun_and_jac", "fun", "jac", "value", "hess"])
+def test_scipy_objective_refuses_a_complex_x(call):
+    # NumPy dropped the imaginary part: the loss of the real part came back, with only a
+    # `ComplexWarning`.
+    obj = sb.scipy_objective(lambda t: jnp.sum((t - 1.0) ** 2))
+    z = np.array([1 + 1j, 2 + 0.5j])
+    with pytest.raises(TypeError, match=rf"(?s)`sb.scipy_objective\(...\).{call}` expected a "
+                                        r"real `x`.*complex128.*real view"):  # fmt: skip
+        getattr(obj, call)(z)
+    with pytest.raises(TypeError, match=r"expected a real `p`"):
+        obj.hessp(np.ones(2), z)
+
+
+@pytest.mark.parametrize("dtype", [jnp.complex128, jnp.complex64, jnp.int32])
+def test_scipy_objective_refuses_a_dtype_that_is_not_real_floating(dtype):
+    with pytest.raises(TypeError, match=r"(?s)expected `dtype` to be a real floating dtype.*"
+                                        r"dtype=(complex|int).*dtype=None"):  # fmt: skip
+        sb.scipy_objective(lambda z: jnp.sum(jnp.abs(z) ** 2), dtype=dtype)
+
+
+# --- 4. a callback that raises --------------------------------------------------------------
+
+
+def _raises_at(step_to_raise: int, error=ValueError("boom\nsecond line")):
+    seen = []
+
+    def callback(step, theta, loss):
+        seen.append((step, theta, loss))
+        if len(seen) == step_to_raise:
+            raise error
+
+    return seen, callback
+
+
+_RUNS = [
+    (sb.minimize, _rosen, "scipy:BFGS"),
+    (sb.minimize, _rosen, "scipy:Nelder-Mead"),
+    (sb.minimize, _rosen, "scipy:SLSQP"),
+    (sb.minimize, _rosen, "scipy:trust-constr"),
+    (sb.least_squares, _rosen_residual, "scipy:trf"),
+    (sb.least_squares, _rosen_residual, "scipy:lm"),
+]
+
+
+@pytest.mark.parametrize(("throw", "dtype"), [(True, jnp.float64), (False, jnp.float32)])
+@pytest.mark.parametrize(("verb", "fn", "method"), _RUNS)
+def test_a_callback_that_raises_stops_the_run_and_keeps_it(verb, fn, method, throw, dtype):
+    # The run was lost: the callback's error left SciPy (or, for a ValueError, became "SciPy
+    # raised ValueError" under `throw=False`).
+    seen, callback = _raises_at(2)
+    with pytest.raises(sb.OptimizationError) as info:
+        verb(fn, jnp.array([-1.2, 1.0, -1.2], dtype), method, callback=callback, throw=throw,
+             progress=False)  # fmt: skip
+    err, (step, theta, loss) = info.value, seen[-1]
+    assert str(err).startswith("the callback raised ValueError: boom. ")
+    assert f"`sb.{verb.__name__}` stopped at step 2, the point" in str(err)
+    assert err.__cause__ is not None and str(err.__cause__).startswith("boom")
+    res = err.result
+    assert isinstance(res, sb.Solution) and res.result is sb.RESULTS.solver_failed
+    assert not res.success and res.message == str(err)
+    assert res.steps == step == 2 and len(res.history) == 3
+    assert res.loss == loss == res.history[-1] and res.history[1] == seen[0][2]
+    assert err.theta is res.theta and np.array_equal(res.theta, theta)
+    assert res.theta.dtype == theta.dtype == dtype
+
+
+def test_a_callback_that_raises_in_an_ensemble_stops_every_member():
+    # As on the fused route: `err.result` holds every member, the one whose callback raised
+    # failed where the callback was given its point, the others stopped as by Ctrl-C.
+    seen, callback = _raises_at(5, KeyError("member"))
+    theta0 = jnp.array([[-1.2, 1.0, -1.2], [0.0, 1.0, -1.0], [2.0, 2.0, 2.0]], jnp.float32)
+    with pytest.raises(sb.OptimizationError, match=r"^the callback raised KeyError: 'member'\. "
+                                                   r"`sb.minimize` stopped member 1 at step 2,"
+                       ) as info:  # fmt: skip
+        sb.minimize(_rosen, theta0, "scipy:BFGS", max_steps=3, callback=callback, throw=False,
+                    progress=False)  # fmt: skip
+    err = info.value
+    assert isinstance(err.__cause__, KeyError)
+    res = err.result
+    assert isinstance(res, sb.EnsembleSolution) and err.theta.shape == (3, 3)
+    # Member 0 ran its 3 steps, member 1 reached its second: the callback's 5th call.
+    assert [s for s, _, _ in seen] == [1, 2, 3, 1, 2] and res.steps.tolist() == [3, 2, 0]
+    assert [m.result for m in res] == [sb.RESULTS.max_steps_reached, sb.RESULTS.solver_failed,
+                                       sb.RESULTS.interrupted]  # fmt: skip
+    assert res[1].message == str(err) and "not started" in res[2].message
+    assert res[1].theta.dtype == jnp.float32 and np.array_equal(res[1].theta, seen[-1][1])
+    assert res[1].loss == seen[-1][2] == float(jax.jit(_rosen)(res[1].theta))
+    assert np.array_equal(res[2].theta, theta0[2]) and res[2].loss == float(_rosen(theta0[2]))
+
+
+def test_keyboard_interrupt_in_the_callback_still_returns_the_partial_run():
+    seen, callback = _raises_at(2, KeyboardInterrupt())
+    res = sb.minimize(_loss, jnp.array([1.0, 2.0, 3.0]), "scipy:BFGS", callback=callback,
+                      throw=True, progress=False)  # fmt: skip
+    assert res.result is sb.RESULTS.interrupted and res.steps == 2 and res.loss == seen[-1][2]
+
+
+def test_a_loss_that_refuses_theta0s_dtype_keeps_scipys_value():
+    # E.g. a float64 model under `precision="strict"` trained from a float32 `theta0`: the
+    # loss only runs in SciPy's float64, so the final evaluation in float32 cannot replace
+    # SciPy's value, and must not lose the run.
+    def strict(theta):
+        if theta.dtype != jnp.float64:
+            raise TypeError("strict: float64 only")
+        return _loss(theta)
+
+    res = sb.minimize(strict, jnp.zeros(3, jnp.float32), "scipy:BFGS", progress=False)
+    assert res.success and res.loss == res.stats["scipy"].fun == res.history[-1]
