@@ -125,3 +125,12 @@ def test_self_scaling_beats_plain_bfgs_in_steps_on_an_ill_conditioned_quadratic(
         steps[method] = res.steps
     assert steps["ssbfgs"] < steps["bfgs"] / 2, steps
     assert steps["ssbroyden"] < steps["bfgs"] / 2, steps
+
+
+@pytest.mark.parametrize("method", ["ssbfgs", "ssbroyden"])
+def test_one_parameter(method):
+    # SSBroyden's scaling raised ZeroDivisionError for n = 1 (sigma ** (1 / (1 - n))).
+    loss = lambda t: jnp.sum((t - 3.0) ** 4 + (t - 3.0) ** 2)
+    res = sb.minimize(loss, jnp.array([0.5]), method, tol=1e-12, progress=False)
+    assert res.success
+    np.testing.assert_allclose(np.asarray(res.theta), [3.0], rtol=0, atol=1e-9)

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from ._stepper import RESULTS, AbstractStepper
+from ._stepper import RESULTS, AbstractStepper, traced
 from ._wolfe import strong_wolfe
 
 
@@ -47,7 +47,8 @@ def _ssbroyden_scaling(a, b, n):
     theta_minus = jnp.where(a > tiny, (rho_minus - 1) / jnp.maximum(a, tiny), -jnp.inf)
     theta = jnp.maximum(theta_minus, jnp.minimum(1 / rho_minus, (1 - b) / b))
     sigma = 1 + a * theta
-    sigma_n = jnp.abs(sigma) ** (1 / (1 - n))
+    # In one dimension the secant condition fixes `H` whatever `tau` is: any finite factor.
+    sigma_n = jnp.abs(sigma) ** (1 / (1 - n)) if n > 1 else jnp.ones_like(sigma)
     rho = jnp.minimum(1, 1 / b)
     tau = jnp.where(
         theta <= 0,
@@ -110,7 +111,7 @@ class SelfScaledStepper(AbstractStepper):
 
     fn: Callable
     kind: str = eqx.field(static=True)
-    tol: float = eqx.field(static=True)
+    tol: jax.Array = eqx.field(converter=traced)
     c1: float = eqx.field(static=True, default=1e-4)
     c2: float = eqx.field(static=True, default=0.9)
     line_search_steps: int = eqx.field(static=True, default=30)
