@@ -11,6 +11,8 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
 
+import sciml_bridge as sb
+
 
 def assert_ulp_close(actual, desired, *, ulps: int = 8) -> None:
     """`actual` equals `desired` up to `ulps` units in the last place of their dtype.
@@ -87,3 +89,32 @@ def run_python(code: str, *, env: dict | None = None, timeout: int = 300):
 __all__ = [
     "assert_ulp_close", "tree_allclose", "TraceCounter", "central_difference", "run_python", "jax",
 ]
+
+
+def raises_at(call: int, error: Exception | None = None):
+    """A callback that records `(step, theta, loss)` and raises at its `call`-th call."""
+    seen = []
+
+    def callback(step, theta, loss):
+        seen.append((step, np.asarray(theta), loss))
+        if len(seen) == call:
+            raise error if error is not None else ValueError("boom\nsecond line")
+
+    return seen, callback
+
+
+def assert_callback_error(err, seen: list, where: str, step: int):
+    """The outcome of a callback that raised `ValueError("boom")` at its last call `seen[-1]`
+    (and first saw `seen[0]`): the run stopped there, carried by `err`. Returns its result."""
+    _, theta, loss = seen[-1]
+    assert str(err).startswith("the callback raised ValueError: boom. ")
+    assert f"`{where}` stopped at step {step}, the point" in str(err)
+    assert isinstance(err.__cause__, ValueError) and str(err.__cause__).startswith("boom")
+    res = err.result
+    assert isinstance(res, sb.Solution) and res.result is sb.RESULTS.solver_failed
+    assert not res.success and res.message == str(err)
+    assert res.steps == seen[-1][0] == step and len(res.history) == step + 1
+    assert res.loss == loss == res.history[-1] and res.history[seen[0][0]] == seen[0][2]
+    assert err.theta is res.theta and np.array_equal(res.theta, theta)
+    return res
+

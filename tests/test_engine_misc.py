@@ -4,24 +4,13 @@ the loss a run reports where it stops."""
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import assert_callback_error, raises_at
 
 import sciml_bridge as sb
 
 
 def quadratic(theta):
     return 0.5 * jnp.sum((theta - 1.0) ** 2)
-
-
-def _raises_at(call: int, error: Exception | None = None):
-    """A callback that records what it is given and raises at its `call`-th call."""
-    seen = []
-
-    def callback(step, theta, loss):
-        seen.append((step, np.asarray(theta), loss))
-        if len(seen) == call:
-            raise error if error is not None else ValueError("boom\nsecond line")
-
-    return seen, callback
 
 
 KW = dict(learning_rate=0.1, chunk_size=3, progress=False)
@@ -31,20 +20,11 @@ KW = dict(learning_rate=0.1, chunk_size=3, progress=False)
 @pytest.mark.parametrize("method", ["adam", "lbfgs"])
 def test_a_callback_that_raises_stops_the_run_where_it_was_called(method, throw):
     # The callback's error used to leave the driver: the run was lost.
-    seen, callback = _raises_at(2)
+    seen, callback = raises_at(2)
     with pytest.raises(sb.OptimizationError) as info:
         sb.minimize(quadratic, jnp.zeros(3), method, max_steps=30, callback=callback,
                     throw=throw, **KW)  # fmt: skip
-    err, (step, theta, loss) = info.value, seen[-1]
-    assert str(err).startswith("the callback raised ValueError: boom. ")
-    assert f"`sb.minimize` stopped at step {step}, the point" in str(err)
-    assert isinstance(err.__cause__, ValueError) and str(err.__cause__).startswith("boom")
-    res = err.result
-    assert isinstance(res, sb.Solution) and res.result is sb.RESULTS.solver_failed
-    assert not res.success and res.message == str(err)
-    assert res.steps == step == 5 and len(res.history) == 6
-    assert res.loss == loss == res.history[-1] and res.history[2] == seen[0][2]
-    assert err.theta is res.theta and np.array_equal(res.theta, theta)
+    assert_callback_error(info.value, seen, "sb.minimize", step=5)
 
 
 def test_a_callback_that_raises_for_one_member_stops_the_ensemble():

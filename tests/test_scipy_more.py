@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import TraceCounter, run_python
+from helpers import TraceCounter, assert_callback_error, raises_at, run_python
 
 import sciml_bridge as sb
 from sciml_bridge._solvers._methods import SCIPY_LEAST_SQUARES
@@ -152,17 +152,6 @@ def test_scipy_objective_refuses_a_dtype_that_is_not_real_floating(dtype):
 # --- 4. a callback that raises --------------------------------------------------------------
 
 
-def _raises_at(step_to_raise: int, error=ValueError("boom\nsecond line")):
-    seen = []
-
-    def callback(step, theta, loss):
-        seen.append((step, theta, loss))
-        if len(seen) == step_to_raise:
-            raise error
-
-    return seen, callback
-
-
 _RUNS = [
     (sb.minimize, _rosen, "scipy:BFGS"),
     (sb.minimize, _rosen, "scipy:Nelder-Mead"),
@@ -178,27 +167,18 @@ _RUNS = [
 def test_a_callback_that_raises_stops_the_run_and_keeps_it(verb, fn, method, throw, dtype):
     # The run was lost: the callback's error left SciPy (or, for a ValueError, became "SciPy
     # raised ValueError" under `throw=False`).
-    seen, callback = _raises_at(2)
+    seen, callback = raises_at(2)
     with pytest.raises(sb.OptimizationError) as info:
         verb(fn, jnp.array([-1.2, 1.0, -1.2], dtype), method, callback=callback, throw=throw,
              progress=False)  # fmt: skip
-    err, (step, theta, loss) = info.value, seen[-1]
-    assert str(err).startswith("the callback raised ValueError: boom. ")
-    assert f"`sb.{verb.__name__}` stopped at step 2, the point" in str(err)
-    assert err.__cause__ is not None and str(err.__cause__).startswith("boom")
-    res = err.result
-    assert isinstance(res, sb.Solution) and res.result is sb.RESULTS.solver_failed
-    assert not res.success and res.message == str(err)
-    assert res.steps == step == 2 and len(res.history) == 3
-    assert res.loss == loss == res.history[-1] and res.history[1] == seen[0][2]
-    assert err.theta is res.theta and np.array_equal(res.theta, theta)
-    assert res.theta.dtype == theta.dtype == dtype
+    res = assert_callback_error(info.value, seen, f"sb.{verb.__name__}", step=2)
+    assert res.theta.dtype == seen[-1][1].dtype == dtype
 
 
 def test_a_callback_that_raises_in_an_ensemble_stops_every_member():
     # As on the fused route: `err.result` holds every member, the one whose callback raised
     # failed where the callback was given its point, the others stopped as by Ctrl-C.
-    seen, callback = _raises_at(5, KeyError("member"))
+    seen, callback = raises_at(5, KeyError("member"))
     theta0 = jnp.array([[-1.2, 1.0, -1.2], [0.0, 1.0, -1.0], [2.0, 2.0, 2.0]], jnp.float32)
     with pytest.raises(sb.OptimizationError, match=r"^the callback raised KeyError: 'member'\. "
                                                    r"`sb.minimize` stopped member 1 at step 2,"
@@ -220,7 +200,7 @@ def test_a_callback_that_raises_in_an_ensemble_stops_every_member():
 
 
 def test_keyboard_interrupt_in_the_callback_still_returns_the_partial_run():
-    seen, callback = _raises_at(2, KeyboardInterrupt())
+    seen, callback = raises_at(2, KeyboardInterrupt())
     res = sb.minimize(_loss, jnp.array([1.0, 2.0, 3.0]), "scipy:BFGS", callback=callback,
                       throw=True, progress=False)  # fmt: skip
     assert res.result is sb.RESULTS.interrupted and res.steps == 2 and res.loss == seen[-1][2]
