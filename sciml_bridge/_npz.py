@@ -122,11 +122,18 @@ def _read_layout(zf: zipfile.ZipFile, infos: dict) -> dict:
     return layout
 
 
-Expectations = Callable[[dict], Mapping[str, Expect]]
+# `expect(layout, names)`: `names` are the members the archive holds (its directory, read).
+Expectations = Callable[[dict, frozenset[str]], Mapping[str, Expect]]
 
 
-def _default_expect(layout: dict) -> Mapping[str, Expect]:
+def _default_expect(layout: dict, names: frozenset[str]) -> Mapping[str, Expect]:
     return {}
+
+
+def _some(names: list[str]) -> str:
+    """At most five names and how many more: a forged file may declare millions."""
+    more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+    return f"{names[:5]}{more}"
 
 
 def _read(zf: zipfile.ZipFile, expect: Expectations, strict: bool):
@@ -138,17 +145,17 @@ def _read(zf: zipfile.ZipFile, expect: Expectations, strict: bool):
         infos[name] = info
     layout = _read_layout(zf, infos)
     try:
-        wanted = dict(expect(layout))
+        wanted = dict(expect(layout, frozenset(infos) - {LAYOUT_KEY}))
     except Corrupt:
         raise
     except (ValueError, TypeError) as e:
         raise _Refused(e) from e
     unknown = sorted(set(infos) - set(wanted) - {LAYOUT_KEY})
     if strict and unknown:
-        raise Corrupt(f"unknown member(s) {unknown}")
+        raise Corrupt(f"unknown member(s) {_some(unknown)}")
     missing = sorted(set(wanted) - set(infos))
     if strict and missing:
-        raise Corrupt(f"missing member(s) {missing}")
+        raise Corrupt(f"missing member(s) {_some(missing)}")
     # Every header is checked before any member's data is read.
     with_headers = [(n, i, wanted.get(n, Expect())) for n, i in infos.items() if n != LAYOUT_KEY]
     for name, info, want in with_headers:
@@ -161,8 +168,9 @@ def read_arrays(path: str | os.PathLike, where: str, expect: Expectations | None
                 *, strict: bool = False) -> tuple[dict[str, np.ndarray], dict]:
     """Read what `write_arrays` wrote as `(arrays, layout)`; damage is a clear `ValueError`.
 
-    `expect(layout)` maps member names to an `Expect`; it is called on the JSON layout (read
-    first, at most `MAX_LAYOUT_BYTES`) before any other member is decompressed. Members it does
+    `expect(layout, names)` maps member names to an `Expect`; it is called on the JSON layout
+    (read first, at most `MAX_LAYOUT_BYTES`) and the names of the archive's members before any
+    other member is decompressed. Members it does
     not name may hold at most `DEFAULT_MEMBER_BYTES`; with `strict=True` they are refused, and
     every named member must be present.
     """

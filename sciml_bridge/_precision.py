@@ -47,8 +47,8 @@ Fix: turn on 64-bit mode before creating any arrays:
     import jax
     jax.config.update("jax_enable_x64", True)
 
-or, to really compute in single precision, convert {what} explicitly first, e.g.
-`numpy.asarray(value, dtype=numpy.{short})`."""
+or, to really compute in single precision, give it {short} values explicitly (for an array:
+`numpy.asarray(value, dtype=numpy.{short})`)."""
 
 _MSG_IMAG = """\
 `re(theta)` got a complex `theta` whose entries for the real leaf `{path}` have a non-zero

@@ -15,6 +15,7 @@ import jax.tree_util as jtu
 import numpy as np
 
 from ._npz import Corrupt, Expect, storable
+from ._precision import check_x64
 
 
 _MSG_MISMATCH = """\
@@ -26,6 +27,12 @@ _MSG_MISMATCH = """\
     expected: {want_leaf}
 Fix: pass the state of the model the file was saved from (e.g. `fm.init_state()` of the same
 architecture) as `state=`."""
+
+_MSG_X64_INT = """\
+`sb.load` found a saved model state with {dtype} leaves, but JAX is running with 64-bit mode
+off, so the state it would make holds 32-bit integers: the file was saved with x64 on.
+Fix: turn on 64-bit mode before creating any arrays (`jax.config.update("jax_enable_x64",
+True)`), as when the file was saved."""
 
 _MSG_KIND = """\
 `sb.save` expected a model state of arrays and numbers (batch statistics, counters, PRNG
@@ -77,12 +84,36 @@ def _describe(row: Any) -> str:
     return f"{path} shape={tuple(shape) if isinstance(shape, list) else shape} dtype={dtype}"
 
 
-def expect(saved: Any, template: Any, path: str) -> dict[str, Expect]:
+def _held(saved: Any, names: frozenset[str]) -> list[str]:
+    """The archive's state members, refused unless the layout declares exactly as many: a
+    forged layout may declare millions of leaves in a few kilobytes."""
+    if not isinstance(saved, list):
+        raise Corrupt(f"malformed state layout {type(saved).__name__}")
+    held = sorted(n for n in names if n.startswith("state_"))
+    if len(saved) != len(held):
+        raise Corrupt(f"the layout declares {len(saved)} state leaves, the archive holds "
+                      f"{len(held)}")  # fmt: skip
+    return held
+
+
+def _check_x64(saved: list) -> None:
+    """64-bit saved leaves while JAX runs with x64 off: the x64 error, not a layout one."""
+    if jax.config.read("jax_enable_x64"):
+        return
+    for row in saved:
+        name = row[2] if isinstance(row, list) and len(row) == 3 else None
+        if name in ("int64", "uint64"):
+            raise TypeError(_MSG_X64_INT.format(dtype=name))
+        if name in ("float64", "complex128"):
+            check_x64(np.dtype(name), "`sb.load`", "a saved state")
+
+
+def expect(saved: Any, template: Any, path: str, names: frozenset[str]) -> dict[str, Expect]:
     """The members a file must hold for `template`, checked from the layout alone."""
     if saved is None:
         raise ValueError(_MSG_NO_STATE.format(path=path))
-    if not isinstance(saved, list):
-        raise Corrupt(f"malformed state layout {type(saved).__name__}")
+    _held(saved, names)
+    _check_x64(saved)
     want = layout(template)
     if saved != want:
         index = next((i for i, (a, b) in enumerate(zip(saved, want)) if a != b),
@@ -96,10 +127,11 @@ def expect(saved: Any, template: Any, path: str) -> dict[str, Expect]:
     return {f"state_{i}": Expect(a.shape, storable(a.dtype)) for i, a in enumerate(numbers)}
 
 
-def unread(saved: Any) -> dict[str, Expect]:
+def unread(saved: Any, names: frozenset[str]) -> dict[str, Expect]:
     """The state members of a file whose state was not asked for: checked, never read."""
-    n = len(saved) if isinstance(saved, list) else 0
-    return {f"state_{i}": Expect(skip=True) for i in range(n)}
+    if saved is None:
+        return {}
+    return {name: Expect(skip=True) for name in _held(saved, names)}
 
 
 def _restore(saved: np.ndarray, like: Any) -> Any:
@@ -108,6 +140,8 @@ def _restore(saved: np.ndarray, like: Any) -> Any:
         return jax.random.wrap_key_data(jnp.asarray(saved), impl=jax.random.key_impl(like))
     if isinstance(like, (bool, int, float, complex)):
         return type(like)(saved.item())
+    if isinstance(like, np.generic):
+        return saved[()]
     if isinstance(like, jax.Array):
         return jnp.asarray(saved, dtype=like.dtype)
     return saved

@@ -12,6 +12,7 @@ import warnings
 from typing import Any
 
 import jax.numpy as jnp
+import jax.tree_util as jtu
 import numpy as np
 
 from . import _saved_state
@@ -179,7 +180,7 @@ def save(path: str | os.PathLike, theta: ThetaLike, fm: Any, metadata: dict | No
     if theta.ndim != 1 or theta.size != layout["size"]:
         raise ValueError(_MSG_SAVE_SIZE.format(size=layout["size"], shape=theta.shape))
     members = {"theta": theta.view(storable(theta.dtype))}
-    if state is None and getattr(fm, "state0", None) is not None:
+    if state is None and jtu.tree_leaves(getattr(fm, "state0", None)):
         warnings.warn(_MSG_STATE_LEFT, UserWarning, stacklevel=2)
     if state is not None and state is not False:
         guard_x64(state, "`sb.save`", "`state`")
@@ -193,7 +194,7 @@ def _expect(fm: Any, state: Any, path: str):
     """What `sb.load` accepts, decided from the layout before any data is decompressed."""
     want = layout_of(fm)
 
-    def expect(layout: dict) -> dict[str, Expect]:
+    def expect(layout: dict, names: frozenset[str]) -> dict[str, Expect]:
         if layout.get("format") != _FORMAT:
             raise Corrupt(_MSG_NOT_THETA.format(why=f"format {layout.get('format')!r}"))
         check_layout(layout, want, "sb.load")
@@ -201,9 +202,9 @@ def _expect(fm: Any, state: Any, path: str):
         check_x64(dtype, "`sb.load`", "a saved theta")
         members = {"theta": Expect((want["size"],), storable(dtype))}
         if state is not None:
-            members.update(_saved_state.expect(layout.get("state"), state, path))
+            members.update(_saved_state.expect(layout.get("state"), state, path, names))
         else:  # a state not asked for is left unread
-            members.update(_saved_state.unread(layout.get("state")))
+            members.update(_saved_state.unread(layout.get("state"), names))
         return members
 
     return expect

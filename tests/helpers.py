@@ -86,9 +86,6 @@ def run_python(code: str, *, env: dict | None = None, timeout: int = 300):
     )
 
 
-__all__ = [
-    "assert_ulp_close", "tree_allclose", "TraceCounter", "central_difference", "run_python", "jax",
-]
 
 
 def raises_at(call: int, error: Exception | None = None):
@@ -118,3 +115,8 @@ def assert_callback_error(err, seen: list, where: str, step: int):
     assert err.theta is res.theta and np.array_equal(res.theta, theta)
     return res
 
+
+__all__ = [
+    "assert_ulp_close", "tree_allclose", "TraceCounter", "central_difference", "run_python", "jax",
+    "raises_at", "assert_callback_error",
+]

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from helpers import run_python
 
 import sciml_bridge as sb
 from sciml_bridge._npz import read_arrays, write_arrays
@@ -129,3 +130,46 @@ def test_forged_state_member_is_refused_before_reading(fm, tmp_path):
         sb.load(path, fm, state={"count": jnp.zeros(3)})
     # Not asked for, the state member is checked for pickle but never decompressed.
     np.testing.assert_array_equal(np.asarray(sb.load(path, fm)), np.asarray(fm.theta0))
+
+
+def test_a_layout_declaring_millions_of_state_leaves_is_refused_at_once(fm, tmp_path):
+    # An 8 KB file declaring 4,000,000 state rows took 13.6 s and 1.3 GB to refuse.
+    path = tmp_path / "s.npz"
+    sb.save(path, fm.theta0, fm, state={"count": jnp.zeros(3)})
+    arrays, layout = read_arrays(path, "test")
+    layout["state"] = [0] * 1_000_000
+    write_arrays(path, arrays, layout)
+    for kw in ({}, {"state": {"count": jnp.zeros(3)}}):
+        with pytest.raises(ValueError, match="declares 1000000 state leaves, the archive holds 1"):
+            sb.load(path, fm, **kw)
+
+
+def test_a_stateless_nnx_model_saves_without_a_warning(tmp_path):
+    fm = sb.flat(nnx.Linear(2, 3, rngs=nnx.Rngs(0)))  # its state is an empty `nnx.State`
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sb.save(tmp_path / "n.npz", fm.theta0, fm)
+
+
+def test_numpy_scalars_come_back_as_numpy_scalars(fm, tmp_path):
+    state = {"s": np.float32(1.5), "i": np.int16(-3)}
+    sb.save(tmp_path / "s.npz", fm.theta0, fm, state=state)
+    _, loaded = sb.load(tmp_path / "s.npz", fm, state={"s": np.float32(0), "i": np.int16(0)})
+    assert type(loaded["s"]) is np.float32 and loaded["s"] == np.float32(1.5)
+    assert type(loaded["i"]) is np.int16 and loaded["i"] == -3
+
+
+def test_a_64_bit_state_loaded_with_x64_off_is_the_x64_error(tmp_path):
+    path = tmp_path / "s.npz"
+    theta, re = sb.destructure({"w": jnp.ones(2, jnp.float32)})
+    sb.save(path, theta, re, state={"count": jnp.zeros((), jnp.int64)})
+    proc = run_python(f"""
+        import jax.numpy as jnp, sciml_bridge as sb
+        theta, re = sb.destructure({{"w": jnp.ones(2, jnp.float32)}})
+        try:
+            sb.load({str(path)!r}, re, state={{"count": jnp.zeros((), jnp.int32)}})
+        except TypeError as e:
+            print("TypeError:", e)
+    """, env={"JAX_ENABLE_X64": "0"})
+    assert "TypeError: `sb.load` found a saved model state with int64 leaves" in proc.stdout, \
+        proc.stdout + proc.stderr
