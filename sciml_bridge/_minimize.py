@@ -15,7 +15,7 @@ from ._custom_types import ThetaBatchLike, ThetaLike, Validated
 from ._precision import guard_x64
 from ._result import EnsembleSolution, Solution
 from ._sharding import place
-from ._solvers._batches import KeyedLoss, prepare_batches, with_batches
+from ._solvers._batches import KeyedLoss, check_batches_method, prepare_batches, with_batches
 from ._solvers._checkpoint import fingerprint
 from ._solvers._methods import resolve_minimize
 from ._solvers._outputs import ScalarLoss
@@ -169,11 +169,12 @@ def minimize(
         `res.loss` and a failed run's last good loss are on all the data; `res.history` holds
         each step's minibatch loss. A stopping rule would test one minibatch's gradient (a
         run on two rows said "converged" at loss 50 with the minimum at 25), so `tol=` is a
-        `ValueError` here, and methods with a default tolerance (`"lbfgs"`, `"bfgs"`,
-        `"ssbfgs"`, ...) run without one: the run takes all `max_steps` steps unless it fails
+        `ValueError` here, and methods with a default tolerance (`"lbfgs"`, `"bfgs"`, ...)
+        run without one: the run takes all `max_steps` steps unless it fails
         (`success=True`, the message says the budget ran out). Check convergence afterwards
         on all the data, e.g. by continuing from `res.theta` without `batch_size=`. Not for
-        SciPy methods. A NumPy integer is accepted.
+        SciPy methods, nor `"ssbfgs"`/`"ssbroyden"` (their line search starts from the
+        previous step's values: a `ValueError`). A NumPy integer is accepted.
     - `key`: a PRNG key (`jax.random.key(0)`, or a legacy `jax.random.PRNGKey(0)`). It
         draws the minibatches, and a loss with a `key` keyword (`loss(theta, *args, *,
         key)`) is called with `key=jax.random.fold_in(key, k)` at step `k` (then `tol=` is
@@ -221,7 +222,8 @@ def minimize(
     an unknown method name, a non-finite `theta0` or a mismatched checkpoint;
     `TypeError` also for a `key` that is not a PRNG key, or a loss that requires `key`
     without `key=`; `ValueError` also for a bad `batch_size`, a batch of keys, or `tol=`
-    with `batch_size=` (or a `key=` the loss takes); `NotImplementedError` for
+    with `batch_size=` (or a `key=` the loss takes), or `"ssbfgs"`/`"ssbroyden"` with
+    them (their line search carries values from one step to the next); `NotImplementedError` for
     `checkpoint=`, `batch_size=` or `key=` with a SciPy method, `bounds=`/`constraints=` with
     a SciPy method (`sb.minimize` runs them unconstrained; the message shows the same loss
     through `sb.scipy_objective` and `scipy.optimize.minimize`), or `state=` with a method
@@ -239,6 +241,7 @@ def minimize(
     stateful = state is not None
     batch_size, key, pass_key = prepare_batches(loss, args, batch_size, key, tol, where,
                                                 stateful=stateful)  # fmt: skip
+    check_batches_method(method, batch_size, pass_key, where)
     loss = KeyedLoss(loss) if pass_key else loss
     member = theta0[0] if theta0.ndim == 2 else theta0
     if stateful:

@@ -206,3 +206,15 @@ def test_the_raises_sections_name_the_refusals():
     for phrase in ("`bounds=`/`constraints=`", "sb.scipy_objective", "`tol=`", "batch of keys"):
         assert phrase in " ".join(raises.split()), phrase
     assert "float16/bfloat16" in sb.least_squares.__doc__.split("**Raises:**")[1]
+
+
+@pytest.mark.parametrize("method", ["ssbfgs", "ssbroyden"])
+def test_self_scaled_methods_refuse_minibatches(method):
+    # Their line search starts from the previous step's loss and gradient: on a new batch
+    # every step it stalled after two steps, advising a `tol=` that minibatches refuse.
+    loss = lambda t, x: jnp.mean((t - x) ** 2)
+    with pytest.raises(ValueError, match="carries the loss and gradient"):
+        sb.minimize(loss, jnp.zeros(1), method, args=(jnp.arange(8.0),), batch_size=2,
+                    progress=False)  # fmt: skip
+    res = sb.minimize(loss, jnp.zeros(1), method, args=(jnp.arange(8.0),), progress=False)
+    assert res.success and float(res.theta[0]) == pytest.approx(3.5, rel=1e-10)

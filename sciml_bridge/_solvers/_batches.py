@@ -139,6 +139,30 @@ def prepare_batches(fn: Callable, args: tuple, batch_size: Any, key: Any, tol: f
     return batch_size, key, pass_key
 
 
+_MSG_CARRIED = """\
+`{where}` got method={method!r} with {what}, but {method!r} carries the loss and gradient of
+one step into the next step's line search: with {why} at every step that search compares
+values of two different losses, fails its sufficient-decrease test and stalls after a step or
+two.
+Fix: train on minibatches with a first-order method ("adam") or "lbfgs", then continue from
+`res.theta` with {method!r} on the full data (no `batch_size=`)."""
+
+# Methods whose next step starts from values the previous step computed.
+_CARRIES_VALUES = ("ssbfgs", "ssbroyden")
+
+
+def check_batches_method(method: Any, batch_size: int | None, pass_key: bool,
+                         where: str) -> None:
+    """Refuse minibatches (or a fresh key per step) for a method that cannot take them."""
+    if not (isinstance(method, str) and method in _CARRIES_VALUES):
+        return
+    if batch_size is not None or pass_key:
+        what, why = ((f"`batch_size={batch_size}`", "a new minibatch")
+                     if batch_size is not None else
+                     ("`key=` and a loss that takes `key`", "a fresh key"))  # fmt: skip
+        raise ValueError(_MSG_CARRIED.format(where=where, method=method, what=what, why=why))
+
+
 class KeyedLoss(eqx.Module):
     """`fn(theta, *args, key=k)` as `fn(theta, *args, k)`: the key rides at the end of `args`."""
 
