@@ -46,7 +46,7 @@ def test_tol_with_a_key_the_loss_ignores_still_stops():
     assert res.success and res.steps < 50 and float(res.theta[0]) == pytest.approx(5.0)
 
 
-@pytest.mark.parametrize("method", ["lbfgs", "bfgs", "ssbfgs"])
+@pytest.mark.parametrize("method", ["lbfgs", "bfgs"])
 def test_a_default_tolerance_never_stops_a_minibatch_run(method):
     # These methods have a default `tol` (not refused: the user gave none). At theta = 0 the
     # gradient on row 0 is 0, so the run "converged" there, loss 50, before any step.
