@@ -121,9 +121,11 @@ def minimize(
         SciPy's `x` (float32/float16/bfloat16), the loss is evaluated once more at
         `res.theta`, so `res.loss == loss(res.theta)`.
     - `args`: a tuple of extra arguments passed to `loss` (default `()`).
-    - `max_steps`: step budget (default 1000). SciPy methods take it as `maxiter` (TNC:
-        `maxfun`, COBYQA: `maxfev`, where a step is an evaluation); Nelder-Mead and
-        trust-constr too take exactly `max_steps` iterations when no tolerance stops them.
+    - `max_steps`: step budget (default 1000). SciPy methods take it as `maxiter`;
+        Nelder-Mead and trust-constr too take exactly `max_steps` iterations when no
+        tolerance stops them. TNC (`maxfun`) and COBYLA (whose `maxiter` counts evaluations)
+        spend it on evaluations while `res.steps` counts their iterations, so they may stop
+        "after `max_steps`" with fewer steps; COBYQA (`maxfev`) counts a step per evaluation.
     - `tol`: gradient-norm tolerance (Optax; default `None` runs the whole budget, except
         `"lbfgs"`; `"ssbfgs"`/`"ssbroyden"`: gradient max-norm, or the relative decrease
         `-0.5 g.p / |f|` their quadratic model predicts), `rtol=atol` (Optimistix), or SciPy's

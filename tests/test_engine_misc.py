@@ -7,6 +7,7 @@ import pytest
 from helpers import assert_callback_error, raises_at
 
 import sciml_bridge as sb
+from sciml_bridge._solvers._setup import make_run
 
 
 def quadratic(theta):
@@ -79,10 +80,15 @@ def _traces(fn, calls):
 
 def test_a_new_max_steps_below_chunk_size_reuses_the_compiled_chunk():
     # `chunk = min(chunk_size, max_steps)` set the length of the compiled loss buffer: a new
-    # `max_steps` below `chunk_size` compiled the chunk again.
-    calls = [lambda f, n=n: sb.minimize(f, jnp.zeros(3), "adam", max_steps=n, progress=False)
-             for n in (5, 7, 1000, 3)]  # fmt: skip
-    assert _traces(quadratic, calls) == 0
+    # `max_steps` below `chunk_size` compiled the chunk again. The buffer is `max_steps`
+    # rounded up to a power of two: 5..8 share one, 600..1000 (chunk 1000) another.
+    def calls(steps):
+        return [lambda f, n=n: sb.minimize(f, jnp.zeros(3), "adam", max_steps=n, progress=False)
+                for n in steps]  # fmt: skip
+
+    assert _traces(quadratic, calls((5, 7, 8, 6))) == 0
+    assert _traces(quadratic, calls((600, 1000, 700, 2500))) == 0
+    assert _traces(quadratic, calls((5, 9))) > 0  # another buffer length: compiled once
 
 
 def _residual(theta):
@@ -150,3 +156,14 @@ def test_a_nan_theta_beside_a_finite_loss_is_never_a_good_point_alone_or_in_an_e
     assert ens[1].success and ens[1].steps == 20
     healthy = sb.minimize(_finite_at_nan, theta0[1], "adam", **kw)
     np.testing.assert_allclose(np.asarray(ens[1].theta), np.asarray(healthy.theta), rtol=1e-13)
+
+
+def test_a_short_run_carries_a_short_loss_buffer():
+    # Uncapped, 20,000 members at max_steps=5 built and read back 160 MB per chunk.
+    def chunk(max_steps, chunk_size=1000):
+        return make_run("sb.minimize", "adam", max_steps=max_steps, progress=False,
+                        callback=None, throw=True, checkpoint=None, every=None,
+                        chunk=chunk_size, resume="check").chunk  # fmt: skip
+
+    assert [chunk(n) for n in (1, 2, 5, 8, 9, 600, 5000)] == [1, 2, 8, 8, 16, 1000, 1000]
+    assert chunk(5, chunk_size=4) == 4

@@ -95,9 +95,12 @@ def make_run(where, method, *, max_steps, progress, callback, throw, checkpoint,
     if callback is not None and not callable(callback):
         raise TypeError(f"`{where}` expected `callback` to be callable or None, got "
                         f"{type(callback).__name__}.")  # fmt: skip
-    # `chunk` is the length of the loss buffer each compiled chunk fills (static): not capped
-    # by `max_steps`, so a new `max_steps` reuses the compiled chunk (the number of steps a
-    # chunk runs is traced, `_fused.py`).
+    # `chunk` is the length of the loss buffer each compiled chunk fills (static; the number
+    # of steps a chunk runs is traced, `_fused.py`). Capped by `max_steps` rounded up to a
+    # power of two: a new `max_steps` mostly reuses the compiled chunk (it recompiled for
+    # every `max_steps` below `chunk_size`), and a short run of many members does not carry
+    # a buffer of `chunk_size` losses each (20,000 members: 160 MB per chunk at 5 steps).
+    chunk = min(chunk, 1 << (max_steps - 1).bit_length())
     return Run(where=where, method=method, max_steps=max_steps, chunk=chunk,
                progress=bool(progress), callback=callback, throw=bool(throw),
                checkpoint=checkpoint, checkpoint_every=every, resume=resume)  # fmt: skip
