@@ -11,6 +11,13 @@ import sciml_bridge as sb
 from sciml_bridge._solvers._methods import SCIPY_LEAST_SQUARES
 
 
+def _ulps(reported: float, evaluated) -> None:
+    """A loss the library evaluated, against the same loss compiled here: another program,
+    so equal to a few units in the last place of its dtype, not bit for bit."""
+    eps = float(jnp.finfo(jnp.asarray(evaluated).dtype).eps)
+    assert reported == pytest.approx(float(evaluated), rel=4 * eps, abs=0.0)
+
+
 # Not representable in float32 or bfloat16: SciPy's float64 minimum rounds away from it.
 _TARGET = jnp.array([0.1, 1 / 3, 2 / 7], jnp.float64)
 
@@ -50,12 +57,14 @@ def test_minimize_loss_is_the_loss_at_the_rounded_theta(method, dtype):
     res = sb.minimize(_loss, jnp.zeros(3, dtype), method, max_steps=300, callback=callback,
                       throw=False, progress=False)  # fmt: skip
     assert res.theta.dtype == dtype and res.loss > 0.0
-    assert res.loss == float(jax.jit(_loss)(res.theta)) == res.history[res.steps]
+    assert res.loss == res.history[res.steps]
+    _ulps(res.loss, jax.jit(_loss)(res.theta))
     assert res.history[-1] == res.loss and len(res.history) == res.steps + 1
     # Every pair the callback got is a point in `theta0`'s dtype and the loss there.
     assert [s for s, _, _ in seen] == list(range(1, len(seen) + 1))
     for step, theta, loss in seen:
-        assert theta.dtype == dtype and loss == float(jax.jit(_loss)(theta))
+        assert theta.dtype == dtype
+        _ulps(loss, jax.jit(_loss)(theta))
         assert res.history[step] == loss
 
 
@@ -67,9 +76,11 @@ def test_least_squares_loss_is_the_loss_at_the_rounded_theta(method, dtype):
                            callback=callback, progress=False)  # fmt: skip
     half_ssq = jax.jit(lambda t: 0.5 * jnp.sum(_residual(t) ** 2))
     assert res.theta.dtype == dtype and res.loss > 0.0
-    assert res.loss == float(half_ssq(res.theta)) == res.history[-1]
+    assert res.loss == res.history[-1]
+    _ulps(res.loss, half_ssq(res.theta))
     for step, theta, loss in seen:
-        assert theta.dtype == dtype and loss == float(half_ssq(theta)) == res.history[step]
+        assert theta.dtype == dtype and loss == res.history[step]
+        _ulps(loss, half_ssq(theta))
 
 
 def test_float64_theta0_is_not_evaluated_again():
@@ -89,7 +100,8 @@ def test_bfloat16_with_x64_off_reports_the_loss_at_its_theta():
         for method in ("scipy:BFGS", "scipy:L-BFGS-B"):
             res = sb.minimize(loss, jnp.zeros(3, jnp.bfloat16), method, progress=False)
             assert res.theta.dtype == jnp.bfloat16 and res.loss > 1e-7, res
-            assert res.loss == float(jax.jit(loss)(res.theta)) == res.history[-1]
+            want = float(jax.jit(loss)(res.theta))  # another program: to a few ulps
+            assert res.loss == res.history[-1] and abs(res.loss - want) <= 4 * 2**-23 * want
         print("ok")
     """, env={"JAX_ENABLE_X64": "0"})  # fmt: skip
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]
@@ -195,8 +207,10 @@ def test_a_callback_that_raises_in_an_ensemble_stops_every_member():
                                        sb.RESULTS.interrupted]  # fmt: skip
     assert res[1].message == str(err) and "not started" in res[2].message
     assert res[1].theta.dtype == jnp.float32 and np.array_equal(res[1].theta, seen[-1][1])
-    assert res[1].loss == seen[-1][2] == float(jax.jit(_rosen)(res[1].theta))
-    assert np.array_equal(res[2].theta, theta0[2]) and res[2].loss == float(_rosen(theta0[2]))
+    assert res[1].loss == seen[-1][2]
+    _ulps(res[1].loss, jax.jit(_rosen)(res[1].theta))
+    assert np.array_equal(res[2].theta, theta0[2])
+    _ulps(res[2].loss, _rosen(theta0[2]))
 
 
 def test_keyboard_interrupt_in_the_callback_still_returns_the_partial_run():
