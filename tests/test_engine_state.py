@@ -196,5 +196,6 @@ def test_a_run_whose_setup_raises_reports_the_loss_at_theta0_as_a_member_does(st
     alone = sb.minimize(fn, theta0[1], _SGD, **kw)
     for sol in (ens[1], alone):
         assert sol.result is sb.RESULTS.solver_failed and sol.steps == 0
-        assert sol.loss == float(nan_past(theta0[1], STATE0, *limit)[0])
+        # Evaluated by the library (compiled) and here (eager): to rounding.
+        assert sol.loss == pytest.approx(float(nan_past(theta0[1], STATE0, *limit)[0]), rel=1e-14)
         assert sol.history.tolist() == [sol.loss]
