@@ -17,16 +17,17 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, ArrayLike, PRNGKeyArray
+from jaxtyping import Array, ArrayLike
 
-from ._activations import Activation, identity, make_activation
+from ._activations import Activation, make_activation
 from ._custom_types import DTypeLike, KeyLike, Size, Theta, ThetaLike
 from ._destructure import Restructure, check_theta, destructure
 from ._fast import Layer, Param, recognise
 from ._flat import AbstractFlatModel
+from ._flat_mlp_build import check_dtype, check_key, check_sizes, equivalent_model
 from ._precision import (
     cast_leaf,
-    check_x64,
+    check_jax_dtype,
     complex_dtype,
     guard_x64,
     is_complex,
@@ -39,93 +40,6 @@ _MSG_X = """\
 `fm(theta, x)` (an `sb.FlatMLP` with input size {size!r}) expected one point `x` of shape
 {want}, but got shape {got}. Like `eqx.nn.MLP`, it takes unbatched inputs.
 Fix: batch with `jax.vmap(fm, in_axes=(None, 0))(theta, xs)`."""
-
-_MSG_SIZES = """\
-`sb.FlatMLP(sizes, ...)` expected `sizes = (in, hidden..., out)`: at least two positive ints,
-with `"scalar"` allowed only as the first or last entry (as in `eqx.nn.MLP`), but got {got!r}."""
-
-
-_MSG_KEY = """\
-`sb.FlatMLP(..., key=...)` expected a JAX PRNG key such as `jax.random.key(0)`, but got
-{got}. Fix: `key=jax.random.key({seed})`."""
-
-_MSG_DTYPE = """\
-`sb.FlatMLP(..., dtype=...)` expected a floating or complex parameter dtype (e.g.
-`jnp.float64`, `jnp.float32`, `jnp.bfloat16`), but got {got}."""
-
-
-def _check_key(key: Any) -> None:
-    if isinstance(key, jax.Array):
-        if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-            return
-        if key.dtype == jnp.uint32 and key.shape == (2,):
-            return  # a legacy raw key from `jax.random.PRNGKey`
-    seed = key if isinstance(key, int) and not isinstance(key, bool) else 0
-    got = f"{type(key).__name__} {key!r}"[:120]
-    raise TypeError(_MSG_KEY.format(got=got, seed=seed))
-
-
-def _check_dtype(dtype: Any) -> None:
-    if dtype is None:
-        return
-    try:
-        ok = is_inexact(dtype)
-    except TypeError:
-        ok = False
-    if not ok:
-        raise TypeError(_MSG_DTYPE.format(got=dtype))
-    check_x64(dtype, "`sb.FlatMLP(..., dtype=...)`", "a request")
-
-
-def _check_sizes(sizes: Sequence[Any]) -> tuple[Size, ...]:
-    sizes = tuple(sizes)
-
-    def size(s: Any, end: bool) -> Size:
-        if end and isinstance(s, str) and s == "scalar":
-            return "scalar"
-        if isinstance(s, (bool, np.bool_)) or not isinstance(s, (int, np.integer)) or s <= 0:
-            raise ValueError(_MSG_SIZES.format(got=sizes))
-        return int(s)
-
-    if len(sizes) < 2:
-        raise ValueError(_MSG_SIZES.format(got=sizes))
-    last = len(sizes) - 1
-    return tuple(size(s, i in (0, last)) for i, s in enumerate(sizes))
-
-
-def _fn(activation: Activation | None):
-    return identity if activation is None else activation.fn
-
-
-def equivalent_model(sizes: tuple[Size, ...], hidden: Activation | None,
-                     final: Activation | None, key: PRNGKeyArray, dtype,
-                     use_bias: bool) -> eqx.Module:
-    """The Equinox network FlatMLP mirrors: `eqx.nn.MLP`, or a `Sequential` of
-    `Linear`/`Lambda` for uneven widths or for one layer with a `final_activation`.
-
-    Keys are split as `eqx.nn.MLP` splits them (one per layer, in order), so for uniform
-    widths both constructions give the very same numbers.
-    """
-    depth = len(sizes) - 2
-    widths = set(sizes[1:-1])
-    # `eqx.nn.MLP` ignores `final_activation` at depth 0 (`layers[0](x)`): a `Sequential`
-    # then keeps the activation, so `restructure` still rebuilds what `fm` computes.
-    if len(widths) <= 1 and not (depth == 0 and final is not None):
-        width = cast(int, widths.pop()) if widths else 1  # hidden sizes are never "scalar"
-        kwargs: dict[str, Any] = {} if final is None else {"final_activation": final.fn}
-        return eqx.nn.MLP(sizes[0], sizes[-1], width, depth, activation=_fn(hidden),
-                          use_bias=use_bias, use_final_bias=use_bias, dtype=dtype, key=key,
-                          **kwargs)
-    keys = jax.random.split(key, depth + 1)
-    modules: list[Any] = []
-    for i, k in enumerate(keys):
-        modules.append(eqx.nn.Linear(sizes[i], sizes[i + 1], use_bias, dtype=dtype, key=k))
-        act = hidden if i < depth else final
-        if act is not None:
-            # A known function as itself; any other as the `Activation`, applied per entry
-            # (as `eqx.nn.MLP` applies it) and recognised by `_fast.py` as elementwise.
-            modules.append(eqx.nn.Lambda(act.fn if act.kind == "table" else act))
-    return eqx.nn.Sequential(modules)
 
 
 class FlatMLP(AbstractFlatModel):
@@ -172,10 +86,10 @@ class FlatMLP(AbstractFlatModel):
 
     **Raises:**
 
-    `ValueError` for malformed `sizes` or an unknown activation name; `TypeError`
-    for an activation that is neither a name, a callable nor a tuple of callables, a `key`
-    that is not a PRNG key, a non-floating `dtype`, or `dtype=jnp.float64` while JAX's x64
-    mode is off.
+    `ValueError` for malformed `sizes`, an unknown activation name or a batch of keys;
+    `TypeError` for an activation that is neither a name, a callable nor a tuple of callables,
+    a `key` that is not a PRNG key, a non-floating `dtype` or one JAX cannot hold (NumPy's
+    float128), or `dtype=jnp.float64` while JAX's x64 mode is off.
     """
 
     theta0: Theta
@@ -196,9 +110,9 @@ class FlatMLP(AbstractFlatModel):
         dtype: DTypeLike | None = None,
         use_bias: bool = True,
     ):
-        sizes = _check_sizes(sizes)
-        _check_key(key)
-        _check_dtype(dtype)
+        sizes = check_sizes(sizes)
+        check_key(key)
+        check_dtype(dtype)
         hidden, final = make_activation(activation), make_activation(final_activation)
         model = equivalent_model(sizes, hidden, final, key, dtype, use_bias)
         self.theta0, self.restructure = destructure(model)
@@ -230,6 +144,7 @@ class FlatMLP(AbstractFlatModel):
         `key` is accepted and ignored, as `eqx.nn.MLP` accepts and ignores it."""
         params, h = self._inputs(self._params(theta), x)
         for (w, b), activation in zip(params, self.activations):
+            h = _to(h, w.dtype)
             h = w @ h if b is None else w @ h + b
             if activation is not None:
                 h = activation(h)
@@ -253,6 +168,7 @@ class FlatMLP(AbstractFlatModel):
         # 1.6x faster than `W @ J` at d = 2..8, equal at d = 32).
         jac_t = lap = None
         for (w, b), activation in zip(params, self.activations):
+            h, jac_t, lap = (_to(a, w.dtype) for a in (h, jac_t, lap))
             h = h @ w.T if b is None else h @ w.T + b
             # The first layer's Jacobian is W itself: never multiply by an identity.
             jac_t = w.T if jac_t is None else jac_t @ w.T
@@ -276,13 +192,15 @@ class FlatMLP(AbstractFlatModel):
         return cast_leaf(chunk, param.stored, param.path, re.precision, re._warned)
 
     def _inputs(self, params: list, x: ArrayLike) -> tuple[list, Array]:
-        """The weights and `x` (flattened) in the wider of their dtypes.
+        """`x` (flattened) in the wider of its and the first weights' dtypes, and each layer's
+        weights in the dtype `eqx.nn.Linear` computes that layer in (see `widen_layers`).
 
         Upcasting float32 weights for a float64 (or complex) `x` is lossless; truncating the
         input to the weights' dtype would silently lose precision, so we never do that."""
         if not isinstance(x, jax.Array | int | float | complex):  # Python scalars stay weak
             guard_x64(x, "`fm(theta, x)`", "a NumPy `x`")
             x = np.asarray(x)
+            check_jax_dtype(x.dtype, "`fm(theta, x)`", "a NumPy `x`")
         x = jnp.asarray(x)
         want = () if self.in_size == "scalar" else (self.in_size,)
         if x.shape != want:
@@ -296,9 +214,7 @@ class FlatMLP(AbstractFlatModel):
             dtype = complex_dtype(w_dtype) if is_complex(x.dtype) else w_dtype
         else:
             dtype = promote([w_dtype, x.dtype])
-        if dtype != w_dtype:
-            params = [(w.astype(dtype), None if b is None else b.astype(dtype)) for w, b in params]
-        return params, x.astype(dtype).reshape(-1)
+        return widen_layers(params, dtype), x.astype(dtype).reshape(-1)
 
     def _shape_out(self, h: Array, jac: Array, lap: Array) -> tuple[Array, Array, Array]:
         if self.in_size == "scalar":
@@ -306,6 +222,24 @@ class FlatMLP(AbstractFlatModel):
         if self.out_size == "scalar":
             return h[0], jac[0], lap[0]
         return h, jac, lap
+
+
+def _to(a: Array | None, dtype) -> Array | None:
+    return a if a is None or a.dtype == dtype else a.astype(dtype)
+
+
+def widen_layers(params: list, dtype) -> list[tuple[Array, Array | None]]:
+    """Each `(W, b)` in the promotion of its own dtypes and the incoming activations' dtype
+    (`dtype` for the first layer), as `W @ h + b` promotes in the nested `eqx.nn.Linear`.
+
+    Layers may differ in dtype (`precision="model"` keeps each stored dtype): casting every
+    layer to the first one's computation dtype would round a wider later layer. A consumer
+    casts each layer's incoming `h` (and its derivatives) to that layer's dtype."""
+    out = []
+    for w, b in params:
+        dtype = promote([dtype, w.dtype] + ([] if b is None else [b.dtype]))
+        out.append((_to(w, dtype), _to(b, dtype)))
+    return out
 
 
 def _through(activation: Activation, z: Array, jac_t: Array, lap: Array | None, order: int):

@@ -4,7 +4,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 import jax
-import jax.numpy as jnp
+import numpy as np
 
 from ._activations import NAMES
 from ._adapters import ApplyVariables, EquinoxCall, MergeNNX, initial_mode, linen_state
@@ -14,7 +14,7 @@ from ._fast import Unsupported, recognise
 from ._flat import AbstractFlatModel, FlatModel
 from ._flat_mlp import FlatMLP
 from ._flax import nnx
-from ._precision import is_lossless
+from ._precision import complex_dtype, is_complex, is_inexact, is_lossless, real_dtype
 
 
 _MSG_FAST = """\
@@ -69,17 +69,21 @@ def _params_collection(variables: Model, params: Any):
 
 
 def _widened(state: Any, dtype: Any) -> Any:
-    """The model's state with its floating leaves widened to `dtype`, as `dtype=` widens the
-    parameters (a float32 BatchNorm computing in float64 writes float64 statistics, which an
-    `eqx.nn.State` holding float32 ones refuses); narrower or other leaves stay."""
+    """The model's state with its inexact leaves widened to `dtype`'s precision, as `dtype=`
+    widens the parameters (a float32 BatchNorm computing in float64 writes float64 statistics,
+    which an `eqx.nn.State` holding float32 ones refuses). As for parameters, real leaves stay
+    real and complex ones complex (a complex `dtype` must not make real statistics complex);
+    wider or other leaves stay."""
     if dtype is None or state is None:
         return state
+    dtype = np.dtype(dtype)
 
     def widen(x):
         kind = getattr(x, "dtype", None)
-        if kind is None or not jnp.issubdtype(kind, jnp.floating):
+        if kind is None or not is_inexact(kind):
             return x
-        return x.astype(dtype) if is_lossless(kind, dtype) else x
+        want = complex_dtype(dtype) if is_complex(kind) else real_dtype(dtype)
+        return x.astype(want) if kind != want and is_lossless(kind, want) else x
 
     return jax.tree.map(widen, state)
 

@@ -33,6 +33,21 @@ sciml_bridge checkpoint ({err}). Checkpoints are written atomically, so a comple
 intact if it exists; a file that needs pickle to load is refused on purpose and never unpickled."""
 
 
+_MSG_DIRECTORY = """\
+{who}: {path!r} is a directory, but a file was expected ({verb}).
+Fix: name a file inside it, e.g. {example!r}."""
+
+
+def _refuse_directory(path: str, where: str | None, verb: str) -> None:
+    """`IsADirectoryError` naming the call (an `OSError`, as `open` would raise), before a
+    directory is taken for a damaged file or a temporary file is made next to it."""
+    if os.path.isdir(path):
+        who = f"`{where}`" if where else "Writing a checkpoint"  # the engine's own writes
+        example = os.path.join(path, "checkpoint.npz")
+        raise IsADirectoryError(_MSG_DIRECTORY.format(who=who, verb=verb, path=path,
+                                                      example=example))
+
+
 class Expect(NamedTuple):
     """What one member must be: an exact shape (or None) and dtype (or None), or a byte cap;
     `skip`: its header is checked, its data never read (a member the caller did not ask for)."""
@@ -175,17 +190,19 @@ def read_arrays(path: str | os.PathLike, where: str, expect: Expectations | None
     every named member must be present.
     """
     path = os.fspath(path)
-    try:
-        # Open the file ourselves: a damaged zip must not leak a handle.
-        with open(path, "rb") as f, zipfile.ZipFile(f) as zf:
-            return _read(zf, expect or _default_expect, strict)
-    except FileNotFoundError:
-        raise
-    except _Refused as e:
-        raise e.args[0] from None
-    except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile, UnicodeError,
-            TypeError, OverflowError, RuntimeError, NotImplementedError) as e:
-        raise ValueError(_MSG_CORRUPT.format(where=where, path=path, err=e)) from e
+    _refuse_directory(path, where, "to read from")
+    # Opening is outside the `try`: a missing or unreadable file is not a damaged one, and
+    # `open`'s own error (FileNotFoundError, PermissionError) says so. Open the file ourselves:
+    # a damaged zip must not leak a handle.
+    with open(path, "rb") as f:
+        try:
+            with zipfile.ZipFile(f) as zf:
+                return _read(zf, expect or _default_expect, strict)
+        except _Refused as e:
+            raise e.args[0] from None
+        except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile, UnicodeError,
+                TypeError, OverflowError, RuntimeError, NotImplementedError) as e:
+            raise ValueError(_MSG_CORRUPT.format(where=where, path=path, err=e)) from e
 
 
 def _writer_alive(name: str, prefix: str) -> bool:
@@ -235,10 +252,13 @@ def _open_temp(directory: str, base: str, target: str) -> tuple[int, str]:
     return fd, tmp
 
 
-def write_arrays(path: str | os.PathLike, arrays: dict[str, np.ndarray], layout: dict) -> None:
+def write_arrays(path: str | os.PathLike, arrays: dict[str, np.ndarray], layout: dict, *,
+                 where: str | None = None) -> None:
     """Write `arrays` plus a JSON `layout` to `path` atomically (through a symlink to its
-    target; a replaced file keeps its mode, a new one follows the umask)."""
+    target; a replaced file keeps its mode, a new one follows the umask). `where` names the
+    call in the error for a `path` that is a directory."""
     target = os.path.realpath(os.fspath(path))
+    _refuse_directory(target, where, "to write to")
     directory, base = os.path.split(target)
     blob = np.frombuffer(json.dumps(layout).encode("utf-8"), dtype=np.uint8)
     _remove_stale(directory, base)

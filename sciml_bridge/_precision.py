@@ -50,6 +50,12 @@ Fix: turn on 64-bit mode before creating any arrays:
 or, to really compute in single precision, give it {short} values explicitly (for an array:
 `numpy.asarray(value, dtype=numpy.{short})`)."""
 
+_MSG_NOT_JAX = """\
+{where} got {what} of dtype {dtype}, which JAX cannot hold: its widest types are float64 and
+complex128, and it would refuse this data deep inside a computation.
+Fix: round it to a dtype JAX has, knowing that this loses precision, e.g.
+`numpy.asarray(value, dtype=numpy.{fix})`."""
+
 _MSG_IMAG = """\
 `re(theta)` got a complex `theta` whose entries for the real leaf `{path}` have a non-zero
 imaginary part{largest}. Dropping it would silently change the model.
@@ -147,6 +153,24 @@ def _promote_two(a, b) -> np.dtype:
                     if narrow.itemsize == 1 and _holds(wide, narrow):
                         return wide
             return np.dtype(jnp.promote_types(_carrier(a), _carrier(b)))
+
+
+def is_jax_dtype(dtype) -> bool:
+    """A dtype JAX can hold (NumPy's float128/complex256, the x87 long double, it cannot)."""
+    try:
+        dtype = np.dtype(dtype).newbyteorder("=")  # the byte order is not JAX's concern here
+        jnp.promote_types(dtype, dtype)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def check_jax_dtype(dtype, where: str, what: str = "data") -> None:
+    """Raise `TypeError` for an inexact dtype JAX cannot hold, naming the call and the data."""
+    if is_inexact(dtype) and not is_jax_dtype(dtype):
+        fix = "complex128" if is_complex(dtype) else "float64"
+        raise TypeError(_MSG_NOT_JAX.format(where=where, what=what, dtype=np.dtype(dtype),
+                                            fix=fix))
 
 
 def check_x64(dtype, where: str, what: str = "data") -> None:

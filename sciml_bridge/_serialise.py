@@ -18,7 +18,7 @@ import numpy as np
 from . import _saved_state
 from ._custom_types import Theta, ThetaLike
 from ._npz import Corrupt, Expect, read_arrays, storable, write_arrays
-from ._precision import check_x64, guard_x64, is_inexact
+from ._precision import check_jax_dtype, check_x64, guard_x64, is_inexact, is_jax_dtype
 
 
 _FORMAT = "sciml_bridge.theta/1"
@@ -120,6 +120,8 @@ def _saved_dtype(layout: dict) -> np.dtype:
         raise Corrupt(_MSG_NOT_THETA.format(why=f"unknown dtype {layout.get('dtype')!r}")) from e
     if not is_inexact(dtype):
         raise Corrupt(_MSG_NOT_THETA.format(why=f"theta dtype {dtype} is not floating"))
+    if not is_jax_dtype(dtype):
+        raise Corrupt(_MSG_NOT_THETA.format(why=f"theta dtype {dtype} is not one JAX has"))
     if dtype.byteorder not in "=|":  # `sb.save` writes native order; JAX takes no other
         raise Corrupt(_MSG_NOT_THETA.format(why=f"theta dtype {dtype.str} is not native byte "
                                             "order"))  # fmt: skip
@@ -166,14 +168,16 @@ def save(path: str | os.PathLike, theta: ThetaLike, fm: Any, metadata: dict | No
     **Raises:**
 
     `ValueError` if `theta` is not 1-D with `fm.size` entries; `TypeError` if `theta` is not
-    floating or complex, `metadata` is not JSON-serialisable, `fm` has no layout or `state`
-    holds something other than arrays, numbers and keys.
+    floating or complex (or of a dtype JAX cannot hold, NumPy's float128), `metadata` is not
+    JSON-serialisable, `fm` has no layout or `state` holds something other than arrays,
+    numbers and keys; `IsADirectoryError` if `path` is a directory.
     """
     layout = layout_of(fm)
     guard_x64(theta, "`sb.save`", "`theta`")
     theta = np.asarray(theta)
     if not is_inexact(theta.dtype):
         raise TypeError(_MSG_SAVE_KIND.format(dtype=theta.dtype))
+    check_jax_dtype(theta.dtype, "`sb.save`", "`theta`")  # `sb.load` could not give it back
     # Big-endian data (FITS, HDF5, network buffers) is stored in native order: the layout
     # names the dtype only (`float64`), and JAX refuses non-native arrays.
     theta = theta.astype(theta.dtype.newbyteorder("="), copy=False)
@@ -187,7 +191,7 @@ def save(path: str | os.PathLike, theta: ThetaLike, fm: Any, metadata: dict | No
         members.update(_saved_state.arrays(state))
         layout.update(state=_saved_state.layout(state))
     layout.update(format=_FORMAT, dtype=theta.dtype.name, metadata=metadata)
-    write_arrays(path, members, layout)
+    write_arrays(path, members, layout, where="sb.save")
 
 
 def _expect(fm: Any, state: Any, path: str):
@@ -252,7 +256,8 @@ def load(path: str | os.PathLike, fm: Any, *, state: Any = None,
     `ValueError` if the layout differs from `fm`'s or the saved state from `state`'s
     (showing saved vs expected and the first differing leaf), `state=` is given for a file
     without a state, or the file is truncated, corrupted, forged or needs pickle; `TypeError`
-    if the file holds float64 data while JAX runs with x64 off.
+    if the file holds float64 data while JAX runs with x64 off; `IsADirectoryError` if
+    `path` is a directory.
     """
     arrays, layout = read_arrays(path, "sb.load", _expect(fm, state, os.fspath(path)),
                                  strict=True)

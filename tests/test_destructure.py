@@ -351,3 +351,64 @@ def test_float8_model_with_a_wider_dtype_and_precision_model():
     with pytest.warns(sb.PrecisionLossWarning, match="float8_e4m3fn"):
         back = re_model(jnp.array([0.5, 0.1], jnp.float32))
     assert back["q"].dtype == jnp.float8_e4m3fn
+
+
+# NumPy's float128 is the 80-bit x87 type on x86 Linux; elsewhere it may be float64 itself.
+_LONGDOUBLE = np.finfo(np.longdouble).nmant > np.finfo(np.float64).nmant
+_needs_longdouble = pytest.mark.skipif(not _LONGDOUBLE, reason="np.longdouble is float64 here")
+
+
+@_needs_longdouble
+@pytest.mark.parametrize("dtype", [np.longdouble, np.clongdouble])
+def test_a_dtype_jax_cannot_hold_is_a_type_error_naming_it(dtype):
+    # JAX has nothing wider than float64/complex128: these failed deep inside JAX instead.
+    name = np.dtype(dtype).name
+    with pytest.raises(TypeError, match=rf"(?s)the parameter `\['w'\]` of dtype {name}.*JAX"):
+        sb.destructure({"w": np.ones(2, dtype), "v": jnp.ones(2)})
+    tree = {"w": jnp.ones(2, jnp.complex128)}
+    with pytest.raises(TypeError, match=rf"`sb.destructure\(..., dtype=...\)` got .*{name}"):
+        sb.destructure(tree, dtype=dtype)
+    theta, re = sb.destructure(tree)
+    with pytest.raises(TypeError, match=rf"`re\(theta\)` got a NumPy `theta` of dtype {name}"):
+        re(np.ones(2, dtype))
+    # Frozen, such a leaf is not JAX's business: it rides along untouched.
+    frozen = np.ones(2, dtype)
+    _, re = sb.destructure({"w": frozen, "v": jnp.ones(2)}, params={"w": False, "v": True})
+    assert re(jnp.zeros(2))["w"] is frozen
+
+
+def test_a_params_callable_must_answer_one_bool_per_leaf():
+    # Was: the array's ambiguous truth value surfaced as "does not match the model's structure".
+    tree = {"a": jnp.ones(2), "b": jnp.ones(3)}
+    with pytest.raises(TypeError, match=r"(?s)True or False.*array of shape \(2,\) for a leaf"):
+        sb.destructure(tree, params=lambda leaf: leaf > 0)
+    assert sb.destructure(tree, params=lambda leaf: (leaf > 0).all())[1].size == 5
+
+
+def test_models_differing_only_in_a_python_numbers_type_never_share_a_compilation():
+    # Python's 1 == 1.0 == True made these `re`s equal, so a function jitted for one served the
+    # others and rebuilt their number as the first one's (an int where the model held a float).
+    # JAX's own static arguments compare types too.
+    res = [sb.destructure({"w": jnp.ones(2), "f": v})[1] for v in (1, 1.0, True)]
+    assert res[0] != res[1] and res[0] != res[2] and res[1] != res[2]
+    assert res[1] == sb.destructure({"w": jnp.ones(2), "f": 1.0})[1]
+    as_static = jax.jit(lambda re, t: jnp.asarray(re(t)["f"]), static_argnums=0)
+    as_pytree = jax.jit(lambda re, t: jnp.asarray(re(t)["f"]))
+    for f in (as_static, as_pytree):
+        assert [f(re, jnp.ones(2)).dtype for re in res] == [jnp.int64, jnp.float64, jnp.bool_]
+    assert [type(re(jnp.ones(2))["f"]) for re in res] == [int, float, bool]
+
+
+def test_a_weakly_typed_float64_theta_still_decides_the_precision():
+    # `jnp.full(n, 0.1)` is weakly typed: its float64 leaves followed a float32 input down to
+    # float32 on the general path (the fast path stayed float64), against `precision="vector"`.
+    mlp = eqx.nn.MLP(3, 1, 4, 1, key=jax.random.key(0), dtype=jnp.float32)
+    fast, general = sb.flat(mlp), sb.flat(mlp, fast=False)
+    weak = jnp.full(fast.size, 0.1)
+    assert weak.weak_type and weak.dtype == jnp.float64
+    assert not fast.restructure(weak).layers[0].weight.weak_type
+    x = jnp.ones(3, jnp.float32)
+    with jax.numpy_dtype_promotion("standard"):  # the nested model mixes float64 and float32
+        ys = [fm(weak, x) for fm in (fast, general)] + [jax.jit(general)(weak, x)]
+    assert [y.dtype for y in ys] == [jnp.float64] * 3
+    assert_ulp_close(ys[0], ys[1])  # fast vs general path: two programs

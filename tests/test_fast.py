@@ -1,5 +1,7 @@
 """`sb.flat(model, fast=...)`: the fast path changes no number, or says why it cannot run."""
 
+import warnings
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -184,3 +186,24 @@ def test_python_float_input_keeps_a_float32_network_in_float32():
     assert sb.laplacian(fast)(fast.theta0, 0.5).dtype == jnp.float32
     # A float64 array still widens the computation (never truncated).
     assert fast(fast.theta0, jnp.float64(0.5)).dtype == jnp.float64
+
+
+def test_a_wider_later_layer_is_never_narrowed_to_the_first_layers_dtype():
+    # `precision="model"` keeps mixed stored dtypes: a float32 first layer, a float64 last one.
+    # A complex64 `x` made the fast path cast every layer to complex64 (rounding the float64
+    # layer) where the nested model computes that layer in complex128.
+    mlp = _mlp(2, 2, 3, 1, activation=jnp.tanh)
+    first = lambda m: (m.layers[0].weight, m.layers[0].bias)
+    mlp = eqx.tree_at(first, mlp, replace_fn=lambda a: a.astype(jnp.float32))
+    x = jnp.array([0.1, -0.2], jnp.complex64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", sb.PrecisionLossWarning)  # float64 theta0 -> float32
+        fast, general = (sb.flat(mlp, precision="model", fast=f) for f in (True, False))
+        with jax.numpy_dtype_promotion("standard"):  # the nested model mixes dtypes
+            want, y_gen = mlp(x), general(general.theta0, x)
+        y = fast(fast.theta0, x)
+        y1 = fast.forward_derivatives(fast.theta0, x, order=1)[0]
+    assert fast.is_fast and want.dtype == y_gen.dtype == jnp.complex128
+    assert y.dtype == y1.dtype == jnp.complex128
+    assert_ulp_close(y, want)  # fast path vs the nested module: two programs
+    assert_ulp_close(y1, want)

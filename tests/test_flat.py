@@ -142,3 +142,18 @@ def test_shard_keeps_a_hand_chosen_layout_on_an_explicit_mesh():
     assert out is hand and out.sharding.spec == PartitionSpec(None, "data")
     (moved,) = sb.shard((np.ones((4, 2)),), mesh)
     assert moved.sharding.spec == PartitionSpec("data")
+
+
+def test_dtype_widens_the_state_as_it_widens_the_parameters_real_stays_real():
+    # `dtype=jnp.complex128` on a real float32 model: the rebuilt parameters are float64 (real
+    # leaves stay real); the state was made complex128, so the model's outputs turned complex.
+    model = eqx.nn.Linear(2, 2, key=jax.random.key(0), dtype=jnp.float32)
+    state = {"r": jnp.ones(2, jnp.float32), "c": jnp.ones(2, jnp.complex64),
+             "n": jnp.zeros((), jnp.int32)}
+    fm = sb.flat(model, state=state, dtype=jnp.complex128, fast=False)
+    assert fm.restructure(fm.theta0).weight.dtype == jnp.float64
+    dtypes = {k: v.dtype for k, v in fm.init_state().items()}
+    assert dtypes == {"r": jnp.float64, "c": jnp.complex128, "n": jnp.int32}
+    fm = sb.flat(model, state=state, dtype=jnp.float64, fast=False)
+    dtypes = {k: v.dtype for k, v in fm.init_state().items()}
+    assert dtypes == {"r": jnp.float64, "c": jnp.complex128, "n": jnp.int32}

@@ -219,3 +219,19 @@ def test_one_layer_with_final_activation_restructures_to_the_same_network(final)
     assert_ulp_close(net(net.theta0, x), f(lin(x)))
     assert_ulp_close(net.restructure(net.theta0)(x), f(lin(x)))
     assert sb.flat(net.restructure(net.theta0)).is_fast
+
+
+@pytest.mark.skipif(np.finfo(np.longdouble).nmant <= 52, reason="np.longdouble is float64 here")
+def test_float128_dtype_or_input_is_a_type_error_naming_it():
+    with pytest.raises(TypeError, match=r"(?s)`sb.FlatMLP\(..., dtype=...\)` got .*float128"):
+        sb.FlatMLP((2, 3, 1), key=jax.random.key(0), dtype=np.longdouble)
+    fm = sb.FlatMLP((2, 3, 1), key=jax.random.key(0))
+    with pytest.raises(TypeError, match=r"`fm\(theta, x\)` got a NumPy `x` of dtype float128"):
+        fm(fm.theta0, np.ones(2, np.longdouble))
+
+
+def test_a_batch_of_keys_is_a_value_error_naming_the_constructor():
+    # Was JAX's "split accepts a single key", from inside the Equinox constructor.
+    keys = jax.random.split(jax.random.key(0), 3)
+    with pytest.raises(ValueError, match=r"(?s)`sb.FlatMLP\(..., key=...\)` expected one.*\(3,\)"):
+        sb.FlatMLP((1, 4, 1), key=keys)

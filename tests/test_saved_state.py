@@ -173,3 +173,17 @@ def test_a_64_bit_state_loaded_with_x64_off_is_the_x64_error(tmp_path):
     """, env={"JAX_ENABLE_X64": "0"})
     assert "TypeError: `sb.load` found a saved model state with int64 leaves" in proc.stdout, \
         proc.stdout + proc.stderr
+
+
+def test_python_number_state_saved_and_loaded_with_x64_off(tmp_path):
+    # A Python int/float state leaf is stored as int64/float64 (NumPy's view of it) but comes
+    # back as a Python number, never as a JAX array: nothing can truncate, so no x64 error.
+    proc = run_python(f"""
+        import jax.numpy as jnp, sciml_bridge as sb
+        theta, re = sb.destructure({{"w": jnp.ones(2)}})
+        path = {str(tmp_path / "s.npz")!r}
+        sb.save(path, theta, re, state={{"step": 3, "lr": 0.1, "on": True}})
+        _, state = sb.load(path, re, state={{"step": 0, "lr": 0.0, "on": False}})
+        print(state)
+    """, env={"JAX_ENABLE_X64": "0"})
+    assert "{'lr': 0.1, 'on': True, 'step': 3}" in proc.stdout, proc.stdout + proc.stderr

@@ -406,3 +406,42 @@ def test_intact_checkpoint_resumes_where_it_stopped(tmp_path, adam_checkpoint):
     fresh = sb.minimize(_Q, jnp.zeros(3), "adam", max_steps=20, progress=False)
     assert res.steps == 20 and len(res.history) == 21
     np.testing.assert_allclose(np.asarray(res.theta), np.asarray(fresh.theta), rtol=1e-12)
+
+
+@pytest.mark.skipif(np.finfo(np.longdouble).nmant <= 52, reason="np.longdouble is float64 here")
+def test_float128_theta_is_refused_on_save_and_in_a_forged_file(tmp_path):
+    fm = _fm()
+    with pytest.raises(TypeError, match=r"`sb.save` got `theta` of dtype float128"):
+        sb.save(tmp_path / "x.npz", np.asarray(fm.theta0, np.longdouble), fm)
+    assert list(tmp_path.iterdir()) == []
+    # A forged file declaring float128 (JAX would fail on it) is damage, like any other.
+    layout = dict(layout_of(fm), format="sciml_bridge.theta/1", dtype="float128", metadata=None)
+    write_arrays(tmp_path / "f.npz", {"theta": np.ones(fm.size, np.longdouble)}, layout)
+    with pytest.raises(ValueError, match="not a file written by `sb.save` .*float128"):
+        sb.load(tmp_path / "f.npz", fm)
+
+
+def test_a_directory_is_named_as_one_on_save_and_load(tmp_path):
+    # Was: `sb.load` called a directory "truncated, corrupted, forged" (a ValueError), and
+    # `sb.save` failed renaming its temporary file onto it, naming only that temporary file.
+    fm = _fm()
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(IsADirectoryError, match=r"`sb.load`: .*runs' is a directory, but a"):
+        sb.load(tmp_path / "runs", fm)
+    with pytest.raises(IsADirectoryError, match=r"`sb.save`: .*runs' is a directory, but a"):
+        sb.save(tmp_path / "runs", fm.theta0, fm)
+    assert [p.name for p in tmp_path.iterdir()] == ["runs"]
+    assert not any((tmp_path / "runs").iterdir())
+
+
+def test_an_unreadable_file_is_a_permission_error_not_damage(tmp_path, monkeypatch):
+    # Was: any `OSError` of `open` (not found aside) became "truncated, corrupted, forged".
+    fm = _fm()
+    sb.save(tmp_path / "x.npz", fm.theta0, fm)
+
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(sb._npz, "open", refuse, raising=False)  # as `chmod 000` (root reads on)
+    with pytest.raises(PermissionError, match="Permission denied"):
+        sb.load(tmp_path / "x.npz", fm)
