@@ -4,17 +4,19 @@ A PINN needs points where the residual is evaluated. For a box `[lower, upper]` 
 dimensions there are four kinds: a regular interior grid, uniform random interior points, a
 regular grid on the boundary faces, and uniform random points on the boundary faces. One
 function makes all four; `faces=` picks a subset of the faces (a space-time box has an initial
-face but no final one).
+face but no final one). Every box is checked here; random draws live in
+`_pinn_random_points.py`.
 """
 
+import operator
 from collections.abc import Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from ._custom_types import DTypeLike
+from ._custom_types import DTypeLike, Validated
+from ._pinn_random_points import boundary_random, interior_random
 from ._precision import check_x64, guard_x64
 
 
@@ -30,6 +32,17 @@ _MSG_BOUNDS = """\
 `lower[i] < upper[i]`, but got lower={lower} and upper={upper}.
 Fix: give one bound per dimension, e.g. `sb.collocation_points((0.0, 0.0), (1.0, 1.0), 16)`
 for the unit square."""
+
+_MSG_WIDE = """\
+`sb.collocation_points` expected a box whose widths `upper - lower` float64 can hold, but along
+axis {axis} [{lo}, {hi}] is {width} wide: grid spacing and random points would be inf or NaN.
+Fix: rescale the coordinates (e.g. to [-1, 1]) and scale back inside the residual."""
+
+_MSG_RANGE = """\
+`sb.collocation_points` in {dtype}: along axis {axis}, [{lo}, {hi}] is beyond what {dtype} holds
+(largest finite value {big:.3g}; the {what} would round to inf), so points would be inf or NaN.
+Fix: pass `dtype=jnp.float64` (with `jax.config.update("jax_enable_x64", True)`), or rescale
+the coordinates (e.g. to [-1, 1]) and scale back inside the residual."""
 
 _MSG_N = """\
 `sb.collocation_points` expected `n` to be a positive int (points per axis for `sampling="grid"`,
@@ -48,12 +61,12 @@ for the initial face and the two spatial walls of a (t, x) box."""
 def collocation_points(
     lower: float | Sequence[float] | ArrayLike,
     upper: float | Sequence[float] | ArrayLike,
-    n: int | Sequence[int],
+    n: Validated[int | Sequence[int]],
     *,
     where: str = "interior",
     sampling: str = "grid",
     key: PRNGKeyArray | None = None,
-    faces: Sequence[Face] | None = None,
+    faces: Validated[Sequence[Face] | None] = None,
     dtype: DTypeLike | None = None,
 ) -> Float[Array, "points dim"]:
     """Collocation points in the box `[lower, upper]`, as one `(points, dim)` array.
@@ -102,6 +115,7 @@ def collocation_points(
     lo, hi = _bounds(lower, upper)
     d = lo.size
     dtype = _dtype(dtype)
+    _check_range(lo, hi, dtype)
     if where not in _WHERE:
         raise ValueError(f"`sb.collocation_points` expected `where` in {_WHERE}, got {where!r}.")
     if sampling not in _SAMPLING:
@@ -121,8 +135,8 @@ def collocation_points(
         raise ValueError(_MSG_KEY)
     total = _counts(n, 1)[0]
     if where == "interior":
-        return _interior_random(key, lo, hi, total, dtype)
-    return _boundary_random(key, lo, hi, total, chosen, dtype)
+        return interior_random(key, lo, hi, total, dtype)
+    return boundary_random(key, lo, hi, total, chosen, dtype)
 
 
 def _bounds(lower, upper) -> tuple[np.ndarray, np.ndarray]:
@@ -135,7 +149,25 @@ def _bounds(lower, upper) -> tuple[np.ndarray, np.ndarray]:
     ok = lo.ndim == 1 and lo.shape == hi.shape and lo.size > 0
     if not ok or not np.all(np.isfinite(lo) & np.isfinite(hi) & (lo < hi)):
         raise ValueError(_MSG_BOUNDS.format(lower=lower, upper=upper))
+    with np.errstate(over="ignore"):
+        width = hi - lo
+    for axis in np.flatnonzero(~np.isfinite(width)):
+        raise ValueError(_MSG_WIDE.format(axis=axis, lo=lo[axis], hi=hi[axis], width=width[axis]))
     return lo, hi
+
+
+def _check_range(lo, hi, dtype) -> None:
+    """Bounds finite in float64 may not be in `dtype` (float32 past 3.4e38, float16 past
+    65504): the grid's resolution check and the random draws then met inf (a cryptic
+    "cannot convert float NaN to integer", or boundary points at inf without a word)."""
+    big = float(jnp.finfo(dtype).max)
+    sizes = {"bounds": np.maximum(np.abs(lo), np.abs(hi)), "width": hi - lo}
+    for what, size in sizes.items():
+        with np.errstate(over="ignore"):
+            held = size.astype(dtype)
+        for axis in np.flatnonzero(~np.isfinite(held)):
+            raise ValueError(_MSG_RANGE.format(dtype=np.dtype(dtype).name, axis=axis, lo=lo[axis],
+                                               hi=hi[axis], big=big, what=what))
 
 
 def _dtype(dtype) -> np.dtype:
@@ -179,25 +211,34 @@ def _check_resolution(lo, hi, counts, interior: bool, dtype) -> None:
 
 
 def _counts(n, d: int) -> tuple[int, ...]:
-    counts = (n,) * d if isinstance(n, (int, np.integer)) else tuple(n)
-    ok = len(counts) == d and all(
-        isinstance(c, (int, np.integer)) and not isinstance(c, bool) and c > 0 for c in counts
-    )
+    # `operator.index` takes ints and 0-d integer arrays (NumPy, JAX) and refuses floats: a
+    # float `n` or a 0-d array raised "'float' object is not iterable" and the like.
+    try:
+        counts = (operator.index(n),) * d if np.ndim(n) == 0 else tuple(n)
+    except TypeError:
+        raise ValueError(_MSG_N.format(n=n)) from None
+    ok = len(counts) == d and not isinstance(n, bool) and all(_is_int(c) and c > 0 for c in counts)
     if not ok:
         raise ValueError(_MSG_N.format(n=n))
     return tuple(int(c) for c in counts)
+
+
+def _is_int(value) -> bool:
+    """An int that is not a bool (`True` is an int to Python: it passed as axis 1 or n = 1)."""
+    return isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_)
 
 
 def _faces(faces, d: int) -> tuple[Face, ...]:
     if faces is None:
         return tuple((axis, side) for axis in range(d) for side in _SIDES)
     try:
-        chosen = tuple((int(axis), side) for axis, side in faces)
+        chosen = tuple((axis, side) for axis, side in faces)
     except (TypeError, ValueError) as e:
         raise ValueError(_MSG_FACES.format(d=d, faces=faces)) from e
-    if not chosen or any(not 0 <= a < d or s not in _SIDES for a, s in chosen):
+    # `int(axis)` took 0.7 as axis 0, True as 1 and "1" as 1 without a word.
+    if not chosen or any(not _is_int(a) or not 0 <= a < d or s not in _SIDES for a, s in chosen):
         raise ValueError(_MSG_FACES.format(d=d, faces=faces))
-    return tuple(dict.fromkeys(chosen))
+    return tuple(dict.fromkeys((int(a), s) for a, s in chosen))
 
 
 def _mesh(axes: list[np.ndarray]) -> np.ndarray:
@@ -216,82 +257,3 @@ def _boundary_grid(lo, hi, counts, faces) -> np.ndarray:
     for axis, side in faces:
         keep |= points[:, axis] == (lo[axis] if side == "lower" else hi[axis])
     return points[keep]
-
-
-_MSG_THIN = """\
-`sb.collocation_points(..., sampling="random")` in {dtype}: along axis {axis}, [{lo}, {hi}]
-rounds to [{low}, {high}] with no normal {dtype} value strictly between, so every interior
-point would land on the boundary ({dtype} resolves {ulp:.3g} near {mag:.3g}).
-Fix: pass `dtype=jnp.float64` (with `jax.config.update("jax_enable_x64", True)`), widen the box,
-or move it towards 0 (e.g. [0, {width:g}], and shift the coordinates inside the residual)."""
-
-# Rounds of redrawing the coordinates that rounded onto a bound before the last resort (the
-# box's midpoint): once `_rounded_box` has passed, a draw lands inside with probability about
-# 1/2 or more, so 32 rounds leave a coordinate on a bound with odds about 2^-32.
-_REDRAWS = 32
-
-
-def _rounded_box(lo, hi, dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The box as `dtype` holds it (where boundary points lie) and a value inside each axis.
-
-    Raises if some axis has no value strictly inside. XLA CPU flushes subnormals to zero, so
-    `nextafter(0, 1)` would not do: the midpoint is inside whenever any normal value is."""
-    low, high = lo.astype(dtype), hi.astype(dtype)
-    mid = ((low.astype(np.float64) + high.astype(np.float64)) / 2).astype(dtype)
-    normal = (mid == 0) | (np.abs(mid) >= jnp.finfo(dtype).tiny)
-    for axis in np.flatnonzero(~((low < mid) & (mid < high) & normal)):
-        a, b = lo[axis], hi[axis]
-        up = np.nextafter(low[axis], np.asarray(np.inf, dtype))
-        raise ValueError(_MSG_THIN.format(
-            dtype=np.dtype(dtype).name, axis=axis, lo=a, hi=b, low=low[axis], high=high[axis],
-            ulp=float(up) - float(low[axis]), mag=max(abs(a), abs(b)), width=b - a,
-        ))  # fmt: skip
-    return low, high, mid
-
-
-def _interior_random(key, lo, hi, total: int, dtype, *, strict: bool = True) -> Array:
-    """Uniform points strictly inside the box as `dtype` holds it (`strict=False`: in it).
-
-    `lo + u (hi - lo)` with `u` in [0, 1) rounds onto a bound whenever the box is thin next to
-    the spacing of `dtype` (float32, [1000, 1000.001]: 8% of 100000 points on a bound), and
-    `u` is exactly 0 once in 2^23 float32 draws (1/128 in bfloat16). As the grid, we promise
-    strictly interior points: the coordinates that rounded onto (or past) a bound are redrawn,
-    which keeps them uniform over the interior; the others keep the values they had before."""
-    start, width = jnp.asarray(lo, dtype), jnp.asarray(hi - lo, dtype)
-    # Drawn eagerly, as before: XLA may fuse `start + u * width` into an FMA under `jax.jit`,
-    # which moved 17% of float64 points on [0.1, 0.3] by an ulp for the same key.
-    points = start + jax.random.uniform(key, (total, lo.size), dtype=dtype) * width
-    if not strict:
-        return jnp.clip(points, jnp.asarray(lo.astype(dtype)), jnp.asarray(hi.astype(dtype)))
-    low, high, mid = (jnp.asarray(c) for c in _rounded_box(lo, hi, dtype))
-    return _redraw_outside(key, points, start, width, low, high, mid)
-
-
-@jax.jit
-def _redraw_outside(key, points, start, width, low, high, mid) -> Array:
-    # Jitted at module level: an eager `lax.while_loop` of fresh closures compiles every call.
-    outside = lambda p: (p <= low) | (p >= high)
-
-    def redraw(carry):
-        i, p = carry
-        # A fresh key per round (`fold_in`): a redrawn coordinate is independent of the rest.
-        u = jax.random.uniform(jax.random.fold_in(key, i + 1), p.shape, dtype=p.dtype)
-        return i + 1, jnp.where(outside(p), start + u * width, p)
-
-    unfinished = lambda carry: (carry[0] < _REDRAWS) & jnp.any(outside(carry[1]))
-    points = jax.lax.while_loop(unfinished, redraw, (0, points))[1]
-    return jnp.where(outside(points), mid, points)
-
-
-def _boundary_random(key, lo, hi, total: int, faces, dtype) -> Array:
-    width = hi - lo
-    # A face's area is the product of the other widths (1 for the end points of a 1-D box).
-    area = np.array([np.prod(np.delete(width, axis)) for axis, _ in faces])
-    face_key, point_key = jax.random.split(key)
-    pick = jax.random.choice(face_key, len(faces), (total,), p=jnp.asarray(area / area.sum()))
-    axis = jnp.asarray([a for a, _ in faces])[pick]
-    value = jnp.asarray([lo[a] if s == "lower" else hi[a] for a, s in faces], dtype)[pick]
-    # The other coordinates of a face point may touch its edges, never leave the face.
-    points = _interior_random(point_key, lo, hi, total, dtype, strict=False)
-    on_face = jnp.arange(lo.size) == axis[:, None]
-    return jnp.where(on_face, value[:, None], points)

@@ -25,6 +25,7 @@ from jaxtyping import Array, ArrayLike
 from ._activations import check_twice_differentiable
 from ._custom_types import Theta, ThetaLike, Validated
 from ._flat_mlp import FlatMLP
+from ._pinn_derivative_checks import as_computed, check_smooth
 from ._precision import guard_x64
 
 
@@ -138,6 +139,7 @@ class HardConstraint(eqx.Module):
         x = jnp.asarray(x)
         if x.ndim != 1:
             raise ValueError(_MSG_POINT.format(shape=x.shape))
+        x = as_computed(theta, x)
         return self._add_lift(self._lift(x), self._distance(x) * self.model(theta, x))
 
     def _network_derivatives(self, theta: ThetaLike, x: Array, order: int) -> tuple[Array, ...]:
@@ -146,6 +148,8 @@ class HardConstraint(eqx.Module):
                 for activation in self.model.activations:
                     check_twice_differentiable(activation)
             return self.model.forward_derivatives(theta, x, order=order)
+        if order == 2:
+            check_smooth(self.model)
         return _scalar_derivatives(lambda v: self.model(theta, v), x, order)
 
     def derivatives(self, theta: ThetaLike, x: ArrayLike, order: int = 2) -> tuple[Array, ...]:
@@ -155,6 +159,7 @@ class HardConstraint(eqx.Module):
         x = jnp.asarray(x)
         if x.ndim != 1:
             raise ValueError(_MSG_POINT.format(shape=x.shape))
+        x = as_computed(theta, x)
         n = self._network_derivatives(theta, x, order)
         g = _scalar_derivatives(self._distance, x, order)
         a = _scalar_derivatives(self._lift, x, order)

@@ -22,13 +22,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, ArrayLike
+from jaxtyping import Array, ArrayLike, PyTree
 
 from ._activations import Activation, check_twice_differentiable
 from ._custom_types import ThetaLike, Validated
 from ._flat_mlp import FlatMLP
 from ._hard_constraint import HardConstraint
-from ._precision import guard_x64, is_complex, is_inexact, promote, real_dtype
+from ._pinn_derivative_checks import as_computed, check_smooth
+from ._precision import guard_x64, is_complex, is_inexact, promote
 
 
 _MSG_CALLABLE = """\
@@ -99,7 +100,8 @@ def laplacian(fm: Validated[Callable[..., Any]], *, batched: bool = False) -> Ca
     **Raises:**
 
     `ValueError` if `fm` is an `sb.FlatMLP` with an activation that is not twice
-    differentiable (relu); `TypeError` if `fm` is not callable.
+    differentiable (relu), or the general path of such a network (`sb.flat(mlp, fast=False)`,
+    which would report 0); `TypeError` if `fm` is not callable.
     """
     _check_callable(fm, "laplacian")
     if isinstance(fm, HardConstraint):
@@ -121,14 +123,15 @@ def laplacian(fm: Validated[Callable[..., Any]], *, batched: bool = False) -> Ca
 
         return forward_laplacian
 
-    def hessian_trace(theta: ThetaLike, x: ArrayLike, *args: Any) -> Array:
+    def hessian_trace(theta: ThetaLike, x: ArrayLike, *args: Any) -> PyTree[Array]:
         guard_x64((x, args), "`sb.laplacian(fm)(theta, x)`", "a NumPy input")
+        check_smooth(fm)  # at call time, as the x64 guard: `sb.laplacian(fm)` itself is cheap
         at, v = _along_real_directions(lambda p: fm(theta, p, *args), theta, x)
         return _trace_of_hessian(at, v)
 
     if batched:
 
-        def batched_hessian_trace(theta: ThetaLike, xs: ArrayLike, *args: Any) -> Array:
+        def batched_hessian_trace(theta: ThetaLike, xs: ArrayLike, *args: Any) -> PyTree[Array]:
             guard_x64((xs, args), "`sb.laplacian(fm, batched=True)(theta, xs)`", "a NumPy input")
             in_axes = (None, 0) + (None,) * len(args)
             return jax.vmap(hessian_trace, in_axes=in_axes)(theta, xs, *args)
@@ -147,30 +150,29 @@ def _along_real_directions(model: Callable[[Array], Any], theta: ThetaLike,
     real dtype (autodiff refuses integer inputs, `fm(theta, x)` accepts them). A complex `x`
     moves along the real axis of each entry (the complex derivative of a holomorphic model,
     as the fast path computes): `jax.jacrev` refuses complex inputs of a complex function."""
-    x = jnp.asarray(x)
+    x = as_computed(theta, jnp.asarray(x))
     shape = x.shape
-    # `theta` may be any pytree for a hand-written `fm`; Python scalars are weakly typed.
-    dtypes = [leaf.dtype for leaf in jax.tree.leaves(theta) if hasattr(leaf, "dtype")
-              and is_inexact(leaf.dtype) and not getattr(leaf, "weak_type", False)]
-    if dtypes:
-        real = real_dtype(promote(dtypes))
-        x = x.astype(promote([x.dtype, real]) if is_inexact(x.dtype) else real)
     if not is_complex(x.dtype):
         return (lambda v: model(v.reshape(shape))), x.reshape(-1)
     imag = jnp.imag(x).reshape(-1)
     return (lambda v: model(jax.lax.complex(v, imag).reshape(shape))), jnp.real(x).reshape(-1)
 
 
-def _trace_of_hessian(at: Callable[[Array], Any], v: Array) -> Array:
-    """`sum_k d^2 at / dv_k^2` by `trace(jax.hessian)`, for real or complex outputs.
+def _trace_of_hessian(at: Callable[[Array], Any], v: Array) -> Any:
+    """`sum_k d^2 at / dv_k^2` by `trace(jax.hessian)`, for real or complex outputs, and for
+    any pytree of them, as `grad_x` takes them (reading `.dtype` off a tuple output raised
+    `AttributeError`).
 
     `jax.hessian` is forward over reverse, and reverse mode needs real outputs ("jacrev
     requires real-valued outputs"): a complex output is the Laplacian of its real part plus
     `i` times that of its imaginary part (the operator is real-linear)."""
-    if is_complex(jax.eval_shape(at, v).dtype):
-        parts = [_trace_of_hessian(lambda u, p=p: p(at(u)), v) for p in (jnp.real, jnp.imag)]
-        return jax.lax.complex(*parts)
-    return jnp.trace(jax.hessian(at)(v), axis1=-2, axis2=-1)
+    shapes = jax.eval_shape(at, v)
+    if any(is_complex(s.dtype) for s in jax.tree.leaves(shapes)):
+        part = lambda p: lambda u: jax.tree.map(lambda y: p(y) if is_complex(y.dtype) else y, at(u))
+        re, im = (_trace_of_hessian(part(p), v) for p in (jnp.real, jnp.imag))
+        join = lambda s, a, b: jax.lax.complex(a, b) if is_complex(s.dtype) else a
+        return jax.tree.map(join, shapes, re, im)
+    return jax.tree.map(lambda h: jnp.trace(h, axis1=-2, axis2=-1), jax.hessian(at)(v))
 
 
 def _batched_laplacian(fm: FlatMLP, theta: ThetaLike, xs: ArrayLike) -> Array:
@@ -282,7 +284,7 @@ def grad_x(fm: Validated[Callable[..., Any]]) -> Callable[..., Array]:
 
         return forward_jacobian
 
-    def jacobian(theta: ThetaLike, x: ArrayLike, *args: Any) -> Array:
+    def jacobian(theta: ThetaLike, x: ArrayLike, *args: Any) -> PyTree[Array]:
         guard_x64((x, args), "`sb.grad_x(fm)(theta, x)`", "a NumPy input")
         at, v = _along_real_directions(lambda p: fm(theta, p, *args), theta, x)
         # Back to `y.shape + x.shape` (any pytree of outputs, as `jax.jacfwd` gives).

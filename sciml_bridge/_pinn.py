@@ -10,20 +10,26 @@ first-order method (`sb.minimize(problem.loss, ...)`) or with a second-order lea
 Residual functions see the network through a `Field`: `u(x)`, `u.grad(x)`, `u.laplacian(x)`,
 `u.hessian(x)`, `u.second_derivative(x, axis)`, computed by `sb.grad_x` / `sb.laplacian` (a
 forward-Laplacian pass on the fast path). Nothing here knows about a particular PDE.
+
+This module is the builder (terms and weights checked once, here); the residual and its
+per-point Jacobian live in `_pinn_residual.py`, the `Field` in `_pinn_field.py`, and
+`sb.error_report` in `_pinn_error_report.py` (re-exported here).
 """
 
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
-import equinox as eqx
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, PyTree
+from jaxtyping import Array, ArrayLike, PyTree
 
 from ._custom_types import LossScalar, Theta, Validated
-from ._laplacian import grad_x, laplacian
-from ._precision import guard_x64, is_complex
+from ._pinn_error_report import ErrorReport as ErrorReport, error_report as error_report
+from ._pinn_field import Field as Field
+from ._pinn_residual import PointwiseResidual as PointwiseResidual
+from ._precision import guard_x64, is_inexact
 
 
 _MSG_TERMS = """\
@@ -37,89 +43,31 @@ _MSG_POINTS = """\
 axis (the points), but got leaf shapes {shapes}.
 Fix: pass a `(points, dim)` array such as the output of `sb.collocation_points`."""
 
+_MSG_MODEL = """\
+`sb.pinn(fm, terms)` expected a flat model `fm(theta, x)` (an `sb.FlatMLP`, `sb.flat(...)`,
+`sb.HardConstraint` or any such function), but got a {kind}.
+Fix: pass the model first and the terms second: `sb.pinn(fm, {{"pde": (pde, x_interior)}})`."""
+
+_MSG_NAMES = """\
+`sb.pinn` expected distinct term names, but {names} name more than one term once made strings
+(`term_losses` and `weights` key terms by `str(name)`), so one term would be lost.
+Fix: give every term its own string name."""
+
+_MSG_FINITE = """\
+`sb.pinn` term {name!r}: expected finite `points`, but {bad} of its {n} rows hold NaN or inf
+(the first is row {first}): every residual there would be NaN, and so would the loss.
+Fix: drop or repair those rows (e.g. `points[jnp.all(jnp.isfinite(points), axis=1)]`)."""
+
 _MSG_WEIGHTS = """\
 `sb.pinn` expected `weights` to map term names (names among {names}) to finite, non-negative
 floats, but got {got!r}. Terms left out of `weights` weigh 1."""
 
 
-class Field(eqx.Module):
-    """The network `x -> fm(theta, x)` at fixed `theta`, with its input derivatives.
-
-    Residual functions given to `sb.pinn` receive one as their first argument. Shapes follow
-    `fm`: for `fm(theta, x)` of shape `out`, `u.grad(x)` has shape `out + x.shape`,
-    `u.laplacian(x)` has shape `out`, and `u.hessian(x)` has shape `out + x.shape + x.shape`.
-
-    !!! example
-
-        ```python
-        def pde(u, x):           # -u'' = f  ->  residual -u'' - f
-            return -u.laplacian(x) - f(x)
-        ```
-
-    **Attributes:** `model` (the flat model) and `theta` (its parameters, held fixed).
-    """
-
-    model: Callable[..., Any]
-    theta: Theta
-
-    def __call__(self, x: Array) -> Array:
-        return self.model(self.theta, x)
-
-    def grad(self, x: Array) -> Array:
-        """Jacobian of the output with respect to `x` (`sb.grad_x`)."""
-        return grad_x(self.model)(self.theta, x)
-
-    def laplacian(self, x: Array) -> Array:
-        """Sum of the second derivatives over all input axes (`sb.laplacian`)."""
-        return laplacian(self.model)(self.theta, x)
-
-    def hessian(self, x: Array) -> Array:
-        """All second input derivatives (forward mode over `sb.grad_x`), for mixed operators."""
-        return jax.jacfwd(lambda y: grad_x(self.model)(self.theta, y))(x)
-
-    def second_derivative(self, x: Array, axis: int | tuple[int, ...]) -> Array:
-        """`d^2 u / dx_axis^2` alone (shape of `u(x)`), by forward over forward mode.
-
-        Cheaper than `hessian(x)[..., axis, axis]` when one axis needs it (the `u_xx` of a
-        space-time problem): two directional derivatives instead of the full Hessian. `axis`
-        indexes the entries of `x`: an int for a 1-D `x`, `0` (or `-1`) for a scalar `x`, a
-        tuple of `x.ndim` ints otherwise.
-        """
-        x = jnp.asarray(x)
-        e = jnp.zeros_like(x).at[_entry(x.shape, axis)].set(1)
-        first = lambda y: jax.jvp(lambda z: self.model(self.theta, z), (y,), (e,))[1]
-        return jax.jvp(first, (x,), (e,))[1]
-
-
-_MSG_AXIS = """\
-`u.second_derivative(x, axis)` expected `axis` to pick one entry of `x` (shape {shape}): {want},
-but got {axis!r}. Fix: e.g. `u.second_derivative(x, 0)`."""
-
-
-def _entry(shape: tuple[int, ...], axis: Any) -> tuple[int, ...]:
-    """`axis` as an index of one entry of an `x` of `shape`; JAX would drop an out-of-range
-    `.at[...]` update without a word (and a zero direction gives a zero derivative)."""
-    want = ("an int in [-1, 0] for a scalar `x`" if not shape else
-            f"an int in [-{shape[0]}, {shape[0] - 1}]" if len(shape) == 1 else
-            f"a tuple of {len(shape)} ints within the shape")  # fmt: skip
-    index = (axis,) if isinstance(axis, int | np.integer) else axis
-    ok = isinstance(index, tuple) and all(
-        isinstance(i, int | np.integer) and not isinstance(i, bool) for i in index
-    )
-    if ok and not shape:
-        ok = len(index) == 1 and index[0] in (0, -1)
-        index = ()
-    elif ok:
-        ok = len(index) == len(shape) and all(-n <= i < n for i, n in zip(index, shape))
-    if not ok:
-        raise ValueError(_MSG_AXIS.format(shape=shape, want=want, axis=axis))
-    return tuple(int(i) for i in index)
-
-
 class PINN(NamedTuple):
     """A PINN problem in the two forms solvers want, made by `sb.pinn`.
 
-    - `residual(theta)`: the 1-D vector of all scaled residuals, for `sb.least_squares`.
+    - `residual(theta)`: the real 1-D vector of all scaled residuals (a complex residual as its
+        real and imaginary parts), for `sb.least_squares`.
     - `loss(theta)`: `0.5 * sum(residual(theta) ** 2)`, for `sb.minimize`. This is the objective
         `sb.least_squares` reports, so losses of both verbs compare directly; it is half the
         weighted mean-squared residual.
@@ -143,7 +91,7 @@ class PINN(NamedTuple):
 
 
 def pinn(
-    fm: Callable[..., Any],
+    fm: Validated[Callable[..., Any]],
     terms: Validated[
         Mapping[str, tuple[Callable, PyTree[Array]]] | Sequence[tuple[Callable, PyTree[Array]]]
     ],
@@ -158,6 +106,8 @@ def pinn(
     `(points, dim)` array, or a tuple of such arrays if a term needs data per point, which
     `residual_fn(u, *row)` then receives). A term with `P` points and weight `w` contributes
     `sqrt(w / P) * r` to the residual vector, so `loss = 0.5 * sum_k w_k * mean_p |r_k(x_p)|**2`.
+    The residual vector is real: a complex `r` (a complex PDE or network) enters as its real
+    and imaginary parts, two entries per value, so the loss is still `|r|**2`.
 
     !!! example
 
@@ -189,20 +139,18 @@ def pinn(
 
     **Raises:**
 
-    - `ValueError`: empty or malformed `terms`, points without a common leading axis, unknown
-        names or negative or non-finite values in `weights`.
-    - `TypeError`: float64 NumPy points while JAX's x64 mode is off (JAX would truncate them).
+    - `ValueError`: empty or malformed `terms`, two names equal as strings, points without a
+        common leading axis or with NaN/inf entries, unknown names or negative or non-finite
+        values in `weights`.
+    - `TypeError`: `fm` not callable or `weights` not a mapping; float64 NumPy points while
+        JAX's x64 mode is off (JAX would truncate them); when `residual` is first traced, a
+        `residual_fn` that returns something other than one floating or complex array (a
+        tuple, a boolean).
     """
+    if not callable(fm):
+        raise TypeError(_MSG_MODEL.format(kind=type(fm).__name__))
     named = _named_terms(terms)
     scales = _scales(named, weights)
-
-    def term_residuals(theta: Theta) -> dict[str, Array]:
-        u = Field(fm, theta)
-        return {
-            name: scales[name] * _evaluate(fn, u, points).reshape(-1)
-            for name, (fn, points) in named.items()
-        }
-
     residual = PointwiseResidual(fm, named, scales)
 
     def loss(theta: Theta) -> LossScalar:
@@ -210,63 +158,9 @@ def pinn(
         return 0.5 * jnp.sum(r * r)
 
     def term_losses(theta: Theta) -> dict[str, Array]:
-        return {name: 0.5 * jnp.sum(r * r) for name, r in term_residuals(theta).items()}
+        return {name: 0.5 * jnp.sum(r * r) for name, r in residual.terms(theta).items()}
 
     return PINN(residual, loss, term_losses)
-
-
-class PointwiseResidual:
-    """`residual(theta)`, the concatenated scaled residuals of a PINN, and its Jacobian.
-
-    A PINN residual is a stack of small per-point functions of `theta`, and that is what makes
-    its Jacobian cheap: `residual_and_jacobian` differentiates each point's residual (a few
-    outputs) in reverse mode over its own forward pass (for `sb.FlatMLP`, the forward-Laplacian
-    pass), vmapped over points. Differentiating the concatenated vector as a black box costs a
-    full pass over all points per parameter (`jax.jacfwd`) or per residual (`jax.jacrev`):
-    measured 317 ms and 3.7 s against 0.7 ms on the 2-D Poisson problem of issue 14 (129
-    parameters, 1020 points). `sb.least_squares` uses it when present.
-    """
-
-    def __init__(self, fm: Callable[..., Any], named: dict, scales: dict):
-        self._fm, self._named, self._scales = fm, named, scales
-
-    def __call__(self, theta: Theta) -> Array:
-        u = Field(self._fm, theta)
-        parts = [
-            self._scales[name] * _evaluate(fn, u, points).reshape(-1)
-            for name, (fn, points) in self._named.items()
-        ]
-        return jnp.concatenate(parts)
-
-    def residual_and_jacobian(self, theta: Theta) -> tuple[Array, Array]:
-        """`(r, J)`: the residual vector and its `(residuals, parameters)` Jacobian."""
-        pairs = [
-            _term_jacobian(self._fm, fn, points, self._scales[name], theta)
-            for name, (fn, points) in self._named.items()
-        ]
-        r = jnp.concatenate([p[0] for p in pairs])
-        return r, jnp.concatenate([p[1] for p in pairs])
-
-
-def _term_jacobian(fm, fn: Callable, points, scale: float, theta: Theta):
-    def at_point(row):
-        call = (lambda u: fn(u, *row)) if isinstance(points, tuple) else (lambda u: fn(u, row))
-        g = lambda t: scale * jnp.ravel(call(Field(fm, t)))
-        k = jax.eval_shape(g, theta).size
-        if k <= theta.size:  # the cheaper mode by shape, per point: reverse for few outputs
-            out, pullback = jax.vjp(g, theta)
-            return out, jax.vmap(lambda e: pullback(e)[0])(jnp.eye(k, dtype=out.dtype))
-        out, lin = jax.linearize(g, theta)
-        return out, jax.vmap(lin, out_axes=1)(jnp.eye(theta.size, dtype=theta.dtype))
-
-    r, J = jax.vmap(at_point)(points)
-    return r.reshape(-1), J.reshape(-1, theta.size)
-
-
-def _evaluate(fn: Callable, u: Field, points: PyTree[Array]) -> Array:
-    if isinstance(points, tuple):
-        return jax.vmap(lambda row: fn(u, *row))(points)
-    return jax.vmap(lambda x: fn(u, x))(points)
 
 
 def _named_terms(terms) -> dict[str, tuple[Callable, Any]]:
@@ -281,13 +175,33 @@ def _named_terms(terms) -> dict[str, tuple[Callable, Any]]:
     )
     if not ok:
         raise ValueError(_MSG_TERMS.format(got=repr(terms)[:200]))
+    names = [str(name) for name, _ in items]
+    if len(set(names)) != len(names):
+        twice = sorted({repr(k) for k, _ in items if names.count(str(k)) > 1})
+        raise ValueError(_MSG_NAMES.format(names=", ".join(twice)))
     for name, (_, points) in items:
         guard_x64(points, "`sb.pinn`", f"points of term {name!r}")
-        _count(name, points)
+        _check_finite(name, points, _count(name, points))
     return {str(name): (fn, points) for name, (fn, points) in items}
 
 
-def _count(name: str, points: PyTree[Array]) -> int:
+def _check_finite(name: str, points: PyTree[ArrayLike], n: int) -> None:
+    """NaN or inf points make the whole loss NaN, and the optimiser would blame the loss; the
+    points are concrete here (unless `sb.pinn` runs under a transform), so check them once."""
+    bad = np.zeros(n, dtype=bool)
+    for leaf in jax.tree_util.tree_leaves(points):
+        if isinstance(leaf, jax.core.Tracer) or (
+                isinstance(leaf, jax.Array) and not leaf.is_fully_addressable):  # fmt: skip
+            continue  # traced, or another process holds part of it
+        values = np.asarray(leaf)
+        if is_inexact(values.dtype):
+            bad |= ~np.isfinite(values).reshape(n, -1).all(axis=1)
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise ValueError(_MSG_FINITE.format(name=name, bad=int(bad.sum()), n=n, first=first))
+
+
+def _count(name: str, points: PyTree[ArrayLike]) -> int:
     leaves = jax.tree_util.tree_leaves(points)
     shapes = [np.shape(leaf) for leaf in leaves]
     if not shapes or any(len(s) == 0 for s in shapes) or len({s[0] for s in shapes}) != 1:
@@ -306,6 +220,9 @@ def _weight_ok(name, weight, named: dict) -> bool | np.bool_:
 
 
 def _scales(named: dict, weights: Validated[Mapping[str, float] | None]) -> dict[str, float]:
+    if weights is not None and not isinstance(weights, Mapping):
+        # `dict(weights)` raised "cannot convert dictionary update sequence element" for a list.
+        raise TypeError(_MSG_WEIGHTS.format(names=list(named), got=weights))
     weights = dict(weights or {})
     if not all(_weight_ok(k, w, named) for k, w in weights.items()):
         raise ValueError(_MSG_WEIGHTS.format(names=list(named), got=weights))
@@ -314,136 +231,3 @@ def _scales(named: dict, weights: Validated[Mapping[str, float] | None]) -> dict
         name: float(np.sqrt(float(weights.get(name, 1.0)) / _count(name, points)))
         for name, (_, points) in named.items()
     }
-
-
-class ErrorReport(NamedTuple):
-    """How far a trained network is from a reference solution, made by `sb.error_report`.
-
-    `rel_l2` is `||u - u_ref|| / ||u_ref||` over the points (where `u_ref` is zero everywhere:
-    0 for an exact prediction, `inf` otherwise), `max_abs` is `max |u - u_ref|`, `rms` is the
-    root-mean-square error (norms are scaled, so right at any magnitude, in float32 too);
-    `prediction` and `reference` are the NumPy values (with the network's output shape per
-    point), kept for plots and error maps.
-
-    !!! example
-
-        ```python
-        fm = lambda theta, x: theta[0] * x[0]
-        report = sb.error_report(fm, jnp.array([2.0]), jnp.ones((4, 1)), jnp.full(4, 2.5))
-        assert report.max_abs == 0.5 and report.prediction.shape == (4,)
-        print(report)   # relative L2 error 2.000e-01, max |error| 5.000e-01 over 4 points
-        ```
-    """
-
-    rel_l2: float
-    max_abs: float
-    rms: float
-    prediction: np.ndarray
-    reference: np.ndarray
-
-    def __str__(self) -> str:
-        return (
-            f"relative L2 error {self.rel_l2:.3e}, max |error| {self.max_abs:.3e} "
-            f"over {len(self.prediction)} points"
-        )
-
-
-_MSG_REFERENCE = """\
-`sb.error_report(fm, theta, points, reference)` expected `reference` of the prediction's shape
-{shape} (points first, then the network's output shape), but got shape {got}.
-Fix: pass an array of shape {shape} (a scalar-output network also accepts {squeezed}), or a
-function of the whole `points` array that returns one; for a `(outputs, points)` array pass
-`reference.T`."""
-
-_MSG_COMPLEX_REFERENCE = """\
-`sb.error_report` got a complex `reference` (dtype {dtype}) for a network with real output
-({out}): its imaginary part would be dropped without a word.
-Fix: compare real parts explicitly (`reference.real`), or use a complex-valued network."""
-
-
-def error_report(
-    fm: Callable[..., Any],
-    theta: Theta,
-    points: Array,
-    reference: Array | np.ndarray | Callable[[Array], Any],
-) -> ErrorReport:
-    """Compare `fm(theta, x)` with a reference solution at `points`.
-
-    !!! example
-
-        ```python
-        fm = lambda theta, x: theta[0] * jnp.sin(jnp.pi * x)   # any fm(theta, x)
-        x_test = jnp.linspace(-1.0, 1.0, 101)[:, None]
-        report = sb.error_report(fm, jnp.array([1.01]), x_test,
-                                 lambda x: jnp.sin(jnp.pi * x[:, 0]))
-        print(report)   # relative L2 error 1.000e-02, max |error| 1.000e-02 over 101 points
-        ```
-
-    **Arguments:**
-
-    - `fm`, `theta`: the network and its parameters.
-    - `points`: a `(points, dim)` array; `fm` is evaluated at each row.
-    - `reference`: the reference values at `points`, or a function taking the whole `points`
-        array (vectorised NumPy or JAX) and returning them, of shape `(points,) + out` (`out`
-        the network's output shape); `(points,)` is accepted for output shape `(1,)` and
-        `(points, 1)` for output shape `()`.
-
-    **Returns:**
-
-    An [`ErrorReport`][sciml_bridge.ErrorReport] (`rel_l2`, `max_abs`, `rms`, `prediction`,
-    `reference`). A reference that is zero everywhere gives `rel_l2 = 0` for an exact
-    prediction and `inf` otherwise (read `max_abs` or `rms` then).
-
-    **Raises:**
-
-    - `ValueError`: `reference` does not have the prediction's shape (`(points,) + out`,
-        where a trailing output axis of size 1 may be left out).
-    - `TypeError`: a complex `reference` for a real network; float64 NumPy `points` or
-        `reference` while JAX's x64 mode is off.
-    """
-    guard_x64(points, "`sb.error_report`", "`points`")
-    if not callable(reference):
-        guard_x64(reference, "`sb.error_report`", "`reference`")
-    prediction = np.asarray(jax.vmap(fm, in_axes=(None, 0))(theta, points))
-    values = reference(points) if callable(reference) else reference
-    values = _check_reference(np.asarray(values), prediction)
-    err = prediction - values
-    err_norm, ref_norm = _norm(err), _norm(values)
-    if ref_norm == 0:
-        rel_l2 = 0.0 if err_norm == 0 else float("inf")
-    else:
-        rel_l2 = err_norm / ref_norm
-    return ErrorReport(
-        rel_l2=rel_l2,
-        max_abs=float(np.max(np.abs(err))),
-        rms=err_norm / float(np.sqrt(err.size)),
-        prediction=prediction,
-        reference=values,
-    )
-
-
-def _norm(x: np.ndarray) -> float:
-    """`||x||_2`, right at any magnitude: `sqrt(sum(x**2))` over- or underflows (in float32
-    past ~1e19 and below ~1e-23), so scale by `max |x|` first, in float64."""
-    a = np.abs(np.asarray(x)).astype(np.float64)
-    m = float(np.max(a, initial=0.0))
-    if m == 0 or not np.isfinite(m):
-        return m  # 0, inf, or NaN: nothing to scale
-    return m * float(np.sqrt(np.sum((a / m) ** 2)))
-
-
-def _check_reference(values: np.ndarray, prediction: np.ndarray) -> np.ndarray:
-    """`values` in the prediction's shape; refuses shapes whose meaning would be guessed."""
-    if is_complex(values.dtype) and not is_complex(prediction.dtype):
-        raise TypeError(_MSG_COMPLEX_REFERENCE.format(dtype=values.dtype,
-                                                      out=prediction.dtype))
-    squeezed = prediction.shape[:1] + tuple(d for d in prediction.shape[1:] if d != 1)
-    unit = prediction.shape[:1] + (1,)
-    accepted = {prediction.shape, squeezed}
-    if prediction.shape == prediction.shape[:1]:
-        accepted.add(unit)
-    if values.shape not in accepted:
-        raise ValueError(_MSG_REFERENCE.format(shape=prediction.shape, got=values.shape,
-                                               squeezed=squeezed if squeezed
-                                               != prediction.shape else unit))
-    return values.reshape(prediction.shape)

@@ -287,3 +287,44 @@ def test_batched_kernel_with_no_hidden_layer(final):
     assert got.shape == expect.shape == (5, 2)
     np.testing.assert_allclose(got, expect, rtol=1e-12, atol=1e-13)
     assert (final is None) == bool(np.all(got == 0))
+
+
+def test_general_path_laplacian_of_a_pytree_output_as_grad_x_takes_it():
+    # `grad_x` took any pytree of outputs; `laplacian` read `.dtype` off the tuple
+    # (AttributeError). Each leaf is the trace of its own Hessian; a complex leaf stays complex.
+    mlp = _mlp(2, 3, 6, 1, jnp.tanh)
+
+    def f(theta, x):
+        y = mlp(x) * theta[0]
+        return y[0], {"rest": jax.lax.complex(y[1:], y[:2])}
+
+    theta, xs = jnp.array([1.5]), _points(2, n=3)
+
+    @jax.jit
+    def run(theta):
+        got = jax.vmap(sb.laplacian(f), in_axes=(None, 0))(theta, xs)
+        return got, sb.laplacian(f, batched=True)(theta, xs)
+
+    (first, rest), (b_first, b_rest) = (jax.tree.leaves(t) for t in run(theta))
+    model = lambda x: 1.5 * mlp(x)
+    want = np.asarray(jax.jit(jax.vmap(lambda x: _hessian_trace(model, x)))(xs))
+    assert first.shape == (3,) and rest.shape == (3, 2) and rest.dtype == jnp.complex128
+    np.testing.assert_allclose(first, want[:, 0], rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(rest, want[:, 1:] + 1j * want[:, :2], rtol=1e-12, atol=1e-13)
+    np.testing.assert_array_equal(b_first, first)
+    np.testing.assert_array_equal(b_rest, rest)
+
+
+def test_the_general_path_of_a_relu_network_refuses_the_laplacian_as_the_fast_path_does():
+    # `sb.flat(relu_mlp)` raised, `sb.flat(relu_mlp, fast=False)` returned trace(hessian) = 0
+    # (autodiff's second derivative of relu), alone or inside an `sb.HardConstraint`.
+    mlp = _mlp(2, 1, 5, 2, jax.nn.relu)
+    general, x = sb.flat(mlp, fast=False), jnp.array([0.3, -0.2])
+    box = sb.HardConstraint(general, lambda x: 1 - x[0] ** 2)
+    for fm in (general, box):
+        with pytest.raises(ValueError, match=r"`relu` is not twice\sdifferentiable"):
+            sb.laplacian(fm)(general.theta0, x)
+    np.testing.assert_allclose(sb.grad_x(general)(general.theta0, x), jax.jacfwd(mlp)(x),
+                               rtol=1e-13)  # fmt: skip
+    smooth = sb.flat(_mlp(2, 1, 5, 2, jnp.tanh), fast=False)  # recognised, smooth: allowed
+    assert sb.laplacian(smooth)(smooth.theta0, x).shape == (1,)

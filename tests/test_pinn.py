@@ -315,9 +315,28 @@ def test_second_derivative_of_a_scalar_input_network():
     assert np.isclose(u.hessian(x), reference, rtol=1e-12)
 
 
+def test_second_derivative_and_hessian_take_an_integer_point_as_laplacian_does(mlp):
+    # `u.laplacian` and `u.grad` cast an integer `x` to the weights' dtype; `second_derivative`
+    # raised from `jax.jvp` (float0 tangent) and `hessian` from `jax.jacfwd`.
+    u, xi = sb.Field(mlp, mlp.theta0), jnp.array([1, 0])
+    want = jax.hessian(lambda y: mlp(mlp.theta0, y))(xi.astype(jnp.float64))
+    got = jax.jit(lambda x: (u.hessian(x), u.second_derivative(x, 1)))(xi)
+    assert got[0].dtype == got[1].dtype == jnp.float64
+    np.testing.assert_allclose(got[0], want, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(got[1], want[:, 1, 1], rtol=1e-12, atol=1e-14)
+
+
 @pytest.mark.parametrize("x, axis", [(jnp.array(0.3), 1), (jnp.ones(2), 2), (jnp.ones(2), (0, 1))])
 def test_second_derivative_refuses_an_axis_outside_x(x, axis):
     # JAX would drop the out-of-range `.at[axis]` update: a zero direction, a silent 0.
     fm = lambda theta, x: jnp.sum(theta[0] * x**3)
     with pytest.raises(ValueError, match="pick one entry of `x`"):
         sb.Field(fm, jnp.ones(1)).second_derivative(x, axis)
+
+
+@pytest.mark.parametrize("points", [jnp.ones((0, 1)), jnp.array(0.5)], ids=["empty", "0-d"])
+def test_error_report_without_points_is_a_clear_error(points):
+    # Was NumPy's "zero-size array to reduction operation maximum which has no identity".
+    fm = lambda theta, x: theta[0] * x
+    with pytest.raises(ValueError, match=r"expected `points` with a leading axis of at\s+least"):
+        sb.error_report(fm, jnp.ones(1), points, np.ones((0, 1)))

@@ -229,3 +229,60 @@ def test_random_boundary_points_stay_in_the_box_as_the_dtype_holds_it():
                                          key=jax.random.key(2), dtype=jnp.float32))
     assert np.all((x >= lower) & (x <= upper))
     assert np.all(np.any((x == lower) | (x == upper), axis=1))
+
+
+# ---- collocation boxes at the edges of what float64 (or `dtype`) holds ------------------------
+
+@pytest.mark.parametrize("sampling", ["grid", "random"])
+def test_a_box_wider_than_float64_holds_is_refused(sampling):
+    # [-1e308, 1e308] is 2e308 wide (inf): the grid raised "cannot convert float infinity to
+    # integer", random interior points all came back 0.0.
+    with pytest.raises(ValueError, match=r"(?s)widths `upper - lower` float64 can hold.*axis 1"):
+        sb.collocation_points((0.0, -1e308), (1.0, 1e308), 3, sampling=sampling,
+                              key=jax.random.key(0))  # fmt: skip
+
+
+@pytest.mark.parametrize("where, sampling", [("interior", "grid"), ("boundary", "grid"),
+                                             ("boundary", "random"), ("interior", "random")])
+def test_bounds_beyond_the_dtype_are_refused(where, sampling):
+    # float32 holds up to 3.4e38: the grid raised "cannot convert float NaN to integer", random
+    # boundary points came back at inf without a word.
+    kwargs = dict(where=where, sampling=sampling, key=jax.random.key(0))
+    with pytest.raises(ValueError, match=r"(?s)in float32: along axis 0.*bounds would round"):
+        sb.collocation_points((0.0, 0.0), (1e39, 1.0), 3, dtype=jnp.float32, **kwargs)
+    with pytest.raises(ValueError, match=r"(?s)in float32: along axis 0.*width would round"):
+        sb.collocation_points((-3e38, 0.0), (3e38, 1.0), 3, dtype=jnp.float32, **kwargs)
+    with pytest.raises(ValueError, match="in float16"):
+        sb.collocation_points(0.0, 1e5, 3, dtype=jnp.float16, **kwargs)
+
+
+def test_random_boundary_faces_weigh_by_area_even_when_the_product_overflows():
+    # Widths (1e200, 1e200, 1): the z faces have area 1e400 (inf), the others 1e200. The
+    # probabilities were inf / inf = NaN and every point landed on the first face (x = 0).
+    x = np.asarray(sb.collocation_points((0.0, 0.0, 0.0), (1e200, 1e200, 1.0), 200,
+                                         where="boundary", sampling="random",
+                                         key=jax.random.key(0)))  # fmt: skip
+    assert np.all((x[:, 2] == 0.0) | (x[:, 2] == 1.0))
+    assert 0.3 < np.mean(x[:, 2] == 0.0) < 0.7
+
+
+@pytest.mark.parametrize("axis", [0.7, True, "1"])
+def test_a_face_axis_that_is_not_an_int_is_refused(axis):
+    # `int(axis)` took 0.7 as axis 0, True and "1" as axis 1.
+    with pytest.raises(ValueError, match="expected `faces` to be a sequence"):
+        sb.collocation_points((0.0, 0.0), (1.0, 1.0), 3, where="boundary", faces=[(axis, "lower")])
+    x = sb.collocation_points((0.0, 0.0), (1.0, 1.0), 3, where="boundary",
+                              faces=[(np.int64(1), "lower")])  # fmt: skip
+    np.testing.assert_array_equal(np.asarray(x)[:, 1], 0.0)
+
+
+def test_n_as_a_float_is_a_clear_error_and_as_a_0d_int_array_is_taken():
+    # A float raised "'float' object is not iterable", a 0-d array "iteration over a 0-d array".
+    for n in (3.0, "3", None, True):
+        with pytest.raises(ValueError, match="expected `n` to be a positive int"):
+            sb.collocation_points(0.0, 1.0, n)  # type: ignore[arg-type]
+    for n in (jnp.array(3), np.int32(3)):
+        np.testing.assert_array_equal(sb.collocation_points(0.0, 1.0, n),
+                                      sb.collocation_points(0.0, 1.0, 3))  # fmt: skip
+    assert sb.collocation_points(0.0, 1.0, jnp.array(4), sampling="random",
+                                 key=jax.random.key(0)).shape == (4, 1)  # fmt: skip
