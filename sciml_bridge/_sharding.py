@@ -2,9 +2,11 @@
 
 No communication code of ours: committed `NamedSharding`s on the inputs of the fused `jit`
 make XLA's SPMD partitioner split every per-point computation across the devices and insert
-the all-reduce that a mean or sum over points needs. Because we never write a `shard_map`,
-the PITFALLS.md trap (`check_vma=True` already sums a replicated input's gradient, so an
-extra `lax.pmean` multiplies it by the device count) cannot occur.
+the all-reduce that a mean or sum over points needs. Our one `shard_map`
+(`_solvers/_on_mesh.py`) is manual over the `"members"` axis alone, runs no collective and is
+never differentiated through, so the PITFALLS.md trap (`check_vma=True` already sums a
+replicated input's gradient, so an extra `lax.pmean` multiplies it by the device count)
+cannot occur.
 
 Mesh axes have one convention: an axis named `"members"` splits the members of an ensemble
 (the rows of a `(members, n)` `theta0`, with their optimiser states); every other axis splits

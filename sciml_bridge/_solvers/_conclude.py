@@ -20,6 +20,7 @@ import numpy as np
 from .._distributed import host, local
 from .._result import RESULTS, Solution, finish
 from ._fused import final_members, good_values, model_states
+from ._on_mesh import rerun_alone
 from ._recover import RUNTIME_ERRORS, Member, Members, alone, failure_detail
 from ._stateful import EvaluatedState
 
@@ -53,7 +54,7 @@ class Conclusion(Members):
             theta, loss, model = at(self.dynamic, self.layout)
             return (local(theta), np.asarray(host(loss), dtype=np.float64)), model
         except RUNTIME_ERRORS as e:
-            if self.layout != "vmap":  # one run, or a CPU mesh (a raise stopped every device)
+            if not rerun_alone(self.layout):
                 for m in self.members:
                     _failed_by(m, e)
                 return None, None
@@ -86,7 +87,7 @@ class Conclusion(Members):
         except RUNTIME_ERRORS:
             if not self.batched:
                 return losses
-            if self.layout != "vmap":  # a CPU mesh: a device that raised stopped them all
+            if not rerun_alone(self.layout):
                 return losses
             start = [alone(at, self._row(i, states), self.good_theta[i : i + 1], None)
                      for i in range(len(self.members))]  # fmt: skip

@@ -8,6 +8,8 @@ batched `while_loop` runs while any member runs and freezes the carry of the oth
 member keeps its own last good `theta` and a failing member leaves the others untouched. On a
 CPU mesh of several devices the members run one after another on each device instead (see
 `member_layout`): each keeps its own loop, and no batched LAPACK call can deadlock the devices.
+Members split over a `"members"` mesh axis run in a `jax.shard_map`, and a single run on such
+a mesh whole on each device (`_on_mesh.py`), so that a raise on one device cannot abort XLA.
 
 Solver states may hold jaxprs next to arrays (Optimistix linearisations): only the array part
 crosses the `jit` boundary; the static part is computed once at `init` and handed back
@@ -20,9 +22,9 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
-from .._sharding import MEMBERS
+from ._on_mesh import Kernel, Whole, on_every_device, one_by_one, per_device, single, whole_layout
 from ._stepper import RESULTS
 
 
@@ -62,51 +64,22 @@ def _loop(stepper, args, static, dynamic, good_theta, good_loss, active, n, chun
     return dynamic, (good_theta, good_loss, result._value, done, i, hist)
 
 
-def _one_by_one(fn, in_axes):
-    """`fn` mapped over the leading member axis with `lax.map`: one member at a time."""
-
-    def mapped(*xs):
-        def one(rows):
-            it = iter(rows)
-            return fn(*[x if a is None else next(it) for x, a in zip(xs, in_axes)])
-
-        return jax.lax.map(one, [x for x, a in zip(xs, in_axes) if a is not None])
-
-    return mapped
-
-
-def _per_device(mesh: Mesh, fn, in_axes):
-    """`fn` over members split over the `"members"` axis of `mesh`: viewed as `(devices,
-    members per device)`, vmapped over the first axis (one slice, so a batch of 1, per device)
-    and mapped one member at a time over the second, on each device without communication."""
-    devices = mesh.shape[MEMBERS]
-    spread = NamedSharding(mesh, PartitionSpec(MEMBERS))
-    inner = jax.vmap(_one_by_one(fn, in_axes), in_axes=in_axes)
-
-    def fold(y):
-        return jax.lax.with_sharding_constraint(y.reshape(devices, -1, *y.shape[1:]), spread)
-
-    def split(*xs):
-        xs = [x if a is None else jtu.tree_map(fold, x) for x, a in zip(xs, in_axes)]
-        return jtu.tree_map(lambda y: y.reshape(-1, *y.shape[2:]), inner(*xs))
-
-    return split
-
-
 def _member_axis(layout: str | Mesh | None, fn, in_axes):
     """`fn` over members as `layout` says (`member_layout`): vmapped, mapped, mapped on each
     device of a members mesh, or (`None`) called plainly with a member axis added."""
     if layout == "vmap":
         return jax.vmap(fn, in_axes=in_axes)
     if layout == "map":
-        return _one_by_one(fn, in_axes)
+        return one_by_one(fn, in_axes)
     if isinstance(layout, Mesh):
-        return _per_device(layout, fn, in_axes)
+        return per_device(layout, fn, in_axes)
 
     def plain(*xs):
         xs = [x if a is None else jtu.tree_map(lambda y: y[0], x) for x, a in zip(xs, in_axes)]
         return jtu.tree_map(lambda y: y[None], fn(*xs))
 
+    if isinstance(layout, Whole):
+        return lambda *xs: on_every_device(layout.mesh, plain, xs)
     return plain
 
 
@@ -123,7 +96,7 @@ def _init_one(stepper, args, theta):
 
 
 @eqx.filter_jit
-def init_members(stepper, args, theta0, layout: str | Mesh | None):
+def _init_members(stepper, args, theta0, layout: str | Mesh | None):
     """`(dynamic, static, good_theta, nan_losses)` for `theta0` (`(members, n)` for an
     ensemble, one `(n,)` run when `layout` is `None`): the array part of every member's state
     (leading member axis), the static part shared by all, the start as the first "last good"
@@ -136,7 +109,7 @@ def init_members(stepper, args, theta0, layout: str | Mesh | None):
         static_box.append(static)
         return _strong(dynamic), nan, t
 
-    thetas = theta0 if layout is not None else theta0[None]
+    thetas = theta0[None] if single(layout) else theta0
     dynamic, nan, good = _member_axis(layout, one, (0,))(thetas)
     return dynamic, static_box[0], good, nan
 
@@ -151,7 +124,7 @@ def _chunk(keep, dynamic):
 
 
 @eqx.filter_jit
-def run_chunk(keep, dynamic):
+def _run_chunk(keep, dynamic):
     """At most `n` steps for every active member. Nothing is donated: the state at the start
     of the chunk survives a runtime error raised in it (`eqx.error_if` fires for the whole
     vmapped batch), so the driver can run the chunk again, member by member, up to the step
@@ -160,7 +133,7 @@ def run_chunk(keep, dynamic):
 
 
 @eqx.filter_jit
-def final_members(stepper, args, static, dynamic, layout: str | Mesh | None):
+def _final_members(stepper, args, static, dynamic, layout: str | Mesh | None):
     """The current `theta` of every member, the loss there and the model state (`None`
     unless the loss is stateful). For a single run `theta` and the model state are returned
     without the member axis, ready to hand back as `res.theta` and `res.state`."""
@@ -170,7 +143,7 @@ def final_members(stepper, args, static, dynamic, layout: str | Mesh | None):
         return stepper.theta(state), stepper.value_of(state, args), stepper.model_state(state)
 
     theta, loss, model = _member_axis(layout, one, (0,))(dynamic)
-    if layout is None:
+    if single(layout):
         theta, model = theta[0], jtu.tree_map(lambda x: x[0], model)
     return theta, loss, model
 
@@ -182,13 +155,13 @@ def model_states(stepper, static, dynamic):
 
 
 @eqx.filter_jit
-def values_at(stepper, args, thetas, layout: str | Mesh | None):
+def _values_at(stepper, args, thetas, layout: str | Mesh | None):
     """The loss of every member at `thetas` (for a run whose setup raised)."""
     return _member_axis(layout, lambda t: stepper.value(t, args), (0,))(thetas)
 
 
 @eqx.filter_jit
-def good_values(stepper, args, static, dynamic, thetas, layout: str | Mesh | None):
+def _good_values(stepper, args, static, dynamic, thetas, layout: str | Mesh | None):
     """The loss of every member at `thetas`, its last good points, evaluated as there
     (`AbstractStepper.value_at_good`: with the model state of that evaluation)."""
 
@@ -196,3 +169,31 @@ def good_values(stepper, args, static, dynamic, thetas, layout: str | Mesh | Non
         return stepper.value_at_good(eqx.combine(dynamic, static), theta, args)
 
     return _member_axis(layout, one, (0, 0))(dynamic, thetas)
+
+
+# Each kernel finds the `Whole` layout its arrays need before its `jit` (it is static).
+def _init_layout(stepper, args, theta0, layout):
+    return stepper, args, theta0, whole_layout(layout, theta0)
+
+
+def _chunk_layout(keep, dynamic):
+    return (*keep[:8], whole_layout(keep[8], keep[3], dynamic)), dynamic
+
+
+def _final_layout(stepper, args, static, dynamic, layout):
+    return stepper, args, static, dynamic, whole_layout(layout, dynamic)
+
+
+def _values_layout(stepper, args, thetas, layout):
+    return stepper, args, thetas, whole_layout(layout, thetas)
+
+
+def _good_layout(stepper, args, static, dynamic, thetas, layout):
+    return stepper, args, static, dynamic, thetas, whole_layout(layout, dynamic, thetas)
+
+
+init_members = Kernel(_init_members, _init_layout)
+run_chunk = Kernel(_run_chunk, _chunk_layout)
+final_members = Kernel(_final_members, _final_layout)
+values_at = Kernel(_values_at, _values_layout)
+good_values = Kernel(_good_values, _good_layout)

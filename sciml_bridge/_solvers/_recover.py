@@ -26,6 +26,7 @@ import numpy as np
 from .._distributed import host
 from .._result import RESULTS, result_at
 from ._fused import init_members, run_chunk
+from ._on_mesh import rerun_alone
 from ._setup import Run
 from ._stepper import AbstractStepper
 
@@ -204,7 +205,7 @@ class Members:
     def _init_alone(self, theta0, e: Exception) -> None:
         """Set up each member alone after setting up all at once raised: a member whose own
         setup raises fails at `theta0`; the others start as usual. Raises `e` if all fail."""
-        if self.layout != "vmap":  # a CPU mesh: a device that raised stopped them all
+        if not rerun_alone(self.layout):
             raise e
         rows = [alone(init_members, self.stepper, self.args, theta0[i], None)
                 for i in range(theta0.shape[0])]  # fmt: skip
@@ -244,7 +245,7 @@ class Members:
             (dynamic, theta, loss), end, error = run_until_raise(keep, self.dynamic, 0, e)
             self._absorb((dynamic, chunk_output(theta, loss, keep[7], [end])))
             return self._failed([0], [error], dynamic)
-        if self.layout != "vmap":  # a CPU mesh: a device that raised stopped them all
+        if not rerun_alone(self.layout):
             raise e
         return self._recover_rows(keep)
 
