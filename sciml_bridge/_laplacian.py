@@ -21,12 +21,13 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import jax.tree_util as jtu
 import numpy as np
 from jaxtyping import Array, ArrayLike, PyTree
 
 from ._activations import Activation, check_twice_differentiable
 from ._custom_types import ThetaLike, Validated
-from ._flat_mlp import FlatMLP
+from ._flat_mlp import FlatMLP, widen_layers
 from ._hard_constraint import HardConstraint
 from ._pinn_derivative_checks import as_computed, check_smooth
 from ._precision import guard_x64, is_complex, is_inexact, promote
@@ -185,11 +186,13 @@ def _batched_laplacian(fm: FlatMLP, theta: ThetaLike, xs: ArrayLike) -> Array:
     point = () if fm.in_size == "scalar" else (fm.in_size,)
     if xs.shape[1:] != point or xs.ndim != len(point) + 1:
         raise ValueError(_MSG_BATCH.format(size=fm.in_size, want=point, got=xs.shape))
-    # As `fm(theta, x)`: compute in the wider of the weights' and the points' dtypes.
+    # As `fm(theta, x)`: each layer in the promotion of its own dtype and what flows into it
+    # (a wider later layer of a `precision="model"` network is never rounded to the first's).
     w_dtype = np.dtype(params[0][0].dtype)
     dtype = promote([w_dtype, xs.dtype]) if is_inexact(xs.dtype) else w_dtype
-    params = [(w.astype(dtype), None if b is None else b.astype(dtype)) for w, b in params]
-    points = xs.astype(dtype).reshape(xs.shape[0], int(np.prod(point, dtype=np.int64)))
+    params = widen_layers(params, dtype)
+    size = int(np.prod(point, dtype=np.int64))
+    points = xs.astype(params[0][0].dtype).reshape(xs.shape[0], size)
     lap = _column_laplacian(params, fm.activations, points)
     return lap[:, 0] if fm.out_size == "scalar" else lap
 
@@ -204,6 +207,7 @@ def _column_laplacian(params: list, activations: tuple[Activation | None, ...],
     """
     h, jac, lap = xs.T, None, None
     for (w, b), activation in zip(params, activations):
+        h, jac, lap = jtu.tree_map(lambda y, t=w.dtype: y.astype(t), (h, jac, lap))
         h = w @ h if b is None else w @ h + b[:, None]
         jac = w if jac is None else _jacobian_times(w, jac)
         lap = None if lap is None else w @ lap

@@ -328,3 +328,18 @@ def test_the_general_path_of_a_relu_network_refuses_the_laplacian_as_the_fast_pa
                                rtol=1e-13)  # fmt: skip
     smooth = sb.flat(_mlp(2, 1, 5, 2, jnp.tanh), fast=False)  # recognised, smooth: allowed
     assert sb.laplacian(smooth)(smooth.theta0, x).shape == (1,)
+
+
+def test_batched_laplacian_never_narrows_a_wider_later_layer():
+    # `precision="model"`, a float32 first layer and float64 later ones, float32 points: the
+    # batched pass cast every layer to float32 (1.5e-8 off the per-point Laplacian, which
+    # promotes layer by layer as the nested `eqx.nn.Linear` does).
+    mlp = _mlp(2, 1, 3, 1, jnp.tanh)
+    first = jax.tree.map(lambda a: a.astype(jnp.float32), mlp.layers[0])
+    fm = sb.flat(eqx.tree_at(lambda m: m.layers[0], mlp, first), precision="model")
+    xs = _points(2, n=5).astype(jnp.float32)
+    with pytest.warns(sb.PrecisionLossWarning):  # float64 theta read into the float32 layer
+        batched = sb.laplacian(fm, batched=True)(fm.theta0, xs)
+        one = jax.vmap(sb.laplacian(fm), in_axes=(None, 0))(fm.theta0, xs)
+    assert batched.dtype == one.dtype == jnp.float64
+    assert_ulp_close(batched, one, ulps=64)
