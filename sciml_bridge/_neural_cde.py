@@ -19,10 +19,12 @@ from ._diffeq import (
     all_finite,
     as_arrays,
     bad_times,
+    check_dt0,
     check_inputs,
     check_max_steps,
     check_reversible_backsolve,
     honest_adjoint,
+    out_of_order,
     placeholder_times,
     report,
     shapes,
@@ -109,8 +111,9 @@ class NeuralCDE(eqx.Module):
 
     **Raises:**
 
-    As [`sb.NeuralODE`][sciml_bridge.NeuralODE]; `ValueError` for a field of the wrong
-    shape or `coeffs` that do not fit `ts`; `ValueError` for
+    As [`sb.NeuralODE`][sciml_bridge.NeuralODE] (`ts`, the knots, must be strictly
+    increasing); `ValueError` for a field of the wrong shape or `coeffs` that do not fit
+    `ts`; `ValueError` for
     `adjoint=diffrax.ImplicitAdjoint()`, at construction (no steady state to differentiate:
     see the message), and for a `saveat` that saves no values (dense output only).
     """
@@ -133,7 +136,7 @@ class NeuralCDE(eqx.Module):
         stepsize_controller: diffrax.AbstractStepSizeController = diffrax.PIDController(
             rtol=1e-6, atol=1e-6
         ),
-        dt0: float | None = None,
+        dt0: Validated[float | None] = None,
         saveat: diffrax.SaveAt | None = None,
         max_steps: Validated[int] = 4096,
         throw: bool = True,
@@ -143,7 +146,8 @@ class NeuralCDE(eqx.Module):
         if saveat is not None and saveat.subs is None:  # dense output only
             raise ValueError(_MSG_NO_YS.format(saveat=saveat))
         self.fm, self.solver, self.adjoint = fm, solver, adjoint
-        self.stepsize_controller, self.dt0, self.saveat = stepsize_controller, dt0, saveat
+        self.stepsize_controller, self.saveat = stepsize_controller, saveat
+        self.dt0 = check_dt0(dt0, "sb.NeuralCDE(dt0=...)")
         self.max_steps = check_max_steps(max_steps, "sb.NeuralCDE(max_steps=...)")
         self.throw = throw
         honest_adjoint(adjoint, stepsize_controller, _WHERE, throw)  # fails early if it must
@@ -161,7 +165,8 @@ class NeuralCDE(eqx.Module):
         check_inputs(theta, z0, ts, _WHERE, "z0")
         _check_coeffs(coeffs, ts, theta.dtype)
         bad_ts = bad_times(ts, steady_end=False)
-        ts = placeholder_times(ts, bad_ts)
+        bad_order = out_of_order(ts, "strict")
+        ts = placeholder_times(ts, bad_ts | bad_order)
         prepare, field = network_parts(self.fm, False, self.adjoint)
         control = diffrax.CubicInterpolation(ts, coeffs)
         term, p = diffrax.ControlTerm(field, control).to_ode(), (prepare(theta), None)
@@ -176,7 +181,8 @@ class NeuralCDE(eqx.Module):
             max_steps=self.max_steps, throw=False,
         )  # fmt: skip
         bad_field = ~all_finite(term.vf(ts[0], z0, p))
-        sol = report(sol, saveat, _WHERE, self.throw, bad_inputs=bad_inputs, bad_ts=bad_ts,
+        sol = report(sol, saveat, _WHERE, self.throw, anchor=(theta, z0, coeffs),
+                     bad_inputs=bad_inputs, bad_ts=bad_ts, bad_order=bad_order, order="strict",
                      bad_field=bad_field)
         return cast(Array, sol.ys)
 

@@ -5,8 +5,6 @@ from typing import Any
 
 import diffrax
 import equinox as eqx
-import jax
-import jax.tree_util as jtu
 from jaxtyping import Array, ArrayLike, Inexact, PyTree, Real
 
 from ._custom_types import ThetaLike, Validated
@@ -14,69 +12,27 @@ from ._diffeq import (
     all_finite,
     as_arrays,
     bad_times,
+    check_dt0,
     check_inputs,
     check_max_steps,
     check_reversible_backsolve,
     honest_adjoint,
     not_steady,
+    out_of_order,
     placeholder_times,
     progress_meter,
     report,
-    shapes,
 )
-from ._network_field import identity, network_parts
+from ._neural_ode_field import MSG_HYBRID_TIME, Hybrid, check_field, ode_parts
 from ._precision import guard_x64
 
 
 _WHERE = "sb.NeuralODE(...)(theta, y0, ts)"
-
-
-_MSG_ARGS = (
-    "`sb.NeuralODE(fm)(theta, y0, ts, args)` got `args`, but a network-only vector field "
-    "`fm(theta, y)` has nowhere to put them. Fix: drop `args`, or use "
-    "`sb.NeuralODE.hybrid(vf)` with `vf(t, y, theta, args)`."
-)
-_MSG_FIELD_SHAPE = (
-    "`sb.NeuralODE(...)(theta, y0, ts)`: the vector field must return dy/dt of the shape and "
-    "dtype of the state `y0`, but it returned {got} for a state {want} (Diffrax would "
-    "broadcast it silently). Fix: make `fm(theta, y)` return one value per state entry."
-)
 _MSG_NO_YS = (
     "`sb.NeuralODE(...)(theta, y0, ts)` returns `sol.ys`, but `saveat={saveat}` saves none. "
     "Fix: call `node.solve(theta, y0, ts)` for the whole `diffrax.Solution` (e.g. "
     "`sol.evaluate(t)` for dense output)."
 )
-_MSG_HYBRID_TIME = (
-    "`sb.NeuralODE.hybrid(vf, time_dependent=...)`: a hybrid vector field `vf(t, y, theta, "
-    "args)` always receives `t`, so `time_dependent` does not apply. Fix: drop it."
-)
-
-
-class _Hybrid(eqx.Module):
-    """Marks a user vector field `vf(t, y, theta, args)` (see `NeuralODE.hybrid`)."""
-
-    vf: Callable
-
-
-class _HybridField(eqx.Module):
-    """Diffrax vector field `(t, y, args) -> vf(t, y, theta, user_args)`."""
-
-    vf: Callable
-
-    def __call__(self, t, y, args):
-        theta, user_args = args
-        return self.vf(t, y, theta, user_args)
-
-
-def _check_field(field: Callable, t0: Array, y0: Array, args: Any) -> None:
-    """A field returning another shape than `y` would be broadcast by Diffrax (issue 12)."""
-    out = eqx.filter_eval_shape(field, t0, y0, args)
-    want = jax.eval_shape(lambda: y0)
-    if jtu.tree_structure(out) != jtu.tree_structure(want) or any(
-        (o.shape, o.dtype) != (w.shape, w.dtype)
-        for o, w in zip(jtu.tree_leaves(out), jtu.tree_leaves(want))
-    ):
-        raise ValueError(_MSG_FIELD_SHAPE.format(got=shapes(out), want=shapes(want)))
 
 
 class NeuralODE(eqx.Module):
@@ -103,16 +59,19 @@ class NeuralODE(eqx.Module):
     way (same `theta` layout).
 
     Failures never give a silent wrong answer: non-finite `theta`/`y0`/`args`, a NaN or
-    infinite time in `ts` (except `ts[-1] = jnp.inf` with an `event=`), a field that is not
-    finite at `y0`, a failed forward solve, a failed backward solve of `BacksolveAdjoint`, and
-    a final state that is not steady under `ImplicitAdjoint` each raise their own error under
-    `throw=True`. Under `throw=False` they give NaN; a failed forward solve gives `inf` in
-    every saved value after the failure time (as Diffrax does) and also in the last value
-    saved, which stands for the end of the span it never reached (the `SaveAt(t1=True)` value,
-    the last of `steps=True`, the last of `ts` that all lie before the failure); dense output
-    is NaN past the failure time (Diffrax), and everywhere for the NaN causes. The derivatives
-    of those values are NaN, so a loss and its gradient are non-finite and `sb.minimize` keeps
-    the last good `theta`.
+    infinite time in `ts` (except `ts[-1] = jnp.inf` with an `event=`), `ts` out of order
+    (they may decrease, to solve backwards in time, but not both), a field that is not
+    finite at `y0`, a failed forward solve, a solution that turns non-finite although Diffrax
+    reports success (constant steps reject nothing), a failed backward solve of
+    `BacksolveAdjoint`, and a final state that is not steady under `ImplicitAdjoint` each
+    raise their own error under `throw=True`. Under `throw=False` they give NaN; a failed
+    forward solve gives `inf` in every saved value after the failure time (as Diffrax does)
+    and also in the last value saved, which stands for the end of the span it never reached
+    (the `SaveAt(t1=True)` value, the last of `steps=True`, the last of `ts` that all lie
+    before the failure); dense output is NaN past the failure time (Diffrax), and everywhere
+    for the NaN causes. The derivatives of those values are NaN (in reverse mode the whole
+    gradient of a loss that reads them, with every adjoint), so a loss and its gradient are
+    non-finite and `sb.minimize` keeps the last good `theta`.
 
     !!! example
 
@@ -161,17 +120,19 @@ class NeuralODE(eqx.Module):
 
     **Raises:**
 
-    At construction: `ValueError` if `max_steps` is not a positive int, or for
+    At construction: `ValueError` if `max_steps` is not a positive int, if `dt0` is not
+    `None` or a finite non-zero number (`TypeError` if not a number), or for
     `ImplicitAdjoint` without an adaptive step size controller. At call time: `ValueError` if
     `ts` is not 1-D with at least two times or if the vector field returns another shape than
-    `y0`; `ValueError` for `diffrax.ReversibleHeun()` with
-    `diffrax.BacksolveAdjoint()` when values are saved inside the span (Diffrax's gradient is
-    wrong there); `TypeError` if `theta` is not a 1-D floating vector, if `y0`, `ts` and
-    `theta` differ in dtype, if float64 NumPy data arrive with x64 off, or if `args` are given
-    without a hybrid vector field. Inside the solve, see `throw`.
+    `y0`; `ValueError` for `diffrax.ReversibleHeun()` with `diffrax.BacksolveAdjoint()` when
+    values are saved inside the span (Diffrax's gradient is wrong there); `TypeError` if
+    `theta` is not a 1-D floating vector, if `theta` or `y0` is complex (split the state into
+    real and imaginary parts), if `y0`, `ts` and `theta` differ in dtype, if float64 NumPy
+    data arrive with x64 off, or if `args` are given without a hybrid vector field. Inside
+    the solve, see `throw`.
     """
 
-    fm: Callable | _Hybrid  # `_Hybrid`: made by `NeuralODE.hybrid`
+    fm: Callable | Hybrid  # `Hybrid`: made by `NeuralODE.hybrid`
     solver: diffrax.AbstractSolver
     adjoint: diffrax.AbstractAdjoint
     stepsize_controller: diffrax.AbstractStepSizeController
@@ -185,14 +146,14 @@ class NeuralODE(eqx.Module):
 
     def __init__(
         self,
-        fm: Callable | _Hybrid,
+        fm: Callable | Hybrid,
         *,
         solver: diffrax.AbstractSolver = diffrax.Tsit5(),
         adjoint: diffrax.AbstractAdjoint = diffrax.RecursiveCheckpointAdjoint(),
         stepsize_controller: diffrax.AbstractStepSizeController = diffrax.PIDController(
             rtol=1e-6, atol=1e-6
         ),
-        dt0: float | None = None,
+        dt0: Validated[float | None] = None,
         saveat: diffrax.SaveAt | None = None,
         event: diffrax.Event | None = None,
         max_steps: Validated[int] = 4096,
@@ -200,15 +161,15 @@ class NeuralODE(eqx.Module):
         throw: bool = True,
         progress: bool = False,
     ):
-        if isinstance(fm, _Hybrid) and time_dependent:
-            raise ValueError(_MSG_HYBRID_TIME)
+        if isinstance(fm, Hybrid) and time_dependent:
+            raise ValueError(MSG_HYBRID_TIME)
         max_steps = check_max_steps(max_steps, "sb.NeuralODE(max_steps=...)")
         honest_adjoint(adjoint, stepsize_controller, _WHERE, throw)  # fails early if it must
         self.fm = fm
         self.solver = solver
         self.adjoint = adjoint
         self.stepsize_controller = stepsize_controller
-        self.dt0 = dt0
+        self.dt0 = check_dt0(dt0, "sb.NeuralODE(dt0=...)")
         self.saveat = saveat
         self.event = event
         self.max_steps = max_steps
@@ -258,7 +219,7 @@ class NeuralODE(eqx.Module):
 
         `ValueError` if `time_dependent` is given (`vf` always receives `t`).
         """
-        return cls(_Hybrid(vector_field), **kwargs)
+        return cls(Hybrid(vector_field), **kwargs)
 
     def __call__(
         self,
@@ -286,14 +247,15 @@ class NeuralODE(eqx.Module):
         theta, y0, ts = as_arrays(_WHERE, theta=theta, y0=y0, ts=ts)
         guard_x64(args, f"`{_WHERE}`", "`args`")
         check_inputs(theta, y0, ts, _WHERE)
-        prepare, field = self._parts(args)
+        prepare, field = ode_parts(self.fm, self.time_dependent, self.adjoint, args)
         term, p = diffrax.ODETerm(field), (prepare(theta), args)
-        _check_field(field, ts[0], y0, p)
+        check_field(field, ts[0], y0, p)
         adjoint = honest_adjoint(self.adjoint, self.stepsize_controller, _WHERE, self.throw)
         bad_inputs = ~all_finite((theta, y0, args))
         # `ts[-1] = inf` is how a steady-state solve (an `event=`) is asked for; NaN never is.
         bad_ts = bad_times(ts, steady_end=self.event is not None)
-        ts = placeholder_times(ts, bad_ts)
+        bad_order = out_of_order(ts, "monotone")
+        ts = placeholder_times(ts, bad_ts | bad_order)
         saveat = diffrax.SaveAt(ts=ts) if self.saveat is None else self.saveat
         check_reversible_backsolve(self.solver, self.adjoint, saveat, self.saveat is None, _WHERE)
         sol = diffrax.diffeqsolve(
@@ -305,12 +267,6 @@ class NeuralODE(eqx.Module):
         steady = None
         if isinstance(self.adjoint, diffrax.ImplicitAdjoint):
             steady = not_steady(sol, term, self.solver, self.stepsize_controller, p)
-        return report(sol, saveat, _WHERE, self.throw, bad_inputs=bad_inputs, bad_ts=bad_ts,
-                      bad_field=bad_field, not_steady=steady)
-
-    def _parts(self, args: PyTree[Any]) -> tuple[Callable, Callable]:
-        if isinstance(self.fm, _Hybrid):
-            return identity, _HybridField(self.fm.vf)
-        if args is not None:
-            raise TypeError(_MSG_ARGS)
-        return network_parts(self.fm, self.time_dependent, self.adjoint)
+        return report(sol, saveat, _WHERE, self.throw, anchor=(theta, y0, args),
+                      bad_inputs=bad_inputs, bad_ts=bad_ts, bad_order=bad_order,
+                      order="monotone", bad_field=bad_field, not_steady=steady)

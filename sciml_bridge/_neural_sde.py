@@ -14,6 +14,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import lineax as lx
+import numpy as np
 from jaxtyping import Array, ArrayLike, Inexact, PRNGKeyArray, Real
 
 from ._custom_types import KeyLike, Theta, ThetaLike, Validated
@@ -21,10 +22,12 @@ from ._diffeq import (
     all_finite,
     as_arrays,
     bad_times,
+    check_dt0,
     check_inputs,
     check_max_steps,
     check_reversible_backsolve,
     honest_adjoint,
+    out_of_order,
     placeholder_times,
     progress_meter,
     report,
@@ -60,6 +63,11 @@ _MSG_EULER_HEUN_BACKSOLVE = (
     "raises `TermAndSolverIncompatible`). Fix: `solver=diffrax.Heun()` (also Stratonovich) "
     "with `BacksolveAdjoint`, or keep `EulerHeun` with the default "
     "`adjoint=diffrax.RecursiveCheckpointAdjoint()`."
+)
+_MSG_BROWNIAN_SHAPE = (
+    "`sb.NeuralSDE(..., diagonal=False, brownian_shape=...)` expected the shape of the Brownian "
+    "motion as a tuple of positive ints, but got {got!r}. Fix: e.g. `brownian_shape=(3,)` for "
+    "three Brownian motions and a `(*y.shape, 3)` diffusion matrix."
 )
 _MSG_THETA0 = (
     "`sb.NeuralSDE(...).theta0` exists only when `drift` and `diffusion` are both flat models "
@@ -128,7 +136,8 @@ class NeuralSDE(eqx.Module):
         (with `diffrax.ReversibleHeun()` only for `ts = [t0, t1]`, and not with
         `diffrax.EulerHeun()`: see **Raises**). Not
         `diffrax.ImplicitAdjoint()`: a sample path has no steady state.
-    - `dt0`: the step size (constant steps). Default 0.01.
+    - `dt0`: the step size (constant steps), a positive number. Default 0.01. `ts` must be
+        non-decreasing with `ts[-1] > ts[0]` (a sample path runs forwards).
     - `max_steps`, `throw`, `progress`: as for [`sb.NeuralODE`][sciml_bridge.NeuralODE].
 
     **Returns:**
@@ -138,7 +147,8 @@ class NeuralSDE(eqx.Module):
     **Raises:**
 
     As [`sb.NeuralODE`][sciml_bridge.NeuralODE]; `ValueError` when `drift` or
-    `diffusion` return the wrong shape; `TypeError` when `key` is not one PRNG key;
+    `diffusion` return the wrong shape, or `dt0` is not positive; `TypeError` when `key` is
+    not one PRNG key, or `brownian_shape` is not a tuple of ints;
     `ValueError` for `adjoint=diffrax.ImplicitAdjoint()` and for `diffrax.EulerHeun()` with
     `diffrax.BacksolveAdjoint()` (at construction), and for
     `solver=diffrax.ReversibleHeun()` with `adjoint=diffrax.BacksolveAdjoint()` and more than
@@ -161,10 +171,10 @@ class NeuralSDE(eqx.Module):
         diffusion: Callable,
         *,
         diagonal: bool = True,
-        brownian_shape: tuple[int, ...] | None = None,
+        brownian_shape: Validated[tuple[int, ...] | None] = None,
         solver: diffrax.AbstractSolver = diffrax.Euler(),
         adjoint: diffrax.AbstractAdjoint = diffrax.RecursiveCheckpointAdjoint(),
-        dt0: float = 0.01,
+        dt0: Validated[float] = 0.01,
         max_steps: Validated[int] = 4096,
         throw: bool = True,
         progress: bool = False,
@@ -181,8 +191,9 @@ class NeuralSDE(eqx.Module):
                                                                           diffrax.EulerHeun):
             raise ValueError(_MSG_EULER_HEUN_BACKSOLVE)
         self.drift, self.diffusion = drift, diffusion
-        self.solver, self.adjoint, self.dt0 = solver, adjoint, dt0
-        self.brownian_shape = None if diagonal else tuple(cast(tuple[int, ...], brownian_shape))
+        self.solver, self.adjoint = solver, adjoint
+        self.dt0 = check_dt0(dt0, "sb.NeuralSDE(dt0=...)", positive=True)
+        self.brownian_shape = None if diagonal else _check_brownian_shape(brownian_shape)
         self.max_steps = check_max_steps(max_steps, "sb.NeuralSDE(max_steps=...)")
         self.throw, self.progress = throw, progress
 
@@ -214,7 +225,8 @@ class NeuralSDE(eqx.Module):
         _check_key(key)
         bad_inputs = ~all_finite((theta, y0))
         bad_ts = bad_times(ts, steady_end=False)
-        ts = placeholder_times(ts, bad_ts)
+        bad_order = out_of_order(ts, "increasing")
+        ts = placeholder_times(ts, bad_ts | bad_order)
         saveat = diffrax.SaveAt(ts=ts)
         check_reversible_backsolve(self.solver, self.adjoint, saveat, True, _WHERE)
         terms, p = self._terms(theta, y0, ts, key)
@@ -226,7 +238,8 @@ class NeuralSDE(eqx.Module):
         )  # fmt: skip
         drift, diffusion = terms.terms[0].vector_field, terms.terms[1].vector_field
         bad_field = ~all_finite((drift(ts[0], y0, p), _as_array(diffusion(ts[0], y0, p))))
-        sol = report(sol, saveat, _WHERE, self.throw, bad_inputs=bad_inputs, bad_ts=bad_ts,
+        sol = report(sol, saveat, _WHERE, self.throw, anchor=(theta, y0), bad_inputs=bad_inputs,
+                     bad_ts=bad_ts, bad_order=bad_order, order="increasing",
                      bad_field=bad_field)
         return cast(Array, sol.ys)
 
@@ -260,6 +273,18 @@ class NeuralSDE(eqx.Module):
             raise ValueError(_MSG_SHAPE.format(
                 which="diffusion", want_what="shape and dtype",
                 want=shapes(jax.ShapeDtypeStruct(shape, y0.dtype)), got=shapes(got), fix=fix))
+
+
+def _check_brownian_shape(shape: Any) -> tuple[int, ...]:
+    """A tuple of positive ints (an int alone failed with "'int' object is not iterable")."""
+    ints = isinstance(shape, tuple | list) and all(
+        isinstance(n, int | np.integer) and not isinstance(n, bool) for n in shape
+    )
+    if not ints:
+        raise TypeError(_MSG_BROWNIAN_SHAPE.format(got=shape))
+    if any(n < 1 for n in shape):
+        raise ValueError(_MSG_BROWNIAN_SHAPE.format(got=shape))
+    return tuple(int(n) for n in shape)
 
 
 def _as_array(out: Any) -> Array:
