@@ -18,6 +18,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from ._custom_types import ThetaBatchLike, ThetaLike, Validated
+from ._minimize import check_run_inputs
 from ._result import EnsembleSolution, Solution
 from ._sharding import place
 from ._solvers._batches import KeyedLoss, prepare_batches, with_batches
@@ -97,6 +98,21 @@ def _check_forward(residual, theta0, args) -> bool:
 def _residual_size(residual, theta0, args) -> int:
     out = eqx.filter_eval_shape(lambda t, a: residual(t, *a), theta0, args)
     return int(np.prod(out.shape))
+
+
+_MSG_EMPTY_RESIDUAL = """\
+`{where}` expected `residual(theta, *args)` to return at least one residual, but it returned
+an array of shape {shape} (size 0): the loss `0.5 * sum(r**2)` would be 0 whatever `theta`.
+Fix: return the residuals to fit (e.g. `model(theta, x) - y` with `x`, `y` not empty)."""
+
+
+def _check_residual_size(residual, theta0, args, where: str) -> None:
+    """An empty residual failed deep in every backend ("zero-size array to reduction
+    operation max"). Checked on the abstract output, once per signature (`_SIZES`)."""
+    key = _signature(residual, theta0, args)
+    if _SIZES.get(key, lambda: _residual_size(residual, theta0, args)) == 0:
+        shape = eqx.filter_eval_shape(lambda t, a: residual(t, *a), theta0, args).shape
+        raise ValueError(_MSG_EMPTY_RESIDUAL.format(where=where, shape=tuple(shape)))
 
 
 def resolve_jac(jac: str, residual, theta0, args, *, by_shape: bool, where: str) -> str:
@@ -197,13 +213,15 @@ def least_squares(
 
     **Raises:**
 
-    As `sb.minimize`; `ValueError` for an unknown `method` or `jac`; `TypeError` for a
+    As `sb.minimize`; `ValueError` for an unknown `method` (naming the nearest) or `jac`, or
+    a residual of size 0; `TypeError` for a `method` that is neither a string nor a solver, or a
     float16/bfloat16 `theta0` with `"gauss-newton"`/`"natural-gradient"` (their LAPACK
     factorisations have no half-precision kernels) unless `solver="cg"`.
     """
     where = "sb.least_squares"
     theta0 = prepare_theta0(theta0, where)
     args, tol = prepare_args(args, where), check_tol(tol, where)
+    check_run_inputs(theta0, tol, checkpoint, checkpoint_every, where)
     theta0, args = place(theta0, args, mesh, where)
     run = make_run(
         where, method, max_steps=max_steps, progress=progress, callback=callback, throw=throw,
@@ -217,6 +235,7 @@ def least_squares(
     mode = lambda by_shape: resolve_jac(jac, residual, member, probe, by_shape=by_shape,
                                         where=where)  # fmt: skip
     plan = resolve_least_squares(residual, member, method, tol, options, mode, where)
+    _check_residual_size(residual, member, probe, where)  # after the plan's dtype refusals
     if plan.scipy is not None:
         if batch_size is not None or key is not None:
             raise NotImplementedError(_MSG_SCIPY_BATCHES.format(where=where))

@@ -4,6 +4,7 @@ The method is an argument (STYLE.md 1): switching from `"adam"` to `"lbfgs"` or
 `"scipy:trust-ncg"` is a one-word edit, and every method returns the same `sb.Solution`.
 """
 
+import math
 import os
 from collections.abc import Callable
 from typing import Any, Literal
@@ -34,6 +35,34 @@ _MSG_CHECKPOINT = """\
 between chunks to save. Fix: checkpoint a method of ours (an Optax method such as "adam" or
 "lbfgs", "bfgs", or "gauss-newton"/"lm" in `sb.least_squares`), or save `res.theta` yourself
 with `sb.save` and chain runs."""
+
+_MSG_EMPTY = """\
+`{where}` got a `theta0` of shape {shape}: no parameters to optimise, yet every method would
+report success. Fix: pass the flat parameter vector (e.g. `fm.theta0`
+from `sb.flat`, whose length `fm.size` is at least 1); check that `params=` selected any."""
+
+_MSG_TOL_INF = """\
+`{where}` expected `tol` to be None or a positive finite number, but got {tol!r}. Every point
+meets an infinite tolerance, so the run would report convergence where it started. Fix: e.g.
+`tol=1e-6`, or `tol=None` for the method's default."""
+
+
+_MSG_EVERY = """\
+`{where}` got `checkpoint_every={every!r}` without `checkpoint=`: nothing would be saved.
+Fix: name the file too (`checkpoint="run.npz"`), or drop `checkpoint_every=`."""
+
+
+def check_run_inputs(theta0, tol: float | None, checkpoint, every, where: str) -> None:
+    """What the shared validators let through, each of which ran silently "successful" or
+    silently did nothing: a `theta0` without parameters (Adam reported 5 steps on none),
+    `tol=inf` (Adam converged at `theta0`, Optimistix's BFGS ran out its budget there
+    instead), `checkpoint_every=` without a file to write."""
+    if theta0.shape[-1] == 0:
+        raise ValueError(_MSG_EMPTY.format(where=where, shape=tuple(theta0.shape)))
+    if tol is not None and not math.isfinite(tol):
+        raise ValueError(_MSG_TOL_INF.format(where=where, tol=tol))
+    if every is not None and checkpoint is None:
+        raise ValueError(_MSG_EVERY.format(where=where, every=every))
 
 
 def minimize(
@@ -220,8 +249,11 @@ def minimize(
     ensemble when any member failed, `.result` is the `EnsembleSolution`) when
     `throw=True`, and `sb.OptimizationError` whatever `throw=` when `callback` raises;
     `TypeError` for a bad `theta0` (or a complex one with a method other than first-order
-    Optax), `args`, `tol`, `method` type, loss output or option; `ValueError` for
-    an unknown method name, a non-finite `theta0` or a mismatched checkpoint;
+    Optax), `args`, `tol`, `method` type, loss output or option (a `learning_rate` that is
+    not a real number or a schedule, or `None` where Optax would then skip the step size);
+    `ValueError` for an unknown method name (naming the nearest), a non-finite `theta0` or
+    one with no parameters (size 0), `tol=inf`, a `learning_rate` that is not positive and
+    finite, `checkpoint_every=` without `checkpoint=`, or a mismatched checkpoint;
     `TypeError` also for a `key` that is not a PRNG key, or a loss that requires `key`
     without `key=`; `ValueError` also for a bad `batch_size`, a batch of keys, or `tol=`
     with `batch_size=` (or a `key=` the loss takes), or `"ssbfgs"`/`"ssbroyden"` with
@@ -234,6 +266,7 @@ def minimize(
     where = "sb.minimize"
     theta0 = prepare_theta0(theta0, where, complex_ok=True)
     args, tol = prepare_args(args, where), check_tol(tol, where)
+    check_run_inputs(theta0, tol, checkpoint, checkpoint_every, where)
     theta0, args = place(theta0, args, mesh, where)
     run = make_run(
         where, method, max_steps=max_steps, progress=progress, callback=callback, throw=throw,

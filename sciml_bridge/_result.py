@@ -1,14 +1,14 @@
-"""One result type for `sb.minimize` and `sb.least_squares`, and the failures it can carry.
+"""What `sb.minimize` and `sb.least_squares` hand back: one result type (`Solution`, and
+`EnsembleSolution` for several members) and the errors that carry it.
 
-Failures inside a run are data (the Optimistix `RESULTS` idea): each kind carries its remedy,
-`throw=False` returns it next to the last good `theta`, `throw=True` raises an error that
-still holds that `theta`, so an expensive run is never lost.
+Failures inside a run are data (the Optimistix `RESULTS` idea, in `_result_codes`): each kind
+carries its remedy, `throw=False` returns it next to the last good `theta`, `throw=True` raises
+an error that still holds that `theta`, so an expensive run is never lost.
 """
 
 import dataclasses
 from typing import Any, TypeVar
 
-import equinox.internal as eqxi
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
@@ -16,67 +16,16 @@ import numpy as np
 
 from ._custom_types import Theta, ThetaBatch
 
-
-class RESULTS(eqxi.Enumeration):
-    """How a run ended: one vocabulary inside `jit` and on the host.
-
-    Steppers return it as data inside `jit` (as Optimistix and Diffrax do); `res.result` holds
-    it on the host. `RESULTS[res.result]` is the message, which says what to try. Members:
-    `successful`, `max_steps_reached`, `nonfinite`, `interrupted`, `solver_failed`, `stalled`.
-
-    !!! example
-
-        ```python
-        res = sb.minimize(lambda t: jnp.sum(t**2), jnp.ones(2), method="adam", max_steps=3,
-                          throw=False)
-        if res.result == sb.RESULTS.max_steps_reached:
-            print(sb.RESULTS[res.result])          # "stopped after `max_steps` steps ..."
-        ```
-    """
-
-    successful = "converged"
-    max_steps_reached = (
-        "stopped after `max_steps` steps without meeting the tolerance. Try a larger "
-        "`max_steps=`, a looser `tol=`, or continue from `res.theta` (chaining is free)."
-    )
-    nonfinite = (
-        "the loss became non-finite (NaN or inf). The last `theta` with a finite loss is kept "
-        "in `res.theta`. Try a lower learning rate, float64 (`jax.config.update("
-        '"jax_enable_x64", True)` and a float64 `theta0`), or check the loss for log/sqrt/'
-        "division of values that can reach zero or below."
-    )
-    interrupted = "interrupted (Ctrl-C) between chunks; `res.theta` is the last finished step"
-    solver_failed = (
-        "the backend reported a failure (e.g. a singular linear solve, a failed line search, "
-        "or a runtime error inside the loss such as `eqx.error_if`). The last good `theta` is "
-        "kept in `res.theta`. Try another `method=`, a smaller step, or rescaling the problem."
-    )
-    stalled = (
-        "stopped early: no step size lowered the loss along the method's direction, yet the "
-        "stopping rule (`tol`) is not met: the gradient and the decrease the method's local "
-        "model predicts are both above it. `res.theta` is the last point reached. The local "
-        "model is poor here: continue from `res.theta` with another method (e.g. "
-        '"ssbroyden" or "adam"), or, if the loss is at its rounding floor, loosen `tol=`.'
-    )
-
-
-_BY_INDEX = {int(item._value): item for item in RESULTS._name_to_item.values()}
-_NAMES = {int(item._value): name for name, item in RESULTS._name_to_item.items()}
-
-
-def canonical(result) -> RESULTS:
-    """The module-level `RESULTS` member for a concrete result (one that came out of `jit`),
-    so that `res.result is sb.RESULTS.nonfinite` holds on the host."""
-    return _BY_INDEX[int(np.asarray(result._value))]
-
-
-def result_name(result) -> str:
-    """`"nonfinite"` for `RESULTS.nonfinite`, etc."""
-    return _NAMES[int(np.asarray(result._value))]
-
-
-def message_of(result) -> str:
-    return RESULTS[canonical(result)]
+# The vocabulary of outcomes lives in its own module; re-exported so `from ._result import
+# RESULTS, result_at, ...` keeps working.
+from ._result_codes import (
+    RESULTS as RESULTS,
+    canonical as canonical,
+    failed as failed,
+    message_of as message_of,
+    result_at as result_at,
+    result_name as result_name,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,7 +107,8 @@ class EnsembleSolution:
     - `members`: one `sb.Solution` per row of `theta0`.
     - `theta`: their parameters stacked, shape `(members, n)`.
     - `loss`, `success`, `steps`: NumPy arrays over members.
-    - `best`: the member with the lowest finite loss (`ValueError` if none is finite).
+    - `best`: the member with the lowest finite loss (`ValueError` if none is finite); a
+        failed member counts with its last good loss, so check `res.best.success`.
     - `message`: one line per member.
     - `wall_time`: seconds spent in the whole call.
     """
@@ -265,19 +215,6 @@ class NonFiniteLossError(OptimizationError):
     A subclass of `sb.OptimizationError` (whose example raises one), with the same
     attributes `result` and `theta`.
     """
-
-
-_FAILURES = ("nonfinite", "solver_failed")
-
-
-def failed(result) -> bool:
-    """A failure in the sense of the contract: non-finite loss or a breakdown (not the
-    budget, not Ctrl-C)."""
-    return result_name(result) in _FAILURES
-
-
-def result_at(index: int) -> RESULTS:
-    return _BY_INDEX[int(index)]
 
 
 _Out = TypeVar("_Out", bound="Solution | EnsembleSolution")

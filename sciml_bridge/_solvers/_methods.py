@@ -6,16 +6,19 @@ nearest valid one (`max_step=` -> `max_steps=`).
 """
 
 import dataclasses
+import difflib
 import inspect
 from collections.abc import Callable
 from typing import Any
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 import scipy.optimize
 
 from ._gauss_newton import GaussNewtonStepper
-from ._optax import optax_stepper, optax_transform
+from ._optax import is_alias, optax_stepper, optax_transform
 from ._optimistix import (
     is_optimistix_solver,
     least_squares_solver,
@@ -61,6 +64,39 @@ on), or `solver="cg"` (matrix-free CGLS, which runs in {dtype}). "lm" and "dogle
 {dtype}."""
 
 
+_MSG_UNKNOWN = """\
+`{where}` got method={name!r}, which is neither a method of sciml_bridge nor an Optax
+optimizer{hint}. Fix: use one of {known}, any `optax.<name>` alias (e.g. "sgd", "adamw"),
+"scipy:<Method>", or pass an `optax.GradientTransformation` object."""
+
+_MSG_LR_NONE = """\
+`{where}` got `learning_rate=None` for method={name!r}. Optax reads None as "no step size"
+(`optax.scale_by_learning_rate(None)` is the identity), so the update would be added
+unscaled and unnegated: the loss goes up while the run reports success.
+Fix: a positive number (e.g. `learning_rate=1e-3`, the default when omitted) or a schedule
+(`optax.cosine_decay_schedule(1e-2, 1000)`)."""
+
+_MSG_LR = """\
+`{where}` expected `learning_rate` to be a positive finite real number (or a schedule
+`step -> number`), but got {got}. {why}
+Fix: e.g. `learning_rate=1e-3`, or `optax.exponential_decay(1e-2, 1000, 0.5)` for a schedule."""
+
+
+_MSG_SOLVER_TOL = """\
+`{where}` got `tol={tol!r}` with the Optimistix solver object {solver}, which stops by its own
+`rtol`/`atol` ({rtol!r}/{atol!r}); `tol=` would be ignored and the run would say "converged" at
+the solver's tolerance. Fix: set them on the object (`{solver}(rtol={tol!r}, atol={tol!r})`)
+and drop `tol=`, or pass the method by name (e.g. method="bfgs", "lm") with `tol=`."""
+
+
+def _refuse_tol_with_solver(solver, tol, where: str) -> None:
+    if tol is not None:
+        name = type(solver).__name__
+        raise ValueError(_MSG_SOLVER_TOL.format(where=where, tol=tol, solver=name,
+                                                rtol=getattr(solver, "rtol", None),
+                                                atol=getattr(solver, "atol", None)))  # fmt: skip
+
+
 @dataclasses.dataclass(frozen=True)
 class Plan:
     """A resolved method: a stepper for the fused driver, or a SciPy method name."""
@@ -101,6 +137,41 @@ def _optax_options(name: str) -> tuple | None:
     return _parameters(factory) if callable(factory) else ()
 
 
+def _unknown(name: str, where: str, known: tuple) -> ValueError:
+    """The error for a method name nobody knows, naming the nearest one (`"Adam"` -> `"adam"`)."""
+    aliases = [n for n in dir(optax) if n.islower() and is_alias(n)]
+    near = difflib.get_close_matches(name.lower(), [*known, *aliases], n=1)
+    case = "; names are case-sensitive" if near and near[0] == name.lower() else ""
+    hint = f' (did you mean "{near[0]}"{case}?)' if near else ""
+    shown = ", ".join(f'"{m}"' for m in known)
+    return ValueError(_MSG_UNKNOWN.format(where=where, name=name, known=shown, hint=hint))
+
+
+def _check_learning_rate(name: str, options: dict, where: str) -> None:
+    """A learning rate that would run silently wrong (None: gradient ascent; negative: ascent;
+    zero: no move; NaN) or fail deep inside Optax (a string) is refused up front."""
+    if "learning_rate" not in options:
+        return
+    lr = options["learning_rate"]
+    if lr is None:
+        params = inspect.signature(getattr(optax, name)).parameters
+        if "learning_rate" not in params or params["learning_rate"].default is None:
+            return  # "lbfgs": None is its own default (its line search sets the step)
+        raise TypeError(_MSG_LR_NONE.format(where=where, name=name))
+    if callable(lr):  # a schedule
+        return
+    got = f"{lr!r} (a {type(lr).__name__})"
+    number = isinstance(lr, int | float | np.generic | np.ndarray | jax.Array)
+    dtype = np.asarray(lr).dtype if number else None
+    if dtype is None or np.ndim(lr) != 0 or not (
+        jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)
+    ):  # a string, a complex or a bool (NumPy's kind for bfloat16 is "V": ask JAX)
+        raise TypeError(_MSG_LR.format(where=where, got=got, why="It is one real number."))
+    if not (np.isfinite(float(lr)) and float(lr) > 0):
+        why = "A negative one climbs the loss, zero never moves, and NaN makes it NaN."
+        raise ValueError(_MSG_LR.format(where=where, got=got, why=why))
+
+
 def resolve_minimize(fn, theta0, method, tol, options: dict, where: str, state0=None,
                      stateful: bool = False) -> Plan:  # fmt: skip
     """`sb.minimize`'s method: Optax (name or object), Optimistix (name or object), SciPy.
@@ -119,6 +190,7 @@ def _resolve(fn, theta0, method, tol, options, where, state0, stateful) -> Plan:
         return Plan(optax_stepper(fn, method, theta0, tol, state0, stateful))
     if is_optimistix_solver(method):
         check_options(options, ("autodiff_mode",), where, method)
+        _refuse_tol_with_solver(method, tol, where)
         return Plan(optimistix_stepper(fn, method, least_squares=False, jac=None,
                                        options=options, dtype=theta0.dtype))  # fmt: skip
     if not isinstance(method, str):
@@ -138,6 +210,9 @@ def _resolve(fn, theta0, method, tol, options, where, state0, stateful) -> Plan:
         solver = minimiser(method, tol_or_default)
         return Plan(optimistix_stepper(fn, solver, least_squares=False, jac=None,
                                        options=options, dtype=theta0.dtype))  # fmt: skip
+    if not is_alias(method):
+        raise _unknown(method, where, MINIMIZE)
+    _check_learning_rate(method, options, where)
     optimizer = optax_transform(method, options, where, _optax_options(method))
     tol = tol_or_default if method == "lbfgs" else tol
     return Plan(optax_stepper(fn, optimizer, theta0, tol, state0, stateful))
@@ -163,6 +238,8 @@ def resolve_least_squares(fn, theta0, method, tol, options: dict, jac_mode, wher
         name = scipy_name(method, where, least_squares=True)
         check_options(options, scipy_least_squares_options(), where, method, extra=("jac",))
         return Plan(scipy=name)
+    if is_optimistix_solver(method):
+        _refuse_tol_with_solver(method, tol, where)
     tol = default_tol(theta0.dtype) if tol is None else tol
     if method in ("gauss-newton", "natural-gradient"):
         check_options(options, _gauss_newton_options(), where, method, extra=("jac",))
@@ -177,6 +254,14 @@ def resolve_least_squares(fn, theta0, method, tol, options: dict, jac_mode, wher
     if isinstance(method, str) and (method in MINIMIZE or hasattr(optax, method)):
         raise ValueError(_MSG_VERB.format(where=where, method=method, other="sb.minimize",
                                           valid=", ".join(map(repr, LEAST_SQUARES))))  # fmt: skip
-    valid = ", ".join(map(repr, LEAST_SQUARES + tuple("scipy:" + m for m in SCIPY_LEAST_SQUARES)))
-    raise ValueError(f"`{where}` got method={method!r}. Fix: use one of {valid}, or an "
+    names = LEAST_SQUARES + tuple("scipy:" + m for m in SCIPY_LEAST_SQUARES)
+    valid = ", ".join(map(repr, names))
+    if not isinstance(method, str):  # the kind is wrong, not the value (STYLE.md 6)
+        raise TypeError(f"`{where}` expected `method` to be a string or an Optimistix "
+                        f"least-squares solver object, but got {type(method).__name__}. "
+                        f"Fix: use one of {valid}.")  # fmt: skip
+    near = difflib.get_close_matches(method.lower(), names, n=1)
+    case = " (names are case-sensitive)" if near and near[0] == method.lower() else ""
+    hint = f' Did you mean "{near[0]}"?{case}' if near else ""
+    raise ValueError(f"`{where}` got method={method!r}.{hint} Fix: use one of {valid}, or an "
                      "Optimistix least-squares solver object.")  # fmt: skip

@@ -30,11 +30,6 @@ from ._setup import check_options
 from ._stepper import RESULTS, AbstractStepper, traced_or_none
 
 
-_MSG_UNKNOWN = """\
-`{where}` got method={name!r}, which is neither a method of sciml_bridge nor an Optax
-optimizer. Fix: use one of {known}, any `optax.<name>` alias (e.g. "sgd", "adamw"),
-"scipy:<Method>", or pass an `optax.GradientTransformation` object."""
-
 _VALUES = (bool, int, float, complex, str, bytes, type(None), np.generic, np.dtype)
 
 
@@ -212,13 +207,15 @@ def _build(name: str, options: dict) -> optax.GradientTransformation:
     return factory(**options)
 
 
-def optax_transform(name: str, options: dict, where: str, valid) -> optax.GradientTransformation:
-    """The Optax transformation for `method=name`; cached so repeated calls share one compile.
-    `valid`: the keywords its factory takes (None: any)."""
+def is_alias(name: str) -> bool:
+    """Whether `optax.<name>` is an optimizer factory (not a class, not private)."""
     factory = getattr(optax, name, None)
-    if name.startswith("_") or not callable(factory) or isinstance(factory, type):
-        known = '"adam", "lbfgs", "bfgs", "nonlinear-cg"'
-        raise ValueError(_MSG_UNKNOWN.format(where=where, name=name, known=known))
+    return not name.startswith("_") and callable(factory) and not isinstance(factory, type)
+
+
+def optax_transform(name: str, options: dict, where: str, valid) -> optax.GradientTransformation:
+    """The Optax transformation for `method=name` (an Optax alias, `is_alias`); cached so
+    repeated calls share one compile. `valid`: the keywords its factory takes (None: any)."""
     if valid is not None:
         check_options(options, valid, where, name)
     try:
