@@ -144,7 +144,7 @@ def least_squares(
     jac: str = "auto",
     progress: bool = True,
     callback: Validated[Callable | None] = None,
-    throw: bool = True,
+    throw: Validated[bool] = True,
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: Validated[int | None] = None,
     resume: Validated[Literal["check", "force"]] = "check",

@@ -75,7 +75,7 @@ def minimize(
     tol: Validated[float | None] = None,
     progress: bool = True,
     callback: Validated[Callable | None] = None,
-    throw: bool = True,
+    throw: Validated[bool] = True,
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: Validated[int | None] = None,
     resume: Validated[Literal["check", "force"]] = "check",

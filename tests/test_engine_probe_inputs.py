@@ -30,13 +30,13 @@ def test_learning_rate_none_is_lbfgs_own_default():
 @pytest.mark.parametrize(
     ("lr", "error"),
     [("0.1", TypeError), (True, TypeError), (0.1j, TypeError), (jnp.ones(2), TypeError),
-     (-0.1, ValueError), (0.0, ValueError), (float("nan"), ValueError),
+     (-0.1, ValueError), (float("inf"), ValueError), (float("nan"), ValueError),
      (np.float64(-1.0), ValueError)],
 )  # fmt: skip
 def test_learning_rate_of_the_wrong_kind_or_sign_is_refused(lr, error):
     # A string failed inside Optax ("Only integer scalar arrays can be converted to a scalar
     # index"); True ran as 1.0; a negative rate climbed the loss with success=True.
-    match = r"(?s)`sb.minimize` expected `learning_rate` to be a positive finite real.*Fix"
+    match = r"(?s)`sb.minimize` expected `learning_rate` to be a finite real number >= 0.*Fix"
     with pytest.raises(error, match=match):
         sb.minimize(_SQ, jnp.zeros(2), "adam", learning_rate=lr, **_QUIET)
 
@@ -107,3 +107,24 @@ def test_tol_with_an_optimistix_solver_object_is_refused_not_ignored():
     with pytest.raises(ValueError, match="object LevenbergMarquardt"):
         sb.least_squares(lambda t: t - 1.0, jnp.zeros(2), optx.LevenbergMarquardt(1e-2, 1e-2),
                          tol=1e-12, **_QUIET)  # fmt: skip
+
+
+@pytest.mark.parametrize(("kw", "error", "match"), [
+    (dict(max_steps=2.0), TypeError, r"(?s)`max_steps` to be a positive int, got 2.0 .*Fix"),
+    (dict(chunk_size="4"), TypeError, r"(?s)`chunk_size` to be a positive int.*Fix"),
+    (dict(max_steps=0), ValueError, r"`max_steps` to be a positive int, got 0"),
+    (dict(throw="no"), TypeError, r"`throw` to be True or False, got 'no'"),
+])  # fmt: skip
+def test_counts_and_flags_of_the_wrong_kind_are_type_errors(kw, error, match):
+    # `max_steps=2.0` was a ValueError without a fix; `throw="no"` counted as True.
+    with pytest.raises(error, match=match):
+        sb.minimize(_SQ, jnp.zeros(2), "adam", **{**_QUIET, **kw})
+
+
+@pytest.mark.parametrize("value", [3.0, 1, 1j])
+def test_a_python_number_returned_as_the_loss_is_named_a_constant(value):
+    # It got the `(loss, aux)` advice; a residual returning 1.0 got "Concatenate the pieces".
+    with pytest.raises(TypeError, match=r"(?s)returned a \w+\..*computed from `theta`"):
+        sb.minimize(lambda t: value, jnp.zeros(2), "adam", **_QUIET)
+    with pytest.raises(TypeError, match=r"(?s)returned a \w+\..*computed from `theta`"):
+        sb.least_squares(lambda t: value, jnp.zeros(2), "lm", **_QUIET)

@@ -77,7 +77,7 @@ Fix: a positive number (e.g. `learning_rate=1e-3`, the default when omitted) or 
 (`optax.cosine_decay_schedule(1e-2, 1000)`)."""
 
 _MSG_LR = """\
-`{where}` expected `learning_rate` to be a positive finite real number (or a schedule
+`{where}` expected `learning_rate` to be a finite real number >= 0 (or a schedule
 `step -> number`), but got {got}. {why}
 Fix: e.g. `learning_rate=1e-3`, or `optax.exponential_decay(1e-2, 1000, 0.5)` for a schedule."""
 
@@ -149,7 +149,8 @@ def _unknown(name: str, where: str, known: tuple) -> ValueError:
 
 def _check_learning_rate(name: str, options: dict, where: str) -> None:
     """A learning rate that would run silently wrong (None: gradient ascent; negative: ascent;
-    zero: no move; NaN) or fail deep inside Optax (a string) is refused up front."""
+    NaN) or fail deep inside Optax (a string) is refused up front. Zero is allowed: it holds
+    `theta` on purpose (e.g. to watch a stateful model's statistics move)."""
     if "learning_rate" not in options:
         return
     lr = options["learning_rate"]
@@ -167,8 +168,8 @@ def _check_learning_rate(name: str, options: dict, where: str) -> None:
         jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)
     ):  # a string, a complex or a bool (NumPy's kind for bfloat16 is "V": ask JAX)
         raise TypeError(_MSG_LR.format(where=where, got=got, why="It is one real number."))
-    if not (np.isfinite(float(lr)) and float(lr) > 0):
-        why = "A negative one climbs the loss, zero never moves, and NaN makes it NaN."
+    if not (np.isfinite(float(lr)) and float(lr) >= 0):
+        why = "A negative one climbs the loss, and a NaN or infinite one makes it NaN."
         raise ValueError(_MSG_LR.format(where=where, got=got, why=why))
 
 

@@ -34,6 +34,8 @@ def _describe(out) -> str:
 
 def _kind(out) -> str:
     """"" for a real floating array; else which problem it has."""
+    if isinstance(out, int | float | complex):  # `bool` too: not computed from `theta`
+        return "constant"
     if isinstance(out, tuple | list | dict) or not hasattr(out, "dtype"):
         return "container"
     dtype = np.dtype(out.dtype)
@@ -44,7 +46,10 @@ def _kind(out) -> str:
     return ""
 
 
+_CONSTANT_FIX = ("Return a JAX array computed from `theta` (a Python number is a constant: "
+                 "no gradient flows through it).")
 _LOSS_FIX = {
+    "constant": _CONSTANT_FIX,
     "container": "If it returns `(loss, aux)`, return only the loss: `lambda th: f(th)[0]`.",
     "complex": "Return a real number, e.g. `jnp.sum(jnp.abs(z) ** 2)` for a complex `z`.",
     "integer": "Compute the loss in floating point (an integer loss has no gradient).",
@@ -52,6 +57,7 @@ _LOSS_FIX = {
     "which minimises `0.5 * sum(residual ** 2)`.",
 }
 _RESIDUAL_FIX = {
+    "constant": _CONSTANT_FIX,
     "container": "Concatenate the pieces: `jnp.concatenate([jnp.ravel(a), jnp.ravel(b)])`.",
     "complex": "Stack real and imaginary parts: `jnp.concatenate([z.real, z.imag])`.",
     "integer": "Compute the residual in floating point (an integer one has no Jacobian).",

@@ -73,9 +73,19 @@ class Run:
 
 
 def _positive_int(value, name: str, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(f"`{where}` expected `{name}` to be a positive int, got {value!r} "
+                        f"({type(value).__name__}).\nFix: pass an int, e.g. `{name}=100`.")
+    if value < 1:
         raise ValueError(f"`{where}` expected `{name}` to be a positive int, got {value!r}.")
     return int(value)
+
+
+def _flag(value, name: str, where: str) -> bool:
+    # `bool("no")` is True: a string or a number here is a mistake, not a choice.
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError(f"`{where}` expected `{name}` to be True or False, got {value!r}.")
+    return bool(value)
 
 
 def make_run(where, method, *, max_steps, progress, callback, throw, checkpoint, every, chunk,
@@ -102,7 +112,7 @@ def make_run(where, method, *, max_steps, progress, callback, throw, checkpoint,
     # a buffer of `chunk_size` losses each (20,000 members: 160 MB per chunk at 5 steps).
     chunk = min(chunk, 1 << (max_steps - 1).bit_length())
     return Run(where=where, method=method, max_steps=max_steps, chunk=chunk,
-               progress=bool(progress), callback=callback, throw=bool(throw),
+               progress=bool(progress), callback=callback, throw=_flag(throw, "throw", where),
                checkpoint=checkpoint, checkpoint_every=every, resume=resume)  # fmt: skip
 
 
