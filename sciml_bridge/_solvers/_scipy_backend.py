@@ -49,6 +49,8 @@ _MSG_CURVATURE = (
     'the gradient ("scipy:BFGS", "lbfgs", "ssbfgs")'
 )
 
+_MSG_BROKE_DOWN = "the method asked for a {what} with a non-finite vector (it broke down)"
+
 _MSG_TOL = """\
 `{where}` got tol={tol!r}, below float64's machine epsilon ({eps:.3g}): SciPy's
 `least_squares` uses it as `ftol`, `xtol` and `gtol` and cannot stop on tolerances that small.
@@ -93,9 +95,14 @@ def _checked(fun, track: Tracker, gradient: bool):
 
 def _curvature(fn, what: str):
     """`fn` (SciPy's `hess`/`hessp`), stopping the run as a solver failure when it is not
-    finite: SciPy's trust-region methods raised a bare `ValueError` on it, losing the run."""
+    finite: SciPy's trust-region methods raised a bare `ValueError` on it, losing the run.
+    When SciPy itself passes a non-finite vector, the method has broken down, not the loss:
+    trust-krylov's trlib, at a minimum whose gradient is ~0, asks for the product with a NaN
+    vector; that run stops as a stall at its last good point."""
 
     def checked(*a):
+        if not all(np.all(np.isfinite(x)) for x in a):
+            raise Abort(RESULTS.stalled, _MSG_BROKE_DOWN.format(what=what))
         out = fn(*a)
         if not np.all(np.isfinite(out)):
             raise Abort(RESULTS.solver_failed, _MSG_CURVATURE.format(what=what))

@@ -140,9 +140,11 @@ class Tracker:
 # between SciPy versions (COBYLA's moved to PRIMA's in 1.16, L-BFGS-B's with its C port in
 # 1.15), the messages did not. A budget run out (any budget: `maxiter`, TNC's `maxfun`,
 # COBYLA's evaluations, `max_nfev`) returns; a failed line search ("precision loss" of
-# CG/BFGS/Newton-CG, "ABNORMAL" of L-BFGS-B) is the stall the native methods report.
+# CG/BFGS/Newton-CG, "ABNORMAL" of L-BFGS-B) or a trust-region model that predicts no
+# improvement at the rounding floor (trust-krylov's "bad approximation") is the stall the
+# native methods report.
 _BUDGET = re.compile(r"max(imum|\.)? number of|maxfun|iteration limit|total no\. of", re.I)
-_STALL = re.compile(r"precision loss|^abnormal", re.I)
+_STALL = re.compile(r"precision loss|^abnormal|bad approximation", re.I)
 
 
 def outcome(result) -> RESULTS:
