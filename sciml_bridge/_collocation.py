@@ -224,8 +224,15 @@ def _counts(n, d: int) -> tuple[int, ...]:
 
 
 def _is_int(value) -> bool:
-    """An int that is not a bool (`True` is an int to Python: it passed as axis 1 or n = 1)."""
-    return isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_)
+    """An int that is not a bool (`True` is an int to Python: it passed as axis 1 or n = 1);
+    0-d integer arrays count (`jnp.int32(0)`), as `operator.index` takes them."""
+    if isinstance(value, bool | np.bool_) or getattr(value, "dtype", None) == np.bool_:
+        return False
+    try:
+        operator.index(value)
+    except TypeError:
+        return False
+    return True
 
 
 def _faces(faces, d: int) -> tuple[Face, ...]:

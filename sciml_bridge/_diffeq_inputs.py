@@ -65,7 +65,7 @@ _MSG_MAX_STEPS_ARG = (
 def check_max_steps(max_steps: Any, where: str) -> int:
     """`max_steps` as a positive int; Diffrax itself fails obscurely on 0 and -1."""
     if isinstance(max_steps, bool | np.bool_) or not isinstance(max_steps, int | np.integer):
-        raise ValueError(_MSG_MAX_STEPS_ARG.format(where=where, got=max_steps))
+        raise TypeError(_MSG_MAX_STEPS_ARG.format(where=where, got=max_steps))
     if max_steps < 1:
         raise ValueError(_MSG_MAX_STEPS_ARG.format(where=where, got=max_steps))
     return int(max_steps)
@@ -113,13 +113,6 @@ def check_dt0(dt0: Any, where: str, *, positive: bool = False) -> Any:
     value = float(dt0)
     if not np.isfinite(value) or value == 0 or (positive and value < 0):
         raise ValueError(msg)
-    return dt0
-    try:
-        value = float(dt0)
-    except (TypeError, ValueError) as e:
-        raise ValueError(_MSG_DT0.format(where=where, want=want, got=dt0, none=none)) from e
-    if isinstance(dt0, bool) or not np.isfinite(value) or value == 0 or (positive and value < 0):
-        raise ValueError(_MSG_DT0.format(where=where, want=want, got=dt0, none=none))
     return dt0
 
 

@@ -18,7 +18,6 @@ import numpy as np
 from jax.sharding import Mesh
 
 from ._custom_types import ThetaBatchLike, ThetaLike, Validated
-from ._minimize import check_run_inputs
 from ._result import EnsembleSolution, Solution
 from ._sharding import place
 from ._solvers._batches import KeyedLoss, prepare_batches, with_batches
@@ -28,7 +27,7 @@ from ._solvers._outputs import Residual
 from ._solvers._own_jacobian import own_jacobian
 from ._solvers._run import drive
 from ._solvers._scipy_backend import scipy_least_squares, solve_scipy
-from ._solvers._setup import check_tol, make_run, prepare_args, prepare_theta0
+from ._solvers._setup import check_run_inputs, check_tol, make_run, prepare_args, prepare_theta0
 
 
 _JVP_OF_CUSTOM_VJP = "can't apply forward-mode autodiff (jvp) to a custom_vjp function"

@@ -4,7 +4,6 @@ The method is an argument (STYLE.md 1): switching from `"adam"` to `"lbfgs"` or
 `"scipy:trust-ncg"` is a one-word edit, and every method returns the same `sb.Solution`.
 """
 
-import math
 import os
 from collections.abc import Callable
 from typing import Any, Literal
@@ -22,7 +21,7 @@ from ._solvers._methods import resolve_minimize
 from ._solvers._outputs import ScalarLoss
 from ._solvers._run import drive
 from ._solvers._scipy_backend import scipy_minimize, solve_scipy
-from ._solvers._setup import check_tol, make_run, prepare_args, prepare_theta0
+from ._solvers._setup import check_run_inputs, check_tol, make_run, prepare_args, prepare_theta0
 from ._solvers._stateful import StatefulLoss, prepare_state
 
 
@@ -35,35 +34,6 @@ _MSG_CHECKPOINT = """\
 between chunks to save. Fix: checkpoint a method of ours (an Optax method such as "adam" or
 "lbfgs", "bfgs", or "gauss-newton"/"lm" in `sb.least_squares`), or save `res.theta` yourself
 with `sb.save` and chain runs."""
-
-_MSG_EMPTY = """\
-`{where}` got a `theta0` of shape {shape}: no parameters to optimise, yet every method would
-report success. Fix: pass the flat parameter vector (e.g. `fm.theta0`
-from `sb.flat`, whose length `fm.size` is at least 1); check that `params=` selected any."""
-
-_MSG_TOL_INF = """\
-`{where}` expected `tol` to be None or a positive finite number, but got {tol!r}. Every point
-meets an infinite tolerance, so the run would report convergence where it started. Fix: e.g.
-`tol=1e-6`, or `tol=None` for the method's default."""
-
-
-_MSG_EVERY = """\
-`{where}` got `checkpoint_every={every!r}` without `checkpoint=`: nothing would be saved.
-Fix: name the file too (`checkpoint="run.npz"`), or drop `checkpoint_every=`."""
-
-
-def check_run_inputs(theta0, tol: float | None, checkpoint, every, where: str) -> None:
-    """What the shared validators let through, each of which ran silently "successful" or
-    silently did nothing: a `theta0` without parameters (Adam reported 5 steps on none),
-    `tol=inf` (Adam converged at `theta0`, Optimistix's BFGS ran out its budget there
-    instead), `checkpoint_every=` without a file to write."""
-    if theta0.shape[-1] == 0:
-        raise ValueError(_MSG_EMPTY.format(where=where, shape=tuple(theta0.shape)))
-    if tol is not None and not math.isfinite(tol):
-        raise ValueError(_MSG_TOL_INF.format(where=where, tol=tol))
-    if every is not None and checkpoint is None:
-        raise ValueError(_MSG_EVERY.format(where=where, every=every))
-
 
 def minimize(
     loss: Callable[..., Any],

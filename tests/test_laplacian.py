@@ -311,8 +311,8 @@ def test_general_path_laplacian_of_a_pytree_output_as_grad_x_takes_it():
     assert first.shape == (3,) and rest.shape == (3, 2) and rest.dtype == jnp.complex128
     np.testing.assert_allclose(first, want[:, 0], rtol=1e-12, atol=1e-13)
     np.testing.assert_allclose(rest, want[:, 1:] + 1j * want[:, :2], rtol=1e-12, atol=1e-13)
-    np.testing.assert_array_equal(b_first, first)
-    np.testing.assert_array_equal(b_rest, rest)
+    np.testing.assert_allclose(b_first, first, rtol=1e-15, atol=1e-300)
+    np.testing.assert_allclose(b_rest, rest, rtol=1e-15, atol=1e-300)
 
 
 def test_the_general_path_of_a_relu_network_refuses_the_laplacian_as_the_fast_path_does():

@@ -305,9 +305,10 @@ def test_failed_backsolve_is_nan_and_minimize_keeps_the_last_good_theta():
     assert np.array_equal(res.theta, _ROB_THETA) and np.isfinite(res.loss)
 
 
-@pytest.mark.parametrize("max_steps", [0, -1, 2.5, True])
-def test_max_steps_must_be_a_positive_int(max_steps):
-    with pytest.raises(ValueError, match=r"positive int.*max_steps=4096"):
+@pytest.mark.parametrize(("max_steps", "error"),
+                         [(0, ValueError), (-1, ValueError), (2.5, TypeError), (True, TypeError)])
+def test_max_steps_must_be_a_positive_int(max_steps, error):
+    with pytest.raises(error, match=r"positive int.*max_steps=4096"):
         sb.NeuralODE(_rotation, max_steps=max_steps)
 
 

@@ -266,14 +266,15 @@ def test_random_boundary_faces_weigh_by_area_even_when_the_product_overflows():
     assert 0.3 < np.mean(x[:, 2] == 0.0) < 0.7
 
 
-@pytest.mark.parametrize("axis", [0.7, True, "1"])
+@pytest.mark.parametrize("axis", [0.7, True, "1", np.bool_(True), jnp.array(True), jnp.array(1.0)])
 def test_a_face_axis_that_is_not_an_int_is_refused(axis):
     # `int(axis)` took 0.7 as axis 0, True and "1" as axis 1.
     with pytest.raises(ValueError, match="expected `faces` to be a sequence"):
         sb.collocation_points((0.0, 0.0), (1.0, 1.0), 3, where="boundary", faces=[(axis, "lower")])
-    x = sb.collocation_points((0.0, 0.0), (1.0, 1.0), 3, where="boundary",
-                              faces=[(np.int64(1), "lower")])  # fmt: skip
-    np.testing.assert_array_equal(np.asarray(x)[:, 1], 0.0)
+    for ok in (np.int64(1), jnp.int32(1), jnp.array(1)):  # 0-d integer arrays: as before
+        x = sb.collocation_points((0.0, 0.0), (1.0, 1.0), 3, where="boundary",
+                                  faces=[(ok, "lower")])  # fmt: skip
+        np.testing.assert_array_equal(np.asarray(x)[:, 1], 0.0)
 
 
 def test_n_as_a_float_is_a_clear_error_and_as_a_0d_int_array_is_taken():

@@ -6,6 +6,7 @@ One validator per input, one message set, used by `sb.minimize` and `sb.least_sq
 
 import dataclasses
 import difflib
+import math
 import os
 import time
 from typing import Any
@@ -175,3 +176,32 @@ def check_options(options: dict, valid, where: str, method: Any, extra=()) -> No
         label = method if isinstance(method, str) else type(method).__name__
         raise TypeError(_MSG_OPTION.format(where=where, key=key, method=label, hint=hint,
                                            valid=shown))  # fmt: skip
+
+
+_MSG_EMPTY = """\
+`{where}` got a `theta0` of shape {shape}: no parameters to optimise, yet every method would
+report success. Fix: pass the flat parameter vector (e.g. `fm.theta0`
+from `sb.flat`, whose length `fm.size` is at least 1); check that `params=` selected any."""
+
+_MSG_TOL_INF = """\
+`{where}` expected `tol` to be None or a positive finite number, but got {tol!r}. Every point
+meets an infinite tolerance, so the run would report convergence where it started. Fix: e.g.
+`tol=1e-6`, or `tol=None` for the method's default."""
+
+
+_MSG_EVERY = """\
+`{where}` got `checkpoint_every={every!r}` without `checkpoint=`: nothing would be saved.
+Fix: name the file too (`checkpoint="run.npz"`), or drop `checkpoint_every=`."""
+
+
+def check_run_inputs(theta0, tol: float | None, checkpoint, every, where: str) -> None:
+    """What the shared validators let through, each of which ran silently "successful" or
+    silently did nothing: a `theta0` without parameters (Adam reported 5 steps on none),
+    `tol=inf` (Adam converged at `theta0`, Optimistix's BFGS ran out its budget there
+    instead), `checkpoint_every=` without a file to write."""
+    if theta0.shape[-1] == 0:
+        raise ValueError(_MSG_EMPTY.format(where=where, shape=tuple(theta0.shape)))
+    if tol is not None and not math.isfinite(tol):
+        raise ValueError(_MSG_TOL_INF.format(where=where, tol=tol))
+    if every is not None and checkpoint is None:
+        raise ValueError(_MSG_EVERY.format(where=where, every=every))
