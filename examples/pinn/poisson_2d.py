@@ -24,7 +24,7 @@ the member with the lowest loss is kept (`res.best`). The same 8 starts are also
 separate runs, and both are timed and their ratio printed. On a CPU the ensemble is split over
 the cores: run as a script (or by `make demo`), it asks JAX for one CPU device per core and
 passes `mesh=` with a `"members"` axis, so each core trains its share of the starts (on 2 cores
-8 starts cost 0.54-0.74x of the time of 8 runs, median 0.58, measured after compiling; on one
+8 starts cost 0.55-0.62x of the time of 8 runs, median 0.61, measured after compiling; on one
 device 0.75x, since XLA's own threads already use both cores).
 
 With the defaults Adam stops near 1e-3, SSBroyden near 1e-5..1e-6 and natural gradient (alone
