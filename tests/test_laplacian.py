@@ -10,6 +10,7 @@ import pytest
 from helpers import TraceCounter, assert_ulp_close
 
 import sciml_bridge as sb
+from sciml_bridge import _pinn_derivative_checks as _checks
 
 
 def _random(build, seed=0):
@@ -343,3 +344,15 @@ def test_batched_laplacian_never_narrows_a_wider_later_layer():
         one = jax.vmap(sb.laplacian(fm), in_axes=(None, 0))(fm.theta0, xs)
     assert batched.dtype == one.dtype == jnp.float64
     assert_ulp_close(batched, one, ulps=64)
+
+
+def test_the_smoothness_check_recognises_a_network_once_then_remembers(monkeypatch):
+    # It rebuilt and recognised the model at every eager call (~0.8 ms each).
+    calls, real = [], _checks.recognise
+    monkeypatch.setattr(_checks, "recognise", lambda *a: calls.append(1) or real(*a))
+    relu = sb.flat(_mlp(2, 1, 4, 2, jax.nn.relu), fast=False)
+    x = jnp.array([0.3, -0.2])
+    for _ in range(3):  # refused every time, recognised once
+        with pytest.raises(ValueError, match=r"`relu` is not twice\sdifferentiable"):
+            sb.laplacian(relu)(relu.theta0, x)
+    assert len(calls) <= 1
