@@ -14,7 +14,9 @@ The loss still sees `theta` in its own dtype; only the solver's bookkeeping is w
 One loss evaluation per step, as in `optx.minimise`: the loss at the accepted point is read
 from the solver's own `f_info` instead of being recomputed. A non-finite trial point is left to
 the solver's line search / trust region, which rejects it and backs off, as `optx.minimise`
-would; only a non-finite loss at an accepted point stops the run.
+would; only a non-finite loss, or gradient, at an accepted point stops the run (with a NaN
+gradient there every direction is NaN, no trial point is ever accepted, and BFGS ran its whole
+budget at that point, to end with "try a larger `max_steps`").
 """
 
 from collections.abc import Callable
@@ -98,7 +100,17 @@ class OptimistixStepper(AbstractStepper):
             loss = loss.astype(self.dtype)  # exact: the loss was computed in `self.dtype`
         failed = result != optx.RESULTS.successful
         result = RESULTS.where(failed, RESULTS.solver_failed, RESULTS.successful)
+        result = RESULTS.where(_finite_gradient(new_st), result, RESULTS.nonfinite)
         return (new_y, new_st), loss, done & ~failed, result
+
+
+def _finite_gradient(st) -> jax.Array:
+    """Whether the gradient at the accepted point (`f_info.grad` of Optimistix's quasi-Newton
+    and gradient methods) is finite; `True` for states without one."""
+    grad = getattr(getattr(st, "f_info", None), "grad", None)
+    leaves = jax.tree.leaves(grad)
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in leaves])) if leaves \
+        else jnp.asarray(True)  # fmt: skip
 
 
 # `rtol`/`atol` as JAX scalars (`traced`): Optimistix only computes with them, so a new `tol`
