@@ -51,6 +51,14 @@ Fix: pass the current state, `sb.save(path, theta, fm, state=state)`, and load i
 
 _MSG_NOT_THETA = "not a file written by `sb.save` ({why})"
 
+_MSG_METADATA = """\
+`sb.save` expected `metadata` made of JSON values that load back as they were saved (dicts
+with string keys, lists, str, int, float, bool, None), but `metadata{at}` is {what}, which
+{why}.
+Fix: convert it before saving, e.g. {fix}."""
+
+_JSON_SCALARS = (str, int, float, bool, type(None))
+
 
 def _restructure(fm: Any):
     re = getattr(fm, "restructure", fm)
@@ -128,6 +136,29 @@ def _saved_dtype(layout: dict) -> np.dtype:
     return dtype
 
 
+def _check_metadata(value: Any, at: str = "") -> None:
+    """Refuse what JSON would change on the way back: tuples, non-string keys, NumPy scalars."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if type(key) is not str:
+                raise TypeError(_MSG_METADATA.format(
+                    at=at, what=f"a dict with the key {key!r}",
+                    why="would come back as the string key " + repr(str(key)),
+                    fix="`{str(k): v for k, v in metadata.items()}`"))  # fmt: skip
+            _check_metadata(item, f"{at}[{key!r}]")
+    elif type(value) is list:
+        for i, item in enumerate(value):
+            _check_metadata(item, f"{at}[{i}]")
+    elif type(value) is tuple:
+        raise TypeError(_MSG_METADATA.format(at=at, what=f"the tuple {value!r}",
+                                             why="would come back as a list",
+                                             fix="`list(t)`"))  # fmt: skip
+    elif type(value) not in _JSON_SCALARS:
+        raise TypeError(_MSG_METADATA.format(
+            at=at, what=f"of type {type(value).__name__}", why="JSON cannot hold as it is",
+            fix="`float(x)`, `int(x)` or `x.tolist()` for NumPy/JAX numbers and arrays"))
+
+
 def save(path: str | os.PathLike, theta: ThetaLike, fm: Any, metadata: dict | None = None,
          *, state: Any = None) -> None:
     """Save a flat parameter vector with the layout of the model it belongs to (and its state).
@@ -159,7 +190,8 @@ def save(path: str | os.PathLike, theta: ThetaLike, fm: Any, metadata: dict | No
     - `theta`: the 1-D floating or complex parameter vector, of length `fm.size`.
     - `fm`: the flat model (from `sb.flat`) or `Restructure` (from `sb.destructure`) whose
         layout `theta` follows.
-    - `metadata`: optional JSON-serialisable dict stored alongside (default `None`).
+    - `metadata`: optional JSON data stored alongside (default `None`): dicts with string
+        keys, lists, str, int, float, bool and None, given back by `sb.load` as they were.
     - `state`: the model's state to store beside `theta` (an `eqx.nn.State`, Flax
         `batch_stats`, an NNX state: any pytree of arrays, numbers and PRNG keys). `None`
         (the default) saves parameters only and warns if `fm` has a state that would be lost
@@ -168,13 +200,17 @@ def save(path: str | os.PathLike, theta: ThetaLike, fm: Any, metadata: dict | No
     **Raises:**
 
     `ValueError` if `theta` is not 1-D with `fm.size` entries; `TypeError` if `theta` is not
-    floating or complex (or of a dtype JAX cannot hold, NumPy's float128), `metadata` is not
-    JSON-serialisable, `fm` has no layout or `state` holds something other than arrays,
+    floating or complex (or of a dtype JAX cannot hold, NumPy's float128), `metadata` holds
+    anything JSON would not give back as it was (a tuple, a non-string key, a NumPy
+    number), `fm` has no layout or `state` holds something other than arrays,
     numbers and keys; `IsADirectoryError` if `path` is a directory.
     """
     layout = layout_of(fm)
+    _check_metadata(metadata)
     guard_x64(theta, "`sb.save`", "`theta`")
-    theta = np.asarray(theta)
+    # A list of Python numbers is weakly typed, as everywhere in JAX: it takes the default
+    # float (float32 with x64 off, which `sb.load` can then give back).
+    theta = np.asarray(theta if hasattr(theta, "dtype") else jnp.asarray(theta))
     if not is_inexact(theta.dtype):
         raise TypeError(_MSG_SAVE_KIND.format(dtype=theta.dtype))
     check_jax_dtype(theta.dtype, "`sb.save`", "`theta`")  # `sb.load` could not give it back

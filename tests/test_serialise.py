@@ -83,6 +83,28 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path):
     assert path.read_bytes() == before and len(list(tmp_path.iterdir())) == 1
 
 
+@pytest.mark.parametrize(
+    ("metadata", "where", "why"),
+    [
+        ({"sizes": (2, 3)}, "metadata['sizes']", "would come back as a list"),
+        ({3: "x"}, "metadata", "would come back as the string key '3'"),
+        ({"a": [1, {"lr": np.float64(0.1)}]}, "metadata['a'][1]['lr']", "JSON cannot hold"),
+    ],
+)
+def test_metadata_json_would_change_is_refused_and_the_rest_comes_back_equal(
+    tmp_path, metadata, where, why
+):
+    fm = _fm()
+    path = tmp_path / "net.npz"
+    with pytest.raises(TypeError, match=r"(?s)`sb\.save` expected `metadata`.*Fix:") as e:
+        sb.save(path, fm.theta0, fm, metadata=metadata)
+    assert f"`{where}`" in str(e.value) and why in " ".join(str(e.value).split())
+    assert not path.exists()
+    kept = {"sizes": [2, 3], "nested": {"lr": 0.1, "ok": True, "none": None}, "n": 2**70}
+    sb.save(path, fm.theta0, fm, metadata=kept)
+    assert sb.load(path, fm, return_metadata=True)[1] == kept
+
+
 class _Planted:
     """Unpickling this would create the marker file: it must never happen."""
 

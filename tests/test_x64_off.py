@@ -114,6 +114,10 @@ def rec(t):
 res = sb.minimize(rec, jnp.zeros(2), "scipy:BFGS", progress=False)
 sb.scipy_objective(rec).fun_and_jac(np.zeros(2))
 print("SCIPY", sorted(set(seen)), res.theta.dtype, np.allclose(res.theta, 1.0))
+# A list of Python numbers is weakly typed: saved as float32, which loads back.
+sb.save(PATH + ".list", [0.5] * theta.size, re)
+back = sb.load(PATH + ".list", re)
+print("LIST", back.dtype, bool(np.all(np.asarray(back) == 0.5)))
 """
 
 
@@ -140,3 +144,7 @@ def test_the_error_names_the_neural_ode_argument(x64_off_run):
 def test_defaults_and_scipy_use_float32_with_x64_off(x64_off_run):
     assert "COLLOCATION float32" in x64_off_run, x64_off_run
     assert "SCIPY ['float32'] float32 True" in x64_off_run, x64_off_run
+
+
+def test_a_list_saved_with_x64_off_is_float32_and_loads_back(x64_off_run):
+    assert "LIST float32 True" in x64_off_run, x64_off_run
