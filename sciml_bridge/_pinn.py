@@ -41,7 +41,8 @@ Example: `sb.pinn(fm, {{"pde": (pde, x_interior), "bc": (lambda u, x: u(x), x_bo
 _MSG_POINTS = """\
 `sb.pinn` term {name!r}: expected `points` whose array leaves all share one non-zero leading
 axis (the points), but got leaf shapes {shapes}.
-Fix: pass a `(points, dim)` array such as the output of `sb.collocation_points`."""
+Fix: pass a `(points, dim)` array such as the output of `sb.collocation_points`. A list is a
+pytree whose items are leaves, not an array: a nested list of numbers is `jnp.asarray(points)`."""
 
 _MSG_MODEL = """\
 `sb.pinn(fm, terms)` expected a flat model `fm(theta, x)` (an `sb.FlatMLP`, `sb.flat(...)`,

@@ -202,6 +202,7 @@ def test_float32_network_gives_a_float32_residual():
         ({"pde": (lambda u, x: u(x), jnp.ones(()))}, None, "leading\naxis"),
         ({"pde": (lambda u, x: u(x), (jnp.ones((3, 1)), jnp.ones(4)))}, None, "leading\naxis"),
         ({"pde": (lambda u, x: u(x), jnp.ones((0, 2)))}, None, "leading\naxis"),
+        ({"pde": (lambda u, x: u(x), [[0.1], [0.2]])}, None, "is `jnp.asarray\\(points\\)`"),
         ({"pde": (lambda u, x: u(x), X_IN)}, {"bc": 1.0}, "names among \\['pde'\\]"),
         ({"pde": (lambda u, x: u(x), X_IN)}, {"pde": -1.0}, "non-negative"),
         ({"pde": (lambda u, x: u(x), X_IN)}, {"pde": float("inf")}, "finite, non-negative"),
