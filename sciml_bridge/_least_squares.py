@@ -25,6 +25,7 @@ from ._solvers._checkpoint import fingerprint
 from ._solvers._methods import resolve_least_squares
 from ._solvers._outputs import Residual
 from ._solvers._own_jacobian import own_jacobian
+from ._solvers._recompile import warn_python_numbers
 from ._solvers._run import drive
 from ._solvers._scipy_backend import scipy_least_squares, solve_scipy
 from ._solvers._setup import check_run_inputs, check_tol, make_run, prepare_args, prepare_theta0
@@ -220,6 +221,7 @@ def least_squares(
     where = "sb.least_squares"
     theta0 = prepare_theta0(theta0, where)
     args, tol = prepare_args(args, where), check_tol(tol, where)
+    warn_python_numbers(residual, args, method, where)
     check_run_inputs(theta0, tol, checkpoint, checkpoint_every, where)
     theta0, args = place(theta0, args, mesh, where)
     run = make_run(

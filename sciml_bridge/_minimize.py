@@ -19,6 +19,7 @@ from ._solvers._batches import KeyedLoss, check_batches_method, prepare_batches,
 from ._solvers._checkpoint import fingerprint
 from ._solvers._methods import resolve_minimize
 from ._solvers._outputs import ScalarLoss
+from ._solvers._recompile import warn_python_numbers
 from ._solvers._run import drive
 from ._solvers._scipy_backend import scipy_minimize, solve_scipy
 from ._solvers._setup import check_run_inputs, check_tol, make_run, prepare_args, prepare_theta0
@@ -119,7 +120,10 @@ def minimize(
         in `theta0`'s dtype and `res.loss` is the loss there: where that dtype rounds
         SciPy's `x` (float32/float16/bfloat16), the loss is evaluated once more at
         `res.theta`, so `res.loss == loss(res.theta)`.
-    - `args`: a tuple of extra arguments passed to `loss` (default `()`).
+    - `args`: a tuple of extra arguments passed to `loss` (default `()`). Arrays in it are
+        traced; a Python number is static, as in `eqx.filter_jit`: a new value compiles the run
+        again (a warning says so the second time), so pass a swept coefficient as
+        `jnp.asarray(lam)`.
     - `max_steps`: step budget (default 1000). SciPy methods take it as `maxiter`;
         Nelder-Mead and trust-constr too take exactly `max_steps` iterations when no
         tolerance stops them. TNC (`maxfun`) and COBYLA (whose `maxiter` counts evaluations)
@@ -236,6 +240,7 @@ def minimize(
     where = "sb.minimize"
     theta0 = prepare_theta0(theta0, where, complex_ok=True)
     args, tol = prepare_args(args, where), check_tol(tol, where)
+    warn_python_numbers(loss, args, method, where)
     check_run_inputs(theta0, tol, checkpoint, checkpoint_every, where)
     theta0, args = place(theta0, args, mesh, where)
     run = make_run(
