@@ -129,6 +129,9 @@ def minimize(
         tolerance stops them. TNC (`maxfun`) and COBYLA (whose `maxiter` counts evaluations)
         spend it on evaluations while `res.steps` counts their iterations, so they may stop
         "after `max_steps`" with fewer steps; COBYQA (`maxfev`) counts a step per evaluation.
+        COBYLA needs at least n + 2 evaluations (its first simplex): a smaller `max_steps` is
+        a `ValueError`. Budgets above 2**31 - 1 are capped there (SciPy's compiled methods
+        count in 32 bits).
     - `tol`: gradient-norm tolerance (Optax; default `None` runs the whole budget, except
         `"lbfgs"`; `"ssbfgs"`/`"ssbroyden"`: gradient max-norm, or the relative decrease
         `-0.5 g.p / |f|` their quadratic model predicts), `rtol=atol` (Optimistix), or SciPy's
@@ -227,9 +230,11 @@ def minimize(
     not a real number or a schedule, or `None` where Optax would then skip the step size);
     `ValueError` for an unknown method name (naming the nearest), a non-finite `theta0` or
     one with no parameters (size 0), `tol=inf`, a `learning_rate` that is not positive and
-    finite, `checkpoint_every=` without `checkpoint=`, or a mismatched checkpoint;
-    `TypeError` also for a `key` that is not a PRNG key, or a loss that requires `key`
-    without `key=`; `ValueError` also for a bad `batch_size`, a batch of keys, or `tol=`
+    finite, `checkpoint_every=` without `checkpoint=`, or a mismatched checkpoint, and for
+    `"scipy:COBYLA"`/`"scipy:COBYQA"` a `max_steps` below n + 2 or a `tol` above the initial
+    radius (`rhobeg`/`initial_tr_radius`); `TypeError` also for a `key` that is not a PRNG
+    key, a loss that requires `key` without `key=`, or a loss (or residual) that raises at
+    float64 `theta` on a SciPy route but runs in `theta0`'s dtype; `ValueError` also for a bad `batch_size`, a batch of keys, or `tol=`
     with `batch_size=` (or a `key=` the loss takes), or `"ssbfgs"`/`"ssbroyden"` with
     them (their line search carries values from one step to the next); `NotImplementedError` for
     `checkpoint=`, `batch_size=` or `key=` with a SciPy method, `bounds=`/`constraints=` with

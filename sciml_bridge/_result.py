@@ -107,6 +107,8 @@ class EnsembleSolution:
     - `members`: one `sb.Solution` per row of `theta0`.
     - `theta`: their parameters stacked, shape `(members, n)`.
     - `loss`, `success`, `steps`: NumPy arrays over members.
+    - `history`, `result`: tuples over members (histories differ in length), so that code
+        written for an `sb.Solution` reads them too: `res.history[i] is res[i].history`.
     - `best`: the member with the lowest finite loss (`ValueError` if none is finite); a
         failed member counts with its last good loss, so check `res.best.success`.
     - `message`: one line per member.
@@ -143,6 +145,14 @@ class EnsembleSolution:
     @property
     def steps(self) -> np.ndarray:
         return np.array([m.steps for m in self.members])
+
+    @property
+    def history(self) -> tuple[np.ndarray, ...]:
+        return tuple(m.history for m in self.members)
+
+    @property
+    def result(self) -> tuple[RESULTS, ...]:
+        return tuple(m.result for m in self.members)
 
     @property
     def best(self) -> Solution:

@@ -3,7 +3,9 @@
 Every SciPy route follows one float rule (`_scipy.py`): the residual or loss sees `theta` in
 float64 (float32 with x64 off) whatever the dtype of `theta0`, and `res.theta` comes back in
 `theta0`'s dtype, with `res.loss` the loss there. Steps, history, how a run ended, and a
-callback that raises: `_scipy_steps.py`. Both routes compile once per loss (or residual) and
+callback that raises: `_scipy_steps.py`. What SciPy would change or lose on its own (32-bit
+budgets, COBYLA's first simplex and radii, NumPy warnings inside SciPy, a loss that only runs
+in `theta0`'s dtype): `_scipy_guards.py`. Both routes compile once per loss (or residual) and
 argument shapes: every call and every ensemble member shares the compiled functions.
 
 An iterate is what SciPy's callback reports, with three exceptions. COBYQA calls back once per
@@ -27,6 +29,7 @@ from .._result import RESULTS, EnsembleSolution, OptimizationError
 from .._scipy import ScipyObjective, scipy_dtype, scipy_objective
 from ._interrupt import catch_sigint
 from ._run import deliver
+from ._scipy_guards import INT32_MAX, check_cobyla, first_value
 from ._scipy_residual import ScipyResidual
 from ._scipy_steps import MSG_GRADIENT, Abort, CallbackRaised, Tracker, budget, call, solution
 from ._setup import Run
@@ -163,16 +166,21 @@ def scipy_minimize(loss, theta0, args, name, tol, options, run: Run, interrupt):
     _check_options(options, run, name)
     obj = scipy_objective(loss, *args)  # its float rule: float64 (float32 with x64 off)
     # `res.loss` is the loss at `res.theta`, in `theta0`'s dtype, where that rounds SciPy's `x`.
-    at = None if _unrounded(theta0) else ScipyObjective(loss, args, theta0.dtype).value
+    narrow = None if _unrounded(theta0) else ScipyObjective(loss, args, theta0.dtype)
+    at = None if narrow is None else narrow.value
+    # What the first evaluation computes (the gradient too, or not), in `theta0`'s dtype.
+    again = None if narrow is None else narrow.fun if method in _GRADIENT else narrow.value
     x0 = np.asarray(theta0, dtype=np.float64)
+    options = budget(method, run.max_steps, options)
+    check_cobyla(method, name, x0.size, tol, options, run.where)
     with Progress(run.max_steps, run.progress, run.where) as bar:
         track = Tracker(x0, run, bar, interrupt, theta0.dtype, at)
         fun, value, kwargs = _minimize_kwargs(obj, method, track)
 
         def thunk():
-            track.start(value(x0))
-            return scipy.optimize.minimize(fun, x0, method=name, tol=tol,
-                                           options=budget(method, run.max_steps, options),
+            track.start(first_value(value, x0, again, "loss", obj.dtype, theta0.dtype,
+                                    run.where))  # fmt: skip
+            return scipy.optimize.minimize(fun, x0, method=name, tol=tol, options=options,
                                            callback=_callback(method, value, track),
                                            **kwargs)  # fmt: skip
 
@@ -200,8 +208,8 @@ def scipy_least_squares(residual, theta0, args, name, tol, jac, options, run: Ru
     x0 = np.asarray(theta0, dtype=np.float64)
     at = None if _unrounded(theta0) else lambda x: res.loss_at(x, theta0.dtype)
     tols = {} if tol is None else dict(xtol=tol, ftol=tol, gtol=tol)
-    kwargs: dict[str, Any] = dict(method=name.lower(), jac=res.jacobian, max_nfev=run.max_steps,
-                                  **tols)
+    kwargs: dict[str, Any] = dict(method=name.lower(), jac=res.jacobian,
+                                  max_nfev=min(run.max_steps, INT32_MAX), **tols)  # fmt: skip
     with Progress(run.max_steps, run.progress, run.where) as bar:
         track = Tracker(x0, run, bar, interrupt, theta0.dtype, at)
 
@@ -215,7 +223,8 @@ def scipy_least_squares(residual, theta0, args, name, tol, jac, options, run: Ru
             res.on_iterate = track.see
 
         def thunk():
-            r0 = res.residual(x0)
+            r0 = first_value(res.residual, x0, at, "residual", res.dtype, theta0.dtype,
+                             run.where)  # fmt: skip
             track.start(0.5 * float(r0 @ r0))
             return scipy.optimize.least_squares(_entered(res.residual, track), x0, **kwargs,
                                                  **options)  # fmt: skip

@@ -23,6 +23,7 @@ import re
 import time
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +34,7 @@ from .._progress import Progress
 from .._result import RESULTS, Solution, finish
 from ._interrupt import Interrupt
 from ._recover import MSG_CALLBACK, RUNTIME_ERRORS, failure_detail, first_line
+from ._scipy_guards import INT32_MAX, loss_raised, scipy_numerics
 from ._setup import Run
 
 
@@ -82,6 +84,7 @@ class Tracker:
         self.run, self.bar, self.interrupt = run, bar, interrupt
         self.dtype, self.loss_at = dtype, loss_at
         self.running, self.raised = False, None
+        self.np_err: Any = np.geterr()  # the caller's, for the user's callback (`call`)
         self._rounded: tuple[bytes, float] = (b"", float("nan"))
 
     def start(self, loss0: float) -> None:
@@ -122,7 +125,8 @@ class Tracker:
         if cb is None:
             return
         try:
-            stop = cb(len(self.history) - 1, theta, self.loss)
+            with np.errstate(**self.np_err):
+                stop = cb(len(self.history) - 1, theta, self.loss)
         except Exception as e:  # not KeyboardInterrupt: that one is Ctrl-C (`call`)
             self.raised = e
             raise Abort(RESULTS.solver_failed) from e
@@ -142,9 +146,10 @@ class Tracker:
 # COBYLA's evaluations, `max_nfev`) returns; a failed line search ("precision loss" of
 # CG/BFGS/Newton-CG, "ABNORMAL" of L-BFGS-B) or a trust-region model that predicts no
 # improvement at the rounding floor (trust-krylov's "bad approximation") is the stall the
-# native methods report.
+# native methods report; so is TNC's "Linear search failed" (its line search found no lower
+# loss, as L-BFGS-B's "ABNORMAL": e.g. `jnp.abs` near its kink at a tiny `tol`).
 _BUDGET = re.compile(r"max(imum|\.)? number of|maxfun|iteration limit|total no\. of", re.I)
-_STALL = re.compile(r"precision loss|^abnormal|bad approximation", re.I)
+_STALL = re.compile(r"precision loss|^abnormal|bad approximation|^linear search failed", re.I)
 
 
 def outcome(result) -> RESULTS:
@@ -164,9 +169,10 @@ def budget(method: str, max_steps: int, options: dict) -> dict:
     # TNC's only budget is evaluations. Nelder-Mead's and trust-constr's iteration counts
     # start at 1 before any step (the initial simplex; trust-constr's report of `x0`):
     # scipy/optimize/_optimize.py (`iterations = 1`) and minimize_trustregion_constr.py.
+    # Capped at the 32-bit budgets of SciPy's compiled methods (`_scipy_guards.py`).
     key = {"tnc": "maxfun", "cobyqa": "maxfev"}.get(method, "maxiter")
     extra = 1 if method in ("nelder-mead", "trust-constr") else 0
-    return {key: max_steps + extra, **options}
+    return {key: min(max_steps + extra, INT32_MAX), **options}
 
 
 def _interrupted(track: Tracker):
@@ -178,7 +184,7 @@ def call(thunk, run: Run, name: str, track: Tracker):
     """SciPy's outcome, or the `RESULTS` member (with detail) that stopped it: no private
     exception ever leaves this module."""
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), scipy_numerics() as track.np_err:
             # SciPy only warns about options a method does not use; we promise an error.
             warnings.filterwarnings("error", "Unknown solver options",
                                     scipy.optimize.OptimizeWarning)  # fmt: skip
@@ -187,16 +193,20 @@ def call(thunk, run: Run, name: str, track: Tracker):
         return e.kind, e.detail
     except KeyboardInterrupt:
         return _interrupted(track)
-    except RUNTIME_ERRORS as e:
-        return RESULTS.solver_failed, failure_detail(e)
-    except ValueError as e:  # numpy's `LinAlgError` too
-        # Under plain `jax.jit` (our SciPy objective) an `eqx.error_if` inside the loss
-        # arrives as XLA's callback error wrapping Equinox's message. Any other error SciPy
+    except (*RUNTIME_ERRORS, ValueError) as e:  # numpy's `LinAlgError` too
+        # Under plain `jax.jit` (our SciPy objective) an error inside the loss (an
+        # `eqx.error_if`, a host callback that raised) arrives as XLA's callback error
+        # wrapping its message, a `JaxRuntimeError` or a `ValueError`. Any other error SciPy
         # raises once it runs (e.g. "SVD did not converge") is a breakdown: keep the run.
-        if "EquinoxRuntimeError" in str(e):
-            return RESULTS.solver_failed, first_line(e)
         if "KeyboardInterrupt" in str(e):  # raised in a host callback, wrapped by XLA
             return _interrupted(track)
+        if "EquinoxRuntimeError" in str(e):
+            return RESULTS.solver_failed, first_line(e)
+        raised = loss_raised(e)
+        if raised is not None:
+            return RESULTS.solver_failed, raised
+        if isinstance(e, RUNTIME_ERRORS):
+            return RESULTS.solver_failed, failure_detail(e)
         if not track.running:
             raise
         return RESULTS.solver_failed, f"SciPy raised {type(e).__name__}: {first_line(e)}"
@@ -209,15 +219,19 @@ def call(thunk, run: Run, name: str, track: Tracker):
 def solution(result, track: Tracker, run: Run) -> Solution:
     """The `Solution` of one run from `call`'s answer and the iterates `track` saw; raises
     `CallbackRaised` when the callback raised."""
-    stats, detail = {}, ""
+    stats, detail, text = {}, "", ""
     if isinstance(result, tuple):
         (kind, detail), x, loss = result, track.theta, track.loss
-        detail = "stopped by `callback`" if kind is RESULTS.successful else detail
+        if kind is RESULTS.successful:
+            detail, text = "", "stopped by `callback` after {steps} steps"
     else:
         stats["scipy"] = result
         x, loss = result.x, float(result.fun) if np.ndim(result.fun) == 0 else result.cost
         kind = outcome(result)
         detail = "" if result.success else f"SciPy: {result.message}"
+        # As every method's: the message names the stopping rule met (SciPy's words for it).
+        if result.success:
+            text = f"converged after {{steps}} steps (SciPy: {result.message})"
         if not np.array_equal(x, track.theta):  # SciPy ended between iterates: one more step
             track.history.append(float(loss))
     if kind is RESULTS.nonfinite:
@@ -226,6 +240,7 @@ def solution(result, track: Tracker, run: Run) -> Solution:
         track.history.append(float(loss))
     theta, track.history[-1] = track.user(x, loss)
     sol = finish(
+        text=text.format(steps=len(track.history) - 1),
         theta=theta,
         loss=track.history[-1],
         history=track.history,
