@@ -169,6 +169,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             benchmark_names(args.names)
         except (ValueError, FileNotFoundError) as e:
             parser.error(str(e))
+    if args.command == "demo" and Path(args.out).exists() and not Path(args.out).is_dir():
+        parser.error(f"--out {args.out!r} is a file; the demo writes its PNGs into a folder. "
+                     "Pass a folder (it is created), e.g. --out out")  # fmt: skip
+    try:
+        return _run(args)
+    except KeyboardInterrupt:  # a second Ctrl-C (the first one ends a run with its result)
+        print(f"sciml-bridge {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
     # The examples and benchmarks measure float64 accuracy (1e-5 and below).
     jax.config.update("jax_enable_x64", True)
     if args.command == "demo":

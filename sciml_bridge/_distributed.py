@@ -155,6 +155,14 @@ def check_same_everywhere(leaves: list, what: str, where: str) -> None:
                                                 values=everyone.tolist()))  # fmt: skip
 
 
+def any_process(flag: bool) -> bool:
+    """Whether `flag` is set on any process (a collective: every process calls it, in the
+    same order; no-op in a single process)."""
+    if not _several():
+        return flag
+    return bool(np.asarray(multihost_utils.process_allgather(np.asarray(flag))).any())
+
+
 def agree(value: bool, what: str, where: str) -> bool:
     """`value`, after checking that every process has the same one."""
     if not _several():

@@ -248,5 +248,6 @@ def least_squares(
         )
         return solve_scipy(solve, theta0, run)
     stepper = with_batches(plan.stepper, args, batch_size, key, pass_key, where)
-    run.fingerprint = fingerprint(method, {**options, "batch_size": batch_size, "key": key}, tol)
+    run.fingerprint = fingerprint(method, {**options, "batch_size": batch_size, "key": key}, tol,
+                                  args)
     return drive(stepper, theta0, args, run)

@@ -10,11 +10,16 @@ id in the environment, which `sb.distributed_init()` reads; `--devices-per-proce
 line by line with a `[i]` prefix. If any process fails, or `--timeout` passes, the others
 are stopped; the exit status is the first failure's (124 on a timeout), else 0.
 
+Ctrl-C is passed on to every process, as a terminal passes it to one script: each
+`sb.minimize` returns its partial result (the processes agree on the chunk to stop at) and
+the scripts go on to their end. A second Ctrl-C stops every process.
+
 This is the local stand-in for a cluster launcher (`srun`, `mpirun`): the script does not
 change between the two.
 """
 
 import argparse
+import contextlib
 import os
 import signal
 import socket
@@ -70,13 +75,44 @@ def _stop(procs: list) -> None:
             p.wait()
 
 
+@contextlib.contextmanager
+def _pass_sigint_on(procs: list, out, lock: threading.Lock):
+    """The first SIGINT goes to every process still running (their own sessions do not get
+    the terminal's); a second raises `KeyboardInterrupt` here, and `launch` stops them all.
+    Nothing is installed off the main thread, or where SIGINT is ignored."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is signal.SIG_IGN):  # fmt: skip
+        yield
+        return
+    seen = []
+
+    def handler(signum, frame):
+        if seen:
+            raise KeyboardInterrupt
+        seen.append(signum)
+        for p in procs:
+            if p.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGINT)
+        with lock:
+            out.write("sciml_bridge.launch: Ctrl-C passed on to every process; press it "
+                      "again to stop them\n")  # fmt: skip
+            out.flush()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _watch(procs: list, timeout: float | None) -> int:
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         codes = [p.poll() for p in procs]
         failed = [c for c in codes if c not in (None, 0)]
-        if failed:
-            return failed[0]
+        if failed:  # killed by signal N: 128 + N, as a shell says (Popen gives -N)
+            return 128 - failed[0] if failed[0] < 0 else failed[0]
         if all(c == 0 for c in codes):
             return 0
         if deadline is not None and time.monotonic() > deadline:
@@ -90,15 +126,18 @@ def launch(script: str, script_args=(), *, processes: int = 2, devices: int | No
     out = sys.stdout if out is None else out
     address, lock = f"127.0.0.1:{free_port()}", threading.Lock()
     procs, pumps = [], []
-    for i in range(processes):
-        p = subprocess.Popen([sys.executable, script, *script_args], text=True, bufsize=1,
-                             env=_env(i, processes, address, devices), stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-        procs.append(p)
-        pumps.append(threading.Thread(target=_pump, args=(i, p.stdout, out, lock), daemon=True))
-        pumps[-1].start()
-    try:
-        code = _watch(procs, timeout)
+    try:  # a Ctrl-C while starting them stops those started: their sessions are their own
+        with _pass_sigint_on(procs, out, lock):
+            for i in range(processes):
+                p = subprocess.Popen([sys.executable, script, *script_args], text=True,
+                                     bufsize=1, env=_env(i, processes, address, devices),
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     start_new_session=True)  # fmt: skip
+                procs.append(p)
+                pumps.append(threading.Thread(target=_pump, args=(i, p.stdout, out, lock),
+                                              daemon=True))  # fmt: skip
+                pumps[-1].start()
+            code = _watch(procs, timeout)
     finally:
         _stop(procs)
         for p, t in zip(procs, pumps):

@@ -8,6 +8,7 @@ call of both processes, reading the checkpoint that process 0 wrote in DIR.
 """
 
 import os
+import signal
 import sys
 import time
 
@@ -27,6 +28,8 @@ import sciml_bridge._solvers._run as run_module  # noqa: E402
 
 
 jax.config.update("jax_enable_x64", True)
+# A test runner may start us with SIGINT ignored; handle it as Python does by default.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 OUT = sys.argv[1]
 PID = jax.process_index()
 assert jax.process_count() == 2 and jax.device_count() == 4 and jax.local_device_count() == 2
@@ -156,8 +159,26 @@ def check_resume():
     assert resumed.steps == 40 and writes == ([path, path] if PID == 0 else []), writes  # 30, 40
 
 
+def check_sigint_on_one_process():
+    # Ctrl-C reaching one process only (or the processes between different chunks): every
+    # process stops at the same chunk boundary. Before, process 0 returned alone and process
+    # 1's next chunk failed in its all-reduce with a raw Gloo error: its run was lost.
+    calls = []
+
+    def callback(step, theta, value):
+        calls.append(step)
+        if PID == 0 and len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    kw = {**ADAM, "chunk_size": 5}
+    res = sb.minimize(loss, FM.theta0, "adam", args=ARGS, max_steps=1000, mesh=MESH,
+                      callback=callback, **kw)  # fmt: skip
+    assert res.result is sb.RESULTS.interrupted and res.steps == 10 and len(calls) == 2, res
+
+
 CHECKS = (check_data_that_is_not_global_is_refused, check_data_parallel, check_process_local_nan,
-          check_ensembles, check_checkpoint_written_once, check_resume)  # fmt: skip
+          check_ensembles, check_checkpoint_written_once, check_resume,
+          check_sigint_on_one_process)  # fmt: skip
 for check in CHECKS:
     start = time.perf_counter()
     check()

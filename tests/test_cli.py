@@ -141,3 +141,20 @@ def test_python_dash_m_runs_the_same_entry_point():
     )
     assert out.returncode == 0, out.stderr
     assert "demo" in out.stdout and "bench" in out.stdout
+
+
+def test_demo_out_that_is_a_file_is_a_usage_error(tmp_path, capsys):
+    path = tmp_path / "taken"
+    path.write_text("")
+    with pytest.raises(SystemExit) as e:
+        _cli.main(["demo", "--out", str(path), "--quick"])
+    assert e.value.code == 2 and "is a file" in capsys.readouterr().err
+
+
+def test_a_second_ctrl_c_ends_the_command_with_130(monkeypatch, capsys):
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_cli, "bench", interrupted)
+    assert _cli.main(["bench", "--quick"]) == 130
+    assert "interrupted" in capsys.readouterr().err

@@ -65,6 +65,10 @@ for where, mesh_kw in (("one", {}), ("mesh", dict(mesh=mesh))):
                          max_steps=50, **mesh_kw, **KW)
     out[f"single-{where}"] = dict(steps=int(single.steps), success=bool(single.success),
                                   theta=np.asarray(single.theta).tolist())
+for where, mesh_kw in (("one", {}), ("mesh", dict(mesh=mesh))):
+    res = sb.minimize(lambda t, x: jnp.mean(fit(t, x) ** 2), t0, "lbfgs", args=(X,),
+                      max_steps=10, **mesh_kw, **KW)
+    out[f"args-{where}"] = dict(steps=int(res.steps), theta=np.asarray(res.theta).tolist())
 jax.effects_barrier()  # no error of a device JAX did not report is left behind
 print("RESULT " + json.dumps(out))
 """
@@ -102,6 +106,14 @@ def test_single_run_raising_on_a_members_mesh_returns(runs):
     """A single run on a members mesh runs whole on each device: its raise stops it there."""
     one, mesh = runs["single-one"], runs["single-mesh"]
     assert not mesh["success"]
+    _same_steps(mesh, one)
+    _close(mesh, one, rtol=1e-12)
+
+
+def test_single_run_with_args_on_a_members_mesh_matches_one_device(runs):
+    """Its data closed over by the `shard_map` body met the body's manual arrays: "Mesh for
+    all inputs should be equal" from JAX when the run ended (the final loss)."""
+    one, mesh = runs["args-one"], runs["args-mesh"]
     _same_steps(mesh, one)
     _close(mesh, one, rtol=1e-12)
 

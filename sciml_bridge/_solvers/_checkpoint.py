@@ -2,8 +2,10 @@
 
 A checkpoint records, next to the state, a fingerprint of what determines the optimiser (the
 method, its options, `tol`, and for an optimiser object the hyperparameters captured in its
-closures or fields). Resuming with different ones would silently continue with the old
-state, so it is an error naming what changed, unless `resume="force"` is passed.
+closures or fields) and the structure, shapes and dtypes of `args` (not their values: that
+would read all the data, from every process, at every start). Resuming with different ones
+would silently continue with the old state, so it is an error naming what changed, unless
+`resume="force"` is passed.
 Files are untrusted input: `_serialise.read_arrays` refuses pickle and damage, and the state
 layout (paths, shapes, dtypes) must match before anything is used.
 """
@@ -19,8 +21,8 @@ import jax.tree_util as jtu
 import numpy as np
 
 from .._distributed import agree, barrier, host, is_main
-from .._result import result_at
 from .._serialise import read_arrays, write_arrays
+from ._checkpoint_books import encode_details as encode_details, read_books
 
 
 KIND = "sciml_bridge.checkpoint/2"
@@ -43,11 +45,16 @@ number of members, method or options, or a checkpoint of another sciml_bridge ve
 Fix: remove the file to start afresh, or pass another `checkpoint=` path."""
 
 _MSG_CHANGED = """\
-`{where}` found a checkpoint at {path!r} written with a different optimiser:
+`{where}` found a checkpoint at {path!r} written with a different optimiser or with
+`args` of other shapes:
 {changes}
-Resuming would continue with the old optimiser state under the new settings.
-Fix: use the same method and options to resume, a new `checkpoint=` path to start afresh, or
-`resume="force"` to resume the saved state anyway."""
+Resuming would continue with the old optimiser state under the new settings (the optimiser's
+state, e.g. Adam's moments or an L-BFGS history, was built on the old data).
+Fix: use the same method, options and `args` shapes to resume, a new `checkpoint=` path to
+start afresh, or `resume="force"` to resume the saved state anyway."""
+
+# Fingerprint entries that earlier checkpoints do not record: not compared when absent there.
+_ADDED_LATER = ("args",)
 
 
 def _describe(x: Any, depth: int = 0) -> str:
@@ -87,7 +94,7 @@ def _empty(cell) -> bool:
     return False
 
 
-def fingerprint(method: Any, options: dict, tol) -> dict:
+def fingerprint(method: Any, options: dict, tol, args: tuple | None = None) -> dict:
     """What a resumed run must share with the checkpoint: `{what: description}`."""
     out = {"method": method if isinstance(method, str) else type(method).__name__,
            "tol": repr(tol)}  # fmt: skip
@@ -95,7 +102,18 @@ def fingerprint(method: Any, options: dict, tol) -> dict:
         out["optimizer"] = hashlib.sha1(_describe(method).encode()).hexdigest()
     for key, value in options.items():
         out[f"option {key}"] = _describe(value)
+    if args is not None:
+        out["args"] = describe_args(args)
     return out
+
+
+def describe_args(args: tuple) -> str:
+    """`args` as structure, shapes and dtypes (global shapes: the same on every process),
+    e.g. `[0]: float64[64,1], [1]: float64[64]`; anything else by its type."""
+    leaves = jtu.tree_leaves_with_path(args)
+    kind = lambda x: f"{x.dtype}{list(np.shape(x))}".replace(" ", "") \
+        if hasattr(x, "dtype") else type(x).__name__  # fmt: skip
+    return ", ".join(f"{jtu.keystr(p)}: {kind(x)}" for p, x in leaves) or "()"
 
 
 def _is_key(x) -> bool:
@@ -143,7 +161,7 @@ def save(path: str, fp: dict, dynamic, good_theta, good_loss, books: dict) -> No
 
 
 def _check_fingerprint(saved: dict, fp: dict, where: str, path: str) -> None:
-    keys = sorted(set(saved) | set(fp))
+    keys = sorted((set(saved) | set(fp)) - {k for k in _ADDED_LATER if k not in saved})
     changes = [f"  {k}: {saved.get(k, '(not set)')} in the checkpoint, {fp.get(k, '(not set)')}"
                " now" for k in keys if saved.get(k) != fp.get(k)]  # fmt: skip
     if changes:
@@ -160,7 +178,7 @@ def resume(path: str, fp: dict, force: bool, dynamic, good_theta, good_loss, whe
         _check_fingerprint(layout.get("fingerprint", {}), fp, where, path)
     _check_state(layout, _layout(dynamic, good_theta), where, path)
     try:
-        books = _books(arrays, int(np.shape(good_theta)[0]))
+        books = read_books(arrays, int(np.shape(good_theta)[0]))
         return (*_restore(arrays, dynamic, good_theta, good_loss), books)
     except (KeyError, ValueError, TypeError) as e:
         raise ValueError(f"`{where}` found a damaged checkpoint at {path!r} ({e}). Fix: "
@@ -214,70 +232,6 @@ def _same_kind(saved: np.ndarray, fresh) -> np.ndarray:
         raise ValueError(f"an array of shape {saved.shape} and dtype {saved.dtype} where "
                          f"{fresh.shape} {want} belongs")  # fmt: skip
     return saved
-
-
-# The per-member host records `_run._Driver` keeps: name -> the dtype kinds allowed.
-_BOOKS = {"steps": "iu", "results": "iu", "lengths": "iu", "done": "b", "by_callback": "b"}
-
-
-def _book(arrays: dict, name: str, kinds: str, shape: tuple) -> np.ndarray:
-    key = f"book_{name}"
-    if key not in arrays:
-        raise ValueError(f"no `{key}`")
-    book = arrays[key]
-    if book.shape != shape or book.dtype.kind not in kinds:
-        raise ValueError(f"`{key}` of shape {book.shape} and dtype {book.dtype}, where "
-                         f"shape {shape} and dtype kind {kinds!r} belong")  # fmt: skip
-    return book
-
-
-def _is_result(code: int) -> bool:
-    try:
-        result_at(code)
-    except KeyError:
-        return False
-    return True
-
-
-def _books(arrays: dict, members: int) -> dict:
-    """The books, each checked (presence, shape, dtype, range, agreement with the others and
-    with the number of members) before the driver uses any: only checked books come back."""
-    books: dict[str, Any] = {k: _book(arrays, k, kinds, (members,)) for k, kinds in _BOOKS.items()}
-    steps, lengths = ([int(x) for x in books[k]] for k in ("steps", "lengths"))
-    if any(s < 0 or not 0 <= n <= s + 1 for s, n in zip(steps, lengths)):
-        raise ValueError(f"`book_steps` {steps} and `book_lengths` {lengths} disagree: a "
-                         "member's history holds at most one loss per step and its start")
-    bad = [int(c) for c in books["results"] if int(c) != -1 and not _is_result(int(c))]
-    if bad:  # -1 is "no result yet"
-        raise ValueError(f"`book_results` holds {bad[0]}, which is no `sb.RESULTS` code")
-    books["history"] = _book(arrays, "history", "f", (sum(lengths),))
-    books["details"] = _details(arrays, members)
-    return books
-
-
-_SEPARATOR = "\x1f"  # ASCII unit separator: between the members' failure messages
-
-
-def encode_details(details: list[str]) -> np.ndarray:
-    """The members' failure messages as one uint8 array (files hold arrays, never pickles)."""
-    return np.frombuffer(_SEPARATOR.join(details).encode(), dtype=np.uint8).copy()
-
-
-def _details(arrays: dict, members: int) -> list[str]:
-    # Optional: checkpoints written before messages were kept have none.
-    if "book_details" not in arrays:
-        return [""] * members
-    book = arrays["book_details"]
-    if book.ndim != 1 or book.dtype != np.uint8:
-        raise ValueError(f"`book_details` of shape {book.shape} and dtype {book.dtype}, where "
-                         "a 1-D uint8 array belongs")  # fmt: skip
-    try:
-        details = book.tobytes().decode().split(_SEPARATOR)
-    except UnicodeDecodeError as e:
-        raise ValueError(f"`book_details` is not UTF-8 text ({e})") from e
-    if len(details) != members:
-        raise ValueError(f"`book_details` holds {len(details)} messages for {members} members")
-    return details
 
 
 def exists(path: str | None, where: str) -> bool:

@@ -8,21 +8,33 @@ and returns the partial result with `result=interrupted`. A second SIGINT raises
 afterwards. Nothing is installed outside the main thread (where Python delivers no signals)
 or where SIGINT is ignored (a job started in the background by a shell): as Python itself,
 such a process keeps ignoring it.
+
+Across processes (`jax.distributed`) the flag is asked of every process at each check (the
+host loops run in lock step): a SIGINT that reaches one process, or reaches them between
+different chunks (`python -m sciml_bridge.launch` passes Ctrl-C on to every process), stops
+all of them at the same chunk boundary. A process that stopped alone would leave the others
+waiting in the next chunk's collectives forever.
 """
 
 import contextlib
 import signal
 import threading
 
+from .._distributed import any_process
+
 
 class Interrupt:
-    """`flag.set` after the first SIGINT; `bool(flag)` asks whether to stop."""
+    """`flag.set` after the first SIGINT; `bool(flag)` asks whether to stop (on any process:
+    a collective when several run, so every process must ask at the same points)."""
 
     def __init__(self):
         self.set = False
+        self._agreed = False  # some process stopped: every process knows, ask no more
 
     def __bool__(self) -> bool:
-        return self.set
+        if not self._agreed:
+            self._agreed = any_process(self.set)
+        return self._agreed
 
     def _handler(self, signum, frame):
         if self.set:

@@ -55,14 +55,31 @@ def _manual(mesh: Mesh, fn, xs, in_specs, out_spec):
 
     local_xs = [jtu.tree_map(lambda y, p=p: local(y, p), x) for x, p in zip(xs, in_specs)]
     closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*local_xs)
-    leaves = jtu.tree_leaves(xs)
+    body, consts = _consts_as_inputs(closed)
+    leaves = [*consts, *jtu.tree_leaves(xs)]
     out_tree = jtu.tree_structure(out_shape)
-    specs = [spec for x, spec in zip(xs, in_specs) for _ in jtu.tree_leaves(x)]
+    specs = [PartitionSpec()] * len(consts)
+    specs += [spec for x, spec in zip(xs, in_specs) for _ in jtu.tree_leaves(x)]
 
-    out = jax.shard_map(jax.extend.core.jaxpr_as_fun(closed), mesh=mesh, in_specs=tuple(specs),
+    out = jax.shard_map(jax.extend.core.jaxpr_as_fun(body), mesh=mesh, in_specs=tuple(specs),
                         out_specs=[out_spec] * out_tree.num_leaves, axis_names={MEMBERS},
                         check_vma=False)(*leaves)  # fmt: skip
     return jtu.tree_unflatten(out_tree, out)
+
+
+def _consts_as_inputs(closed):
+    """`closed` with its constants (what `fn` closed over: the data in `args`, traced by the
+    enclosing `jit`) turned into leading inputs, and those constants. Closed over by the
+    `shard_map` body, data placed on the mesh's (automatic) axes met the body's manual arrays
+    in one operation, and JAX refused it ("Mesh for all inputs should be equal"): a single
+    run on a members mesh with `args` failed at its end. As inputs they are replicated
+    (`PartitionSpec()`) like any other."""
+    jaxpr, info = closed.jaxpr, closed.jaxpr.debug_info
+    names = None if info.arg_names is None else \
+        ("<constant>",) * len(jaxpr.constvars) + tuple(info.arg_names)  # fmt: skip
+    body = jaxpr.replace(constvars=[], invars=[*jaxpr.constvars, *jaxpr.invars],
+                         debug_info=info._replace(arg_names=names))  # one name per input
+    return jax.extend.core.ClosedJaxpr(body, []), list(closed.consts)
 
 
 def per_device(mesh: Mesh, fn, in_axes):
