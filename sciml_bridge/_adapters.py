@@ -12,10 +12,12 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import equinox as eqx
+import jax.numpy as jnp
 import jax.tree_util as jtu
 
 from ._custom_types import Model
 from ._flax import nnx
+from ._precision import real_dtype
 
 
 _MSG_POINT = """\
@@ -49,6 +51,27 @@ Fix: pass the mode when calling, e.g. `fm(theta, x, train=False)` or
 `fm(theta, x, deterministic=True)` (whatever `apply_fn` takes)."""
 
 
+def _at_model_precision(model: Any, state: Any) -> Any:
+    """`state` with its floating leaves in the precision of `model`'s parameters, when each
+    has one precision and they differ.
+
+    Under `precision="vector"` a float64 `theta` rebuilds a float32 model in float64, so its
+    BatchNorm computes float64 statistics that an `eqx.nn.State` holding float32 ones
+    refuses ("Old and new values have different ... dtypes"); a float32 `theta` of a float64
+    model fails in `lax.select` the other way. The state follows the parameters, as
+    `sb.flat(..., dtype=)` widens both: `theta`'s precision wins for the whole model.
+    """
+    index = lambda x: isinstance(x, eqx.nn.StateIndex)
+    params = {real_dtype(x.dtype) for x in jtu.tree_leaves(model, is_leaf=index)
+              if eqx.is_inexact_array(x)}  # fmt: skip
+    floating = lambda x: eqx.is_array(x) and jnp.issubdtype(x.dtype, jnp.floating)
+    stats = {x.dtype for x in jtu.tree_leaves(state) if floating(x)}
+    if len(params) != 1 or len(stats) != 1 or params == stats:
+        return state
+    (dtype,) = params
+    return jtu.tree_map(lambda x: x.astype(dtype) if floating(x) else x, state)
+
+
 class EquinoxCall(eqx.Module):
     """An Equinox module (or any callable pytree): `model(*inputs, **kwargs)`.
 
@@ -61,7 +84,12 @@ class EquinoxCall(eqx.Module):
         _check_point(model, inputs)
         if state is None:
             return model(*inputs, **kwargs)
-        return model(*inputs, state, **kwargs)
+        # A fresh `eqx.nn.State` around the same arrays: `State.set` invalidates the object it
+        # is called on, so an eager call would otherwise consume the caller's state, and with
+        # it `fm.init_state()` ("Attempted to use old state") for every later call. A state
+        # that was already consumed still raises Equinox's error here, when it is flattened.
+        state = jtu.tree_map(lambda x: x, state)
+        return model(*inputs, _at_model_precision(model, state), **kwargs)
 
     def __call__(self, model: Model, *inputs: Any, **kwargs: Any) -> Any:
         return self.run(model, inputs, kwargs, None, None)
@@ -124,7 +152,12 @@ class MergeNNX(eqx.Module):
 
 
 def _common(flags: list) -> bool | None:
-    """The one value all mode flags share; False when there are none; None when mixed."""
+    """The one value all mode flags share; False when there are none; None when mixed or
+    when one is unset (`None`: NNX `MultiHeadAttention`'s default, decided per call). Setting
+    such a flag (`.train()`) would make `fm` run what the nested module refuses: attention
+    dropout instead of "No `deterministic` argument was provided"."""
+    if any(f is None for f in flags):
+        return None
     values = {bool(f) for f in flags}
     if len(values) > 1:
         return None

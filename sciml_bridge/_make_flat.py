@@ -14,7 +14,14 @@ from ._fast import Unsupported, recognise
 from ._flat import AbstractFlatModel, FlatModel
 from ._flat_mlp import FlatMLP
 from ._flax import nnx
-from ._precision import complex_dtype, is_complex, is_inexact, is_lossless, real_dtype
+from ._precision import (
+    complex_dtype,
+    guard_x64,
+    is_complex,
+    is_inexact,
+    is_lossless,
+    real_dtype,
+)
 
 
 _MSG_FAST = """\
@@ -51,6 +58,21 @@ def _nnx_parts(model: Any, params: Any):
     # its leaves, or a filter spec for it). Batch statistics and RNG state ride along.
     spec = (True if params is None else params, False)
     return MergeNNX(graphdef), (param_state, rest), spec
+
+
+def _snapshot(state: Any) -> Any:
+    """Fresh containers around the same arrays: `fm.init_state()` is the state at flattening
+    time. `nnx.split` hands out the module's own `Variable`s (and Linen variables are plain
+    dicts), so a train-mode call of the original module (BatchNorm statistics, `Rngs`
+    counts) would otherwise change `fm.init_state()` in place."""
+    return jax.tree.map(lambda x: x, state)
+
+
+def _nnx_state0(rest: Any) -> Any:
+    """An NNX module's state for `fm.init_state()`: its non-`nnx.Param` state, or None when
+    that holds no array (a stateless module), so that `fm.init_state()` says there is no
+    state, as for a stateless Equinox or Linen model, instead of an empty `nnx.State`."""
+    return _snapshot(rest) if jax.tree.leaves(rest) else None
 
 
 def _params_collection(variables: Model, params: Any):
@@ -140,7 +162,8 @@ def flat(
         solver stage); only under `BacksolveAdjoint` does a `FlatMLP` keep slicing `theta`.
     - `state`: the model's initial state, returned by `fm.init_state()`: for Equinox the
         `eqx.nn.State` from `eqx.nn.make_with_state`; Flax state (Linen's non-`"params"`
-        collections, NNX batch statistics and RNG streams) is found without it.
+        collections, NNX batch statistics and RNG streams) is found without it. A model
+        without state (in any framework) has none: `fm.init_state()` raises `ValueError`.
 
     Keyword inputs are forwarded (`fm(theta, x, key=k)`, `fm(theta, x, train=False)`);
     `y, state = fm(theta, x, state=state)` threads the model's state, and
@@ -161,18 +184,19 @@ def flat(
         raise ValueError(f"`sb.flat(..., fast=...)` expected 'auto', True or False, got {fast!r}.")
     kwargs: dict[str, Any] = dict(params=params, dtype=dtype, precision=precision, ties=ties,
                                   lossy=lossy)
+    # jax#11895: a float64 NumPy state would be truncated at its first use with x64 off.
+    guard_x64(state, "`sb.flat`", "`state`")
     if variables is not None:
         kwargs["params"] = _params_collection(variables, params)
         theta0, re = destructure(variables, **kwargs)
-        state0 = _widened(linen_state(variables) if state is None else state, dtype)
+        state0 = _widened(_snapshot(linen_state(variables) if state is None else state), dtype)
         return FlatModel(theta0, re, ApplyVariables(model), state0, False)
     nnx_parts = _nnx_parts(model, params)
     if nnx_parts is not None:
         apply, states, spec = nnx_parts
         theta0, re = destructure(states, **{**kwargs, "params": spec})
-        return FlatModel(theta0, re, apply,
-                         _widened(states[1] if state is None else state, dtype),
-                         initial_mode(model))  # fmt: skip
+        state0 = _nnx_state0(states[1]) if state is None else _snapshot(state)
+        return FlatModel(theta0, re, apply, _widened(state0, dtype), initial_mode(model))
     theta0, re = destructure(model, **kwargs)
     state = _widened(state, dtype)
     if fast is not False and state is None:

@@ -24,6 +24,7 @@ from ._solvers._run import drive
 from ._solvers._scipy_backend import scipy_minimize, solve_scipy
 from ._solvers._setup import check_run_inputs, check_tol, make_run, prepare_args, prepare_theta0
 from ._solvers._stateful import StatefulLoss, prepare_state
+from ._state_members import check_not_stacked
 
 
 _MSG_SCIPY_BATCHES = """\
@@ -203,9 +204,11 @@ def minimize(
         `state_k`. Checkpoints carry it, PRNG streams included, so a resumed run returns the
         same. A member that failed while setting up returns `state` as given.
         Every member starts from the one `state` given: an ensemble's stacked `res.state`
-        cannot be passed back. First-order Optax methods only: a line search
-        or trust region evaluates the loss at trial points, so `"lbfgs"`, the Optimistix,
-        self-scaled and SciPy methods raise `NotImplementedError`.
+        passed back is a `ValueError` where the loss cannot take it, and a warning where it
+        would broadcast (use a checkpoint to go on with each member's state). First-order
+        Optax methods only: a line search or trust region evaluates the loss at trial
+        points, so `"lbfgs"`, the Optimistix, self-scaled and SciPy methods raise
+        `NotImplementedError`.
     - `**options`: passed to the Optax constructor (e.g. `learning_rate=`) or to SciPy as
         `options`; Optimistix methods take `autodiff_mode=`. `chunk_size=` (default 1000)
         sets the steps per dispatch. An option the method does not take is a `TypeError`
@@ -234,9 +237,11 @@ def minimize(
     `"scipy:COBYLA"`/`"scipy:COBYQA"` a `max_steps` below n + 2 or a `tol` above the initial
     radius (`rhobeg`/`initial_tr_radius`); `TypeError` also for a `key` that is not a PRNG
     key, a loss that requires `key` without `key=`, or a loss (or residual) that raises at
-    float64 `theta` on a SciPy route but runs in `theta0`'s dtype; `ValueError` also for a bad `batch_size`, a batch of keys, or `tol=`
-    with `batch_size=` (or a `key=` the loss takes), or `"ssbfgs"`/`"ssbroyden"` with
-    them (their line search carries values from one step to the next); `NotImplementedError` for
+    float64 `theta` on a SciPy route but runs in `theta0`'s dtype; `ValueError` also for a
+    bad `batch_size`, a batch of keys, or `tol=` with `batch_size=` (or a `key=` the loss
+    takes), or `"ssbfgs"`/`"ssbroyden"` with them (their line search carries values from
+    one step to the next), or an ensemble's stacked `res.state` the loss cannot take;
+    `NotImplementedError` for
     `checkpoint=`, `batch_size=` or `key=` with a SciPy method, `bounds=`/`constraints=` with
     a SciPy method (`sb.minimize` runs them unconstrained; the message shows the same loss
     through `sb.scipy_objective` and `scipy.optimize.minimize`), or `state=` with a method
@@ -262,6 +267,8 @@ def minimize(
     if stateful:
         guard_x64(state, f"`{where}`", "`state`")
         probe = (*args, jax.random.key(0)) if pass_key else tuple(args)
+        if theta0.ndim == 2:
+            check_not_stacked(loss, member, state, probe, theta0.shape[0], where)
         state = prepare_state(loss, member, state, probe)
     loss = StatefulLoss(loss, where) if stateful else ScalarLoss(loss, where)
     plan = resolve_minimize(loss, member, method, tol, options, where, state, stateful)
@@ -274,5 +281,6 @@ def minimize(
                                                         options, run, flag)  # fmt: skip
         return solve_scipy(solve, theta0, run)
     stepper = with_batches(plan.stepper, args, batch_size, key, pass_key, where)
-    run.fingerprint = fingerprint(method, {**options, "batch_size": batch_size, "key": key}, tol)
+    run.fingerprint = fingerprint(method, {**options, "batch_size": batch_size, "key": key}, tol,
+                                  args)
     return drive(stepper, theta0, args, run)

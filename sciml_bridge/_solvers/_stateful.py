@@ -30,8 +30,15 @@ from ._stepper import AbstractStepper
 _MSG_PAIR = """\
 `{where}` with `state=` expected `loss(theta, state, *args)` to return `(value, new_state)`:
 a real scalar and a state with the same structure, shapes and dtypes as `state`; but {got}.
-Fix: return the state your model call gave back, e.g.
+Fix: {fix}"""
+
+_FIX_RETURN = """return the state your model call gave back, e.g.
 `y, state = fm(theta, x, state=state); return jnp.mean((y - target) ** 2), state`."""
+
+_FIX_NARROW = """the loss computes the state in {new} (e.g. a {new} `theta0` for a model stored in
+{old}: `theta`'s precision wins), and a {old} `state` cannot be narrowed without loss. Pass
+the state in that precision, `state=jax.tree.map(lambda a: a.astype(jnp.{new}) if
+jnp.issubdtype(a.dtype, jnp.floating) else a, state)`, or a `theta0` in {old}."""
 
 _MSG_FIRST_ORDER = """\
 `{where}` cannot run method={method!r} with {what}: {why}.
@@ -73,6 +80,24 @@ def prepare_state(fn: Callable, theta, state, args: tuple):
     return jax.tree.map(widen, state, out[1])
 
 
+def _narrowed(out, state) -> tuple[str, str] | None:
+    """`(old, new)` dtype names if the first leaf `_describe` names is a floating leaf the
+    loss gave back in a narrower floating dtype (a float32 `theta` of a float64 model)."""
+    if not (isinstance(out, tuple | list) and len(out) == 2):
+        return None
+    if jax.tree.structure(out[1]) != jax.tree.structure(state):
+        return None
+    for a, b in zip(jax.tree.leaves(out[1]), jax.tree.leaves(state)):
+        new, old = jnp.result_type(a), jnp.result_type(b)
+        if jnp.shape(a) == jnp.shape(b) and new == old:
+            continue
+        floats = jnp.issubdtype(new, jnp.floating) and jnp.issubdtype(old, jnp.floating)
+        if floats and jnp.shape(a) == jnp.shape(b) and is_lossless(new, old):
+            return str(old), str(new)
+        return None
+    return None
+
+
 def _describe(out, state) -> str:
     if isinstance(out, tuple | list) and len(out) != 2:
         return f"it returned a {type(out).__name__} of {len(out)} items"
@@ -105,7 +130,10 @@ class StatefulLoss(eqx.Module):
         out = self.fn(theta, state, *args)
         got = _describe(out, state)
         if got:
-            raise TypeError(_MSG_PAIR.format(where=self.where, got=got))
+            narrowed = _narrowed(out, state)
+            fix = _FIX_RETURN if narrowed is None else _FIX_NARROW.format(
+                old=narrowed[0], new=narrowed[1])  # fmt: skip
+            raise TypeError(_MSG_PAIR.format(where=self.where, got=got, fix=fix))
         return out
 
 
