@@ -3,6 +3,7 @@ the loss a run reports where it stops."""
 
 import warnings
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -28,6 +29,24 @@ def test_a_callback_that_raises_stops_the_run_where_it_was_called(method, throw)
         sb.minimize(quadratic, jnp.zeros(3), method, max_steps=30, callback=callback,
                     throw=throw, **KW)  # fmt: skip
     assert_callback_error(info.value, seen, "sb.minimize", step=5)
+
+
+@pytest.mark.parametrize("method", ["adam", "scipy:BFGS"])
+def test_a_callback_returning_several_truth_values_fails_as_a_callback_keeping_the_run(method):
+    # numpy's "truth value ... is ambiguous" escaped the driver (run lost), or read as
+    # "SciPy raised ValueError".
+    seen = []
+
+    def callback(step, theta, loss):
+        seen.append(step)
+        return np.array([True, False]) if len(seen) == 2 else None
+
+    with pytest.raises(sb.OptimizationError, match="the callback raised ValueError: The truth "
+                                                   "value") as info:  # fmt: skip
+        kw = dict(progress=False) if method.startswith("scipy") else KW
+        sb.minimize(lambda t: jnp.sum(jnp.cosh(t - 1.0)), jnp.zeros(3), method, max_steps=30,
+                    callback=callback, **kw)  # fmt: skip
+    assert info.value.result.steps == seen[-1] > 0 and np.all(np.isfinite(info.value.theta))
 
 
 def test_a_callback_that_raises_for_one_member_stops_the_ensemble():
@@ -195,3 +214,21 @@ def test_a_python_number_that_compiles_again_is_named_once_and_an_array_does_not
                                      else "lbfgs", args=({"lam": jnp.asarray(v)},),
                                      max_steps=20, progress=False) for v in (0.5, 0.25)]
         assert _traces(fn, calls) == 0  # as an array, a new value is the same program
+
+
+def test_an_exception_in_a_host_callback_of_the_loss_is_named_by_its_own_line():
+    # The message was XLA's "INTERNAL: CpuCallback error calling callback: Traceback ...".
+    def host(t0):
+        if t0 > 2.0:
+            raise RuntimeError("boom")
+        return t0
+
+    def loss(theta):
+        shape = jax.ShapeDtypeStruct((), theta.dtype)
+        return jnp.sum((theta - 3.0) ** 2) + jax.pure_callback(host, shape,
+                                                               jax.lax.stop_gradient(theta[0]))
+
+    res = sb.minimize(loss, jnp.ones(3), "adam", max_steps=50, throw=False, **KW)
+    assert res.result is sb.RESULTS.solver_failed and 0 < res.steps < 50
+    assert "a host callback raised RuntimeError: boom." in res.message, res.message
+    assert 1.0 < float(res.theta[0]) <= 2.0  # the last good point

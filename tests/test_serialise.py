@@ -430,6 +430,16 @@ def test_intact_checkpoint_resumes_where_it_stopped(tmp_path, adam_checkpoint):
     np.testing.assert_allclose(np.asarray(res.theta), np.asarray(fresh.theta), rtol=1e-12)
 
 
+def test_resuming_past_max_steps_says_no_step_was_taken(tmp_path, adam_checkpoint):
+    # It said "ran its full budget of `max_steps=4`" with steps=10.
+    _, arrays, layout = adam_checkpoint
+    write_arrays(tmp_path / "ok.npz", arrays, layout)
+    res = sb.minimize(_Q, jnp.zeros(3), "adam", max_steps=4, checkpoint=tmp_path / "ok.npz",
+                      progress=False)  # fmt: skip
+    assert res.steps == 10 and len(res.history) == 11
+    assert "already at step 10, past `max_steps=4`: no step was taken" in res.message
+
+
 @pytest.mark.skipif(np.finfo(np.longdouble).nmant <= 52, reason="np.longdouble is float64 here")
 def test_float128_theta_is_refused_on_save_and_in_a_forged_file(tmp_path):
     fm = _fm()

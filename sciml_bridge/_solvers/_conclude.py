@@ -141,6 +141,12 @@ class Conclusion(Members):
         if m.done:
             return RESULTS.successful, f"converged after {m.steps} steps: " \
                                        f"{self.stepper.criterion()}"
+        if m.steps > self.run.max_steps:  # resumed from a checkpoint already past the budget
+            return (RESULTS.max_steps_reached if self.stepper.has_stopping_rule()
+                    else RESULTS.successful), (
+                f"resumed from a checkpoint already at step {m.steps}, past "
+                f"`max_steps={self.run.max_steps}`: no step was taken. Fix: pass a `max_steps` "
+                f"above {m.steps} to go on")  # fmt: skip
         if self.stepper.has_stopping_rule():
             return RESULTS.max_steps_reached, ""
         return RESULTS.successful, (

@@ -159,11 +159,19 @@ class Kernel:
         xs = self._relayout(*xs)
         try:
             return self._jitted(*xs)
-        except (eqx.EquinoxRuntimeError, jax.errors.JaxRuntimeError):
+        except (eqx.EquinoxRuntimeError, jax.errors.JaxRuntimeError, ValueError) as e:
+            callback = isinstance(e, ValueError) and "callback error" in str(e).lower()
+            if isinstance(e, ValueError) and not callback:
+                raise  # a trace-time error of the loss: the caller's to see
             for x in jtu.tree_leaves(xs, is_leaf=_is_whole):
                 if isinstance(x, Whole | Mesh):
                     _drain(x.mesh if isinstance(x, Whole) else x)
                     break
+            if callback:
+                # An exception raised in a host callback of the loss reaches us as a
+                # `ValueError` ("INTERNAL: CpuCallback error ...") when the chunk fails at
+                # dispatch, as a `JaxRuntimeError` when later: one kind, a runtime failure.
+                raise jax.errors.JaxRuntimeError(str(e)) from e
             raise
 
     def __getattr__(self, name):

@@ -58,12 +58,21 @@ MSG_CALLBACK = (
 )
 
 
+_RAISED = re.compile(r"^(\w[\w.]*): (.*)$")
+
+
 def first_line(e: Exception) -> str:
-    """The failure's own message, without the tracebacks JAX and Equinox wrap around it."""
+    """The failure's own message, without the tracebacks JAX and Equinox wrap around it: for
+    an exception raised in a host callback (`jax.pure_callback`), whose traceback XLA puts in
+    its message ("INTERNAL: CpuCallback error ..."), the exception's own last line."""
     text = str(e)
     found = re.search(r"EquinoxRuntimeError: (.+)", text)
     if found:
         return found.group(1).strip()[:300]
+    if "callback error" in text.lower():
+        raised = [line.strip() for line in text.splitlines() if _RAISED.match(line.strip())]
+        if raised:
+            return f"a host callback raised {raised[-1]}"[:300]
     lines = [line for line in text.splitlines() if line.strip() and "stack" not in line]
     return (lines[0] if lines else type(e).__name__)[:300]
 

@@ -157,11 +157,11 @@ class _Driver(Conclusion):
             if not m.running:
                 continue
             step = len(m.history) - 1
-            try:
-                stop = self.run.callback(step, thetas[i], float(losses[i]))
+            try:  # a return `bool` refuses (an array of several values): the callback failed
+                stop = bool(self.run.callback(step, thetas[i], float(losses[i])))
             except Exception as e:  # not KeyboardInterrupt: that one is Ctrl-C (`drive`)
                 return self._callback_raised(i, step, e)
-            m.by_callback = m.by_callback or bool(stop)
+            m.by_callback = m.by_callback or stop
 
     def _callback_raised(self, i: int, step: int, e: Exception) -> None:
         """Member `i`'s callback raised `e` at `step`: it fails there, where the callback was

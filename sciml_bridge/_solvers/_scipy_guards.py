@@ -21,7 +21,6 @@
 
 import contextlib
 import logging
-import re
 from collections.abc import Callable
 
 import numpy as np
@@ -92,18 +91,13 @@ def scipy_numerics():
         log.removeFilter(quiet)
 
 
-_RAISED = re.compile(r"^(\w[\w.]*): (.*)$")
-
-
 def loss_raised(e: Exception) -> str | None:
     """`"the loss raised Kind: message"` when `e` is XLA's wrap of an exception raised inside a
-    host callback of the loss (`jax.pure_callback`), else None. XLA puts the callback's
-    traceback in its message; its last line is the exception's own."""
-    text = str(e)
-    if "callback error" not in text.lower():
+    host callback of the loss (`jax.pure_callback`), else None (`first_line` finds the
+    exception's own line in the traceback XLA puts in its message)."""
+    if "callback error" not in str(e).lower():
         return None
-    lines = [line for line in text.splitlines() if _RAISED.match(line.strip())]
-    return f"the loss raised {lines[-1].strip()[:300]}" if lines else first_line(e)
+    return "the loss raised " + first_line(e).removeprefix("a host callback raised ")
 
 
 def first_value(fn: Callable, x0, at: Callable | None, f: str, wide, dtype, where: str):

@@ -126,7 +126,9 @@ class Tracker:
             return
         try:
             with np.errstate(**self.np_err):
-                stop = cb(len(self.history) - 1, theta, self.loss)
+                # Read inside: a return `bool` refuses (an array of several values) is the
+                # callback failing, not the run.
+                stop = bool(cb(len(self.history) - 1, theta, self.loss))
         except Exception as e:  # not KeyboardInterrupt: that one is Ctrl-C (`call`)
             self.raised = e
             raise Abort(RESULTS.solver_failed) from e
