@@ -165,10 +165,12 @@ class FlatModel(AbstractFlatModel):
         return self.apply(model, *inputs, **kwargs)
 
     def init_state(self) -> Any:
-        """The model's initial state (see **State** above), to pass as `state=`."""
+        """The model's initial state (see **State** above), to pass as `state=`: fresh
+        containers around `state0`'s arrays at each call, so that changing one in place (an
+        NNX `State`'s entries) leaves `state0` and later `init_state()` calls as they were."""
         if self.state0 is None:
             raise ValueError(_MSG_NO_STATE)
-        return self.state0
+        return jtu.tree_map(lambda x: x, self.state0)
 
     def inference_mode(self, value: bool | None = True) -> "FlatModel":
         """This model with its mode flags set (as `eqx.nn.inference_mode(fm, value)`)."""

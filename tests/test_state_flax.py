@@ -75,6 +75,7 @@ def test_init_state_is_the_state_at_flattening_time():
     net = _Norm(nnx.Rngs(0, dropout=1))
     fm = sb.flat(net)
     before = [np.asarray(_raw(a)).copy() for a in jax.tree.leaves(fm.init_state())]
+    before_mean = np.asarray(fm.init_state()["bn"]["mean"][...]).copy()
     net(XS32)
     after = [np.asarray(_raw(a)) for a in jax.tree.leaves(fm.init_state())]
     assert int(net.drop.rngs.count[...]) == 1  # the module did move on ...
@@ -86,3 +87,10 @@ def test_init_state_is_the_state_at_flattening_time():
     mean = variables["batch_stats"]["BatchNorm_0"]["mean"]
     variables["batch_stats"]["BatchNorm_0"]["mean"] = mean + 1.0
     np.testing.assert_array_equal(fl.init_state()["batch_stats"]["BatchNorm_0"]["mean"], mean)
+    # A state handed out and changed in place (an NNX `State`'s Variable) is not `fm`'s either.
+    state = fl.init_state()
+    state["batch_stats"]["BatchNorm_0"]["mean"] = mean + 2.0
+    handed = fm.init_state()
+    handed["bn"]["mean"][...] = jnp.ones(2, jnp.float32)
+    np.testing.assert_array_equal(fl.init_state()["batch_stats"]["BatchNorm_0"]["mean"], mean)
+    np.testing.assert_array_equal(fm.init_state()["bn"]["mean"][...], before_mean)
