@@ -155,6 +155,20 @@ def check_same_everywhere(leaves: list, what: str, where: str) -> None:
                                                 values=everyone.tolist()))  # fmt: skip
 
 
+def callbacks_agree(raised: tuple[int, int] | None, stops: list[bool]):
+    """What every process's callbacks said, made one answer (a collective): `(process, member,
+    step)` of the first process whose callback raised (`raised`: this one's `(member, step)`),
+    or None; and each member's stop, set if set on any process. A process going on alone
+    would wait for the others in the next chunk's collectives forever."""
+    if not _several():
+        return (None if raised is None else (jax.process_index(), *raised)), stops
+    row = np.array([*(raised or (-1, -1)), *stops], dtype=np.int32)
+    rows = np.asarray(multihost_utils.process_allgather(row))
+    failed = np.flatnonzero(rows[:, 0] >= 0)
+    first = None if failed.size == 0 else (int(failed[0]), *map(int, rows[failed[0], :2]))
+    return first, [bool(s) for s in np.any(rows[:, 2:], axis=0).reshape(-1)]
+
+
 def any_process(flag: bool) -> bool:
     """Whether `flag` is set on any process (a collective: every process calls it, in the
     same order; no-op in a single process)."""

@@ -176,9 +176,30 @@ def check_sigint_on_one_process():
     assert res.result is sb.RESULTS.interrupted and res.steps == 10 and len(calls) == 2, res
 
 
+def check_callback_raising_on_one_process():
+    # A callback raising on process 0 only: process 1 went on into the next chunk's
+    # all-reduce and died with a raw Gloo error (its run lost). Now both fail at that point.
+    calls = []
+
+    def callback(step, theta, value):
+        calls.append(step)
+        if PID == 0 and len(calls) == 2:
+            raise ValueError("boom")
+
+    kw = {**ADAM, "chunk_size": 5}
+    try:
+        sb.minimize(loss, FM.theta0, "adam", args=ARGS, max_steps=1000, mesh=MESH,
+                    callback=callback, **kw)  # fmt: skip
+    except sb.OptimizationError as e:
+        assert e.result.steps == 9 and len(calls) == 2, e.result
+        assert ("boom" if PID == 0 else "it raised on process 0") in str(e), str(e)
+    else:
+        raise AssertionError("no OptimizationError")
+
+
 CHECKS = (check_data_that_is_not_global_is_refused, check_data_parallel, check_process_local_nan,
           check_ensembles, check_checkpoint_written_once, check_resume,
-          check_sigint_on_one_process)  # fmt: skip
+          check_sigint_on_one_process, check_callback_raising_on_one_process)  # fmt: skip
 for check in CHECKS:
     start = time.perf_counter()
     check()

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._distributed import host, local
+from .._distributed import callbacks_agree, host, local
 from .._progress import Progress
 from .._result import (
     RESULTS,
@@ -146,13 +146,13 @@ class _Driver(Conclusion):
                 msg = _MSG_CHECKPOINT_FAILED.format(where=run.where, path=run.checkpoint, err=e)
                 warnings.warn(msg, RuntimeWarning, stacklevel=5)
 
-    # -- the loop --------------------------------------------------------------------------
     def _callbacks(self) -> None:
         # Every process calls the callback (a stop must be the same everywhere); a theta
         # split over processes is handed over as a local copy. Each member's last point
         # whose loss is known, with the steps taken to reach it (`history[step] == loss`):
         # the point the chunk ended on has not been evaluated yet.
         losses, thetas = np.asarray(host(self.good_loss), np.float64), local(self.good_theta)
+        raised = None
         for i, m in enumerate(self.members):
             if not m.running:
                 continue
@@ -160,8 +160,23 @@ class _Driver(Conclusion):
             try:  # a return `bool` refuses (an array of several values): the callback failed
                 stop = bool(self.run.callback(step, thetas[i], float(losses[i])))
             except Exception as e:  # not KeyboardInterrupt: that one is Ctrl-C (`drive`)
-                return self._callback_raised(i, step, e)
+                raised = (i, step, e)
+                break
             m.by_callback = m.by_callback or stop
+        raised = self._agree(raised)
+        if raised is not None:
+            self._callback_raised(*raised)
+
+    def _agree(self, raised):
+        """One answer from every process's callbacks (`_distributed.callbacks_agree`)."""
+        where = None if raised is None else raised[:2]
+        first, stops = callbacks_agree(where, [m.by_callback for m in self.members])
+        for m, stop in zip(self.members, stops):
+            m.by_callback = stop
+        if raised is not None or first is None:
+            return raised
+        k, i, step = first
+        return i, step, RuntimeError(f"it raised on process {k} (see that process's output)")
 
     def _callback_raised(self, i: int, step: int, e: Exception) -> None:
         """Member `i`'s callback raised `e` at `step`: it fails there, where the callback was
