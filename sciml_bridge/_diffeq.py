@@ -8,6 +8,10 @@
 - `_diffeq_adjoint.py`: adjoints that never return a gradient from a failed backward solve, and
     the solver/adjoint pairs whose gradient Diffrax gets wrong, refused.
 
+SDEs add two of their own, imported by `_neural_sde.py` directly: `_sde_brownian.py` (the
+Brownian tree with the Lévy area the solver needs) and `_sde_solver.py` (solvers and
+solver/adjoint pairs that cannot run an SDE, refused at construction).
+
 The names are re-exported here for the modules that import them from `_diffeq`.
 """
 

@@ -12,6 +12,7 @@ from typing import Any, cast
 import diffrax
 import equinox as eqx
 import jax
+import numpy as np
 from jaxtyping import Array, ArrayLike, Inexact, PyTree, Real
 
 from ._custom_types import ThetaLike, Validated
@@ -113,7 +114,7 @@ class NeuralCDE(eqx.Module):
 
     As [`sb.NeuralODE`][sciml_bridge.NeuralODE] (`ts`, the knots, must be strictly
     increasing); `ValueError` for a field of the wrong shape or `coeffs` that do not fit
-    `ts`; `ValueError` for
+    `ts` (`TypeError` for `coeffs` that are not a tuple or list of arrays); `ValueError` for
     `adjoint=diffrax.ImplicitAdjoint()`, at construction (no steady state to differentiate:
     see the message), and for a `saveat` that saves no values (dense output only).
     """
@@ -161,6 +162,8 @@ class NeuralCDE(eqx.Module):
     ) -> Inexact[Array, " saved *hidden"]:
         """Solve from `z0` at `ts[0]` driven by the interpolated data; the saved states."""
         theta, z0, ts = as_arrays(_WHERE, theta=theta, z0=z0, ts=ts)
+        if not isinstance(coeffs, tuple | list | jax.Array | np.ndarray):  # a dict iterated keys
+            raise TypeError(_MSG_COEFFS.format(got=f"a {type(coeffs).__name__}"))
         coeffs = tuple(as_arrays(_WHERE, **{f"coeffs[{i}]": c for i, c in enumerate(coeffs)}))
         check_inputs(theta, z0, ts, _WHERE, "z0")
         _check_coeffs(coeffs, ts, theta.dtype)

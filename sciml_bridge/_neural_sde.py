@@ -4,6 +4,8 @@ The Brownian motion `W` is a `diffrax.VirtualBrownianTree` built from the `key` 
 so a path is reproducible from its key and a fresh key gives a fresh path. Itô or Stratonovich
 is decided by the solver, as in Diffrax: `diffrax.Euler()` converges to the Itô solution,
 `diffrax.Heun()` / `diffrax.EulerHeun()` / `diffrax.ReversibleHeun()` to the Stratonovich one.
+The Brownian motion (with the Lévy area a solver needs) is built in `_sde_brownian.py`; the
+solvers and adjoints that cannot run a neural SDE are refused in `_sde_solver.py`.
 """
 
 from collections.abc import Callable
@@ -14,7 +16,6 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import lineax as lx
-import numpy as np
 from jaxtyping import Array, ArrayLike, Inexact, PRNGKeyArray, Real
 
 from ._custom_types import KeyLike, Theta, ThetaLike, Validated
@@ -35,6 +36,8 @@ from ._diffeq import (
 )
 from ._flat import AbstractFlatModel
 from ._network_field import network_parts
+from ._sde_brownian import brownian_tree, check_brownian_shape, check_key
+from ._sde_solver import check_sde_solver
 
 
 _WHERE = "sb.NeuralSDE(...)(theta, y0, ts, key)"
@@ -43,11 +46,6 @@ _MSG_SHAPE = (
     "`sb.NeuralSDE(...)(theta, y0, ts, key)`: the {which} must return an array of {want_what} "
     "{want}, but it returned {got}. Fix: {fix}"
 )
-_MSG_KEY = (
-    "`sb.NeuralSDE(...)(theta, y0, ts, key)` expected `key` to be one PRNG key (e.g. "
-    "`jax.random.key(0)`), but got {got}. Fix: pass one key per path; for many paths use "
-    "`jax.vmap(sde, in_axes=(None, None, None, 0))(theta, y0, ts, jax.random.split(key, n))`."
-)
 _MSG_IMPLICIT = (
     "`sb.NeuralSDE(..., adjoint=diffrax.ImplicitAdjoint())` is not supported: "
     "`ImplicitAdjoint` differentiates a steady state (`drift(theta, y1) = 0`) by the implicit "
@@ -55,19 +53,6 @@ _MSG_IMPLICIT = (
     "use `adjoint=diffrax.RecursiveCheckpointAdjoint()` (the default), "
     "`diffrax.DirectAdjoint()`, or `diffrax.BacksolveAdjoint()` with a Stratonovich solver "
     "such as `diffrax.Heun()`."
-)
-_MSG_EULER_HEUN_BACKSOLVE = (
-    "`sb.NeuralSDE(..., solver=diffrax.EulerHeun(), adjoint=diffrax.BacksolveAdjoint())` "
-    "cannot be solved backwards: Diffrax's `EulerHeun` takes the drift and the diffusion as "
-    "two separate terms, and the backward solve hands it one combined adjoint term (Diffrax "
-    "raises `TermAndSolverIncompatible`). Fix: `solver=diffrax.Heun()` (also Stratonovich) "
-    "with `BacksolveAdjoint`, or keep `EulerHeun` with the default "
-    "`adjoint=diffrax.RecursiveCheckpointAdjoint()`."
-)
-_MSG_BROWNIAN_SHAPE = (
-    "`sb.NeuralSDE(..., diagonal=False, brownian_shape=...)` expected the shape of the Brownian "
-    "motion as a tuple of positive ints, but got {got!r}. Fix: e.g. `brownian_shape=(3,)` for "
-    "three Brownian motions and a `(*y.shape, 3)` diffusion matrix."
 )
 _MSG_THETA0 = (
     "`sb.NeuralSDE(...).theta0` exists only when `drift` and `diffusion` are both flat models "
@@ -130,12 +115,17 @@ class NeuralSDE(eqx.Module):
         `(*y.shape, *brownian_shape)`.
     - `brownian_shape`: the shape of `W` when `diagonal=False`.
     - `solver`: a Diffrax SDE solver; it decides Itô vs Stratonovich. Default
-        `diffrax.Euler()` (Itô).
+        `diffrax.Euler()` (Itô). Stochastic Runge-Kutta solvers (`diffrax.ShARK()`,
+        `diffrax.SRA1()`, `diffrax.SEA()` for additive noise; `diffrax.GeneralShARK()`,
+        `diffrax.SlowRK()`, `diffrax.SPaRK()`) get a Brownian motion with the Lévy area they
+        declare (`solver.minimal_levy_area`), so a key gives another path with them than
+        with `Euler`.
     - `adjoint`: default `diffrax.RecursiveCheckpointAdjoint()`; `diffrax.DirectAdjoint()`
-        and, for Stratonovich solvers only (Diffrax's rule), `diffrax.BacksolveAdjoint()`
-        (with `diffrax.ReversibleHeun()` only for `ts = [t0, t1]`, and not with
-        `diffrax.EulerHeun()`: see **Raises**). Not
-        `diffrax.ImplicitAdjoint()`: a sample path has no steady state.
+        and, for Stratonovich solvers that take the SDE as one term (Diffrax's rule:
+        `diffrax.Heun()`, `diffrax.Midpoint()`, `diffrax.ReversibleHeun()`),
+        `diffrax.BacksolveAdjoint()` (with `diffrax.ReversibleHeun()` only for
+        `ts = [t0, t1]`; not with `EulerHeun`, Milstein or stochastic Runge-Kutta solvers:
+        see **Raises**). Not `diffrax.ImplicitAdjoint()`: a sample path has no steady state.
     - `dt0`: the step size (constant steps), a positive number. Default 0.01. `ts` must be
         non-decreasing with `ts[-1] > ts[0]` (a sample path runs forwards).
     - `max_steps`, `throw`, `progress`: as for [`sb.NeuralODE`][sciml_bridge.NeuralODE].
@@ -149,8 +139,11 @@ class NeuralSDE(eqx.Module):
     As [`sb.NeuralODE`][sciml_bridge.NeuralODE]; `ValueError` when `drift` or
     `diffusion` return the wrong shape, or `dt0` is not positive; `TypeError` when `key` is
     not one PRNG key, or `brownian_shape` is not a tuple of ints;
-    `ValueError` for `adjoint=diffrax.ImplicitAdjoint()` and for `diffrax.EulerHeun()` with
-    `diffrax.BacksolveAdjoint()` (at construction), and for
+    `ValueError` for `adjoint=diffrax.ImplicitAdjoint()`, for a solver that cannot take
+    `MultiTerm(ODETerm, ControlTerm)` (`diffrax.SemiImplicitEuler()`, the underdamped
+    Langevin solvers), and for `diffrax.BacksolveAdjoint()` with an Itô solver or one that
+    takes drift and diffusion as two terms (at construction; `TypeError` for a solver that
+    is not a Diffrax solver instance), and for
     `solver=diffrax.ReversibleHeun()` with `adjoint=diffrax.BacksolveAdjoint()` and more than
     two times in `ts` (Diffrax's gradient is wrong there, 31% off on a small SDE).
     """
@@ -172,7 +165,7 @@ class NeuralSDE(eqx.Module):
         *,
         diagonal: bool = True,
         brownian_shape: Validated[tuple[int, ...] | None] = None,
-        solver: diffrax.AbstractSolver = diffrax.Euler(),
+        solver: Validated[diffrax.AbstractSolver] = diffrax.Euler(),
         adjoint: diffrax.AbstractAdjoint = diffrax.RecursiveCheckpointAdjoint(),
         dt0: Validated[float] = 0.01,
         max_steps: Validated[int] = 4096,
@@ -187,13 +180,11 @@ class NeuralSDE(eqx.Module):
             )
         if isinstance(adjoint, diffrax.ImplicitAdjoint):
             raise ValueError(_MSG_IMPLICIT)
-        if isinstance(adjoint, diffrax.BacksolveAdjoint) and isinstance(solver,
-                                                                          diffrax.EulerHeun):
-            raise ValueError(_MSG_EULER_HEUN_BACKSOLVE)
+        check_sde_solver(solver, adjoint)
         self.drift, self.diffusion = drift, diffusion
         self.solver, self.adjoint = solver, adjoint
         self.dt0 = check_dt0(dt0, "sb.NeuralSDE(dt0=...)", positive=True)
-        self.brownian_shape = None if diagonal else _check_brownian_shape(brownian_shape)
+        self.brownian_shape = None if diagonal else check_brownian_shape(brownian_shape)
         self.max_steps = check_max_steps(max_steps, "sb.NeuralSDE(max_steps=...)")
         self.throw, self.progress = throw, progress
 
@@ -222,7 +213,7 @@ class NeuralSDE(eqx.Module):
         """One sample path from `y0` at `ts[0]`, driven by the Brownian motion of `key`."""
         theta, y0, ts = as_arrays(_WHERE, theta=theta, y0=y0, ts=ts)
         check_inputs(theta, y0, ts, _WHERE)
-        _check_key(key)
+        check_key(key)
         bad_inputs = ~all_finite((theta, y0))
         bad_ts = bad_times(ts, steady_end=False)
         bad_order = out_of_order(ts, "increasing")
@@ -252,9 +243,7 @@ class NeuralSDE(eqx.Module):
         drift, diffusion = _Drift(field_d), _Diffusion(field_s, self.brownian_shape is None)
         noise = y0.shape if self.brownian_shape is None else self.brownian_shape
         self._checkshapes(drift, diffusion, ts[0], y0, p, noise)
-        brownian = diffrax.VirtualBrownianTree(
-            ts[0], ts[-1], tol=self.dt0 / 2, shape=jax.ShapeDtypeStruct(noise, y0.dtype), key=key
-        )
+        brownian = brownian_tree(self.solver, ts, self.dt0, noise, y0.dtype, key)
         terms = diffrax.MultiTerm(diffrax.ODETerm(drift), diffrax.ControlTerm(diffusion, brownian))
         return terms, p
 
@@ -275,26 +264,5 @@ class NeuralSDE(eqx.Module):
                 want=shapes(jax.ShapeDtypeStruct(shape, y0.dtype)), got=shapes(got), fix=fix))
 
 
-def _check_brownian_shape(shape: Any) -> tuple[int, ...]:
-    """A tuple of positive ints (an int alone failed with "'int' object is not iterable")."""
-    ints = isinstance(shape, tuple | list) and all(
-        isinstance(n, int | np.integer) and not isinstance(n, bool) for n in shape
-    )
-    if not ints:
-        raise TypeError(_MSG_BROWNIAN_SHAPE.format(got=shape))
-    if any(n < 1 for n in shape):
-        raise ValueError(_MSG_BROWNIAN_SHAPE.format(got=shape))
-    return tuple(int(n) for n in shape)
-
-
 def _as_array(out: Any) -> Array:
     return out.diagonal if isinstance(out, lx.DiagonalLinearOperator) else out
-
-
-def _check_key(key: Any) -> None:
-    is_key = isinstance(key, jax.Array) and (
-        jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
-        or (key.dtype == jnp.uint32 and key.shape == (2,))
-    )
-    if not is_key or (jnp.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape):
-        raise TypeError(_MSG_KEY.format(got=f"{type(key).__name__} {getattr(key, 'shape', '')}"))

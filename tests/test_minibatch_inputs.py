@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import sciml_bridge as sb
+from sciml_bridge._solvers._batches import batch_rows, shuffled
 
 
 _X = jnp.array([0.0, 10.0])  # two rows: the full loss has its minimum at 5 (loss 25)
@@ -218,3 +219,21 @@ def test_self_scaled_methods_refuse_minibatches(method):
                     progress=False)  # fmt: skip
     res = sb.minimize(loss, jnp.zeros(1), method, args=(jnp.arange(8.0),), progress=False)
     assert res.success and float(res.theta[0]) == pytest.approx(3.5, rel=1e-10)
+
+
+# --- the shuffle ------------------------------------------------------------------------
+
+
+def test_every_row_once_per_epoch_without_sorting_all_rows():
+    # It drew `jax.random.permutation(key, N)` at every step: a sort of all N rows, 8 ms a
+    # step for 10^4 rows and 0.87 s for 10^6 (a full-data step: 1.6 ms).
+    batch = jax.jit(lambda k: batch_rows(jax.random.key(0), k, 12, 4))
+    for epoch in range(2):
+        seen = np.concatenate([batch(3 * epoch + i) for i in range(3)])
+        np.testing.assert_array_equal(np.sort(seen), np.arange(12))
+    assert not np.array_equal(np.concatenate([batch(i) for i in range(3)]),
+                              np.concatenate([batch(3 + i) for i in range(3)]))  # fmt: skip
+    assert "sort" not in str(jax.make_jaxpr(batch)(0))
+    for rows in (1, 2, 5, 17):  # a permutation of every size, also for a legacy key
+        got = shuffled(jax.random.PRNGKey(rows), rows, jnp.arange(rows))
+        np.testing.assert_array_equal(np.sort(got), np.arange(rows))

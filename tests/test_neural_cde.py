@@ -64,6 +64,9 @@ def test_field_and_coeffs_of_the_wrong_shape_are_clear_errors():
         cde(jnp.ones(2), jnp.ones(2), TS, COEFFS)
     with pytest.raises(ValueError, match="backward_hermite_coefficients"):
         sb.NeuralCDE(_linear)(jnp.ones(2), jnp.ones(2), TS[:-1], COEFFS)
+    # A dict was iterated over its keys: JAX's raw "Value 'a' with dtype <U1 is not a valid".
+    with pytest.raises(TypeError, match=r"expected `coeffs` from.*but got a dict"):
+        sb.NeuralCDE(_linear)(jnp.ones(2), jnp.ones(2), TS, dict(enumerate(COEFFS)))
 
 
 def test_failed_solve_saved_at_t1_is_non_finite():

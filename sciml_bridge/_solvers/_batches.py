@@ -2,7 +2,8 @@
 
 `batch_size=B`: every array leaf of `args` shares a leading axis of N rows; step `k` sees the
 rows `perm_e[i*B:(i+1)*B]` where `e = k // (N // B)` is the epoch, `i = k % (N // B)`, and
-`perm_e` a permutation of the N rows drawn from `key` and `e`: every row once per epoch (when
+`perm_e` a permutation of the N rows drawn from `key` and `e` (`shuffled`: only the B entries
+a step needs are computed): every row once per epoch (when
 B divides N; otherwise the N % B rows left over after the last full batch of an epoch sit that
 epoch out, different ones each epoch), reshuffled each epoch. `key=`: a loss with a `key`
 keyword gets `jax.random.fold_in(key, k)` at step `k`. The step counter lives in the solver
@@ -217,11 +218,7 @@ class MinibatchStepper(AbstractStepper):
     def _batch(self, step, args):
         if self.batch_size is None:
             return tuple(args)
-        per_epoch = cast(int, self.rows) // self.batch_size
-        shuffle = jax.random.fold_in(jax.random.split(self.key)[1], step // per_epoch)
-        perm = jax.random.permutation(shuffle, cast(int, self.rows))
-        idx = jax.lax.dynamic_slice_in_dim(perm, (step % per_epoch) * self.batch_size,
-                                           self.batch_size)  # fmt: skip
+        idx = batch_rows(self.key, step, cast(int, self.rows), self.batch_size)
         return tuple(jtu.tree_map(lambda a: a[idx] if eqx.is_array(a) else a, tuple(args)))
 
     def _args(self, step, args):
@@ -255,6 +252,40 @@ class MinibatchStepper(AbstractStepper):
             # on the next minibatch.
             done = jnp.zeros_like(done)
         return (new, k + 1), loss, done, result
+
+
+def batch_rows(key: Any, step: Any, rows: int, batch_size: int) -> Any:
+    """The rows step `step` sees: `perm_e[i*B:(i+1)*B]` of the module docstring."""
+    per_epoch = rows // batch_size
+    shuffle = jax.random.fold_in(jax.random.split(key)[1], step // per_epoch)
+    return shuffled(shuffle, rows, (step % per_epoch) * batch_size + jnp.arange(batch_size))
+
+
+def shuffled(key: Any, rows: int, i: Any) -> Any:
+    """Entries `i` of a random permutation of `range(rows)` drawn from `key`, in O(len(i)).
+
+    `jax.random.permutation(key, rows)[i]` sorts all the rows at every step: 8 ms a step for
+    10^4 rows, 0.87 s for 10^6 (a full-data step took 1.6 ms). Here: a Feistel network with
+    threefry round functions (a pseudorandom permutation of `[0, 4**h)`, Luby-Rackoff),
+    restricted to `[0, rows)` by cycle walking (under 4 walks expected). 12 rounds, not 4: on
+    tiny domains 4 rounds were far from uniform (5 rows: one row kept its place 26% of the
+    time, not 20%); with 12 every position and permutation of 2-6 rows is within sampling
+    noise of uniform (20000 draws).
+    """
+    h = max(1, -(-max(rows - 1, 1).bit_length() // 2))  # 4**h >= rows
+    mask, keys = jnp.uint32(2**h - 1), jax.random.split(key, 12)
+
+    def feistel(x):
+        left, right = x >> h, x & mask
+        for k in keys:
+            f = jax.random.bits(jax.random.fold_in(k, right), dtype=jnp.uint32) & mask
+            left, right = right, left ^ f
+        return (left << h) | right
+
+    def walk(x):
+        return jax.lax.while_loop(lambda y: y >= rows, feistel, feistel(x))
+
+    return jax.vmap(walk)(jnp.asarray(i).astype(jnp.uint32)).astype(jnp.int32)
 
 
 def with_batches(stepper: AbstractStepper | None, args: tuple, batch_size: int | None, key: Any,
