@@ -14,10 +14,11 @@ from typing import Any
 import equinox as eqx
 import jax.numpy as jnp
 import jax.tree_util as jtu
+import numpy as np
 
 from ._custom_types import Model
 from ._flax import nnx
-from ._precision import real_dtype
+from ._precision import is_lossless, real_dtype
 
 
 _MSG_POINT = """\
@@ -52,14 +53,14 @@ Fix: pass the mode when calling, e.g. `fm(theta, x, train=False)` or
 
 
 def _at_model_precision(model: Any, state: Any) -> Any:
-    """`state` with its floating leaves in the precision of `model`'s parameters, when each
-    has one precision and they differ.
+    """`state` with its floating leaves widened to the precision of `model`'s parameters, when
+    each has one precision and the parameters' is wider.
 
     Under `precision="vector"` a float64 `theta` rebuilds a float32 model in float64, so its
     BatchNorm computes float64 statistics that an `eqx.nn.State` holding float32 ones
-    refuses ("Old and new values have different ... dtypes"); a float32 `theta` of a float64
-    model fails in `lax.select` the other way. The state follows the parameters, as
-    `sb.flat(..., dtype=)` widens both: `theta`'s precision wins for the whole model.
+    refuses ("Old and new values have different ... dtypes"). The state follows, as
+    `sb.flat(..., dtype=)` widens both. A state wider than the parameters is never narrowed
+    (that would lose its digits without a word): a `TypeError` says how to choose.
     """
     index = lambda x: isinstance(x, eqx.nn.StateIndex)
     params = {real_dtype(x.dtype) for x in jtu.tree_leaves(model, is_leaf=index)
@@ -68,8 +69,17 @@ def _at_model_precision(model: Any, state: Any) -> Any:
     stats = {x.dtype for x in jtu.tree_leaves(state) if floating(x)}
     if len(params) != 1 or len(stats) != 1 or params == stats:
         return state
-    (dtype,) = params
+    (dtype,), (old,) = params, stats
+    if not is_lossless(old, dtype):
+        raise TypeError(_MSG_NARROW.format(old=np.dtype(old).name, new=np.dtype(dtype).name))
     return jtu.tree_map(lambda x: x.astype(dtype) if floating(x) else x, state)
+
+
+_MSG_NARROW = """\
+`fm(theta, ..., state=state)` got a {old} `state` for a model computed in {new} (`theta`'s
+precision wins): its statistics cannot be narrowed without loss.
+Fix: pass `theta` in {old}, or the state in {new} on purpose, `state=jax.tree.map(lambda a:
+a.astype(jnp.{new}) if jnp.issubdtype(a.dtype, jnp.floating) else a, state)`."""
 
 
 class EquinoxCall(eqx.Module):

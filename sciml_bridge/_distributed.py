@@ -155,18 +155,33 @@ def check_same_everywhere(leaves: list, what: str, where: str) -> None:
                                                 values=everyone.tolist()))  # fmt: skip
 
 
-def callbacks_agree(raised: tuple[int, int] | None, stops: list[bool]):
-    """What every process's callbacks said, made one answer (a collective): `(process, member,
-    step)` of the first process whose callback raised (`raised`: this one's `(member, step)`),
-    or None; and each member's stop, set if set on any process. A process going on alone
-    would wait for the others in the next chunk's collectives forever."""
-    if not _several():
-        return (None if raised is None else (jax.process_index(), *raised)), stops
-    row = np.array([*(raised or (-1, -1)), *stops], dtype=np.int32)
-    rows = np.asarray(multihost_utils.process_allgather(row))
+def agree_callbacks(raised: tuple[int, int, Exception] | None,
+                    stops: list[bool]) -> tuple[tuple[int, int, Exception] | None, list[bool]]:
+    """What every process's callbacks said, made one answer (a collective, for a run whose
+    arrays span processes; a process going on alone would wait for the others in the next
+    chunk's collectives forever): `raised` (this process's `(member, step, error)` or None)
+    becomes the first process's raise, wherever it was; each member's stop is set if set on
+    any process."""
+    mine = (-1, -1) if raised is None else raised[:2]
+    rows = np.asarray(multihost_utils.process_allgather(np.array([*mine, *stops], np.int32)))
+    stops = [bool(s) for s in np.any(rows[:, 2:], axis=0).reshape(-1)]
     failed = np.flatnonzero(rows[:, 0] >= 0)
-    first = None if failed.size == 0 else (int(failed[0]), *map(int, rows[failed[0], :2]))
-    return first, [bool(s) for s in np.any(rows[:, 2:], axis=0).reshape(-1)]
+    if failed.size == 0:
+        return None, stops
+    k = int(failed[0])
+    i, step = (int(v) for v in rows[k, :2])
+    if raised is not None and k == jax.process_index():
+        return raised, stops
+    return (i, step, RuntimeError(f"it raised on process {k} (see that process's output)")), stops
+
+
+def spans_processes(tree) -> bool:
+    """Whether a run on `tree` (its `theta0` and `args`) spans processes: some array is global,
+    with devices of another process. Only such runs agree with the others at each chunk;
+    a run on one process's own arrays (`if jax.process_index() == 0: sb.minimize(...)`)
+    must not wait for processes that never run it."""
+    return _several() and any(isinstance(x, jax.Array) and not x.is_fully_addressable
+                              for x in jax.tree.leaves(tree))  # fmt: skip
 
 
 def any_process(flag: bool) -> bool:

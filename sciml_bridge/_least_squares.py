@@ -221,7 +221,7 @@ def least_squares(
     where = "sb.least_squares"
     theta0 = prepare_theta0(theta0, where)
     args, tol = prepare_args(args, where), check_tol(tol, where)
-    warn_python_numbers(residual, args, method, where)
+    warn_python_numbers(residual, theta0, args, method, where)
     check_run_inputs(theta0, tol, checkpoint, checkpoint_every, where)
     theta0, args = place(theta0, args, mesh, where)
     run = make_run(

@@ -236,9 +236,10 @@ def minimize(
     finite, `checkpoint_every=` without `checkpoint=`, or a mismatched checkpoint, and for
     `"scipy:COBYLA"`/`"scipy:COBYQA"` a `max_steps` below n + 2 or a `tol` above the initial
     radius (`rhobeg`/`initial_tr_radius`); `TypeError` also for a `key` that is not a PRNG
-    key, a loss that requires `key` without `key=`, or a loss (or residual) that raises at
-    float64 `theta` on a SciPy route but runs in `theta0`'s dtype; `ValueError` also for a
-    bad `batch_size`, a batch of keys, or `tol=` with `batch_size=` (or a `key=` the loss
+    key, a `batch_size` that is not an int, a loss that requires `key` without `key=`, or a
+    loss (or residual) that raises at float64 `theta` on a SciPy route but runs in
+    `theta0`'s dtype; `ValueError` also for a `batch_size` below 1 or above the rows of
+    `args`, a batch of keys, or `tol=` with `batch_size=` (or a `key=` the loss
     takes), or `"ssbfgs"`/`"ssbroyden"` with them (their line search carries values from
     one step to the next), or an ensemble's stacked `res.state` the loss cannot take;
     `NotImplementedError` for
@@ -250,7 +251,7 @@ def minimize(
     where = "sb.minimize"
     theta0 = prepare_theta0(theta0, where, complex_ok=True)
     args, tol = prepare_args(args, where), check_tol(tol, where)
-    warn_python_numbers(loss, args, method, where)
+    warn_python_numbers(loss, theta0, args, method, where)
     check_run_inputs(theta0, tol, checkpoint, checkpoint_every, where)
     theta0, args = place(theta0, args, mesh, where)
     run = make_run(

@@ -107,18 +107,11 @@ def check_layout(saved: dict, want: dict, where: str) -> None:
         (i for i, (a, b) in enumerate(zip(rows_saved, rows_want)) if a != b),
         min(len(rows_saved), len(rows_want)),
     )
-    raise ValueError(
-        _MSG_MISMATCH.format(
-            where=where,
-            saved_size=saved.get("size"),
-            saved_n=len(rows_saved),
-            want_size=want["size"],
-            want_n=len(rows_want),
-            index=index,
-            saved_leaf=_leaf(rows_saved, index),
-            want_leaf=_leaf(rows_want, index),
-        )
-    )
+    raise ValueError(_MSG_MISMATCH.format(
+        where=where, saved_size=saved.get("size"), saved_n=len(rows_saved),
+        want_size=want["size"], want_n=len(rows_want), index=index,
+        saved_leaf=_leaf(rows_saved, index), want_leaf=_leaf(rows_want, index),
+    ))  # fmt: skip
 
 
 def _saved_dtype(layout: dict) -> np.dtype:
@@ -138,25 +131,22 @@ def _saved_dtype(layout: dict) -> np.dtype:
 
 def _check_metadata(value: Any, at: str = "") -> None:
     """Refuse what JSON would change on the way back: tuples, non-string keys, NumPy scalars."""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if type(key) is not str:
-                raise TypeError(_MSG_METADATA.format(
-                    at=at, what=f"a dict with the key {key!r}",
-                    why="would come back as the string key " + repr(str(key)),
-                    fix="`{str(k): v for k, v in metadata.items()}`"))  # fmt: skip
-            _check_metadata(item, f"{at}[{key!r}]")
-    elif type(value) is list:
-        for i, item in enumerate(value):
-            _check_metadata(item, f"{at}[{i}]")
-    elif type(value) is tuple:
-        raise TypeError(_MSG_METADATA.format(at=at, what=f"the tuple {value!r}",
-                                             why="would come back as a list",
-                                             fix="`list(t)`"))  # fmt: skip
-    elif type(value) not in _JSON_SCALARS:
-        raise TypeError(_MSG_METADATA.format(
-            at=at, what=f"of type {type(value).__name__}", why="JSON cannot hold as it is",
-            fix="`float(x)`, `int(x)` or `x.tolist()` for NumPy/JAX numbers and arrays"))
+    what = why = fix = ""
+    items = value.items() if isinstance(value, dict) else enumerate(value) \
+        if type(value) is list else ()  # fmt: skip
+    for key, item in items:
+        if isinstance(value, dict) and type(key) is not str:
+            what, why = f"a dict with the key {key!r}", f"would come back as {str(key)!r}"
+            fix = "`{str(k): v for k, v in metadata.items()}`"
+            break
+        _check_metadata(item, f"{at}[{key!r}]")
+    if type(value) is tuple:
+        what, why, fix = f"the tuple {value!r}", "would come back as a list", "`list(t)`"
+    elif not isinstance(value, dict) and type(value) not in (*_JSON_SCALARS, list):
+        what, why = f"of type {type(value).__name__}", "JSON cannot hold as it is"
+        fix = "`float(x)`, `int(x)` or `x.tolist()` for NumPy/JAX numbers and arrays"
+    if what:
+        raise TypeError(_MSG_METADATA.format(at=at, what=what, why=why, fix=fix))
 
 
 def save(path: str | os.PathLike, theta: ThetaLike, fm: Any, metadata: dict | None = None,

@@ -197,9 +197,45 @@ def check_callback_raising_on_one_process():
         raise AssertionError("no OptimizationError")
 
 
+def check_a_run_of_one_process_own_data_waits_for_no_one():
+    # Under jax.distributed a run on one process's own arrays is that process's alone: the
+    # agreement on Ctrl-C and callbacks made it wait (forever) for processes not running it.
+    x = jnp.linspace(0.0, 1.0, 8)
+    quad = lambda t, x: jnp.sum((t - jnp.mean(x)) ** 2)
+    if PID == 0:
+        kw = {**ADAM, "chunk_size": 5}
+        res = sb.minimize(quad, jnp.zeros(2), "adam", args=(x,), max_steps=20,
+                          callback=lambda *a: None, **kw)  # fmt: skip
+        assert res.steps == 20, res
+        res = sb.minimize(quad, jnp.zeros(2), "scipy:BFGS", args=(x,), progress=False,
+                          callback=lambda *a: None)  # fmt: skip
+        assert res.success, res
+
+
+def check_scipy_callback_raising_on_one_process():
+    # As `check_callback_raising_on_one_process`, on a SciPy route over the mesh.
+    calls = []
+
+    def callback(step, theta, value):
+        calls.append(step)
+        if PID == 1 and len(calls) == 2:
+            raise ValueError("boom")
+
+    try:
+        sb.minimize(loss, FM.theta0, "scipy:L-BFGS-B", args=ARGS, max_steps=50, mesh=MESH,
+                    callback=callback, progress=False)  # fmt: skip
+    except sb.OptimizationError as e:
+        assert e.result.steps == 2 and len(calls) == 2, e.result
+        assert ("boom" if PID == 1 else "it raised on process 1") in str(e), str(e)
+    else:
+        raise AssertionError("no OptimizationError")
+
+
 CHECKS = (check_data_that_is_not_global_is_refused, check_data_parallel, check_process_local_nan,
           check_ensembles, check_checkpoint_written_once, check_resume,
-          check_sigint_on_one_process, check_callback_raising_on_one_process)  # fmt: skip
+          check_sigint_on_one_process, check_callback_raising_on_one_process,
+          check_a_run_of_one_process_own_data_waits_for_no_one,
+          check_scipy_callback_raising_on_one_process)  # fmt: skip
 for check in CHECKS:
     start = time.perf_counter()
     check()

@@ -10,6 +10,7 @@ import pytest
 from helpers import assert_callback_error, raises_at
 
 import sciml_bridge as sb
+from sciml_bridge._solvers._on_mesh import Kernel
 from sciml_bridge._solvers._setup import make_run
 
 
@@ -232,3 +233,19 @@ def test_an_exception_in_a_host_callback_of_the_loss_is_named_by_its_own_line():
     assert res.result is sb.RESULTS.solver_failed and 0 < res.steps < 50
     assert "a host callback raised RuntimeError: boom." in res.message, res.message
     assert 1.0 < float(res.theta[0]) <= 2.0  # the last good point
+
+
+def test_a_host_callback_error_at_dispatch_is_a_runtime_failure_and_a_trace_error_is_not():
+    # XLA reports an exception raised in a host callback as a `ValueError` when the chunk
+    # fails at dispatch (the run was lost there) and a `JaxRuntimeError` when later.
+    def at_dispatch(*xs):
+        raise ValueError("INTERNAL: CpuCallback error calling callback: Traceback (most recent "
+                         "call last):\n  File \"loss.py\", line 3, in host\nRuntimeError: boom")
+
+    def at_trace(*xs):
+        raise ValueError("shapes (3,) and (4,) differ")
+
+    with pytest.raises(jax.errors.JaxRuntimeError, match="RuntimeError: boom"):
+        Kernel(at_dispatch, lambda *xs: xs)(jnp.zeros(1))
+    with pytest.raises(ValueError, match=r"shapes \(3,\) and \(4,\) differ"):
+        Kernel(at_trace, lambda *xs: xs)(jnp.zeros(1))

@@ -87,7 +87,7 @@ def test_budget_convergence_callback_and_interrupt_end_at_the_last_point(monkeyp
     assert res.success and res.steps == 4
     _check(res, nan_past)
     flag = Interrupt()
-    monkeypatch.setattr(_run, "catch_sigint", lambda: _Flag(flag))
+    monkeypatch.setattr(_run, "catch_sigint", lambda spans=False: _Flag(flag))
     res = sb.minimize(nan_past, jnp.zeros(2), "sgd", args=LIMIT, state=STATE0, max_steps=30,
                       callback=lambda *_: setattr(flag, "set", True), **KW)  # fmt: skip
     assert res.result is sb.RESULTS.interrupted and res.steps == 4

@@ -87,7 +87,7 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path):
     ("metadata", "where", "why"),
     [
         ({"sizes": (2, 3)}, "metadata['sizes']", "would come back as a list"),
-        ({3: "x"}, "metadata", "would come back as the string key '3'"),
+        ({3: "x"}, "metadata", "would come back as '3'"),
         ({"a": [1, {"lr": np.float64(0.1)}]}, "metadata['a'][1]['lr']", "JSON cannot hold"),
     ],
 )

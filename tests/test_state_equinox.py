@@ -44,12 +44,16 @@ def _cast(tree, dtype):
     return jax.tree.map(lambda a: a.astype(dtype) if floating(a) else a, tree)
 
 
-@pytest.mark.parametrize(("stored", "wanted"), [(jnp.float32, jnp.float64),
-                                                (jnp.float64, jnp.float32)])
-def test_an_equinox_state_follows_the_precision_of_theta(stored, wanted):
+def test_an_equinox_state_is_widened_to_theta_and_never_narrowed():
     # `theta`'s precision wins (precision="vector"), so its BatchNorm writes statistics in that
     # precision: Equinox refused the stored state ("Old and new values have different
-    # ... dtypes" one way, `lax.select` the other).
+    # ... dtypes"). A wider state is not narrowed silently (a raw `lax.select` error before).
+    big, state64 = eqx.nn.make_with_state(_Norm)(jax.random.key(0), jnp.float64)
+    fm = sb.flat(big, state=state64)
+    with pytest.raises(TypeError, match=r"float64 `state` for a model computed in float32"):
+        _batch(lambda x, s: fm(fm.theta0.astype(jnp.float32), x, state=s))(
+            XS.astype(jnp.float32), fm.init_state())
+    stored, wanted = jnp.float32, jnp.float64
     model, state = eqx.nn.make_with_state(_Norm)(jax.random.key(0), stored)
     fm = sb.flat(model, state=state)
     theta, xs = fm.theta0.astype(wanted), XS.astype(wanted)

@@ -2,10 +2,10 @@
 
 `batch_size=B`: every array leaf of `args` shares a leading axis of N rows; step `k` sees the
 rows `perm_e[i*B:(i+1)*B]` where `e = k // (N // B)` is the epoch, `i = k % (N // B)`, and
-`perm_e` a permutation of the N rows drawn from `key` and `e` (`shuffled`: only the B entries
-a step needs are computed): every row once per epoch (when
-B divides N; otherwise the N % B rows left over after the last full batch of an epoch sit that
-epoch out, different ones each epoch), reshuffled each epoch. `key=`: a loss with a `key`
+`perm_e` a permutation of the N rows drawn from `key` and `e` (`_shuffle.py`: only the B entries
+a step needs are computed): every row once per epoch (when B divides N; otherwise the N % B
+rows left after the last full batch sit that epoch out, different ones each epoch),
+reshuffled each epoch. `key=`: a loss with a `key`
 keyword gets `jax.random.fold_in(key, k)` at step `k`. The step counter lives in the solver
 state, so a run resumed from a checkpoint draws the same batches and keys. Every member of an
 ensemble shares the one `key`: the same batches and step keys, in the same order.
@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
 
+from ._shuffle import batch_rows
 from ._stepper import AbstractStepper
 
 
@@ -119,8 +120,9 @@ def _check_batch_size(batch_size: Any, where: str) -> int | None:
     if batch_size is None:
         return None
     ok = isinstance(batch_size, int | np.integer) and not isinstance(batch_size, bool)
-    if not ok or batch_size < 1:
-        raise ValueError(_MSG_BATCH_TYPE.format(where=where, batch=batch_size))
+    if not ok or batch_size < 1:  # the wrong kind (4.0, "4", True) or a count below 1
+        error = ValueError if ok else TypeError
+        raise error(_MSG_BATCH_TYPE.format(where=where, batch=batch_size))
     return int(batch_size)
 
 
@@ -252,40 +254,6 @@ class MinibatchStepper(AbstractStepper):
             # on the next minibatch.
             done = jnp.zeros_like(done)
         return (new, k + 1), loss, done, result
-
-
-def batch_rows(key: Any, step: Any, rows: int, batch_size: int) -> Any:
-    """The rows step `step` sees: `perm_e[i*B:(i+1)*B]` of the module docstring."""
-    per_epoch = rows // batch_size
-    shuffle = jax.random.fold_in(jax.random.split(key)[1], step // per_epoch)
-    return shuffled(shuffle, rows, (step % per_epoch) * batch_size + jnp.arange(batch_size))
-
-
-def shuffled(key: Any, rows: int, i: Any) -> Any:
-    """Entries `i` of a random permutation of `range(rows)` drawn from `key`, in O(len(i)).
-
-    `jax.random.permutation(key, rows)[i]` sorts all the rows at every step: 8 ms a step for
-    10^4 rows, 0.87 s for 10^6 (a full-data step took 1.6 ms). Here: a Feistel network with
-    threefry round functions (a pseudorandom permutation of `[0, 4**h)`, Luby-Rackoff),
-    restricted to `[0, rows)` by cycle walking (under 4 walks expected). 12 rounds, not 4: on
-    tiny domains 4 rounds were far from uniform (5 rows: one row kept its place 26% of the
-    time, not 20%); with 12 every position and permutation of 2-6 rows is within sampling
-    noise of uniform (20000 draws).
-    """
-    h = max(1, -(-max(rows - 1, 1).bit_length() // 2))  # 4**h >= rows
-    mask, keys = jnp.uint32(2**h - 1), jax.random.split(key, 12)
-
-    def feistel(x):
-        left, right = x >> h, x & mask
-        for k in keys:
-            f = jax.random.bits(jax.random.fold_in(k, right), dtype=jnp.uint32) & mask
-            left, right = right, left ^ f
-        return (left << h) | right
-
-    def walk(x):
-        return jax.lax.while_loop(lambda y: y >= rows, feistel, feistel(x))
-
-    return jax.vmap(walk)(jnp.asarray(i).astype(jnp.uint32)).astype(jnp.int32)
 
 
 def with_batches(stepper: AbstractStepper | None, args: tuple, batch_size: int | None, key: Any,

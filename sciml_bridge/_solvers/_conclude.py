@@ -19,9 +19,10 @@ import numpy as np
 
 from .._distributed import host, local
 from .._result import RESULTS, Solution, finish
+from ._failures import RUNTIME_ERRORS, failure_detail
 from ._fused import final_members, good_values, model_states
 from ._on_mesh import rerun_alone
-from ._recover import RUNTIME_ERRORS, Member, Members, alone, failure_detail
+from ._recover import Member, Members, alone
 from ._stateful import EvaluatedState
 
 

@@ -20,6 +20,7 @@ import jax.tree_util as jtu
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from .._sharding import MEMBERS
+from ._failures import in_callback
 
 
 def one_by_one(fn, in_axes):
@@ -160,7 +161,7 @@ class Kernel:
         try:
             return self._jitted(*xs)
         except (eqx.EquinoxRuntimeError, jax.errors.JaxRuntimeError, ValueError) as e:
-            callback = isinstance(e, ValueError) and "callback error" in str(e).lower()
+            callback = isinstance(e, ValueError) and in_callback(e)
             if isinstance(e, ValueError) and not callback:
                 raise  # a trace-time error of the loss: the caller's to see
             for x in jtu.tree_leaves(xs, is_leaf=_is_whole):

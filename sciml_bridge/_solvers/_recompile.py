@@ -10,6 +10,7 @@ except for the values of its Python numbers, a warning names the argument and th
 """
 
 import warnings
+import weakref
 from typing import Any
 
 import jax.tree_util as jtu
@@ -28,9 +29,10 @@ _NUMBERS = (bool, int, float, complex)
 _SEEN: dict[Any, tuple | None] = {}
 
 
-def warn_python_numbers(loss: Any, args: tuple, method: Any, where: str) -> None:
+def warn_python_numbers(loss: Any, theta0: Any, args: tuple, method: Any, where: str) -> None:
     """Warn (once per loss, method and structure) when only Python numbers in `args` changed
-    since an earlier run of the same loss: the run compiles again for nothing."""
+    since an earlier run of the same loss from a `theta0` of the same shape and dtype: the run
+    compiles again for nothing. The loss is held weakly (nothing it closes over is kept)."""
     leaves = jtu.tree_flatten_with_path(args)[0]
     numbers = tuple((path, leaf) for path, leaf in leaves if type(leaf) in _NUMBERS)
     if not numbers:
@@ -39,16 +41,17 @@ def warn_python_numbers(loss: Any, args: tuple, method: Any, where: str) -> None
         (jtu.keystr(path), type(leaf), np.shape(leaf), str(getattr(leaf, "dtype", "")))
         for path, leaf in leaves
     )
-    key, values = (where, loss, method, rest), tuple(v for _, v in numbers)
     try:
-        first = _SEEN.setdefault(key, values)
-    except TypeError:  # an unhashable loss: nothing to compare with
+        ref = weakref.ref(loss)
+        key = (where, ref, method, np.shape(theta0), str(theta0.dtype), rest)
+        first = _SEEN.setdefault(key, tuple(v for _, v in numbers))
+    except TypeError:  # a loss (or method) that cannot be hashed or referenced weakly
         return
-    if first is None or first == values:
+    if first is None or first == tuple(v for _, v in numbers):
         return
     path, old, new = next((p, o, n) for (p, n), o in zip(numbers, first) if o != n)
     at = f"`args{jtu.keystr(tuple(path))}`"
     warnings.warn(_MSG.format(where=where, at=at, old=old, new=new), UserWarning, stacklevel=3)
     _SEEN[key] = None  # once per loss, method and structure
-    if len(_SEEN) > 256:  # bounded: each key holds a loss
+    if len(_SEEN) > 256:  # bounded
         _SEEN.clear()

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._distributed import callbacks_agree, host, local
+from .._distributed import agree_callbacks, host, local, spans_processes
 from .._progress import Progress
 from .._result import (
     RESULTS,
@@ -39,18 +39,17 @@ from .._sharding import member_layout, members_sharding
 from . import _checkpoint
 from ._conclude import Conclusion
 from ._cpu_pool import warn_if_pool_starves
-from ._fused import init_members, run_chunk, values_at
-from ._interrupt import catch_sigint
-from ._recover import (
+from ._failures import (
     MSG_CALLBACK,
     MSG_OUT_OF_MEMORY,
     RUNTIME_ERRORS,
-    Member,
-    alone,
     failure_detail,
-    first_line as first_line,  # where `_scipy_backend` takes it from
+    first_line,
     one_member_may_be_at_fault,
 )
+from ._fused import init_members, run_chunk, values_at
+from ._interrupt import catch_sigint
+from ._recover import Member, alone
 from ._setup import Run
 from ._stateful import keep_evaluated_state
 from ._stepper import AbstractStepper
@@ -69,6 +68,7 @@ class _Driver(Conclusion):
         self.layout = member_layout(theta0)
         self.members = [Member([]) for _ in range(theta0.shape[0] if batched else 1)]
         self.warned, self.active = False, (None, None)
+        self.spans = spans_processes((theta0, args))  # callbacks agreed across processes
         self.raised: Exception | None = None  # the callback's error, raised by `drive`
         try:
             self.dynamic, self.static, self.good_theta, self.good_loss = init_members(
@@ -163,20 +163,12 @@ class _Driver(Conclusion):
                 raised = (i, step, e)
                 break
             m.by_callback = m.by_callback or stop
-        raised = self._agree(raised)
+        if self.spans:  # one answer on every process (`_distributed.agree_callbacks`)
+            raised, stops = agree_callbacks(raised, [m.by_callback for m in self.members])
+            for m, stop in zip(self.members, stops):
+                m.by_callback = stop
         if raised is not None:
             self._callback_raised(*raised)
-
-    def _agree(self, raised):
-        """One answer from every process's callbacks (`_distributed.callbacks_agree`)."""
-        where = None if raised is None else raised[:2]
-        first, stops = callbacks_agree(where, [m.by_callback for m in self.members])
-        for m, stop in zip(self.members, stops):
-            m.by_callback = stop
-        if raised is not None or first is None:
-            return raised
-        k, i, step = first
-        return i, step, RuntimeError(f"it raised on process {k} (see that process's output)")
 
     def _callback_raised(self, i: int, step: int, e: Exception) -> None:
         """Member `i`'s callback raised `e` at `step`: it fails there, where the callback was
@@ -240,7 +232,9 @@ def drive(stepper: AbstractStepper, theta0, args: tuple, run: Run):
     """Run `stepper` from `theta0` (1-D: one run; 2-D: one member per row) under `run`."""
     batched = theta0.ndim == 2
     warn_if_pool_starves(stepper, theta0, args, run.where)
-    with Progress(run.max_steps, run.progress, run.where) as bar, catch_sigint() as interrupt:
+    spans = spans_processes((theta0, args))
+    with Progress(run.max_steps, run.progress, run.where) as bar, \
+            catch_sigint(spans) as interrupt:  # fmt: skip
         try:
             driver = _Driver(stepper, theta0, args, run, batched)
         except RUNTIME_ERRORS as e:  # methods whose state needs the loss (or memory) at theta0

@@ -24,6 +24,7 @@ from typing import Any, NoReturn
 import numpy as np
 import scipy.optimize
 
+from .._distributed import spans_processes
 from .._progress import Progress
 from .._result import RESULTS, EnsembleSolution, OptimizationError
 from .._scipy import ScipyObjective, scipy_dtype, scipy_objective
@@ -247,7 +248,7 @@ def solve_scipy(solve_one, theta0, run: Run):
     batched = theta0.ndim == 2
     thetas = theta0 if batched else theta0[None]
     solutions, raised = [], None
-    with catch_sigint() as interrupt:
+    with catch_sigint(spans_processes(theta0)) as interrupt:
         for i, theta in enumerate(thetas):
             try:
                 solutions.append(solve_one(theta, run, interrupt))

@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ._recover import first_line
+from ._failures import first_line, in_callback
 
 
 INT32_MAX = int(np.iinfo(np.int32).max)
@@ -95,7 +95,7 @@ def loss_raised(e: Exception) -> str | None:
     """`"the loss raised Kind: message"` when `e` is XLA's wrap of an exception raised inside a
     host callback of the loss (`jax.pure_callback`), else None (`first_line` finds the
     exception's own line in the traceback XLA puts in its message)."""
-    if "callback error" not in str(e).lower():
+    if not in_callback(e):
         return None
     return "the loss raised " + first_line(e).removeprefix("a host callback raised ")
 

@@ -30,10 +30,11 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.optimize
 
+from .._distributed import agree_callbacks
 from .._progress import Progress
 from .._result import RESULTS, Solution, finish
+from ._failures import MSG_CALLBACK, RUNTIME_ERRORS, failure_detail, first_line
 from ._interrupt import Interrupt
-from ._recover import MSG_CALLBACK, RUNTIME_ERRORS, failure_detail, first_line
 from ._scipy_guards import INT32_MAX, loss_raised, scipy_numerics
 from ._setup import Run
 
@@ -124,14 +125,19 @@ class Tracker:
         self.bar.update(len(self.history) - 1, self.loss)
         if cb is None:
             return
+        step, stop, raised = len(self.history) - 1, False, None
         try:
             with np.errstate(**self.np_err):
                 # Read inside: a return `bool` refuses (an array of several values) is the
                 # callback failing, not the run.
-                stop = bool(cb(len(self.history) - 1, theta, self.loss))
+                stop = bool(cb(step, theta, self.loss))
         except Exception as e:  # not KeyboardInterrupt: that one is Ctrl-C (`call`)
-            self.raised = e
-            raise Abort(RESULTS.solver_failed) from e
+            raised = (0, step, e)
+        if self.interrupt.spans:  # one answer on every process, as the fused driver's
+            raised, (stop,) = agree_callbacks(raised, [stop])
+        if raised is not None:
+            self.raised = raised[2]
+            raise Abort(RESULTS.solver_failed) from raised[2]
         if stop:
             raise Abort(RESULTS.successful)
 
@@ -233,7 +239,8 @@ def solution(result, track: Tracker, run: Run) -> Solution:
         detail = "" if result.success else f"SciPy: {result.message}"
         # As every method's: the message names the stopping rule met (SciPy's words for it).
         if result.success:
-            text = f"converged after {{steps}} steps (SciPy: {result.message})"
+            text = "converged after {steps} steps (SciPy: " + str(result.message).replace(
+                "{", "{{").replace("}", "}}") + ")"  # braces in SciPy's words are text
         if not np.array_equal(x, track.theta):  # SciPy ended between iterates: one more step
             track.history.append(float(loss))
     if kind is RESULTS.nonfinite:
