@@ -55,7 +55,8 @@ _RADIUS = {
 }
 
 
-def check_cobyla(method: str, name: str, n: int, tol, options: dict, where: str) -> None:
+def check_cobyla(method: str, name: str, n: int, tol: float | None, options: dict,
+                 where: str) -> None:  # fmt: skip
     """Refuse what COBYLA/COBYQA would silently change: a budget below COBYLA's first simplex,
     a final radius (`tol`, or COBYQA's `final_tr_radius`) above the initial one. `method` is
     `name` (as given) in lower case; `options` carry the budget (`budget`)."""
@@ -100,18 +101,22 @@ def loss_raised(e: Exception) -> str | None:
     return "the loss raised " + first_line(e).removeprefix("a host callback raised ")
 
 
+def _runs(fn: Callable, x0) -> bool:
+    try:
+        fn(x0)
+    except Exception:
+        return False
+    return True
+
+
 def first_value(fn: Callable, x0, at: Callable | None, f: str, wide, dtype, where: str):
     """`fn(x0)`; where it raises for SciPy's dtype `wide` but `at` (the same function in
     `theta0`'s `dtype`) runs, our `TypeError` saying why `theta` was `wide`."""
     try:
         return fn(x0)
     except (TypeError, ValueError) as e:  # jax's `TypePromotionError` is a `ValueError`
-        if at is None or str(e).startswith("`"):  # ours already says what to do
+        if at is None or str(e).startswith("`") or not _runs(at, x0):  # not the dtype's fault
             raise
-        try:
-            at(x0)
-        except Exception:
-            raise e from None
         names = dict(wide=np.dtype(wide).name, dtype=np.dtype(dtype).name)
         raise TypeError(_MSG_DTYPE_RULE.format(where=where, f=f, kind=type(e).__name__,
                                                line=first_line(e), **names)) from e  # fmt: skip
