@@ -69,6 +69,9 @@ def _theta_dtype(slots: tuple[Slot, ...], dtype, precision: Precision,
                  lossy: bool) -> np.dtype:
     for s in slots:
         check_jax_dtype(s.dtype, "`sb.destructure`", f"the parameter `{s.path}`")
+    # An empty leaf holds no number: it must not widen theta (a `jnp.array([])` placeholder is
+    # float64 under x64) nor make it complex, nor count as a second dtype under strict mode.
+    slots = tuple(s for s in slots if s.size) or slots
     stored = promote(s.dtype for s in slots)
     if precision == "strict" and dtype is None and len({s.dtype for s in slots}) > 1:
         first = {}
@@ -177,7 +180,8 @@ def destructure(
         check_filter_ties(paths, leaves, flags)
     slots = make_slots(paths, leaves, flags, ties)
     theta_dtype = _theta_dtype(slots, dtype, precision, lossy)
-    chunks = [jnp.ravel(jnp.asarray(leaves[s.places[0]])).astype(theta_dtype) for s in slots]
+    chunks = [jnp.ravel(jnp.asarray(leaves[s.places[0]])).astype(theta_dtype) for s in slots
+              if s.size]  # an empty complex leaf may meet a real theta
     theta = jnp.concatenate(chunks) if chunks else jnp.zeros((0,), theta_dtype)
     is_param = [False] * len(leaves)
     for slot in slots:

@@ -185,4 +185,15 @@ def _same_array(a, b) -> bool:
         return True
     if isinstance(a, jax.core.Tracer) or isinstance(b, jax.core.Tracer):
         return False
-    return bool(jtu.tree_all(jtu.tree_map(lambda x, y: np.array_equal(x, y), a, b)))
+    return bool(jtu.tree_all(jtu.tree_map(_equal_leaf, a, b)))
+
+
+def _equal_leaf(x, y) -> bool:
+    # NumPy cannot read a typed PRNG key (`np.array_equal` says False even for equal keys):
+    # compare the implementation and the raw key data instead.
+    keys = [isinstance(z, jax.Array) and jnp.issubdtype(z.dtype, jax.dtypes.prng_key)
+            for z in (x, y)]
+    if any(keys):
+        return (all(keys) and x.dtype == y.dtype
+                and np.array_equal(jax.random.key_data(x), jax.random.key_data(y)))
+    return np.array_equal(x, y)

@@ -6,6 +6,8 @@ a word (jax#11895). Both lose precision silently; here every loss is either refu
 announced.
 """
 
+import os
+import sys
 import warnings
 
 import equinox as eqx
@@ -13,6 +15,7 @@ import jax
 import jax.core
 import jax.numpy as jnp
 import jax.tree_util as jtu
+import jaxtyping
 import numpy as np
 from jaxtyping import Array
 
@@ -228,15 +231,31 @@ def cast_leaf(chunk: Array, stored, path: str, precision: str, warned: WarnOnce)
             return chunk.astype(complex_dtype(got))
         return _real_part(chunk, path) if is_complex(got) else chunk
     if precision == "strict":
-        if got != stored:
+        if got != stored and chunk.size:  # an empty leaf holds nothing to cast
             raise TypeError(_MSG_STRICT.format(got=got, want=stored, path=path))
-        return chunk
+        return chunk.astype(stored)
     if not is_lossless(got, stored) and warned.first(path):
         warnings.warn(_MSG_MODEL.format(got=got, want=stored, path=path), PrecisionLossWarning,
-                      stacklevel=4)
+                      stacklevel=_user_stacklevel(sys._getframe()))
     if is_complex(got) and not is_complex(stored):
         chunk = jnp.real(chunk)
     return chunk.astype(stored)
+
+
+# Frames inside these packages are ours, the tracing machinery's or a runtime type checker's
+# (jaxtyping's import hook wraps our functions), never the user's line.
+_INTERNAL = tuple(os.path.dirname(f or "") + os.sep
+                  for f in (__file__, jax.__file__, eqx.__file__, jaxtyping.__file__))
+
+
+def _user_stacklevel(frame) -> int:
+    """The `stacklevel` of the first frame outside those packages, for a `warnings.warn` made
+    in `frame`: `re(theta)`, `fm(theta, x)` and a jitted caller reach `cast_leaf` through
+    different numbers of frames, so a fixed level pointed at our code or past the user's line."""
+    level = 1
+    while frame is not None and frame.f_code.co_filename.startswith(_INTERNAL):
+        level, frame = level + 1, frame.f_back
+    return level
 
 
 def _real_part(chunk: Array, path: str) -> Array:
