@@ -86,8 +86,9 @@ class FlatMLP(AbstractFlatModel):
 
     **Raises:**
 
-    `ValueError` for malformed `sizes`, an unknown activation name or a batch of keys;
-    `TypeError` for an activation that is neither a name, a callable nor a tuple of callables,
+    `ValueError` for `sizes` with fewer than two entries or one below 1, an unknown activation
+    name or a batch of keys; `TypeError` for a size that is not an int (`2.0`, `True`, or
+    `"scalar"` inside), an activation that is neither a name, a callable nor a tuple of callables,
     a `key` that is not a PRNG key, a non-floating `dtype` or one JAX cannot hold (NumPy's
     float128), or `dtype=jnp.float64` while JAX's x64 mode is off.
     """

@@ -69,7 +69,9 @@ def check_sizes(sizes: Sequence[Any]) -> tuple[Size, ...]:
     def size(s: Any, end: bool) -> Size:
         if end and isinstance(s, str) and s == "scalar":
             return "scalar"
-        if isinstance(s, (bool, np.bool_)) or not isinstance(s, (int, np.integer)) or s <= 0:
+        if isinstance(s, (bool, np.bool_)) or not isinstance(s, (int, np.integer)):
+            raise TypeError(_MSG_SIZES.format(got=sizes))  # the wrong kind: 2.0, True, "3"
+        if s <= 0:
             raise ValueError(_MSG_SIZES.format(got=sizes))
         return int(s)
 

@@ -146,11 +146,15 @@ def test_theta_and_x_errors(getkey):
 
 def test_constructor_errors(getkey):
     assert sb.FlatMLP((np.int64(2), 3, 1), key=getkey()).in_size == 2
-    with pytest.raises(ValueError, match="`sb.FlatMLP\\(sizes"):
+    with pytest.raises(TypeError, match="`sb.FlatMLP\\(sizes"):  # the wrong kind
         sb.FlatMLP((2, True, 1), key=getkey())
+    with pytest.raises(TypeError, match="`sb.FlatMLP\\(sizes"):
+        sb.FlatMLP((2.0, 3, 1), key=getkey())
+    with pytest.raises(ValueError, match="`sb.FlatMLP\\(sizes"):
+        sb.FlatMLP((2, 0, 1), key=getkey())
     with pytest.raises(ValueError, match="`sb.FlatMLP\\(sizes"):
         sb.FlatMLP((3,), key=getkey())
-    with pytest.raises(ValueError, match="`sb.FlatMLP\\(sizes"):
+    with pytest.raises(TypeError, match="`sb.FlatMLP\\(sizes"):
         sb.FlatMLP((2, "scalar", 1), key=getkey())
     with pytest.raises(ValueError, match="does not know this activation name"):
         sb.FlatMLP((2, 3, 1), "swishy", key=getkey())
