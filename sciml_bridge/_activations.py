@@ -7,6 +7,7 @@ Known activations carry closed forms that share work (`tanh'` reuses `tanh`); a 
 """
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -127,6 +128,14 @@ _KNOWN: tuple[tuple[Any, str], ...] = tuple((fn, name) for name, (fn, _) in _TAB
 
 NAMES = tuple(_TABLE)
 
+# JAX's activations whose first derivative jumps (piecewise linear ones, `selu`'s slope change
+# at 0): like relu, their second derivative has Dirac deltas that autodiff reports as 0, so a
+# Laplacian through them was 0 (leaky_relu, relu6, hard_tanh, abs) without a word.
+_KINKED: tuple[Any, ...] = (
+    jax.nn.leaky_relu, jax.nn.relu6, jax.nn.hard_tanh, jax.nn.hard_sigmoid, jax.nn.hard_silu,
+    jax.nn.sparse_sigmoid, jax.nn.selu, jnp.abs, jnp.absolute,
+)
+
 _MSG_UNKNOWN = """\
 `sb.FlatMLP(..., activation={got!r})` does not know this activation name.
 Expected one of {names}, a callable acting on each entry (e.g. `jnp.tanh`), or a tuple
@@ -134,7 +143,8 @@ Expected one of {names}, a callable acting on each entry (e.g. `jnp.tanh`), or a
 
 _MSG_NOT_C2 = """\
 `sb.laplacian` needs second derivatives of every activation, but `{name}` is not twice
-differentiable (its second derivative is a Dirac delta at 0, which autodiff reports as 0).
+differentiable (its second derivative has Dirac deltas at its kinks, at 0 for relu, which
+autodiff reports as 0).
 Fix: use a smooth activation (`"tanh"`, `"softplus"`, `"silu"`, `"sin"`, ...) for PINNs;
 `sb.grad_x` (first derivatives only) works with `{name}`."""
 
@@ -168,7 +178,11 @@ class Activation:
     def twice_differentiable(self) -> bool:
         if self.kind == "table":
             return self.name != "relu"
-        return self.kind == "ad" or self.d2f is not None
+        if self.kind == "ad":
+            # `functools.partial(jax.nn.leaky_relu, negative_slope=0.1)` is the same kink.
+            fn = self.fn.func if isinstance(self.fn, functools.partial) else self.fn
+            return not any(fn is kinked for kinked in _KINKED)
+        return self.d2f is not None
 
     def derivatives(self, z: Array, order: int) -> tuple[Array, ...]:
         """`(f, f')` for `order=1`, `(f, f', f'')` for `order=2`, at every entry of `z`.

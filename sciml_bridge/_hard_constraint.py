@@ -26,11 +26,12 @@ from ._activations import check_twice_differentiable
 from ._custom_types import Theta, ThetaLike, Validated
 from ._flat_mlp import FlatMLP
 from ._pinn_derivative_checks import as_computed, check_smooth
-from ._precision import guard_x64
+from ._precision import complex_dtype, guard_x64, is_complex, is_inexact, promote
 
 
 _MSG_POINT = """\
-`sb.HardConstraint` expected one point `x` of shape (d,), but got shape {shape}.
+`sb.HardConstraint` expected one point `x` of shape (d,), but got shape {shape} (a network
+with input size "scalar" takes shape ()).
 Fix: call it on one point, and `jax.vmap` over a batch (as `sb.pinn` does)."""
 
 _MSG_DISTANCE = """\
@@ -45,11 +46,28 @@ Fix: return the boundary values with the model's output shape, e.g. `jnp.zeros({
 
 
 def _scalar_derivatives(f: Callable, x: Array, order: int) -> tuple[Array, ...]:
-    """`(f, grad f, Lap f)` of a function of one point (any output shape), by JAX."""
-    value, grad = f(x), jax.jacfwd(f)(x)
+    """`(f, grad f, Lap f)` of a function of one point (any output shape), by JAX.
+
+    An integer output (`lift = lambda x: 3`) is taken in `x`'s dtype, and a complex one (a
+    complex boundary value) by forward over forward mode: `jax.hessian` is forward over
+    reverse, and reverse mode refused both ("jacrev requires real-valued outputs")."""
+    g = lambda v: _inexact(f(v), v.dtype)
+    value, grad = g(x), jax.jacfwd(g)(x)
     if order == 1:
         return value, grad
-    return value, grad, jnp.trace(jax.hessian(f)(x), axis1=-2, axis2=-1)
+    second = jax.jacfwd(jax.jacfwd(g)) if is_complex(value.dtype) else jax.hessian(g)
+    return value, grad, jnp.trace(second(x), axis1=-2, axis2=-1)
+
+
+def _inexact(value: Any, dtype: Any) -> Array:
+    """`value` as an inexact array: an integer in `dtype` (the point's), and a Python float
+    or complex in `dtype`'s precision, as JAX's weak typing would have it."""
+    value = jnp.asarray(value)
+    if not is_inexact(value.dtype):
+        return value.astype(dtype)
+    if getattr(value, "weak_type", False):
+        return value.astype(complex_dtype(dtype) if is_complex(value.dtype) else dtype)
+    return value
 
 
 class HardConstraint(eqx.Module):
@@ -75,7 +93,7 @@ class HardConstraint(eqx.Module):
 
     **Arguments:**
 
-    - `model`: the network `model(theta, x)` on one point `x` of shape `(d,)`: an
+    - `model`: the network `model(theta, x)` on one point `x` of shape `(d,)` (or `()`): an
         `sb.FlatMLP` (derivatives from its forward pass) or any flat model (nested autodiff).
     - `distance`: `distance(x) -> scalar`, zero exactly where the condition is imposed and
         nonzero inside (for a box, the product of `(x_k - lo_k)(hi_k - x_k)`; for other
@@ -118,7 +136,7 @@ class HardConstraint(eqx.Module):
         return int(jnp.size(self.theta0))
 
     def _lift(self, x: Array) -> Array:
-        return jnp.zeros((), x.dtype) if self.lift is None else self.lift(x)
+        return jnp.zeros((), x.dtype) if self.lift is None else _inexact(self.lift(x), x.dtype)
 
     @staticmethod
     def _add_lift(a: Array, rest: Array) -> Array:
@@ -129,43 +147,59 @@ class HardConstraint(eqx.Module):
         return a + rest
 
     def _distance(self, x: Array) -> Array:
-        g = self.distance(x)
+        g = _inexact(self.distance(x), x.dtype)
         if jnp.shape(g) != ():
             raise ValueError(_MSG_DISTANCE.format(shape=jnp.shape(g)))
         return g
 
     def __call__(self, theta: ThetaLike, x: ArrayLike) -> Array:
         guard_x64(x, "`sb.HardConstraint(...)(theta, x)`", "a NumPy `x`")
-        x = jnp.asarray(x)
-        if x.ndim != 1:
-            raise ValueError(_MSG_POINT.format(shape=x.shape))
-        x = as_computed(theta, x)
-        return self._add_lift(self._lift(x), self._distance(x) * self.model(theta, x))
+        x = _point(theta, x)
+        a, g, n = self._lift(x), self._distance(x), jnp.asarray(self.model(theta, x))
+        dtype = promote([a.dtype, g.dtype, n.dtype])
+        return self._add_lift(a.astype(dtype), g.astype(dtype) * n.astype(dtype))
 
     def _network_derivatives(self, theta: ThetaLike, x: Array, order: int) -> tuple[Array, ...]:
+        """The network's `(N, grad N, Lap N)` at `x`, the gradient with a trailing axis of
+        length `d` (length 1 for a scalar `x`, as the rest of the product rule takes it)."""
         if isinstance(self.model, FlatMLP):
             if order == 2:
                 for activation in self.model.activations:
                     check_twice_differentiable(activation)
-            return self.model.forward_derivatives(theta, x, order=order)
+            n = self.model.forward_derivatives(theta, x, order=order)
+            return n if x.ndim else (n[0], n[1][..., None]) + n[2:]
         if order == 2:
             check_smooth(self.model)
-        return _scalar_derivatives(lambda v: self.model(theta, v), x, order)
+        return _scalar_derivatives(lambda v: self.model(theta, v.reshape(x.shape)),
+                                   x.reshape(-1), order)
 
     def derivatives(self, theta: ThetaLike, x: ArrayLike, order: int = 2) -> tuple[Array, ...]:
         """`(u, du/dx, Lap u)` at one point `x` (or `(u, du/dx)` for `order=1`), shapes as
         `sb.FlatMLP.forward_derivatives`: the Jacobian is `u.shape + x.shape`."""
         guard_x64(x, "`sb.HardConstraint` derivatives", "a NumPy `x`")
-        x = jnp.asarray(x)
-        if x.ndim != 1:
-            raise ValueError(_MSG_POINT.format(shape=x.shape))
-        x = as_computed(theta, x)
+        x = _point(theta, x)
         n = self._network_derivatives(theta, x, order)
-        g = _scalar_derivatives(self._distance, x, order)
-        a = _scalar_derivatives(self._lift, x, order)
+        # A scalar `x` (a `"scalar"`-input network) as a point of shape (1,), then back.
+        at = lambda f: lambda v: f(v.reshape(x.shape))
+        g = _scalar_derivatives(at(self._distance), x.reshape(-1), order)
+        a = _scalar_derivatives(at(self._lift), x.reshape(-1), order)
+        # One dtype for all three: a complex lift or network with a real distance mixed
+        # complex and real arrays, which `jax_numpy_dtype_promotion="strict"` refused.
+        dtype = promote([leaf.dtype for leaf in (*n, *g, *a)])
+        n, g, a = ([t.astype(dtype) for t in terms] for terms in (n, g, a))
         value = self._add_lift(a[0], g[0] * n[0])
         grad = self._add_lift(a[1], n[0][..., None] * g[1] + g[0] * n[1])
+        grad = grad if x.ndim else grad[..., 0]
         if order == 1:
             return value, grad
         lap = self._add_lift(a[2], n[0] * g[2] + 2 * (n[1] @ g[1]) + g[0] * n[2])
         return value, grad, lap
+
+
+def _point(theta: ThetaLike, x: ArrayLike) -> Array:
+    """One point `x` of shape (d,), or () for a `"scalar"`-input network, in the model's
+    dtype (a scalar `x` was refused, so such a network could not be constrained at all)."""
+    x = jnp.asarray(x)
+    if x.ndim > 1:
+        raise ValueError(_MSG_POINT.format(shape=x.shape))
+    return as_computed(theta, x)

@@ -4,14 +4,15 @@ Relative L2, max and rms errors of `fm(theta, x)` against reference values at te
 with norms that stay right at any magnitude and shapes checked rather than guessed.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array
+from jaxtyping import Array, ArrayLike
 
-from ._custom_types import Theta
+from ._custom_types import Theta, Validated
 from ._precision import guard_x64, is_complex
 
 
@@ -68,8 +69,8 @@ Fix: compare real parts explicitly (`reference.real`), or use a complex-valued n
 def error_report(
     fm: Callable[..., Any],
     theta: Theta,
-    points: Array,
-    reference: Array | np.ndarray | Callable[[Array], Any],
+    points: Validated[ArrayLike | Sequence],
+    reference: Array | np.ndarray | Callable[[Any], Any],
 ) -> ErrorReport:
     """Compare `fm(theta, x)` with a reference solution at `points`.
 
@@ -86,7 +87,7 @@ def error_report(
     **Arguments:**
 
     - `fm`, `theta`: the network and its parameters.
-    - `points`: a `(points, dim)` array; `fm` is evaluated at each row.
+    - `points`: a `(points, dim)` array (or nested list); `fm` is evaluated at each row.
     - `reference`: the reference values at `points`, or a function taking the whole `points`
         array (vectorised NumPy or JAX) and returning them, of shape `(points,) + out` (`out`
         the network's output shape); `(points,)` is accepted for output shape `(1,)` and
@@ -107,6 +108,10 @@ def error_report(
         `reference` while JAX's x64 mode is off.
     """
     guard_x64(points, "`sb.error_report`", "`points`")
+    if not isinstance(points, jax.Array | np.ndarray):
+        # A nested list is a pytree to `jax.vmap`: its leaves are Python floats (rank 0), and
+        # the call failed with "vmap was requested to map its argument along axis 0".
+        points = jnp.asarray(points)
     if np.ndim(points) == 0 or np.shape(points)[0] == 0:
         raise ValueError(_MSG_POINTS.format(shape=np.shape(points)))
     if not callable(reference):
