@@ -78,7 +78,10 @@ class FlatMLP(AbstractFlatModel):
         `"softplus"`, `"sigmoid"`, `"silu"`, `"gelu"`, `"relu"`, `"identity"`), a callable
         acting on each entry, or `(f, df, d2f)` with its first and second derivatives (used by
         `sb.laplacian` and `sb.grad_x`; without them a callable's derivatives come from nested
-        forward-mode AD). Default `"tanh"`.
+        forward-mode AD). Default `"tanh"`. `sb.laplacian`, `u.hessian` and
+        `u.second_derivative` refuse activations whose first derivative jumps (relu,
+        leaky_relu, relu6, hard_tanh, selu, abs, ...: autodiff reports their second
+        derivative as 0); `sb.grad_x` takes them.
     - `final_activation`: after the last layer, same forms; `None` (default) is the identity.
     - `key`: PRNG key, used exactly as `eqx.nn.MLP` uses it.
     - `dtype`: parameter dtype; default float32, or float64 with x64 on.
