@@ -196,15 +196,20 @@ def least_squares(
     - `**options`: Gauss-Newton / natural gradient `rcond=` (cutoffs relative to the largest
         singular value, default `(1e-7, 1e-8)`, all tried in the line search),
         `fallback_rcond=` (coarser cutoffs, default `(1e-4, 1e-2)`, tried only when no step
-        along the `rcond` directions lowers the loss; `()` to stall there instead; not with
-        `solver="cg"`, which has no cutoffs), `solver=`
+        along the `rcond` directions lowers the loss; `()` to stall there instead; not used
+        by `solver="cg"`), `solver=`
         (`"auto"`: the Gramian `J^T J` for tall `J`, the kernel `J J^T` for wide, matrix-free
         CGLS above 2e7 Jacobian entries; or `"gramian"`, `"kernel"`, `"svd"` (thin SVD of
-        `J`), `"cg"` with `cg_steps=200`, `cg_tol=1e-10`), `line_search_steps=` (30),
+        `J`), `"cg"` with `cg_steps=200`, `cg_tol=1e-10` (never below the dtype's `eps`);
+        CGLS also stops before a direction whose curvature `|J p|/|p|` is below `min(rcond)`
+        (at least `eps`) times the largest seen, and once `J^T s` is at rounding level, so at
+        a least-squares solution its step is 0), `line_search_steps=` (30),
         `geodesic=False` (also try curved steps `alpha d + alpha^2/2 a`, Transtrum & Sethna),
         `line_search_batch=0` (trial steps evaluated this many at a time; 0: one at a time
         on CPU, all at once on accelerators); Optimistix `options`; extra
-        `scipy.optimize.least_squares` keywords; `chunk_size=` for the fused methods.
+        `scipy.optimize.least_squares` keywords; `chunk_size=` for the fused methods. Options
+        of the wrong kind raise `TypeError`, out of range `ValueError`; `rcond`/
+        `fallback_rcond` take a number or a sequence (tuple, list, 1-D array) in [0, 1).
 
     **Returns:**
 

@@ -110,7 +110,8 @@ def minimize(
         `learning_rate` defaults to 1e-3), `"lbfgs"` (Optax L-BFGS with zoom line search),
         `"bfgs"`/`"nonlinear-cg"` (Optimistix), `"ssbfgs"`/`"ssbroyden"` (self-scaled
         BFGS/Broyden with a strong-Wolfe line search and a dense inverse Hessian, for up to a
-        few thousand parameters; options `c1`, `c2`, `line_search_steps`), `"scipy:<Method>"` (any
+        few thousand parameters; options `c1`, `c2` with `0 < c1 < c2 < 1`, defaults 1e-4 and 0.9,
+        and `line_search_steps >= 1`, default 30), `"scipy:<Method>"` (any
         `scipy.optimize.minimize` method; trust-region methods get `hessp`), an
         `optax.GradientTransformation` or an Optimistix minimiser object. A transformation
         object is compared by what it computes (its functions' code and the hyperparameters

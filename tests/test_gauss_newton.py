@@ -237,3 +237,14 @@ def test_a_float64_residual_of_float32_parameters_trains_in_float32():
                            progress=False)  # fmt: skip
     assert res.success and res.theta.dtype == jnp.float32
     np.testing.assert_allclose(np.asarray(res.theta), np.asarray(target), rtol=1e-6)
+
+
+@pytest.mark.parametrize("solver", ["gramian", "cg"])
+def test_a_nan_jacobian_at_a_finite_residual_is_nonfinite(solver):
+    # `sqrt` at 0: the residual is finite, its Jacobian not. It said "solver_failed" (dense)
+    # or "stalled" (CGLS); the contract calls a NaN gradient at a finite loss non-finite.
+    residual = lambda t: jnp.sqrt(t) - 1.0
+    res = sb.least_squares(residual, jnp.array([0.0, 4.0]), "gauss-newton", solver=solver,
+                           throw=False, progress=False)  # fmt: skip
+    assert res.result is sb.RESULTS.nonfinite and res.steps == 0
+    np.testing.assert_array_equal(np.asarray(res.theta), [0.0, 4.0])

@@ -169,3 +169,36 @@ def test_damping_and_unknown_options_are_refused_with_the_accepted_list():
     with pytest.raises(ValueError, match="solver"):
         sb.least_squares(lambda t: t - 1.0, jnp.zeros(2), "natural-gradient", solver="qr",
                          progress=False)
+
+
+def _rank_two_fit():
+    rng = np.random.default_rng(0)
+    J = rng.standard_normal((6, 2)) @ rng.standard_normal((2, 4))  # rank 2, sigma_3 ~ 1e-16
+    b = rng.standard_normal(6)
+    return J, b, np.linalg.lstsq(J, b, rcond=None)[0]
+
+
+def test_cgls_at_a_rank_deficient_solution_takes_no_step():
+    # There `J^T r` is rounding noise: the relative rule asked for 10 more digits of it, and
+    # CGLS walked along the noise-level singular directions (|d| 1e-2 after 50 iterations,
+    # 1e12 within a run, accepted by the line search as a rounding-level "decrease").
+    J, b, solution = _rank_two_fit()
+    f = lambda t: jnp.asarray(J) @ t - jnp.asarray(b)
+    _, d, _ = jax.jit(lambda t: cgls_step(f, t, 200, 1e-10, 1e-8))(jnp.asarray(solution))
+    assert np.max(np.abs(np.asarray(d))) < 1e-14, d
+    res = sb.least_squares(f, jnp.zeros(4), "gauss-newton", solver="cg", max_steps=5,
+                           progress=False)  # fmt: skip
+    np.testing.assert_allclose(np.asarray(res.theta), solution, rtol=1e-12, atol=1e-15)
+
+
+def test_cgls_in_float32_stops_at_its_rounding_floor():
+    # `cg_tol=1e-10` lies below float32's resolution: past convergence the recurrence
+    # drifted to d ~ 1e18, and the run stalled at `theta0` without moving.
+    def residual(t, x):
+        x = x.astype(t.dtype)  # float64 data, float32 parameters
+        return t[0] * jnp.exp(t[1] * x) - 2 * jnp.exp(-x)
+
+    res = sb.least_squares(residual, jnp.array([1.0, 0.0], jnp.float32), "gauss-newton",
+                           solver="cg", args=(jnp.linspace(0.0, 1.0, 16),), progress=False)
+    assert res.success and res.theta.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(res.theta), [2.0, -1.0], rtol=1e-5)

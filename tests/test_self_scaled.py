@@ -134,3 +134,13 @@ def test_one_parameter(method):
     res = sb.minimize(loss, jnp.array([0.5]), method, tol=1e-12, progress=False)
     assert res.success
     np.testing.assert_allclose(np.asarray(res.theta), [3.0], rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("method", ["ssbfgs", "ssbroyden"])
+def test_a_nan_gradient_at_a_finite_loss_is_nonfinite_not_a_stall(method):
+    loss = lambda t: jnp.sum(jnp.sqrt(jnp.abs(t)))  # NaN gradient at t[0] = 0, loss 1
+    res = sb.minimize(loss, jnp.array([0.0, 1.0]), method, throw=False, progress=False)
+    assert res.result is sb.RESULTS.nonfinite and res.steps == 0, res.message
+    np.testing.assert_array_equal(np.asarray(res.theta), [0.0, 1.0])
+    with pytest.raises(sb.OptimizationError):
+        sb.minimize(loss, jnp.array([0.0, 1.0]), method, progress=False)

@@ -26,6 +26,7 @@ import equinox.internal as eqxi
 import jax
 import jax.numpy as jnp
 
+from ._gn_options import check_solver, count, cutoffs, flag, unit_interval
 from ._natural_gradient import (
     cgls_step,
     geodesic_corrections,
@@ -37,6 +38,7 @@ from ._own_jacobian import own_jacobian
 from ._stepper import RESULTS, AbstractStepper, traced
 
 
+_LS = "least_squares"
 SOLVERS = ("auto", "svd", "gramian", "kernel", "cg")
 
 # Above this many Jacobian entries (`m * n`, 160 MB in float64) `solver="auto"` goes
@@ -61,45 +63,35 @@ class GaussNewtonStepper(AbstractStepper):
     # 1e-7 alone and 6.4e-7 and 4.2e-6 with (1e-6, 1e-7). In the Gramian form 1e-8 lies below
     # the rounding floor of `eigh` (~n * eps relative on J^T J, i.e. ~1.7e-7 on J for n = 129):
     # it admits noise-level directions, which the line search takes only when they help.
-    rcond: float | tuple[float, ...] = eqx.field(static=True, default=(1e-7, 1e-8))
-    solver: str = eqx.field(static=True, default="auto")
-    line_search_steps: int = eqx.field(static=True, default=30)
-    cg_steps: int = eqx.field(static=True, default=200)
-    cg_tol: float = eqx.field(static=True, default=1e-10)
-    geodesic: bool = eqx.field(static=True, default=False)
+    # Every option is converted to a plain Python value (`_gn_options.py`: a JAX array in a
+    # static field broke every later run of the process).
+    rcond: tuple[float, ...] = eqx.field(static=True, default=(1e-7, 1e-8),
+                                         converter=lambda c: cutoffs(c, "rcond", 1))
+    solver: str = eqx.field(static=True, default="auto",
+                            converter=lambda name: check_solver(name, SOLVERS))
+    line_search_steps: int = eqx.field(
+        static=True, default=30, converter=lambda k: count(k, "line_search_steps", _LS, 0))
+    cg_steps: int = eqx.field(static=True, default=200,
+                              converter=lambda k: count(k, "cg_steps", _LS, 1))
+    cg_tol: float = eqx.field(
+        static=True, default=1e-10,
+        converter=lambda t: unit_interval(t, "cg_tol", _LS, "1e-10", closed_low=True))
+    geodesic: bool = eqx.field(static=True, default=False,
+                               converter=lambda g: flag(g, "geodesic", _LS))
     # Line-search trials evaluated this many at a time; 0: one at a time on CPU (4x faster
     # there, `grid_line_search`), all at once in one `vmap` on accelerators.
-    line_search_batch: int = eqx.field(static=True, default=0)
+    line_search_batch: int = eqx.field(
+        static=True, default=0, converter=lambda k: count(k, "line_search_batch", _LS, 0))
     # Coarser cutoffs, tried only when no step along the `rcond` directions lowers the loss:
     # far from a solution the model of the fine directions can be wrong at every step size
     # (issue 14's Helmholtz seed 3 starts there: |d| ~ 1e8, no decrease down to 2^-39). Tried
     # always next to `rcond` instead, their greedy larger decreases cost Poisson 1000x in
     # accuracy (2e-7 -> 2e-4 over 300 steps).
-    fallback_rcond: float | tuple[float, ...] = eqx.field(static=True, default=(1e-4, 1e-2))
-
-    def __check_init__(self):
-        if self.solver not in SOLVERS:
-            raise ValueError(
-                f"`sb.least_squares` expected `solver` to be one of {SOLVERS}, got "
-                f"{self.solver!r}."
-            )
-        if not isinstance(self.line_search_batch, int) or self.line_search_batch < 0:
-            raise ValueError(
-                "`sb.least_squares` expected `line_search_batch` to be a non-negative int (0: "
-                f"chosen by platform), got {self.line_search_batch!r}."
-            )
-        for name, rconds, least in (("rcond", self.rcond, 1), ("fallback_rcond",
-                                                               self.fallback_rcond, 0)):
-            rconds = rconds if isinstance(rconds, tuple) else (rconds,)
-            if len(rconds) < least or not all(0 <= float(c) < 1 for c in rconds):
-                raise ValueError(
-                    f"`sb.least_squares` expected `{name}` in [0, 1) (or a tuple of such "
-                    f"cutoffs{'' if least else ', possibly empty'}), got {rconds!r}."
-                )
+    fallback_rcond: tuple[float, ...] = eqx.field(
+        static=True, default=(1e-4, 1e-2), converter=lambda c: cutoffs(c, "fallback_rcond", 0))
 
     def _cutoffs(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        as_tuple = lambda c: c if isinstance(c, tuple) else (c,)
-        return as_tuple(self.rcond), as_tuple(self.fallback_rcond)
+        return self.rcond, self.fallback_rcond
 
     def criterion(self) -> str:
         return ("the gradient max-norm, or the relative decrease the truncated Gauss-Newton "
@@ -136,7 +128,7 @@ class GaussNewtonStepper(AbstractStepper):
         if form == "cg":
             if self.geodesic:
                 raise ValueError(_MSG_GEODESIC_CG)
-            r, d, g = cgls_step(f, theta, self.cg_steps, self.cg_tol)
+            r, d, g = cgls_step(f, theta, self.cg_steps, self.cg_tol, min(self.rcond))
             return r, d[None], g, None
         own = own_jacobian(self.fn)
         if own is not None:
@@ -198,4 +190,7 @@ class GaussNewtonStepper(AbstractStepper):
         new_theta = jnp.where(decreased & solved, theta + step, theta)
         result = RESULTS.where(decreased | met, RESULTS.successful, RESULTS.stalled)
         result = RESULTS.where(solved, result, RESULTS.solver_failed)
+        # A non-finite Jacobian at a finite residual (`sqrt` at 0) is a non-finite gradient,
+        # as for every other method (the contract), not a failed solve; CGLS said "stalled".
+        result = RESULTS.where(jnp.all(jnp.isfinite(g)), result, RESULTS.nonfinite)
         return new_theta, loss, ~decreased | met, result

@@ -117,14 +117,25 @@ def geodesic_corrections(
 
 
 def cgls_step(
-    f: Callable[[Array], Array], theta: Array, max_iters: int, tol: float
+    f: Callable[[Array], Array], theta: Array, max_iters: int, tol: float, rcond: float = 0.0
 ) -> tuple[Array, Array, Array]:
     """`(r, d, g)`: `r = f(theta)`, `d ~ argmin |J d + r|` by CGLS (matrix-free), `g = J^T r`.
 
     CGLS (conjugate gradients on the normal equations, written with `J` and `J^T` separately
     for stability; Bjorck, "Numerical Methods for Least Squares Problems", 1996, 7.4) needs one
     `jvp` and one `vjp` per iteration, from a single `jax.linearize`. It stops after
-    `max_iters` iterations or when `|J^T (J d + r)| <= tol * |J^T r|`.
+    `max_iters` iterations, when `|J^T (J d + r)| <= max(tol, eps) * |J^T r|` (`eps` of
+    `theta`'s dtype: below it the recurrence iterates on rounding), or before a step along a
+    search direction `p` whose curvature `|J p| / |p|` is at most `max(rcond, eps)` times the
+    largest seen so far (an estimate of `sigma_max` from below: the truncation of the dense
+    forms), or once `|J^T s| <= 4 eps sigma |s|` (the rounding level of `J^T s`; at a
+    least-squares solution that is `J^T r` itself, and `d = 0`). Without these, CGLS at the
+    solution of a rank-deficient `J` (where `J^T r` is rounding noise, so the relative rule
+    asks for digits that are not there) stepped along noise-level singular directions to
+    `|theta| ~ 1e12`, which the line search accepted as a rounding-level "decrease"; in
+    float32 the default `tol=1e-10` lies below the rounding floor: past convergence the
+    recurrence drifted, `|J^T s|` grew again and `d` reached 1e18 on a two-parameter fit (no
+    step lowered the loss: a stall at `theta0`).
     """
     r, lin = jax.linearize(f, theta)
     lin_t = jax.linear_transpose(lin, theta)
@@ -132,21 +143,27 @@ def cgls_step(
     q0 = jt(-r)
     gamma0 = q0 @ q0
     zero = jnp.zeros_like(theta)
+    eps = float(jnp.finfo(theta.dtype).eps)
+    cut, floor = max(rcond, eps) ** 2, max(tol, eps) ** 2
 
     def cond(c):
-        _, _, _, gamma, i = c
-        return (i < max_iters) & (gamma > (tol * tol) * gamma0)
+        _, _, _, gamma, i, _, flat = c
+        return (i < max_iters) & (gamma > floor * gamma0) & ~flat
 
     def body(c):
-        d, s, p, gamma, i = c
+        d, s, p, gamma, i, top, _ = c
         t = lin(p)
-        alpha = gamma / jnp.maximum(t @ t, jnp.finfo(t.dtype).tiny)
+        tt, pp = t @ t, p @ p
+        top = jnp.maximum(top, tt / jnp.maximum(pp, jnp.finfo(pp.dtype).tiny))
+        # A flat direction, or `|J^T s|` at the rounding level of computing it (~eps sigma |s|).
+        flat = (tt <= cut * top * pp) | (gamma <= (4 * eps) ** 2 * top * (s @ s))
+        alpha = jnp.where(flat, 0, gamma / jnp.maximum(tt, jnp.finfo(t.dtype).tiny))
         d, s = d + alpha * p, s - alpha * t
         q = jt(s)
         new_gamma = q @ q
-        return d, s, q + (new_gamma / gamma) * p, new_gamma, i + 1
+        return d, s, q + (new_gamma / gamma) * p, new_gamma, i + 1, top, flat
 
-    init = (zero, -r, q0, gamma0, jnp.asarray(0))
+    init = (zero, -r, q0, gamma0, jnp.asarray(0), jnp.zeros_like(gamma0), jnp.asarray(False))
     d, *_ = jax.lax.while_loop(cond, body, init)
     return r, d, -q0
 

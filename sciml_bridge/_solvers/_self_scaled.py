@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from ._gn_options import count, unit_interval
 from ._stepper import RESULTS, AbstractStepper, traced
 from ._wolfe import strong_wolfe
 
@@ -104,6 +105,9 @@ def self_scaled_update(
     return jax.lax.cond(ok, update, lambda H: H, H)
 
 
+_MIN = "minimize"
+
+
 class SelfScaledStepper(AbstractStepper):
     """One self-scaled quasi-Newton step; the state is `(theta, f, g, H, k)`."""
 
@@ -112,9 +116,22 @@ class SelfScaledStepper(AbstractStepper):
     fn: Callable
     kind: str = eqx.field(static=True)
     tol: jax.Array = eqx.field(converter=traced)
-    c1: float = eqx.field(static=True, default=1e-4)
-    c2: float = eqx.field(static=True, default=0.9)
-    line_search_steps: int = eqx.field(static=True, default=30)
+    # Plain Python values (`_gn_options.py`): `0 < c1 < c2 < 1` (Nocedal & Wright, 3.7), at
+    # least one trial. Out of range they ran silently wrong: `c1 < 0` accepts steps that
+    # raise the loss, `c1 >= c2` or no trials stop at `theta0` as a "stall".
+    c1: float = eqx.field(static=True, default=1e-4,
+                          converter=lambda c: unit_interval(c, "c1", _MIN, "1e-4"))
+    c2: float = eqx.field(static=True, default=0.9,
+                          converter=lambda c: unit_interval(c, "c2", _MIN, "0.9"))
+    line_search_steps: int = eqx.field(
+        static=True, default=30, converter=lambda k: count(k, "line_search_steps", _MIN, 1))
+
+    def __check_init__(self):
+        if not self.c1 < self.c2:
+            raise ValueError(f"`sb.minimize` expected `c1 < c2` (the strong Wolfe conditions "
+                             f"need a curvature bound above the decrease bound), got c1="
+                             f"{self.c1!r}, c2={self.c2!r}. Fix: e.g. c1=1e-4, c2=0.9 (the "
+                             "defaults).")
 
     def criterion(self) -> str:
         return ("the gradient max-norm, or the relative decrease the quasi-Newton model "
@@ -160,5 +177,8 @@ class SelfScaledStepper(AbstractStepper):
         met = jnp.max(jnp.abs(jnp.where(moved, g_new, g))) <= self.tol
         stuck = ~moved & ~met & (-0.5 * (g @ p) > self.tol * jnp.abs(f))
         new_state = (theta + s, f_new, g_new, H, k + moved.astype(k.dtype))
-        return new_state, f, ~moved | met, RESULTS.where(stuck, RESULTS.stalled,
-                                                         RESULTS.successful)
+        result = RESULTS.where(stuck, RESULTS.stalled, RESULTS.successful)
+        # A NaN gradient at a finite loss makes every direction NaN: no trial moves, which
+        # read as a stall; the contract calls it non-finite (BFGS, L-BFGS, Adam do).
+        result = RESULTS.where(jnp.all(jnp.isfinite(g)), result, RESULTS.nonfinite)
+        return new_state, f, ~moved | met, result
