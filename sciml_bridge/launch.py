@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from typing import TextIO
+from typing import Any
 
 from ._distributed import ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID
 
@@ -78,7 +78,7 @@ def _stop(procs: list) -> None:
 
 
 @contextlib.contextmanager
-def _pass_sigint_on(procs: list, out: TextIO, lock: threading.Lock) -> Iterator[None]:
+def _pass_sigint_on(procs: list, out: Any, lock: threading.Lock) -> Iterator[None]:
     """The first SIGINT goes to every process still running (their own sessions do not get
     the terminal's); a second raises `KeyboardInterrupt` here, and `launch` stops them all.
     Nothing is installed off the main thread, or where SIGINT is ignored."""
