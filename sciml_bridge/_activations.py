@@ -132,8 +132,8 @@ NAMES = tuple(_TABLE)
 # at 0): like relu, their second derivative has Dirac deltas that autodiff reports as 0, so a
 # Laplacian through them was 0 (leaky_relu, relu6, hard_tanh, abs) without a word.
 _KINKED: tuple[Any, ...] = (
-    jax.nn.leaky_relu, jax.nn.relu6, jax.nn.hard_tanh, jax.nn.hard_sigmoid, jax.nn.hard_silu,
-    jax.nn.sparse_sigmoid, jax.nn.selu, jnp.abs, jnp.absolute,
+    jax.nn.relu, jax.nn.leaky_relu, jax.nn.relu6, jax.nn.hard_tanh, jax.nn.hard_sigmoid,
+    jax.nn.hard_silu, jax.nn.sparse_sigmoid, jax.nn.selu, jnp.abs, jnp.absolute,
 )
 
 _MSG_UNKNOWN = """\

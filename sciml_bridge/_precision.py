@@ -244,8 +244,8 @@ def cast_leaf(chunk: Array, stored, path: str, precision: str, warned: WarnOnce)
 
 # Frames inside these packages are ours, the tracing machinery's or a runtime type checker's
 # (jaxtyping's import hook wraps our functions), never the user's line.
-_INTERNAL = tuple(os.path.dirname(f or "") + os.sep
-                  for f in (__file__, jax.__file__, eqx.__file__, jaxtyping.__file__))
+_INTERNAL = tuple(os.path.dirname(f) + os.sep
+                  for f in (__file__, jax.__file__, eqx.__file__, jaxtyping.__file__) if f)
 
 
 def _user_stacklevel(frame) -> int:

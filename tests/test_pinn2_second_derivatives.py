@@ -104,7 +104,8 @@ def test_hessian_refuses_a_float64_numpy_point_with_x64_off():
 
 @pytest.mark.parametrize("activation", [jax.nn.leaky_relu, jax.nn.relu6, jax.nn.hard_tanh,
                                         jnp.abs, functools.partial(jax.nn.leaky_relu,
-                                                                   negative_slope=0.1)])
+                                                                   negative_slope=0.1),
+                                        functools.partial(jax.nn.relu), jax.nn.selu])
 def test_laplacian_refuses_other_kinked_activations_as_it_refuses_relu(activation):
     # A piecewise-linear network's Laplacian was 0 (fast and general path) where relu raised.
     fm = sb.FlatMLP((2, 4, "scalar"), activation=activation, key=jax.random.key(0),

@@ -51,7 +51,7 @@ def flag(value: Any, name: str, verb: str) -> bool:
     """`value` as a Python bool (`True`/`False` or a NumPy bool, not a string or number)."""
     if not isinstance(value, bool | np.bool_):
         raise TypeError(f"{_where(verb)} expected `{name}` to be True or False, got {value!r} "
-                        f"({type(value).__name__}).")
+                        f"({type(value).__name__}). Fix: `{name}=True` or `{name}=False`.")
     return bool(value)
 
 
@@ -87,7 +87,8 @@ def check_solver(solver: Any, valid: tuple[str, ...]) -> str:
     shown = ", ".join(f'"{v}"' for v in valid)
     if not isinstance(solver, str):
         raise TypeError(f"`sb.least_squares` expected `solver` to be a string, one of {shown}; "
-                        f"got {solver!r} ({type(solver).__name__}).")
+                        f"got {solver!r} ({type(solver).__name__}). Fix: e.g. "
+                        "`solver=\"auto\"`.")
     if solver not in valid:
         near = difflib.get_close_matches(solver.lower(), valid, n=1)
         hint = f' Did you mean "{near[0]}"?' if near else ""
