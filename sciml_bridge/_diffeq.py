@@ -25,6 +25,7 @@ from ._diffeq_inputs import (
     check_dt0 as check_dt0,
     check_inputs as check_inputs,
     check_max_steps as check_max_steps,
+    field_shape as field_shape,
     out_of_order as out_of_order,
     placeholder_times as placeholder_times,
     progress_meter as progress_meter,

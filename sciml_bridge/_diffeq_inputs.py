@@ -5,9 +5,11 @@ errors that name the fix; values (NaN, infinite times) are only known inside `ji
 reported with the solve's other failures (`_diffeq_report.py`).
 """
 
+from collections.abc import Callable
 from typing import Any
 
 import diffrax
+import equinox as eqx
 import jax
 import jax.core
 import jax.numpy as jnp
@@ -56,6 +58,17 @@ _MSG_TS = (
     "increasing times (the first is the time of `{state}`), but got shape {shape}. Fix: pass e.g. "
     "`ts = jnp.linspace(0.0, 1.5, 30)`."
 )
+_MSG_NOT_ARRAY = (
+    "`{where}` expected `{name}` to be one array, but got {got}, which is not one ({error}). "
+    "Fix: pass an array (`jnp.asarray(...)`); a nested state (a dict or tuple of arrays) goes "
+    "in as one vector, e.g. `y0, unravel = jax.flatten_util.ravel_pytree(state)`, with the "
+    "vector field written for that vector."
+)
+_MSG_FIELD_CALL = (
+    "`{where}` could not evaluate the {which} at the state `{state}` {want}: {error}. Fix: "
+    "pass a `{state}` of the shape the network takes (e.g. `sb.FlatMLP((2, ...))` takes 2 "
+    "entries), or fix the {which}."
+)
 _MSG_MAX_STEPS_ARG = (
     "`{where}` expected `max_steps` to be a positive int (the most solver steps per solve), but "
     "got {got!r}. Fix: pass e.g. `max_steps=4096`."
@@ -75,7 +88,15 @@ def as_arrays(where: str, **named: Any) -> tuple[Array, ...]:
     """The one x64 guard, then `jnp.asarray`, for each named input, in order."""
     for name, value in named.items():
         guard_x64(value, f"`{where}`", f"`{name}`")
-    return tuple(jnp.asarray(value) for value in named.values())
+    return tuple(_as_array(where, name, value) for name, value in named.items())
+
+
+def _as_array(where: str, name: str, value: Any) -> Array:
+    try:
+        return jnp.asarray(value)
+    except (TypeError, ValueError) as e:
+        got = type(value).__name__
+        raise TypeError(_MSG_NOT_ARRAY.format(where=where, name=name, got=got, error=e)) from e
 
 
 def check_inputs(theta: Array, y0: Array, ts: Array, where: str, state: str = "y0") -> None:
@@ -144,6 +165,19 @@ def placeholder_times(ts: Array, bad: Array) -> Array:
 
 def progress_meter(progress: bool) -> diffrax.AbstractProgressMeter:
     return diffrax.TqdmProgressMeter() if progress else diffrax.NoProgressMeter()
+
+
+def field_shape(where: str, which: str, state: str, field: Callable, t0: Array, y0: Array,
+                args: Any) -> Any:
+    """The shape of `field(t0, y0, args)`; a field that cannot take `y0` (a state of another
+    size than the network's input) is our error naming the state, not XLA's `dot_general`."""
+    try:
+        return eqx.filter_eval_shape(field, t0, y0, args)
+    except (TypeError, ValueError) as e:
+        # The error's own fix (e.g. FlatMLP's "batch with jax.vmap") is not this one's.
+        error = " ".join(str(e).split()).split(" Fix: ")[0].rstrip(".") or type(e).__name__
+        raise ValueError(_MSG_FIELD_CALL.format(where=where, which=which, state=state,
+                                                want=shapes(y0), error=error)) from e
 
 
 def shapes(tree: Any) -> str:

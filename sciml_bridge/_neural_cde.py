@@ -24,6 +24,7 @@ from ._diffeq import (
     check_inputs,
     check_max_steps,
     check_reversible_backsolve,
+    field_shape,
     honest_adjoint,
     out_of_order,
     placeholder_times,
@@ -216,7 +217,7 @@ def _check_coeffs(coeffs: tuple[Array, ...], ts: Array, dtype: Any) -> None:
 
 
 def _check_field(field: Callable, t0: Array, z0: Array, p: Any, channels: int) -> None:
-    got = eqx.filter_eval_shape(field, t0, z0, p)
+    got = field_shape(_WHERE, "vector field", "z0", field, t0, z0, p)
     want = jax.ShapeDtypeStruct((*z0.shape, channels), z0.dtype)
     if not isinstance(got, jax.ShapeDtypeStruct) or (got.shape, got.dtype) != (
         want.shape, want.dtype

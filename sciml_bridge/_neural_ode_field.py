@@ -14,7 +14,7 @@ import jax
 import jax.tree_util as jtu
 from jaxtyping import Array, PyTree
 
-from ._diffeq import shapes
+from ._diffeq import field_shape, shapes
 from ._network_field import identity, network_parts
 
 
@@ -62,7 +62,8 @@ def ode_parts(fm: Callable | Hybrid, time_dependent: bool, adjoint: diffrax.Abst
 
 def check_field(field: Callable, t0: Array, y0: Array, args: Any) -> None:
     """A field returning another shape than `y` would be broadcast by Diffrax (issue 12)."""
-    out = eqx.filter_eval_shape(field, t0, y0, args)
+    out = field_shape("sb.NeuralODE(...)(theta, y0, ts)", "vector field", "y0", field, t0, y0,
+                      args)
     want = jax.eval_shape(lambda: y0)
     if jtu.tree_structure(out) != jtu.tree_structure(want) or any(
         (o.shape, o.dtype) != (w.shape, w.dtype)

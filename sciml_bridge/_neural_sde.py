@@ -27,6 +27,7 @@ from ._diffeq import (
     check_inputs,
     check_max_steps,
     check_reversible_backsolve,
+    field_shape,
     honest_adjoint,
     out_of_order,
     placeholder_times,
@@ -249,13 +250,14 @@ class NeuralSDE(eqx.Module):
 
     def _checkshapes(self, drift, diffusion, t0, y0, p, noise) -> None:
         want = jax.ShapeDtypeStruct(y0.shape, y0.dtype)
-        got = eqx.filter_eval_shape(drift, t0, y0, p)
+        got = field_shape(_WHERE, "drift", "y0", drift, t0, y0, p)
         if (got.shape, got.dtype) != (want.shape, want.dtype):
             raise ValueError(_MSG_SHAPE.format(
                 which="drift", want_what="the state's shape and dtype", want=shapes(want),
                 got=shapes(got), fix="return one dy/dt entry per state entry."))  # fmt: skip
         shape = y0.shape if self.brownian_shape is None else (*y0.shape, *noise)
-        got = eqx.filter_eval_shape(lambda *a: _as_array(diffusion(*a)), t0, y0, p)
+        got = field_shape(_WHERE, "diffusion", "y0", lambda *a: _as_array(diffusion(*a)), t0,
+                          y0, p)
         if (got.shape, got.dtype) != (shape, y0.dtype):
             fix = ("with `diagonal=True`, return one entry per state entry (or pass "
                    "`diagonal=False, brownian_shape=...` for a matrix).")  # fmt: skip

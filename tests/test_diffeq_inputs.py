@@ -86,3 +86,29 @@ def test_brownian_shape_must_be_a_tuple_of_positive_ints(shape, error):
     # `brownian_shape=3` failed with "'int' object is not iterable".
     with pytest.raises(error, match=r"brownian_shape=\(3,\)"):
         sb.NeuralSDE(lambda theta, y: y, lambda theta, y: y, diagonal=False, brownian_shape=shape)
+
+
+def _state_cases():
+    fm = sb.FlatMLP((2, 4, 2), activation="tanh", key=jax.random.key(0), dtype=jnp.float64)
+    cde_fm = sb.FlatMLP((2, 4, 4), activation="tanh", key=jax.random.key(1), dtype=jnp.float64)
+    ts = jnp.linspace(0.0, 1.0, 4)
+    coeffs = diffrax.backward_hermite_coefficients(ts, jnp.stack([ts, 2.0 * ts], axis=1))
+    ode = lambda y0: sb.NeuralODE(fm)(fm.theta0, y0, ts)
+    theta2 = jnp.concatenate([fm.theta0, fm.theta0])
+    sde = lambda y0: sb.NeuralSDE(fm, fm, dt0=0.25)(theta2, y0, ts, jax.random.key(0))
+    cde = lambda z0: sb.NeuralCDE(lambda th, z: cde_fm(th, z).reshape(2, 2))(
+        cde_fm.theta0, z0, ts, coeffs)  # fmt: skip
+    return [("NeuralODE", "vector field", "y0", ode), ("NeuralSDE", "drift", "y0", sde),
+            ("NeuralCDE", "vector field", "z0", cde)]
+
+
+@pytest.mark.parametrize("where, which, state, solve", _state_cases(), ids=["ode", "sde", "cde"])
+def test_a_state_the_network_cannot_take_is_our_error(where, which, state, solve):
+    # Was XLA's "dot_general requires contracting dimensions to have the same shape".
+    with pytest.raises(ValueError, match=rf"{where}.*could not evaluate the {which} at the "
+                                         rf"state `{state}` float64\[3\]: .*2.*Fix"):
+        solve(jnp.ones(3))
+    # A nested state: was jnp.asarray's "entry not a 2- or 3- tuple".
+    with pytest.raises(TypeError, match=rf"expected `{state}` to be one array, but got dict"
+                                        r".*ravel_pytree"):
+        solve({"a": jnp.ones(2)})

@@ -38,6 +38,13 @@ MSG_CALLBACK = (
 
 
 _RAISED = re.compile(r"^(\w[\w.]*): (.*)$")
+# Long enough for our own messages (Diffrax's failures with their fix run to ~450 characters),
+# short enough that a huge `repr` raised in a callback does not flood the result.
+_LIMIT = 1000
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _LIMIT else text[: _LIMIT - 6] + " [...]"
 
 
 def in_callback(e: Exception) -> bool:
@@ -53,13 +60,13 @@ def first_line(e: Exception) -> str:
     text = str(e)
     found = re.search(r"EquinoxRuntimeError: (.+)", text)
     if found:
-        return found.group(1).strip()[:300]
+        return _clip(found.group(1).strip())
     if in_callback(e):
         raised = [line.strip() for line in text.splitlines() if _RAISED.match(line.strip())]
         if raised:
-            return f"a host callback raised {raised[-1]}"[:300]
+            return _clip(f"a host callback raised {raised[-1]}")
     lines = [line for line in text.splitlines() if line.strip() and "stack" not in line]
-    return (lines[0] if lines else type(e).__name__)[:300]
+    return _clip(lines[0] if lines else type(e).__name__)
 
 
 def failure_detail(e: Exception, fix: str = _MSG_STEP_MEMORY) -> str:
