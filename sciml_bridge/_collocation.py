@@ -11,6 +11,7 @@ face but no final one). Every box is checked here; random draws live in
 import operator
 from collections.abc import Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
@@ -52,6 +53,16 @@ _MSG_KEY = """\
 `sb.collocation_points(..., sampling="random")` needs a PRNG key, but got `key=None`.
 Fix: pass `key=jax.random.key(0)` (or any key)."""
 
+_MSG_ONE_KEY = """\
+`sb.collocation_points(..., sampling="random")` expected one PRNG key (`jax.random.key(0)`,
+shape ()), but got {got}.
+Fix: pass one key; for several point sets, call it once per key (e.g. over `jax.random.split`)."""
+
+_MSG_FACES_INTERIOR = """\
+`sb.collocation_points` got `faces={faces!r}` with `where="interior"`, where faces mean nothing:
+the points would be interior ones, and a boundary term would hold inside the box.
+Fix: pass `where="boundary"` with `faces`, or leave `faces` out for interior points."""
+
 _MSG_FACES = """\
 `sb.collocation_points` expected `faces` to be a sequence of `(axis, "lower" | "upper")` with
 0 <= axis < {d}, but got {faces!r}. Example: `faces=[(0, "lower"), (1, "lower"), (1, "upper")]`
@@ -65,7 +76,7 @@ def collocation_points(
     *,
     where: str = "interior",
     sampling: str = "grid",
-    key: PRNGKeyArray | None = None,
+    key: Validated[PRNGKeyArray | None] = None,
     faces: Validated[Sequence[Face] | None] = None,
     dtype: DTypeLike | None = None,
 ) -> Float[Array, "points dim"]:
@@ -93,9 +104,9 @@ def collocation_points(
         `sampling="random"`, the total number of points.
     - `where`: `"interior"` (default) or `"boundary"`.
     - `sampling`: `"grid"` (default) or `"random"`.
-    - `key`: a JAX PRNG key; required for `sampling="random"`.
-    - `faces`: for `where="boundary"`, the faces to use as `(axis, "lower" | "upper")` pairs.
-        Defaults to all `2 * dim` faces.
+    - `key`: one JAX PRNG key; required for `sampling="random"`.
+    - `faces`: for `where="boundary"` only, the faces to use as `(axis, "lower" | "upper")`
+        pairs. Defaults to all `2 * dim` faces.
     - `dtype`: floating dtype of the points; defaults to JAX's default float dtype.
 
     **Returns:**
@@ -105,7 +116,8 @@ def collocation_points(
     **Raises:**
 
     - `ValueError`: mismatched, empty or non-finite bounds, a non-positive `n`, an unknown
-        `where`, `sampling` or face, a missing `key` for random sampling, or a grid that
+        `where`, `sampling` or face, `faces` with `where="interior"`, a missing key or a
+        batch of keys for random sampling, or a grid that
         `dtype` cannot hold without repeating points or rounding interior points onto the
         boundary (float32 resolves about 6e-5 near 1000: use float64 or fewer points), or
         a box with no `dtype` value strictly inside some axis for random interior points.
@@ -122,6 +134,8 @@ def collocation_points(
         raise ValueError(
             f"`sb.collocation_points` expected `sampling` in {_SAMPLING}, got {sampling!r}."
         )
+    if faces is not None and where == "interior":
+        raise ValueError(_MSG_FACES_INTERIOR.format(faces=faces))
     chosen = _faces(faces, d)
     if sampling == "grid":
         counts = _counts(n, d)
@@ -133,10 +147,20 @@ def collocation_points(
         return jnp.asarray(points, dtype=dtype)
     if key is None:
         raise ValueError(_MSG_KEY)
+    _check_one_key(key)
     total = _counts(n, 1)[0]
     if where == "interior":
         return interior_random(key, lo, hi, total, dtype)
     return boundary_random(key, lo, hi, total, chosen, dtype)
+
+
+def _check_one_key(key) -> None:
+    """One key: `jax.random.uniform` refused a batch of keys with a message about `vmap`."""
+    shape, dtype = np.shape(key), getattr(key, "dtype", None)
+    typed = dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key)
+    if len(shape) != (0 if typed else 1):  # a raw key is 1-D: (2,), or (4,) for "rbg"
+        got = f"{'a typed key array' if typed else 'an array'} of shape {shape}"
+        raise ValueError(_MSG_ONE_KEY.format(got=got))
 
 
 def _bounds(lower, upper) -> tuple[np.ndarray, np.ndarray]:

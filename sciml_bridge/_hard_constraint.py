@@ -22,10 +22,9 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike
 
-from ._activations import check_twice_differentiable
 from ._custom_types import Theta, ThetaLike, Validated
 from ._flat_mlp import FlatMLP
-from ._pinn_derivative_checks import as_computed, check_smooth
+from ._pinn_derivative_checks import WrapsNetwork, as_computed, check_smooth
 from ._precision import complex_dtype, guard_x64, is_complex, is_inexact, promote
 
 
@@ -70,7 +69,7 @@ def _inexact(value: Any, dtype: Any) -> Array:
     return value
 
 
-class HardConstraint(eqx.Module):
+class HardConstraint(WrapsNetwork):
     """The flat model `u(theta, x) = lift(x) + distance(x) * model(theta, x)`.
 
     With `distance` zero on the boundary, `u` equals `lift` there for every `theta`: a
@@ -161,15 +160,16 @@ class HardConstraint(eqx.Module):
 
     def _network_derivatives(self, theta: ThetaLike, x: Array, order: int) -> tuple[Array, ...]:
         """The network's `(N, grad N, Lap N)` at `x`, the gradient with a trailing axis of
-        length `d` (length 1 for a scalar `x`, as the rest of the product rule takes it)."""
-        if isinstance(self.model, FlatMLP):
-            if order == 2:
-                for activation in self.model.activations:
-                    check_twice_differentiable(activation)
-            n = self.model.forward_derivatives(theta, x, order=order)
-            return n if x.ndim else (n[0], n[1][..., None]) + n[2:]
+        length `d` (length 1 for a scalar `x`, as the rest of the product rule takes it).
+        A network inside a nested `sb.HardConstraint` is checked, and differentiated, through
+        it: its Laplacian by `jax.hessian` was 0 around a relu network."""
         if order == 2:
             check_smooth(self.model)
+        if isinstance(self.model, FlatMLP | HardConstraint):
+            own = (self.model.forward_derivatives if isinstance(self.model, FlatMLP)
+                   else self.model.derivatives)  # fmt: skip
+            n = own(theta, x, order=order)
+            return n if x.ndim else (n[0], n[1][..., None]) + n[2:]
         return _scalar_derivatives(lambda v: self.model(theta, v.reshape(x.shape)),
                                    x.reshape(-1), order)
 

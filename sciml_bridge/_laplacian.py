@@ -25,11 +25,11 @@ import jax.tree_util as jtu
 import numpy as np
 from jaxtyping import Array, ArrayLike, PyTree
 
-from ._activations import Activation, check_twice_differentiable
+from ._activations import Activation
 from ._custom_types import ThetaLike, Validated
 from ._flat_mlp import FlatMLP, widen_layers
 from ._hard_constraint import HardConstraint
-from ._pinn_derivative_checks import as_computed, check_smooth
+from ._pinn_derivative_checks import along_real_directions, check_smooth
 from ._precision import guard_x64, is_complex, is_inexact, promote
 
 
@@ -46,9 +46,28 @@ Fix: stack the points along a new first axis, or call `sb.laplacian(fm)(theta, x
 point."""
 
 
+_MSG_EXTRA = """\
+`sb.{name}(fm)(theta, x)` on an `sb.{kind}` takes no inputs after `x` (the model is
+`fm(theta, x)`), but got {n} more.
+Fix: pass `(theta, x)` only; a model that needs more inputs is a plain function
+`fm(theta, x, *args)`, and `sb.{name}(fm)(theta, x, *args)` passes them on."""
+
+
 def _check_callable(fm: Any, name: str) -> None:
     if not callable(fm):
         raise TypeError(_MSG_CALLABLE.format(name=name, kind=type(fm).__name__))
+
+
+def _two_inputs(fn: Callable[[Any, Any], Array], fm: Any, name: str) -> Callable[..., Array]:
+    """`fn(theta, x)`, refusing extra inputs by name (Python's "takes 2 positional arguments
+    but 3 were given" named a lambda of ours)."""
+
+    def call(theta: ThetaLike, x: ArrayLike, *args: Any) -> Array:
+        if args:
+            raise TypeError(_MSG_EXTRA.format(name=name, kind=type(fm).__name__, n=len(args)))
+        return fn(theta, x)
+
+    return call
 
 
 def laplacian(fm: Validated[Callable[..., Any]], *, batched: bool = False) -> Callable[..., Array]:
@@ -108,26 +127,19 @@ def laplacian(fm: Validated[Callable[..., Any]], *, batched: bool = False) -> Ca
     if isinstance(fm, HardConstraint):
         # The product rule around the network's own derivatives (`_hard_constraint.py`).
         one = lambda theta, x: fm.derivatives(theta, x, order=2)[2]
-        return jax.vmap(one, in_axes=(None, 0)) if batched else one
+        return _two_inputs(jax.vmap(one, in_axes=(None, 0)) if batched else one, fm, "laplacian")
     if isinstance(fm, FlatMLP):
-        for activation in fm.activations:
-            check_twice_differentiable(activation)
+        check_smooth(fm)
         if batched:
-
-            def batched_forward_laplacian(theta: ThetaLike, xs: ArrayLike) -> Array:
-                return _batched_laplacian(fm, theta, xs)
-
-            return batched_forward_laplacian
-
-        def forward_laplacian(theta: ThetaLike, x: ArrayLike) -> Array:
-            return fm.forward_derivatives(theta, x, order=2)[2]
-
-        return forward_laplacian
+            return _two_inputs(lambda theta, xs: _batched_laplacian(fm, theta, xs), fm,
+                               "laplacian")
+        return _two_inputs(lambda theta, x: fm.forward_derivatives(theta, x, order=2)[2], fm,
+                           "laplacian")
 
     def hessian_trace(theta: ThetaLike, x: ArrayLike, *args: Any) -> PyTree[Array]:
         guard_x64((x, args), "`sb.laplacian(fm)(theta, x)`", "a NumPy input")
         check_smooth(fm)  # at call time, as the x64 guard: `sb.laplacian(fm)` itself is cheap
-        at, v = _along_real_directions(lambda p: fm(theta, p, *args), theta, x)
+        at, v = along_real_directions(lambda p: fm(theta, p, *args), theta, x)
         return _trace_of_hessian(at, v)
 
     if batched:
@@ -139,24 +151,6 @@ def laplacian(fm: Validated[Callable[..., Any]], *, batched: bool = False) -> Ca
 
         return batched_hessian_trace
     return hessian_trace
-
-
-def _along_real_directions(model: Callable[[Array], Any], theta: ThetaLike,
-                           x: ArrayLike) -> tuple[Callable[[Array], Any], Array]:
-    """`model` as a function of the real coordinates `v` of `x` (flattened), and `v`.
-
-    Derivatives are taken in the dtype the model computes in, as the fast path does: the
-    wider of `x` and `theta` (reverse mode differentiates in the dtype of `x`, so a float32
-    point with float64 weights gave a float32 Laplacian), and an integer `x` in `theta`'s
-    real dtype (autodiff refuses integer inputs, `fm(theta, x)` accepts them). A complex `x`
-    moves along the real axis of each entry (the complex derivative of a holomorphic model,
-    as the fast path computes): `jax.jacrev` refuses complex inputs of a complex function."""
-    x = as_computed(theta, jnp.asarray(x))
-    shape = x.shape
-    if not is_complex(x.dtype):
-        return (lambda v: model(v.reshape(shape))), x.reshape(-1)
-    imag = jnp.imag(x).reshape(-1)
-    return (lambda v: model(jax.lax.complex(v, imag).reshape(shape))), jnp.real(x).reshape(-1)
 
 
 def _trace_of_hessian(at: Callable[[Array], Any], v: Array) -> Any:
@@ -280,17 +274,14 @@ def grad_x(fm: Validated[Callable[..., Any]]) -> Callable[..., Array]:
     """
     _check_callable(fm, "grad_x")
     if isinstance(fm, HardConstraint):
-        return lambda theta, x: fm.derivatives(theta, x, order=1)[1]
+        return _two_inputs(lambda theta, x: fm.derivatives(theta, x, order=1)[1], fm, "grad_x")
     if isinstance(fm, FlatMLP):
-
-        def forward_jacobian(theta: ThetaLike, x: ArrayLike) -> Array:
-            return fm.forward_derivatives(theta, x, order=1)[1]
-
-        return forward_jacobian
+        return _two_inputs(lambda theta, x: fm.forward_derivatives(theta, x, order=1)[1], fm,
+                           "grad_x")
 
     def jacobian(theta: ThetaLike, x: ArrayLike, *args: Any) -> PyTree[Array]:
         guard_x64((x, args), "`sb.grad_x(fm)(theta, x)`", "a NumPy input")
-        at, v = _along_real_directions(lambda p: fm(theta, p, *args), theta, x)
+        at, v = along_real_directions(lambda p: fm(theta, p, *args), theta, x)
         # Back to `y.shape + x.shape` (any pytree of outputs, as `jax.jacfwd` gives).
         unflatten = lambda jac: jac.reshape(jac.shape[:-1] + jnp.shape(x))
         return jax.tree.map(unflatten, jax.jacfwd(at)(v))

@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import checkify
 from jaxtyping import Array, ArrayLike
 
 from ._custom_types import Theta, Validated
@@ -66,6 +67,33 @@ _MSG_COMPLEX_REFERENCE = """\
 Fix: compare real parts explicitly (`reference.real`), or use a complex-valued network."""
 
 
+_MSG_OUT_OF_BOUNDS = """\
+`sb.error_report(fm, theta, points, reference)` expected the function `reference` to index
+only within its arrays, but it indexed out of bounds: {error}
+JAX clamps such an index (or fills it) without a word, so the error reported would be
+measured against the wrong values. Fix: index within the shapes (`points` has shape
+{shape}); if out-of-bounds reads are intended (`mode="fill"`, `map_coordinates` outside its
+grid), pass the values instead: `reference=reference(points)`."""
+
+
+def _reference_values(reference: Callable[[Any], Any], points: Any) -> Any:
+    """`reference(points)`, first traced under `checkify.index_checks`: JAX clamps an
+    out-of-range index (`x[:, 1]` of a `(points, 1)` array read column 0) and
+    `sb.error_report` gave an error of 0 against the wrong values. The values come from a
+    plain call: checkify rounds a float64 NumPy result to float32 when x64 is off.
+
+    A reference JAX cannot trace (NumPy on a tracer, a Python `if` on a value, a boolean
+    mask) is only called plainly, as before: NumPy raises on an out-of-range index by itself,
+    and an error of the reference's own is raised by that call."""
+    try:
+        error = checkify.checkify(reference, errors=checkify.index_checks)(points)[0].get()
+    except Exception:  # not traceable: the plain call below decides
+        error = None
+    if error is not None:
+        raise ValueError(_MSG_OUT_OF_BOUNDS.format(error=error.strip(), shape=np.shape(points)))
+    return reference(points)
+
+
 def error_report(
     fm: Callable[..., Any],
     theta: Theta,
@@ -103,7 +131,9 @@ def error_report(
 
     - `ValueError`: `points` without a leading axis of at least one point; `reference` does
         not have the prediction's shape (`(points,) + out`, where a trailing output axis of
-        size 1 may be left out).
+        size 1 may be left out); a `reference` function that indexes out of bounds (checked
+        with `jax.experimental.checkify` where JAX can trace it, so it is called twice; JAX
+        would clamp the index).
     - `TypeError`: a complex `reference` for a real network; float64 NumPy `points` or
         `reference` while JAX's x64 mode is off.
     """
@@ -117,7 +147,7 @@ def error_report(
     if not callable(reference):
         guard_x64(reference, "`sb.error_report`", "`reference`")
     prediction = np.asarray(jax.vmap(fm, in_axes=(None, 0))(theta, points))
-    values = reference(points) if callable(reference) else reference
+    values = _reference_values(reference, points) if callable(reference) else reference
     values = _check_reference(np.asarray(values), prediction)
     err = prediction - values
     err_norm, ref_norm = _norm(err), _norm(values)

@@ -15,13 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array
 
-from ._activations import check_twice_differentiable
 from ._custom_types import Theta
-from ._flat_mlp import FlatMLP
-from ._hard_constraint import HardConstraint
 from ._laplacian import grad_x, laplacian
-from ._pinn_derivative_checks import as_computed, check_smooth
-from ._precision import guard_x64, is_complex
+from ._pinn_derivative_checks import along_real_directions, as_computed, check_smooth
+from ._precision import guard_x64
 
 
 _MSG_AXIS = """\
@@ -66,11 +63,9 @@ class Field(eqx.Module):
         A complex `x` moves along the real axis of each entry, as `u.grad` and `u.laplacian`
         (the complex derivatives of a holomorphic model)."""
         x = self._second_order_point(x, "`u.hessian(x)`")
-        jac = lambda y: grad_x(self.model)(self.theta, y)
-        if not is_complex(x.dtype):
-            return jax.jacfwd(jac)(x)
-        # `jax.jacfwd` refuses complex inputs: differentiate along the real parts.
-        return jax.jacfwd(lambda v: jac(jax.lax.complex(v, jnp.imag(x))))(jnp.real(x))
+        at, v = along_real_directions(lambda y: grad_x(self.model)(self.theta, y), self.theta, x)
+        hessian = jax.jacfwd(at)(v)
+        return hessian.reshape(hessian.shape[:-1] + x.shape)
 
     def _second_order_point(self, x: Any, where: str) -> Array:
         """`x` in the model's dtype, after the checks `u.laplacian` makes: no float64 NumPy
@@ -78,7 +73,7 @@ class Field(eqx.Module):
         derivative autodiff reports as 0 (relu: `u.hessian` and `u.second_derivative` gave
         zeros where `u.laplacian` raised)."""
         guard_x64(x, where, "a NumPy `x`")
-        _check_second_derivatives(self.model)
+        check_smooth(self.model)
         return as_computed(self.theta, jnp.asarray(x))
 
     def second_derivative(self, x: Array, axis: int | tuple[int, ...]) -> Array:
@@ -95,18 +90,6 @@ class Field(eqx.Module):
         e = jnp.zeros_like(x).at[_entry(x.shape, axis)].set(1)
         first = lambda y: jax.jvp(lambda z: self.model(self.theta, z), (y,), (e,))[1]
         return jax.jvp(first, (x,), (e,))[1]
-
-
-def _check_second_derivatives(model: Any) -> None:
-    """Raise, as `sb.laplacian` does, if `model` (or the network inside an `sb.HardConstraint`)
-    has an activation that is not twice differentiable."""
-    while isinstance(model, HardConstraint):
-        model = model.model
-    if isinstance(model, FlatMLP):
-        for activation in model.activations:
-            check_twice_differentiable(activation)
-    else:
-        check_smooth(model)
 
 
 def _entry(shape: tuple[int, ...], axis: Any) -> tuple[int, ...]:
