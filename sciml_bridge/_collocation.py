@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import jax.tree_util as jtu
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
@@ -165,6 +166,8 @@ def _check_one_key(key) -> None:
 
 def _bounds(lower, upper) -> tuple[np.ndarray, np.ndarray]:
     guard_x64((lower, upper), "`sb.collocation_points`", "bounds")
+    if any(isinstance(b, jax.core.Tracer) for b in jtu.tree_leaves((lower, upper))):
+        raise TypeError(_MSG_TRACED)
     try:
         lo = np.atleast_1d(np.asarray(lower, dtype=np.float64))
         hi = np.atleast_1d(np.asarray(upper, dtype=np.float64))
@@ -178,6 +181,13 @@ def _bounds(lower, upper) -> tuple[np.ndarray, np.ndarray]:
     for axis in np.flatnonzero(~np.isfinite(width)):
         raise ValueError(_MSG_WIDE.format(axis=axis, lo=lo[axis], hi=hi[axis], width=width[axis]))
     return lo, hi
+
+
+_MSG_TRACED = (
+    "`sb.collocation_points` expected concrete `lower` and `upper` (they fix the grid), but got "
+    "values traced by `jax.jit`/`jax.vmap`. Fix: make the points once outside the transform "
+    "and pass them in as data (or close over constant bounds)."
+)
 
 
 def _check_range(lo, hi, dtype) -> None:

@@ -81,3 +81,10 @@ def test_random_points_take_one_key_and_name_a_batch_of_keys():
         sb.collocation_points(0.0, 1.0, 3, sampling="random", key=keys)
     raw = jax.random.PRNGKey(0)  # a raw uint32 key is one key too
     assert sb.collocation_points(0.0, 1.0, 3, sampling="random", key=raw).shape == (3, 1)
+
+
+def test_traced_bounds_are_named_as_traced_not_as_non_finite():
+    # Inside jit the bounds were called "not finite" (np.isfinite of a tracer failed).
+    make = jax.jit(lambda lo: sb.collocation_points(lo, jnp.array([1.0, 1.0]), 4))
+    with pytest.raises(TypeError, match=r"expected concrete `lower` and `upper`.*traced"):
+        make(jnp.array([0.0, 0.0]))
