@@ -4,14 +4,14 @@ A PINN needs points where the residual is evaluated. For a box `[lower, upper]` 
 dimensions there are four kinds: a regular interior grid, uniform random interior points, a
 regular grid on the boundary faces, and uniform random points on the boundary faces. One
 function makes all four; `faces=` picks a subset of the faces (a space-time box has an initial
-face but no final one). Every box is checked here; random draws live in
-`_pinn_random_points.py`.
+face but no final one). Every box is checked here; random draws: `_pinn_random_points.py`.
 """
 
 import operator
 from collections.abc import Sequence
 
 import jax
+import jax.core
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
