@@ -21,6 +21,7 @@ from ._solvers._methods import resolve_minimize
 from ._solvers._outputs import ScalarLoss
 from ._solvers._recompile import warn_python_numbers
 from ._solvers._run import drive
+from ._solvers._run_gradient import differentiating
 from ._solvers._scipy_backend import scipy_minimize, solve_scipy
 from ._solvers._setup import check_run_inputs, check_tol, make_run, prepare_args, prepare_theta0
 from ._solvers._stateful import StatefulLoss, prepare_state
@@ -231,7 +232,9 @@ def minimize(
     `throw=True`, and `sb.OptimizationError` whatever `throw=` when `callback` raises;
     `TypeError` for a bad `theta0` (or a complex one with a method other than first-order
     Optax), `args`, `tol`, `method` type, loss output or option (a `learning_rate` that is
-    not a real number or a schedule, or `None` where Optax would then skip the step size);
+    not a real number or a schedule, or `None` where Optax would then skip the step size), or
+    a loss JAX cannot differentiate with a method that needs its gradient (every method but
+    "scipy:Nelder-Mead", "scipy:Powell", "scipy:COBYLA", "scipy:COBYQA", which the message names);
     `ValueError` for an unknown method name (naming the nearest), a non-finite `theta0` or
     one with no parameters (size 0), `tol=inf`, a `learning_rate` that is not positive and
     finite, `checkpoint_every=` without `checkpoint=`, or a mismatched checkpoint, and for
@@ -281,8 +284,11 @@ def minimize(
             raise NotImplementedError(_MSG_CHECKPOINT.format(where=where, method=method))
         solve = lambda theta, run, flag: scipy_minimize(loss, theta, args, plan.scipy, tol,
                                                         options, run, flag)  # fmt: skip
-        return solve_scipy(solve, theta0, run)
+        value = lambda theta, args: loss(theta, *args)
+        return differentiating(lambda: solve_scipy(solve, theta0, run), value, member, args,
+                              where, method)  # fmt: skip
     stepper = with_batches(plan.stepper, args, batch_size, key, pass_key, where)
     run.fingerprint = fingerprint(method, {**options, "batch_size": batch_size, "key": key}, tol,
                                   args)
-    return drive(stepper, theta0, args, run)
+    return differentiating(lambda: drive(stepper, theta0, args, run), stepper.value, member,
+                          args, where, method)  # fmt: skip

@@ -110,7 +110,8 @@ class EnsembleSolution:
     - `history`, `result`: tuples over members (histories differ in length), so that code
         written for an `sb.Solution` reads them too: `res.history[i] is res[i].history`.
     - `best`: the member with the lowest finite loss (`ValueError` if none is finite); a
-        failed member counts with its last good loss, so check `res.best.success`.
+        failed member counts with its last good loss (a tie goes to a successful member),
+        so check `res.best.success`.
     - `message`: one line per member.
     - `wall_time`: seconds spent in the whole call.
     """
@@ -156,12 +157,14 @@ class EnsembleSolution:
 
     @property
     def best(self) -> Solution:
-        """The member with the lowest finite loss (`ValueError` if no loss is finite)."""
+        """The member with the lowest finite loss (`ValueError` if no loss is finite); of
+        members tied at it, the first successful one (two starts that reach the same
+        minimum, one of which failed after it, gave the failed one when it came first)."""
         loss = np.where(np.isfinite(self.loss), self.loss, np.inf)
         if not np.isfinite(loss).any():
             raise ValueError("`EnsembleSolution.best`: no member has a finite loss; see "
                              "`res[i].message` for what happened to each.")  # fmt: skip
-        return self.members[int(np.argmin(loss))]
+        return self.members[int(np.lexsort((~self.success, loss))[0])]
 
     @property
     def message(self) -> str:
@@ -262,7 +265,8 @@ def finish(
     head = f"`{where}` ({detail})" if detail else f"`{where}`"
     message = f"{head}: {text or RESULTS[result]}"
     if result is not RESULTS.successful and text and RESULTS[result] not in text:
-        message = f"{message.rstrip('.')}. {RESULTS[result]}"
+        remedy = RESULTS[result]  # a sentence of its own here: "... step 5. The loss ..."
+        message = f"{message.rstrip('.')}. {remedy[:1].upper()}{remedy[1:]}"
     sol = Solution(
         theta=theta,
         loss=float(loss),

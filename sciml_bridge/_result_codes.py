@@ -31,10 +31,10 @@ class RESULTS(eqxi.Enumeration):
         "`max_steps=`, a looser `tol=`, or continue from `res.theta` (chaining is free)."
     )
     nonfinite = (
-        "the loss became non-finite (NaN or inf). The last `theta` with a finite loss is kept "
-        "in `res.theta`. Try a lower learning rate, float64 (`jax.config.update("
-        '"jax_enable_x64", True)` and a float64 `theta0`), or check the loss for log/sqrt/'
-        "division of values that can reach zero or below."
+        "the loss (or its gradient) became non-finite (NaN or inf). The last `theta` with a "
+        "finite loss is kept in `res.theta`. Try a lower learning rate, float64 "
+        '(`jax.config.update("jax_enable_x64", True)` and a float64 `theta0`), or check the '
+        "loss for log/sqrt/division of values that can reach zero or below."
     )
     interrupted = "interrupted (Ctrl-C) between chunks; `res.theta` is the last finished step"
     solver_failed = (

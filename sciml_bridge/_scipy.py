@@ -62,21 +62,26 @@ _VALUE = jax.jit(_f, static_argnums=2)
 _VALUE_AND_GRAD = jax.jit(jax.value_and_grad(_f), static_argnums=2)
 _HVP = jax.jit(_hvp, static_argnums=3)
 _HESS = jax.jit(jax.hessian(_f), static_argnums=2)
+# Reverse-over-reverse, for a loss forward mode cannot enter: a `jax.custom_vjp` (Diffrax's
+# default adjoint) made `jax.hessian` raise "can't apply forward-mode autodiff (jvp) to a
+# custom_vjp function" out of "scipy:trust-exact"/"scipy:dogleg" (`hessp`, unbatched, ran).
+_HESS_REVERSE = jax.jit(jax.jacrev(jax.grad(_f)), static_argnums=2)
 
 
 def _compiled(static):
-    """`(value, value_and_grad, hvp, hess)` taking `(x[, p], dynamic)`."""
+    """`(value, value_and_grad, hvp, hess, hess_reverse)` taking `(x[, p], dynamic)`."""
     try:
         hash(static)
     except TypeError:  # e.g. a loss holding a list: compile for this object only
         f = lambda x, d: _f(x, d, static)
         hvp = lambda x, p, d: _hvp(x, p, d, static)
         return (jax.jit(f), jax.jit(jax.value_and_grad(f)), jax.jit(hvp),
-                jax.jit(jax.hessian(f)))  # fmt: skip
+                jax.jit(jax.hessian(f)), jax.jit(jax.jacrev(jax.grad(f))))  # fmt: skip
     return (lambda x, d: _VALUE(x, d, static),
             lambda x, d: _VALUE_AND_GRAD(x, d, static),
             lambda x, p, d: _HVP(x, p, d, static),
-            lambda x, d: _HESS(x, d, static))  # fmt: skip
+            lambda x, d: _HESS(x, d, static),
+            lambda x, d: _HESS_REVERSE(x, d, static))  # fmt: skip
 
 
 class ScipyObjective:
@@ -100,7 +105,8 @@ class ScipyObjective:
         dynamic, static = eqx.partition((loss, args), eqx.is_array)
         self.dtype = np.dtype(dtype)
         self._dynamic = dynamic
-        self._value, self._value_and_grad, self._hvp, self._hess = _compiled(static)
+        self._value, self._value_and_grad, self._hvp, self._hess, self._hess_reverse = \
+            _compiled(static)  # fmt: skip
         self._last_x: np.ndarray | None = None
         self._last: tuple[float, np.ndarray] | None = None
         self._last_value: tuple[np.ndarray, float] | None = None
@@ -147,7 +153,14 @@ class ScipyObjective:
     def hess(self, x) -> np.ndarray:
         """The dense Hessian at `x` (for `dogleg`/`trust-exact`; small problems only)."""
         x = self._x(_real(x, "hess"))
-        return np.asarray(self._hess(x, self._dynamic), dtype=np.float64)
+        try:
+            hess = self._hess(x, self._dynamic)
+        except (TypeError, NotImplementedError):  # traced: forward mode refused (see above)
+            if self._hess is self._hess_reverse:
+                raise
+            self._hess = self._hess_reverse
+            hess = self._hess(x, self._dynamic)
+        return np.asarray(hess, dtype=np.float64)
 
 
 def _real(x, name: str, what: str = "`x`") -> np.ndarray:

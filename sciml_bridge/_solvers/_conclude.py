@@ -109,11 +109,17 @@ class Conclusion(Members):
 
     def _one(self, i: int, m: Member, good, final) -> Solution:
         theta, loss, history = good[0], float(good[1][i]), list(m.history)
-        result, text = self._ending(m)
         failed = m.result is not None and m.result is not RESULTS.interrupted
         at_last = final is not None and not failed and bool(np.isfinite(final[1][i]))
+        # A method whose converged step keeps `theta` (Optax with `tol`, "ssbfgs"): the run
+        # ended where its last loss was recorded, so that loss is not a step of its own (it
+        # said "converged after 1 steps" at the minimum, where SciPy says 0).
+        stayed = final is not None and m.done and at_last and bool(history) \
+            and np.array_equal(_member_row(final[0], i), _member_row(good[0], i))  # fmt: skip
+        result, text = self._ending(m, m.steps - stayed)
         if final is not None and at_last:
             theta, loss = final[0], float(final[1][i])
+            history = history[:-1] if stayed else history
             history.append(loss)
         else:
             if final is not None and not failed:
@@ -130,7 +136,9 @@ class Conclusion(Members):
                      method=run.method, where=run.where, text=text, throw=False)  # fmt: skip
         return dataclasses.replace(sol, message=m.message) if m.message else sol
 
-    def _ending(self, m: Member) -> tuple[RESULTS, str]:
+    def _ending(self, m: Member, taken: int) -> tuple[RESULTS, str]:
+        """How member `m` ended; `taken` the steps that moved it (a converged run's last
+        step may have kept its `theta`)."""
         if m.result is RESULTS.interrupted:
             return m.result, m.detail or (f"interrupted (Ctrl-C) after {m.steps} steps; "
                                           "`res.theta` is the point reached at the last "
@@ -140,7 +148,7 @@ class Conclusion(Members):
         if m.by_callback:
             return RESULTS.successful, f"stopped by `callback` after {m.steps} steps"
         if m.done:
-            return RESULTS.successful, f"converged after {m.steps} steps: " \
+            return RESULTS.successful, f"converged after {_steps(taken)}: " \
                                        f"{self.stepper.criterion()}"
         if m.steps > self.run.max_steps:  # resumed from a checkpoint already past the budget
             return (RESULTS.max_steps_reached if self.stepper.has_stopping_rule()
@@ -156,6 +164,14 @@ class Conclusion(Members):
             "to stop on the gradient norm)")
 
 
+def _member_row(theta, i: int):
+    return np.asarray(theta[i] if theta.ndim == 2 else theta)
+
+
+def _steps(n: int) -> str:
+    return f"{n} step" if n == 1 else f"{n} steps"
+
+
 def _failed_by(m: Member, e: Exception) -> None:
     if m.result is None or m.result is RESULTS.interrupted:
         m.result, m.detail = RESULTS.solver_failed, failure_detail(e)
@@ -164,5 +180,7 @@ def _failed_by(m: Member, e: Exception) -> None:
 def _nonfinite_text(n_good: int) -> str:
     if n_good == 0:
         return "the loss is non-finite at `theta0` itself (step 0)"
-    return (f"the loss became non-finite at step {n_good}; the returned `theta` is from "
-            f"step {n_good - 1}, the last with a finite loss")  # fmt: skip
+    # A line search can accept a point of finite loss whose gradient is NaN (`jnp.sqrt` at
+    # 0): Optimistix's methods stop there too, with the loss never non-finite.
+    return (f"the loss (or its gradient) became non-finite at step {n_good}; the returned "
+            f"`theta` is from step {n_good - 1}, the last with a finite loss")  # fmt: skip
