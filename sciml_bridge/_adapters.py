@@ -9,7 +9,7 @@ its mode as a call argument (`fm(theta, x, train=False)`).
 """
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -88,6 +88,8 @@ class EquinoxCall(eqx.Module):
     State is an `eqx.nn.State`, passed after the inputs as Equinox's stateful layers expect
     (`y, state = model(x, state)`)."""
 
+    fixed_state: ClassVar[bool] = True  # the model fixes its state's structure and shapes
+
     def run(self, model: Model, inputs: tuple, kwargs: dict, state: Any, inference) -> Any:
         if inference is not None:
             model = eqx.nn.inference_mode(model, inference)
@@ -138,6 +140,8 @@ class MergeNNX(eqx.Module):
 
     State is the non-`nnx.Param` state (batch statistics, `nnx.Rngs` streams); a stateful
     call splits it back out of the module after the call."""
+
+    fixed_state: ClassVar[bool] = True  # the graph fixes its state's structure and shapes
 
     graphdef: Any = eqx.field(static=True)
 

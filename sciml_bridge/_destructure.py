@@ -30,33 +30,34 @@ from ._destructure_restructure import (
     Slot,
     Static,
     check_theta as check_theta,
-    hashable,
 )
 from ._precision import (
     PRECISIONS,
     check_jax_dtype,
     check_x64,
+    complex_dtype,
     guard_x64,
     is_complex,
     is_inexact,
     is_lossless,
     promote,
+    real_dtype,
 )
 
 
 _MSG_DTYPE_ARG = """\
-`sb.destructure(..., dtype={dtype})` would {why}.
+`{where}(..., dtype={dtype})` would {why}.
 Fix: pick a floating dtype wide enough for every parameter (e.g. `dtype=jnp.float64`, or a
 complex dtype for complex parameters), or leave `dtype=None`."""
 
 _MSG_LOSSY = """\
-`sb.destructure(..., dtype={dtype})` would round the parameter `{path}` (stored as {stored})
+`{where}(..., dtype={dtype})` would round the parameter `{path}` (stored as {stored})
 to {dtype}, losing precision.
 Fix: leave `dtype=None` (a dtype that holds every parameter exactly), pick a wider dtype, or,
 to really train in lower precision, opt in with `lossy=True`."""
 
 _MSG_STRICT_MIXED = """\
-`sb.destructure(..., precision="strict")` got parameters of several dtypes ({mixed}), but
+`{where}(..., precision="strict")` got parameters of several dtypes ({mixed}), but
 strict mode needs every leaf to have exactly `theta`'s dtype: no `theta` could rebuild this
 model (its own `re` would refuse every vector).
 Fix: use `precision="vector"` (theta's precision wins, here a {stored} theta) or
@@ -65,10 +66,26 @@ Fix: use `precision="vector"` (theta's precision wins, here a {stored} theta) or
 model)`."""
 
 
-def _theta_dtype(slots: tuple[Slot, ...], dtype, precision: Precision,
-                 lossy: bool) -> np.dtype:
+def _settle_weak(slots: tuple[Slot, ...], weak: list[bool]) -> tuple[Slot, ...]:
+    """Give each weakly typed parameter (`jnp.array(0.5)`, `jnp.full(n, 0.1)`) the dtype it
+    computes in: the promotion of the strongly typed ones (real or complex as the leaf is).
+
+    JAX's rule: a weak type does not decide the dtype of a computation (`float32 * 0.5` is
+    float32), so a weak float64 scalar beside float32 weights must not make `theta`, and
+    with it the rebuilt model's output, float64. With no strongly typed parameter the weak
+    dtypes are all there is, and stand."""
+    strong = [s for s, w in zip(slots, weak) if not w and s.size]
+    if not strong or not any(weak):
+        return slots
+    own = promote(s.dtype for s in strong)
+    settled = lambda s: complex_dtype(own) if is_complex(s.dtype) else real_dtype(own)
+    return tuple(s._replace(dtype=settled(s)) if w else s for s, w in zip(slots, weak))
+
+
+def _theta_dtype(slots: tuple[Slot, ...], dtype, precision: Precision, lossy: bool,
+                 where: str) -> np.dtype:  # fmt: skip
     for s in slots:
-        check_jax_dtype(s.dtype, "`sb.destructure`", f"the parameter `{s.path}`")
+        check_jax_dtype(s.dtype, f"`{where}`", f"the parameter `{s.path}`")
     # An empty leaf holds no number: it must not widen theta (a `jnp.array([])` placeholder is
     # float64 under x64) nor make it complex, nor count as a second dtype under strict mode.
     slots = tuple(s for s in slots if s.size) or slots
@@ -78,27 +95,27 @@ def _theta_dtype(slots: tuple[Slot, ...], dtype, precision: Precision,
         for s in slots:
             first.setdefault(s.dtype, s.path)
         mixed = ", ".join(f"{d} at `{path}`" for d, path in first.items())
-        raise TypeError(_MSG_STRICT_MIXED.format(stored=stored, mixed=mixed))
+        raise TypeError(_MSG_STRICT_MIXED.format(stored=stored, mixed=mixed, where=where))
     if dtype is None:
-        check_x64(stored, "`sb.destructure`", "a model with parameters")
+        check_x64(stored, f"`{where}`", "a model with parameters")
         return stored
+    bad = lambda why: TypeError(_MSG_DTYPE_ARG.format(dtype=dtype, why=why, where=where))
     try:
         dtype = np.dtype(dtype)
     except TypeError as e:
-        raise TypeError(_MSG_DTYPE_ARG.format(dtype=dtype, why="not name a dtype")) from e
-    check_x64(dtype, "`sb.destructure(..., dtype=...)`", "a request")
-    check_jax_dtype(dtype, "`sb.destructure(..., dtype=...)`", "a request")
+        raise bad("not name a dtype") from e
+    check_x64(dtype, f"`{where}(..., dtype=...)`", "a request")
+    check_jax_dtype(dtype, f"`{where}(..., dtype=...)`", "a request")
     if not is_inexact(dtype):
-        raise TypeError(_MSG_DTYPE_ARG.format(dtype=dtype, why="make theta non-floating"))
+        raise bad("make theta non-floating")
     if is_complex(stored) and not is_complex(dtype):
-        raise TypeError(_MSG_DTYPE_ARG.format(dtype=dtype, why="drop the imaginary parts of "
-                                              "complex parameters"))
+        raise bad("drop the imaginary parts of complex parameters")
     if precision == "strict" and any(s.dtype != dtype for s in slots):
-        raise TypeError(_MSG_DTYPE_ARG.format(dtype=dtype, why="differ from the stored dtypes "
-                                              "under `precision=\"strict\"`"))
+        raise bad("differ from the stored dtypes under `precision=\"strict\"`")
     lost = next((s for s in slots if not is_lossless(s.dtype, dtype)), None)
     if lost is not None and not lossy:
-        raise TypeError(_MSG_LOSSY.format(dtype=dtype, path=lost.path, stored=lost.dtype))
+        raise TypeError(_MSG_LOSSY.format(dtype=dtype, path=lost.path, stored=lost.dtype,
+                                          where=where))
     return dtype
 
 
@@ -138,7 +155,9 @@ def destructure(
         ride along as constants.
     - `dtype`: dtype of `theta`. Default: one that holds every parameter exactly. A `dtype`
         that cannot hold some parameter exactly (float64 -> float32 or float16, complex128 ->
-        complex64) is a `TypeError` naming that parameter, unless `lossy=True`.
+        complex64) is a `TypeError` naming that parameter, unless `lossy=True`. As in JAX's
+        promotion, a weakly typed parameter (`jnp.array(0.5)`, `eqx.nn.PReLU`'s slope) does
+        not decide the dtype: it counts at the dtype the strongly typed ones promote to.
     - `precision`: dtypes that `re(theta)` builds. `"vector"` (default): theta's precision
         wins (real leaves stay real, complex stay complex; a non-zero imaginary part headed
         for a real leaf is an error). `"model"`: cast back to the stored dtypes, warning once
@@ -165,21 +184,30 @@ def destructure(
     or `ties`, a malformed `params`, or a `params` that freezes one place of a tied array and
     trains another.
     """
+    return flatten_as("sb.destructure", model, params=params, dtype=dtype, precision=precision,
+                      ties=ties, lossy=lossy)
+
+
+def flatten_as(where: str, model: Model, *, params, dtype, precision: Precision, ties: Ties,
+               lossy: bool) -> tuple[Theta, Restructure]:  # fmt: skip
+    """`sb.destructure`, its errors naming `where`, the call the user wrote (`sb.flat`)."""
     if precision not in PRECISIONS:
-        raise ValueError(f"`sb.destructure` expected `precision` in {PRECISIONS}, got "
+        raise ValueError(f"`{where}` expected `precision` in {PRECISIONS}, got "
                          f"{precision!r}.")
-    check_ties(ties)
+    check_ties(ties, where)
     with_paths, treedef = jtu.tree_flatten_with_path(model, is_leaf=is_state_index)
     paths = [p for p, _ in with_paths]
     leaves = [leaf for _, leaf in with_paths]
     # Frozen NumPy leaves too: JAX would truncate them silently when the model runs.
-    guard_x64([x for x in leaves if isinstance(x, np.ndarray | np.generic)], "`sb.destructure`",
+    guard_x64([x for x in leaves if isinstance(x, np.ndarray | np.generic)], f"`{where}`",
               "a NumPy leaf")
-    flags = param_flags(model, leaves, params)
+    flags = param_flags(model, leaves, params, where)
     if ties == "identity":
-        check_filter_ties(paths, leaves, flags)
+        check_filter_ties(paths, leaves, flags, where)
     slots = make_slots(paths, leaves, flags, ties)
-    theta_dtype = _theta_dtype(slots, dtype, precision, lossy)
+    weak = [bool(getattr(leaves[s.places[0]], "weak_type", False)) for s in slots]
+    slots = _settle_weak(slots, weak)
+    theta_dtype = _theta_dtype(slots, dtype, precision, lossy, where)
     chunks = [jnp.ravel(jnp.asarray(leaves[s.places[0]])).astype(theta_dtype) for s in slots
               if s.size]  # an empty complex leaf may meet a real theta
     theta = jnp.concatenate(chunks) if chunks else jnp.zeros((0,), theta_dtype)
@@ -187,8 +215,10 @@ def destructure(
     for slot in slots:
         for place in slot.places:
             is_param[place] = True
-    dynamic = [not p and (eqx.is_array(x) or is_state_index(x) or not hashable(x))
-               for p, x in zip(is_param, leaves)]
+    # Everything else is static, unhashable objects (a `set`, a config class with `__eq__`
+    # only) included: as data they made `hash(re)`, `jax.jit(fm)` and `fm` as a jit argument
+    # fail ("has no attribute 'shape'", "not a valid JAX type"). `Static` hashes them by type.
+    dynamic = [not p and (eqx.is_array(x) or is_state_index(x)) for p, x in zip(is_param, leaves)]
     static = tuple(None if p or d else Static(x) for p, d, x in zip(is_param, dynamic, leaves))
     arrays = tuple(x if d else None for d, x in zip(dynamic, leaves))
     size = sum(s.size for s in slots)

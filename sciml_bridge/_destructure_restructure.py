@@ -19,9 +19,8 @@ from ._precision import WarnOnce, cast_leaf, check_jax_dtype, guard_x64, is_inex
 
 
 _MSG_SIZE = """\
-`{where}` expected a 1-D `theta` of length {want} (the parameters of the model given to
-`sb.destructure`), but got shape {shape}.
-Fix: pass the vector made by `sb.destructure` for this model (or one of the same length)."""
+`{where}` expected a 1-D `theta` of length {want} ({origin}), but got shape {shape}.
+Fix: pass {fix} (or a vector of the same length)."""
 
 _MSG_NDIM = """\
 `{where}` expected a 1-D `theta`, but got shape {shape}.
@@ -62,9 +61,18 @@ class Static:
     def __eq__(self, other) -> bool:
         if type(other) is not Static or type(self.value) is not type(other.value):
             return False
-        return self.value is other.value or bool(self.value == other.value)
+        if self.value is other.value:
+            return True
+        try:
+            return bool(self.value == other.value)
+        except (TypeError, ValueError):  # an `==` with no single truth value (a table, ...)
+            return False
 
     def __hash__(self) -> int:
+        # An unhashable leaf (a `set`, a class defining only `__eq__`) hashes by its type:
+        # equal values then still hash alike, and `__eq__` tells them apart.
+        if not hashable(self.value):
+            return hash(type(self.value))
         return hash((type(self.value), self.value))
 
     def __repr__(self) -> str:
@@ -83,7 +91,12 @@ def check_theta(theta: ThetaLike, size: int, where: str) -> Theta:
     if theta.ndim != 1:
         raise TypeError(_MSG_NDIM.format(where=where, shape=tuple(theta.shape)))
     if theta.shape[0] != size:
-        raise ValueError(_MSG_SIZE.format(where=where, want=size, shape=tuple(theta.shape)))
+        flat = where.startswith("fm(")
+        origin = ("`fm.size`, the parameters of this flat model" if flat
+                  else "the parameters of the model given to `sb.destructure`")
+        fix = "`fm.theta0`" if flat else "the vector made by `sb.destructure` for this model"
+        raise ValueError(_MSG_SIZE.format(where=where, want=size, shape=tuple(theta.shape),
+                                          origin=origin, fix=fix))
     # A weakly typed vector (`jnp.full(n, 0.1)`) would give weakly typed leaves, which follow
     # a narrower input's dtype (float32): theta's own dtype must decide (`precision="vector"`).
     # For a strongly typed theta this is no operation at all.
@@ -131,11 +144,15 @@ class Restructure(eqx.Module):
     _warned: WarnOnce = eqx.field(static=True, default_factory=WarnOnce)
 
     def __call__(self, theta: ThetaLike) -> Model:
-        theta = check_theta(theta, self.size, "re(theta)")
+        return self.rebuild(theta, "re(theta)")
+
+    def rebuild(self, theta: ThetaLike, where: str) -> Model:
+        """`re(theta)`, its errors and warnings naming `where` (e.g. `fm(theta, x)`)."""
+        theta = check_theta(theta, self.size, where)
         leaves = [a if s is None else s.value for s, a in zip(self._static, self._arrays)]
         for slot in self._slots:
             chunk = theta[slot.start : slot.start + slot.size].reshape(slot.shape)
-            value = cast_leaf(chunk, slot.dtype, slot.path, self.precision, self._warned)
+            value = cast_leaf(chunk, slot.dtype, slot.path, self.precision, self._warned, where)
             for place in slot.places:
                 leaves[place] = value
         return jtu.tree_unflatten(self._treedef, leaves)

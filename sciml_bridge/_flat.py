@@ -15,6 +15,7 @@ import jax.tree_util as jtu
 from ._custom_types import Theta, ThetaLike
 from ._destructure import Restructure
 from ._precision import guard_x64
+from ._state_leaves import check_state, check_state_like
 
 
 class AbstractFlatModel(eqx.Module):
@@ -60,31 +61,65 @@ class Mode(int):
     would trace it and the `if inference:` of Dropout/BatchNorm/NNX `.eval()` would fail
     (`TracerBoolConversionError`). As a leafless node the flag is part of the tree structure
     (hashed, no retrace) yet still a node that `eqx.nn.inference_mode` (`eqx.tree_at`) can
-    replace. It is an `int` subclass, so `bool(m)`, `m == True` and hashing act as the bool's.
+    replace. It is an `int` subclass, so `bool(m)`, `m == True` and hashing act as the bool's
+    (only `m is True` cannot: `eqx.tree_at` finds the node by identity, so it must be its own
+    object, and a real `bool` would be a leaf).
     """
 
     def __repr__(self) -> str:
         return repr(bool(self))
 
 
+class Unset:
+    """`fm.inference` when no mode is set (the model's flags disagreed, or one was unset):
+    the model runs as flattened. It acts as `None` (`fm.inference == None`, falsy) but,
+    unlike `None`, is a node of its own that `eqx.tree_at` can find:
+    `eqx.nn.inference_mode(fm)` replaces it, where a `None` (one object shared by every empty
+    place of the tree) made `eqx.tree_at` refuse ("does not uniquely identify").
+    """
+
+    __slots__ = ()
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __eq__(self, other) -> bool:
+        return other is None or isinstance(other, Unset)
+
+    def __hash__(self) -> int:
+        return hash(None)
+
+    def __repr__(self) -> str:
+        return "Unset()"  # not "None": `fm.inference is None` is False
+
+
+# Leafless nodes; every unflatten makes a new object, as `eqx.tree_at` needs.
 jtu.register_pytree_node(Mode, lambda m: ((), bool(m)), lambda value, _: Mode(value))
+jtu.register_pytree_node(Unset, lambda u: ((), None), lambda _, __: Unset())
 
 
-def _mode(value: Any) -> "Mode | None":
-    return value if value is None or isinstance(value, Mode) else Mode(bool(value))
+def _mode(value: Any) -> "Mode | Unset":
+    if isinstance(value, Mode | Unset):
+        return value
+    return Unset() if value is None else Mode(bool(value))
+
+
+def mode_flag(value: "bool | Mode | Unset | None") -> bool | None:
+    """The flag as a plain `bool`, or `None` when unset."""
+    return None if value is None or isinstance(value, Unset) else bool(value)
 
 
 class _ModeField:
-    """The `inference` field: stores every value as a `Mode` (or `None`).
+    """The `inference` field: stores every value as a `Mode` (or `Unset` for `None`).
 
-    `eqx.nn.inference_mode` replaces the `Mode` node with a plain bool and Equinox's unflatten
+    `eqx.nn.inference_mode` replaces the node with a plain bool and Equinox's unflatten
     sets it with `object.__setattr__`, which goes through this data descriptor: the flag
     becomes a `Mode` again instead of a leaf that `jax.jit` would trace."""
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
 
-    def __get__(self, obj: Any, owner: Any = None) -> "Mode | None":
+    def __get__(self, obj: Any, owner: Any = None) -> "Mode | Unset | None":
         return None if obj is None else obj.__dict__.get(self.name)
 
     def __set__(self, obj: Any, value: Any) -> None:
@@ -92,7 +127,7 @@ class _ModeField:
 
 
 _MSG_NO_ADAPTER = """\
-`fm(theta, ..., {what})` needs to know how the model keeps its {kind}, but this `sb.FlatModel`
+`{what}` needs to know how the model keeps its {kind}, but this `sb.FlatModel`
 was built with a plain `apply` function.
 Fix: build it with `sb.flat(...)`, which picks the framework's convention."""
 
@@ -113,9 +148,9 @@ class FlatModel(AbstractFlatModel):
     **Modes:** `eqx.nn.inference_mode(fm, True)` (or `fm.inference_mode(True)`) switches the
     rebuilt model's `inference` flags (Equinox `Dropout`, `BatchNorm`) or calls `.eval()` on a
     Flax NNX module; `False` switches back to training. `fm.inference` starts as the model's
-    own mode when flattened (`None` if its flags disagree: it then runs as flattened until
-    `fm.inference_mode(...)` sets one). Flax Linen takes its mode as a call argument:
-    `fm(theta, x, train=False)`.
+    own mode when flattened (unset, `fm.inference == None`, if its flags disagree: it then
+    runs as flattened until `eqx.nn.inference_mode(fm, ...)` sets one). Flax Linen takes its
+    mode as a call argument: `fm(theta, x, train=False)`.
 
     **State:** `state = fm.init_state()`, then `y, state = fm(theta, x, state=state)`: an
     `eqx.nn.State` (BatchNorm statistics, given as `sb.flat(model, state=state)` from
@@ -133,14 +168,18 @@ class FlatModel(AbstractFlatModel):
         ```
 
     **Attributes:** as `sb.AbstractFlatModel`, plus `apply` (how the rebuilt model is called),
-    `state0` (the state stored at flattening time) and `inference` (the mode flag, or `None`;
-    it acts as a bool, `bool(fm.inference)`, and is never traced by `jax.jit`).
+    `state0` (the state stored at flattening time) and `inference` (the mode flag: it acts as
+    a bool, `bool(fm.inference)`, `fm.inference == True`, or as `None` when unset, and is
+    never traced by `jax.jit`).
 
     **Raises:**
 
     `TypeError` from `fm(theta, ..., state=...)` or a mode switch when the model was built
-    with a plain `apply` function that has no state or mode convention; `ValueError` from
-    `fm.init_state()` when the model has no state.
+    with a plain `apply` function that has no state or mode convention, and from
+    `fm(theta, x, state=...)` or `fm.init_state()` for a state leaf that is not an array or
+    a number (a string, a function); `ValueError` from `fm.init_state()` when the model has
+    no state, and from `fm(theta, x, state=state)` when an Equinox or NNX model's `state`
+    differs from `fm.init_state()` in structure or shapes.
     """
 
     theta0: Theta
@@ -148,19 +187,25 @@ class FlatModel(AbstractFlatModel):
     apply: Any = eqx.field(static=True)
     state0: Any = None
     # Set as a bool, stored and read as a `Mode` (see `_ModeField`).
-    inference: bool | Mode | None = _ModeField()  # pyright: ignore[reportAssignmentType]
+    inference: bool | Mode | Unset | None = _ModeField()  # pyright: ignore[reportAssignmentType]
     is_fast: ClassVar[bool] = False
 
     def __call__(self, theta: ThetaLike, *inputs: Any, state: Any = None, **kwargs: Any) -> Any:
         # The x64 guard `sb.FlatMLP` applies to `x`, for every input (jax#11895).
         guard_x64((inputs, kwargs, state), "`fm(theta, x)`", "a NumPy input")
-        model = self.restructure(theta)
+        check_state(state, "fm(theta, x, state=state)")
+        if state is not None and self.state0 is not None and getattr(self.apply, "fixed_state",
+                                                                       False):  # fmt: skip
+            check_state_like(state, self.state0)
+        # Errors name the call the user wrote, not `re(theta)`.
+        model = self.restructure.rebuild(theta, "fm(theta, x)")
         run = getattr(self.apply, "run", None)
-        inference = None if self.inference is None else bool(self.inference)
+        inference = mode_flag(self.inference)
         if run is not None:
             return run(model, inputs, kwargs, state, inference)
-        if state is not None or self.inference is not None:
-            what, kind = ("state=...", "state") if state is not None else ("", "modes")
+        if state is not None or inference is not None:
+            what, kind = (("fm(theta, ..., state=...)", "state") if state is not None
+                          else ("fm(theta, ...)", "modes (`fm.inference` is set)"))
             raise TypeError(_MSG_NO_ADAPTER.format(what=what, kind=kind))
         return self.apply(model, *inputs, **kwargs)
 
@@ -170,6 +215,7 @@ class FlatModel(AbstractFlatModel):
         NNX `State`'s entries) leaves `state0` and later `init_state()` calls as they were."""
         if self.state0 is None:
             raise ValueError(_MSG_NO_STATE)
+        check_state(self.state0, "fm.init_state()")
         return jtu.tree_map(lambda x: x, self.state0)
 
     def inference_mode(self, value: bool | None = True) -> "FlatModel":

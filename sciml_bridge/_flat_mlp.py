@@ -193,7 +193,8 @@ class FlatMLP(AbstractFlatModel):
         chunk = theta[param.start : param.start + param.size].reshape(param.shape)
         # Same dtype rules as `re(theta)`, so both paths agree under every `precision`.
         re = self.restructure
-        return cast_leaf(chunk, param.stored, param.path, re.precision, re._warned)
+        return cast_leaf(chunk, param.stored, param.path, re.precision, re._warned,
+                         "fm(theta, x)")
 
     def _inputs(self, params: list, x: ArrayLike) -> tuple[list, Array]:
         """`x` (flattened) in the wider of its and the first weights' dtypes, and each layer's

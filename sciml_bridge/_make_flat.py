@@ -1,15 +1,17 @@
 """`sb.flat`: any model -> `fm(theta, *inputs)`, on the fast path when one exists."""
 
+import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, cast
 
+import equinox as eqx
 import jax
 import numpy as np
 
 from ._activations import NAMES
 from ._adapters import ApplyVariables, EquinoxCall, MergeNNX, initial_mode, linen_state
 from ._custom_types import DTypeLike, Model, Precision, Theta, Ties
-from ._destructure import Restructure, destructure
+from ._destructure import Restructure, flatten_as
 from ._fast import Unsupported, recognise
 from ._flat import AbstractFlatModel, FlatModel
 from ._flat_mlp import FlatMLP
@@ -22,6 +24,7 @@ from ._precision import (
     is_lossless,
     real_dtype,
 )
+from ._state_leaves import check_state
 
 
 _MSG_FAST = """\
@@ -30,6 +33,49 @@ The fast path (`sb.FlatMLP`) covers `eqx.nn.MLP` with parameter-free activations
 `eqx.nn.Sequential` of `eqx.nn.Linear` layers each followed by at most one `eqx.nn.Lambda` of a
 known activation (the `jnp`/`jax.nn` function of: {known}).
 Fix: use `fast="auto"` (falls back quietly) or `fast=False` for the general path."""
+
+
+_MSG_ALREADY_FLAT = """\
+`sb.flat(fm)` got a model that is already flat (an `sb.{kind}`): flattening it again would
+make its `theta0` a parameter of a new model that calls `fm(*inputs)` without a `theta`.
+Fix: use `fm` as it is (`fm(theta, x)`), or flatten a nested model again:
+`sb.flat(fm.restructure(theta))`."""
+
+_MSG_CLASS = """\
+`sb.flat(model)` got the class `{name}`, not a model: it holds no parameters.
+Fix: build the model first, e.g. `sb.flat({name}(..., key=jax.random.key(0)))`."""
+
+_MSG_NO_VARIABLES = """\
+`sb.flat(f)` got a function with no parameters (`{name}`) and no `variables`: `theta` would
+be empty and `fm(theta, x)` would call `f(x)`. For an `apply_fn(variables, *inputs)` (Flax
+Linen's `module.apply`, Haiku's `apply`) the parameters are in `variables`.
+Fix: `sb.flat(apply_fn, variables)`, e.g. `sb.flat(module.apply, module.init(key, x))`."""
+
+
+_MSG_METHOD = """\
+`sb.flat(model.method)` got the bound method `{name}`: to JAX a method is one opaque leaf, so
+its module's parameters would not be in `theta` (it would be empty, and training would
+change nothing).
+Fix: flatten the module itself, `sb.flat(model)`; for another method than `__call__`, wrap
+it in an `eqx.Module` whose `__call__` calls it."""
+
+
+def _check_model(model: Any, variables: Any) -> None:
+    """Refuse what cannot be meant: a flat model, a class, an `apply_fn` without variables.
+
+    Each was taken as a model with no (or the wrong) parameters and failed only when called,
+    inside Flax or Equinox."""
+    if isinstance(model, AbstractFlatModel):
+        raise TypeError(_MSG_ALREADY_FLAT.format(kind=type(model).__name__))
+    if isinstance(model, type):
+        raise TypeError(_MSG_CLASS.format(name=model.__name__))
+    # A Python function or bound method is a single leaf: it can hold no parameters.
+    if variables is None and (inspect.isfunction(model) or inspect.ismethod(model)):
+        name = getattr(model, "__qualname__", repr(model))
+        owner = getattr(model, "__self__", None)
+        if any(eqx.is_inexact_array(x) for x in jax.tree.leaves(owner)):
+            raise TypeError(_MSG_METHOD.format(name=name))
+        raise TypeError(_MSG_NO_VARIABLES.format(name=name))
 
 
 def _fast_path(model: Any, theta0: Theta, re: Restructure, fast) -> FlatMLP | None:
@@ -180,24 +226,26 @@ def flat(
     As `sb.destructure`; `TypeError` if `fast=True` and there is no fast path for
     this model.
     """
+    _check_model(model, variables)
     if fast not in ("auto", True, False):
         raise ValueError(f"`sb.flat(..., fast=...)` expected 'auto', True or False, got {fast!r}.")
     kwargs: dict[str, Any] = dict(params=params, dtype=dtype, precision=precision, ties=ties,
                                   lossy=lossy)
     # jax#11895: a float64 NumPy state would be truncated at its first use with x64 off.
     guard_x64(state, "`sb.flat`", "`state`")
+    check_state(state, "sb.flat(model, state=state)")
     if variables is not None:
         kwargs["params"] = _params_collection(variables, params)
-        theta0, re = destructure(variables, **kwargs)
+        theta0, re = flatten_as("sb.flat", variables, **kwargs)
         state0 = _widened(_snapshot(linen_state(variables) if state is None else state), dtype)
         return FlatModel(theta0, re, ApplyVariables(model), state0, False)
     nnx_parts = _nnx_parts(model, params)
     if nnx_parts is not None:
         apply, states, spec = nnx_parts
-        theta0, re = destructure(states, **{**kwargs, "params": spec})
+        theta0, re = flatten_as("sb.flat", states, **{**kwargs, "params": spec})
         state0 = _nnx_state0(states[1]) if state is None else _snapshot(state)
         return FlatModel(theta0, re, apply, _widened(state0, dtype), initial_mode(model))
-    theta0, re = destructure(model, **kwargs)
+    theta0, re = flatten_as("sb.flat", model, **kwargs)
     state = _widened(state, dtype)
     if fast is not False and state is None:
         fm = _fast_path(model, theta0, re, fast)

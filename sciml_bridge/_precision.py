@@ -60,18 +60,18 @@ Fix: round it to a dtype JAX has, knowing that this loses precision, e.g.
 `numpy.asarray(value, dtype=numpy.{fix})`."""
 
 _MSG_IMAG = """\
-`re(theta)` got a complex `theta` whose entries for the real leaf `{path}` have a non-zero
+`{where}` got a complex `theta` whose entries for the real leaf `{path}` have a non-zero
 imaginary part{largest}. Dropping it would silently change the model.
 Fix: keep those entries real, or make that leaf complex in the model."""
 
 _MSG_STRICT = """\
-`re(theta)` with `precision="strict"` got a `theta` of dtype {got}, but the leaf `{path}` is
+`{where}` with `precision="strict"` got a `theta` of dtype {got}, but the leaf `{path}` is
 stored as {want}. Strict mode allows no cast at all.
 Fix: pass `theta.astype({want})`, or use `precision="vector"` (theta's precision wins) or
 `precision="model"` (cast back to the stored dtypes, warning on loss)."""
 
 _MSG_MODEL = (
-    "`re(theta)` with `precision=\"model\"` casts the {got} entries for leaf `{path}` down to "
+    "`{where}` with `precision=\"model\"` casts the {got} entries for leaf `{path}` down to "
     "its stored dtype {want}, losing precision. Use `precision=\"vector\"` to keep them."
 )
 
@@ -222,20 +222,23 @@ def promote(dtypes) -> np.dtype:
     return np.dtype(out if out is not None else jnp.zeros(()).dtype)
 
 
-def cast_leaf(chunk: Array, stored, path: str, precision: str, warned: WarnOnce) -> Array:
-    """Give one rebuilt chunk of `theta` the dtype that `precision` asks for."""
+def cast_leaf(chunk: Array, stored, path: str, precision: str, warned: WarnOnce,
+              where: str = "re(theta)") -> Array:  # fmt: skip
+    """Give one rebuilt chunk of `theta` the dtype that `precision` asks for; errors and
+    warnings name `where`, the call the user wrote (`re(theta)`, `fm(theta, x)`)."""
     stored = np.dtype(stored)
     got = np.dtype(chunk.dtype)
     if precision == "vector":
         if is_complex(stored):
             return chunk.astype(complex_dtype(got))
-        return _real_part(chunk, path) if is_complex(got) else chunk
+        return _real_part(chunk, path, where) if is_complex(got) else chunk
     if precision == "strict":
         if got != stored and chunk.size:  # an empty leaf holds nothing to cast
-            raise TypeError(_MSG_STRICT.format(got=got, want=stored, path=path))
+            raise TypeError(_MSG_STRICT.format(got=got, want=stored, path=path, where=where))
         return chunk.astype(stored)
     if not is_lossless(got, stored) and warned.first(path):
-        warnings.warn(_MSG_MODEL.format(got=got, want=stored, path=path), PrecisionLossWarning,
+        warnings.warn(_MSG_MODEL.format(got=got, want=stored, path=path, where=where),
+                      PrecisionLossWarning,
                       stacklevel=_user_stacklevel(sys._getframe()))
     if is_complex(got) and not is_complex(stored):
         chunk = jnp.real(chunk)
@@ -258,13 +261,15 @@ def _user_stacklevel(frame) -> int:
     return level
 
 
-def _real_part(chunk: Array, path: str) -> Array:
+def _real_part(chunk: Array, path: str, where: str) -> Array:
     imag = jnp.imag(chunk)
     if isinstance(chunk, jax.core.Tracer):
         # Under jit/vmap the check runs on device (Equinox's runtime-error mechanism).
-        chunk = eqx.error_if(chunk, jnp.any(imag != 0), _MSG_IMAG.format(path=path, largest=""))
+        chunk = eqx.error_if(chunk, jnp.any(imag != 0),
+                             _MSG_IMAG.format(path=path, largest="", where=where))
         return jnp.real(chunk)
     largest = float(jnp.max(jnp.abs(imag))) if imag.size else 0.0
     if largest != 0.0:
-        raise ValueError(_MSG_IMAG.format(path=path, largest=f" (largest |imag| = {largest:.3g})"))
+        raise ValueError(_MSG_IMAG.format(path=path, where=where,
+                                          largest=f" (largest |imag| = {largest:.3g})"))
     return jnp.real(chunk)

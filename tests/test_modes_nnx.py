@@ -27,7 +27,7 @@ def test_an_unset_mode_flag_is_left_alone():
     x = jnp.linspace(-1.0, 1.0, 12, dtype=jnp.float32).reshape(3, 4)
     net = _Attention(nnx.Rngs(0, dropout=1))
     fm = sb.flat(net)
-    assert fm.inference is None
+    assert fm.inference == None and not fm.inference  # noqa: E711 (unset, see `sb.FlatModel`)
     for call in (lambda: net(x), lambda: fm(fm.theta0, x)):
         with pytest.raises(ValueError, match="deterministic"):
             call()
