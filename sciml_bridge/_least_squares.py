@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
 from jax.sharding import Mesh
@@ -27,6 +28,7 @@ from ._solvers._outputs import Residual
 from ._solvers._own_jacobian import own_jacobian
 from ._solvers._recompile import warn_python_numbers
 from ._solvers._run import drive
+from ._solvers._run_gradient import differentiating
 from ._solvers._scipy_backend import scipy_least_squares, solve_scipy
 from ._solvers._setup import check_run_inputs, check_tol, make_run, prepare_args, prepare_theta0
 
@@ -106,13 +108,25 @@ an array of shape {shape} (size 0): the loss `0.5 * sum(r**2)` would be 0 whatev
 Fix: return the residuals to fit (e.g. `model(theta, x) - y` with `x`, `y` not empty)."""
 
 
-def _check_residual_size(residual, theta0, args, where: str) -> None:
+_MSG_MINPACK_WIDE = """\
+`{where}` got method="scipy:lm" with {m} residual(s) for {n} parameters, but MINPACK's
+Levenberg-Marquardt needs at least as many residuals as parameters (SciPy raised "Method 'lm'
+doesn't work when the number of residuals is less than the number of variables" from inside
+the run). Fix: method="scipy:trf" or "lm" (Optimistix), or "gauss-newton" (its kernel form is
+meant for wide Jacobians)."""
+
+
+def _check_residual_size(residual, theta0, args, where: str, scipy: str | None) -> None:
     """An empty residual failed deep in every backend ("zero-size array to reduction
-    operation max"). Checked on the abstract output, once per signature (`_SIZES`)."""
+    operation max"), and a wide one inside "scipy:lm" (reported as a solver failure).
+    Checked on the abstract output, once per signature (`_SIZES`)."""
     key = _signature(residual, theta0, args)
-    if _SIZES.get(key, lambda: _residual_size(residual, theta0, args)) == 0:
+    size = _SIZES.get(key, lambda: _residual_size(residual, theta0, args))
+    if size == 0:
         shape = eqx.filter_eval_shape(lambda t, a: residual(t, *a), theta0, args).shape
         raise ValueError(_MSG_EMPTY_RESIDUAL.format(where=where, shape=tuple(shape)))
+    if scipy == "lm" and size < theta0.size:
+        raise ValueError(_MSG_MINPACK_WIDE.format(where=where, m=size, n=theta0.size))
 
 
 def resolve_jac(jac: str, residual, theta0, args, *, by_shape: bool, where: str) -> str:
@@ -142,7 +156,7 @@ def least_squares(
     max_steps: Validated[int] = 1000,
     tol: Validated[float | None] = None,
     jac: str = "auto",
-    progress: bool = True,
+    progress: Validated[bool] = True,
     callback: Validated[Callable | None] = None,
     throw: Validated[bool] = True,
     checkpoint: str | os.PathLike | None = None,
@@ -184,7 +198,8 @@ def least_squares(
     - `method`: `"gauss-newton"` (default) or `"natural-gradient"` (the same step),
         `"lm"`/`"dogleg"` (Optimistix), `"scipy:trf"`,
         `"scipy:lm"`, `"scipy:dogbox"` (`scipy.optimize.least_squares` with a jitted
-        Jacobian), or an Optimistix least-squares solver object.
+        Jacobian), or an Optimistix least-squares solver object (or minimiser, e.g.
+        `optx.BFGS`, run on `0.5 * sum(r**2)` as `optx.least_squares` does).
     - `jac`: `"auto"` (default: forward mode, or reverse when the residual holds a
         `jax.custom_vjp` such as a default-adjoint Diffrax solve; for dense Jacobians the
         cheaper mode by shape), `"fwd"` or `"bwd"`. A residual with its own
@@ -202,8 +217,9 @@ def least_squares(
         CGLS above 2e7 Jacobian entries; or `"gramian"`, `"kernel"`, `"svd"` (thin SVD of
         `J`), `"cg"` with `cg_steps=200`, `cg_tol=1e-10` (never below the dtype's `eps`);
         CGLS also stops before a direction whose curvature `|J p|/|p|` is below `min(rcond)`
-        (at least `eps`) times the largest seen, and once `J^T s` is at rounding level, so at
-        a least-squares solution its step is 0), `line_search_steps=` (30),
+        (at least `eps`) times the largest seen, and once `J^T (J d + r)` is at the rounding
+        level of its products, so at a least-squares solution its step is 0),
+        `line_search_steps=` (30),
         `geodesic=False` (also try curved steps `alpha d + alpha^2/2 a`, Transtrum & Sethna),
         `line_search_batch=0` (trial steps evaluated this many at a time; 0: one at a time
         on CPU, all at once on accelerators); Optimistix `options`; extra
@@ -234,6 +250,15 @@ def least_squares(
         checkpoint=checkpoint, every=checkpoint_every, chunk=options.pop("chunk_size", 1000),
         resume=resume,
     )  # fmt: skip
+    # The sum of squares, to tell a residual JAX cannot differentiate from other failures.
+    value = lambda theta, a: 0.5 * jnp.sum(jnp.abs(jnp.ravel(residual(theta, *a))) ** 2)
+    member = theta0[0] if theta0.ndim == 2 else theta0
+    solve = lambda: _solve(residual, theta0, method, args, tol, run, jac, batch_size, key,
+                           options, where)  # fmt: skip
+    return differentiating(solve, value, member, args, where, method)
+
+
+def _solve(residual, theta0, method, args, tol, run, jac, batch_size, key, options, where):
     batch_size, key, pass_key = prepare_batches(residual, args, batch_size, key, tol, where)
     residual = Residual(KeyedLoss(residual) if pass_key else residual, where)
     member = theta0[0] if theta0.ndim == 2 else theta0
@@ -241,7 +266,7 @@ def least_squares(
     mode = lambda by_shape: resolve_jac(jac, residual, member, probe, by_shape=by_shape,
                                         where=where)  # fmt: skip
     plan = resolve_least_squares(residual, member, method, tol, options, mode, where)
-    _check_residual_size(residual, member, probe, where)  # after the plan's dtype refusals
+    _check_residual_size(residual, member, probe, where, plan.scipy)  # after the plan's refusals
     if plan.scipy is not None:
         if batch_size is not None or key is not None:
             raise NotImplementedError(_MSG_SCIPY_BATCHES.format(where=where))

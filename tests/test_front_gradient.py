@@ -31,6 +31,18 @@ def test_gradient_method_on_a_loss_without_derivative(method):
     assert "Pure callbacks" in str(err.value.__cause__)
 
 
+@pytest.mark.parametrize("method", ["gauss-newton", "lm", "scipy:trf"])
+def test_least_squares_on_a_residual_without_derivative_points_to_minimize(method):
+    host = lambda t: np.asarray(t) - 1.0
+    residual = lambda t: jax.pure_callback(host, jax.ShapeDtypeStruct((3,), jnp.float64), t,
+                                           vmap_method="sequential")  # fmt: skip
+    match = (r"(?s)needs the Jacobian of `residual`.*support JVP.*Fix: minimise the sum of "
+             r"squares.*sb.minimize.*scipy:Nelder-Mead")
+    with pytest.raises(TypeError, match=match) as err:
+        sb.least_squares(residual, jnp.zeros(3), method, max_steps=2, progress=False)
+    assert "Pure callbacks" in str(err.value.__cause__)
+
+
 def test_derivative_free_method_runs_it_and_other_trace_errors_stay_jax_s():
     # The methods the message names run the same loss (SciPy's: an ensemble, one by one).
     res = sb.minimize(_callback_loss, jnp.zeros((2, 2)), "scipy:Nelder-Mead", max_steps=400,

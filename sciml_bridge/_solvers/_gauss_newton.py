@@ -26,7 +26,7 @@ import equinox.internal as eqxi
 import jax
 import jax.numpy as jnp
 
-from ._gn_options import check_solver, count, cutoffs, flag, unit_interval
+from ._ls_stationary import model_met
 from ._natural_gradient import (
     cgls_step,
     geodesic_corrections,
@@ -34,6 +34,7 @@ from ._natural_gradient import (
     residual_and_jacobian,
     truncated_solver,
 )
+from ._option_checks import check_solver, count, cutoffs, flag, unit_interval
 from ._own_jacobian import own_jacobian
 from ._stepper import RESULTS, AbstractStepper, traced
 
@@ -63,7 +64,7 @@ class GaussNewtonStepper(AbstractStepper):
     # 1e-7 alone and 6.4e-7 and 4.2e-6 with (1e-6, 1e-7). In the Gramian form 1e-8 lies below
     # the rounding floor of `eigh` (~n * eps relative on J^T J, i.e. ~1.7e-7 on J for n = 129):
     # it admits noise-level directions, which the line search takes only when they help.
-    # Every option is converted to a plain Python value (`_gn_options.py`: a JAX array in a
+    # Every option is converted to a plain Python value (`_option_checks.py`: a JAX array in a
     # static field broke every later run of the process).
     rcond: tuple[float, ...] = eqx.field(static=True, default=(1e-7, 1e-8),
                                          converter=lambda c: cutoffs(c, "rcond", 1))
@@ -180,13 +181,7 @@ class GaussNewtonStepper(AbstractStepper):
         # `0.5 |U_k^T r|^2 = -0.5 g.d` (CGLS: the same up to its tolerance); the finest cutoff
         # predicts the most.
         predicted = jnp.max(-0.5 * (d[:fine] @ g)).astype(loss.dtype)
-        # A model that predicts nothing at all (every cutoff removed the whole residual: the
-        # step is null) says nothing about a minimum while the gradient is not small: that
-        # is a stall (`J = diag(1e6, 1e-3)` with the residual along the small direction said
-        # "converged" at theta0, gradient 1e3).
-        informative = (predicted > 0) | (loss == 0)
-        met = (jnp.max(jnp.abs(g)) <= self.tol) | (loss == 0) \
-            | ((predicted <= self.tol * loss) & informative)  # fmt: skip
+        met = model_met(g, predicted, loss, self.tol)  # the rule "lm"/"dogleg" are held to
         new_theta = jnp.where(decreased & solved, theta + step, theta)
         result = RESULTS.where(decreased | met, RESULTS.successful, RESULTS.stalled)
         result = RESULTS.where(solved, result, RESULTS.solver_failed)

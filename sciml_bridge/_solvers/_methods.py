@@ -15,16 +15,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import optimistix as optx
 import scipy.optimize
 
-from ._gauss_newton import GaussNewtonStepper
+from ._gauss_newton import SOLVERS, GaussNewtonStepper
 from ._optax import is_alias, optax_stepper, optax_transform
 from ._optimistix import (
+    SumOfSquares,
     is_optimistix_solver,
     least_squares_solver,
     minimiser,
     optimistix_stepper,
 )
+from ._option_checks import check_solver
 from ._own_jacobian import with_own_jacobian
 from ._self_scaled import SelfScaledStepper
 from ._setup import check_options, default_tol
@@ -228,6 +231,9 @@ def _check_lapack_dtype(dtype, method: str, solver: Any, where: str) -> None:
     # JAX's LAPACK bindings (jax 0.10, CPU) have no float16/bfloat16 kernels: `eigh`/`svd`
     # raised a bare NotImplementedError mid-trace. Every other fused method runs in half
     # precision (checked: Optax, "lbfgs", Optimistix, "ssbfgs"/"ssbroyden", "lm", "dogleg").
+    # `solver` is checked first: a wrong one (`None`, "Kernel") got this dtype message,
+    # whose advice (`solver="cg"`) did not name the mistake.
+    solver = check_solver(solver, SOLVERS)
     if solver != "cg" and jnp.finfo(dtype).bits < 32:
         raise TypeError(_MSG_HALF.format(where=where, dtype=jnp.dtype(dtype).name,
                                          method=method, solver=solver))  # fmt: skip
@@ -246,6 +252,10 @@ def resolve_least_squares(fn, theta0, method, tol, options: dict, jac_mode, wher
         check_options(options, _gauss_newton_options(), where, method, extra=("jac",))
         _check_lapack_dtype(theta0.dtype, method, options.get("solver", "auto"), where)
         return Plan(GaussNewtonStepper(fn, jac_mode(True), tol, **options))
+    if isinstance(method, optx.AbstractMinimiser):  # as `optx.least_squares` takes one
+        check_options(options, ("autodiff_mode",), where, method, extra=("jac",))
+        return Plan(optimistix_stepper(SumOfSquares(fn), method, least_squares=False, jac=None,
+                                       options=options, dtype=theta0.dtype))  # fmt: skip
     if is_optimistix_solver(method) or method in ("lm", "dogleg"):
         check_options(options, (), where, method, extra=("jac",))
         solver = least_squares_solver(method, tol) if isinstance(method, str) else method

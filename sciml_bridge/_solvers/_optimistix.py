@@ -23,11 +23,14 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import equinox as eqx
+import equinox.internal as eqxi
 import jax
 import jax.numpy as jnp
+import lineax as lx
 import numpy as np
 import optimistix as optx
 
+from ._ls_stationary import rule_met
 from ._stepper import RESULTS, AbstractStepper, traced
 
 
@@ -36,11 +39,25 @@ def _sum_squares(r):
     return 0.5 * jnp.sum(r * r)
 
 
+class SumOfSquares(eqx.Module):
+    """`0.5 * sum(residual(theta, *args) ** 2)`: a residual for an Optimistix minimiser passed
+    to `sb.least_squares` (as `optx.least_squares` does; it raised "Pred must be a scalar")."""
+
+    fn: Callable
+
+    def __call__(self, theta, *args):
+        return _sum_squares(self.fn(theta, *args))
+
+
 def _solve_dtype(dtype) -> str | None:
     """float64 where Optimistix would mix it into a narrower `theta` (see the module
-    docstring), else None (solve in `theta`'s own dtype)."""
-    narrow = jnp.issubdtype(dtype, jnp.floating) and np.dtype(dtype).itemsize < 8
-    return "float64" if narrow and jax.config.read("jax_enable_x64") else None
+    docstring); with x64 off, float32 for a half-precision `theta` (its default-dtype scalars
+    are float32 then: "lm" on bfloat16 raised lineax's "Vector and operator structures do not
+    match", "dogleg" a `cond` type mismatch); else None (solve in `theta`'s own dtype)."""
+    size = np.dtype(dtype).itemsize if jnp.issubdtype(dtype, jnp.floating) else 8
+    if size < 8 and jax.config.read("jax_enable_x64"):
+        return "float64"
+    return "float32" if size < 4 else None
 
 
 def _cast(tree, dtype):
@@ -100,8 +117,29 @@ class OptimistixStepper(AbstractStepper):
             loss = loss.astype(self.dtype)  # exact: the loss was computed in `self.dtype`
         failed = result != optx.RESULTS.successful
         result = RESULTS.where(failed, RESULTS.solver_failed, RESULTS.successful)
+        if self.least_squares:
+            done, failed, result = self._judge(new_st, done, failed, result)
         result = RESULTS.where(_finite_gradient(new_st), result, RESULTS.nonfinite)
         return (new_y, new_st), loss, done & ~failed, result
+
+    def _judge(self, st, done, failed, result):
+        """Optimistix's verdict, checked by the Gauss-Newton rule at the point the step returns
+        (`_ls_stationary.py`): "done" where the rule fails is a stall (a trust region shrunk at
+        the edge of a NaN region), a failure where it holds is convergence (a zero Jacobian's
+        singular solve)."""
+        atol, rtol = (getattr(self.solver, name, None) for name in ("atol", "rtol"))
+        if atol is None or rtol is None:
+            return done, failed, result
+        check = lambda: rule_met(st.f_info, atol, rtol)
+        if jax.eval_shape(check) is None:  # a state without `f_info`: nothing to check with
+            return done, failed, result
+        # One check per run (where it stops), not per step; `unvmap_any` keeps an ensemble's
+        # `cond` a branch (a batched predicate would run it at every step).
+        stop = done | failed
+        met = jax.lax.cond(eqxi.unvmap_any(stop), check, lambda: jnp.asarray(False)) & stop
+        result = RESULTS.where(met, RESULTS.successful, result)
+        result = RESULTS.where(done & ~failed & ~met, RESULTS.stalled, result)
+        return done | met, failed & ~met, result
 
 
 def _finite_gradient(st) -> jax.Array:
@@ -127,7 +165,12 @@ def least_squares_solver(name: str, tol: float):
     t = cast(float, traced(tol))
     return {
         "lm": lambda: optx.LevenbergMarquardt(rtol=t, atol=t),
-        "dogleg": lambda: optx.Dogleg(rtol=t, atol=t),
+        # lineax's default for a tall `J` is QR, which assumes full rank: at a rank-deficient
+        # `J` the Gauss-Newton point went to |theta| ~ 4.6e15 (a 20 x 6 linear fit of rank 3),
+        # where rounding in the residual passed for a decrease (and `res.loss` was not the
+        # loss at `res.theta`). The SVD solve takes the minimum-norm step.
+        "dogleg": lambda: optx.Dogleg(rtol=t, atol=t,
+                                      linear_solver=lx.AutoLinearSolver(well_posed=False)),
     }[name]()
 
 

@@ -24,12 +24,21 @@ TRACE_ERRORS = (ValueError, TypeError, NotImplementedError)
 DERIVATIVE_FREE = ("Nelder-Mead", "Powell", "COBYLA", "COBYQA")
 
 _MSG = """\
-`{where}` with method={method} needs the gradient of `loss`, but JAX cannot differentiate it
-(the loss itself runs): {kind}: {line}
-Fix: a derivative-free method, which only evaluates the loss: {free}, or
-`optimistix.NelderMead(rtol=1e-6, atol=1e-6)` as `method=` (it runs in our fused loop); or make
-the loss differentiable (e.g. `jax.custom_jvp` around a `jax.pure_callback`, `lax.scan` or a
-`lax.fori_loop` with fixed bounds instead of a `lax.while_loop`)."""
+`{where}` with method={method} needs the {needs} of `{what}`, but JAX cannot differentiate it
+(the {what} itself runs): {kind}: {line}
+Fix: {fix}; or make the {what} differentiable (e.g. `jax.custom_jvp` around a
+`jax.pure_callback`, `lax.scan` or a `lax.fori_loop` with fixed bounds instead of a
+`lax.while_loop`)."""
+_FIX_MINIMIZE = (
+    "a derivative-free method, which only evaluates the loss: {free}, or "
+    "`optimistix.NelderMead(rtol=1e-6, atol=1e-6)` as `method=` (it runs in our fused loop)"
+)
+# Every least-squares method needs the Jacobian: the derivative-free ones are `sb.minimize`'s.
+_FIX_LEAST_SQUARES = (
+    "minimise the sum of squares with a derivative-free method of `sb.minimize`, e.g. "
+    "`sb.minimize(lambda t: 0.5 * jnp.sum(residual(t) ** 2), theta0, \"scipy:Nelder-Mead\")` "
+    "(or {free})"
+)
 
 
 def _raised(fn: Callable, theta, args: tuple) -> Exception | None:
@@ -60,8 +69,12 @@ def not_differentiable(e: Exception, value: Callable, theta, args: tuple, where:
         return None
     free = ", ".join(f'"scipy:{m}"' for m in DERIVATIVE_FREE)
     shown = repr(method) if isinstance(method, str) else type(method).__name__
+    squares = where == "sb.least_squares"
+    fix = (_FIX_LEAST_SQUARES if squares else _FIX_MINIMIZE).format(free=free)
     return TypeError(_MSG.format(where=where, method=shown, kind=type(e).__name__,
-                                 line=first_line(e), free=free))  # fmt: skip
+                                 line=first_line(e), fix=fix,
+                                 needs="Jacobian" if squares else "gradient",
+                                 what="residual" if squares else "loss"))  # fmt: skip
 
 
 def differentiating(solve: Callable, value: Callable, theta, args: tuple, where: str, method):
