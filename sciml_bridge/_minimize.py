@@ -46,7 +46,7 @@ def minimize(
     args: Validated[tuple] = (),
     max_steps: Validated[int] = 1000,
     tol: Validated[float | None] = None,
-    progress: bool = True,
+    progress: Validated[bool] = True,
     callback: Validated[Callable | None] = None,
     throw: Validated[bool] = True,
     checkpoint: str | os.PathLike | None = None,

@@ -110,15 +110,26 @@ def test_tol_with_an_optimistix_solver_object_is_refused_not_ignored():
 
 
 @pytest.mark.parametrize(("kw", "error", "match"), [
-    (dict(max_steps=2.0), TypeError, r"(?s)`max_steps` to be a positive int, got 2.0 .*Fix"),
-    (dict(chunk_size="4"), TypeError, r"(?s)`chunk_size` to be a positive int.*Fix"),
-    (dict(max_steps=0), ValueError, r"`max_steps` to be a positive int, got 0"),
-    (dict(throw="no"), TypeError, r"`throw` to be True or False, got 'no'"),
+    (dict(max_steps=2.0), TypeError, r"(?s)`max_steps` to be an int >= 1, got 2.0 .*Fix"),
+    (dict(chunk_size="4"), TypeError, r"(?s)`chunk_size` to be an int >= 1.*Fix"),
+    (dict(max_steps=0), ValueError, r"`max_steps` to be an int >= 1, got 0\. Fix"),
+    (dict(throw="no"), TypeError, r"`throw` to be True or False, got 'no'.*Fix"),
+    (dict(progress="no"), TypeError, r"`progress` to be True or False, got 'no'.*Fix"),
+    (dict(tol=0.0), ValueError, r"(?s)`tol` to be None or a positive.*Fix: a positive tolerance"),
+    (dict(tol="1e-6"), TypeError, r"(?s)`tol` to be None.*Fix: `tol=1e-6` \(a number, not a str"),
 ])  # fmt: skip
 def test_counts_and_flags_of_the_wrong_kind_are_type_errors(kw, error, match):
-    # `max_steps=2.0` was a ValueError without a fix; `throw="no"` counted as True.
+    # `max_steps=2.0` was a ValueError without a fix; `throw="no"` and `progress="no"`
+    # counted as True; `max_steps=0` had no fix; `tol=0` was told "a number, not a string".
     with pytest.raises(error, match=match):
         sb.minimize(_SQ, jnp.zeros(2), "adam", **{**_QUIET, **kw})
+
+
+def test_a_zero_dimensional_array_tol_is_a_number():
+    # `tol=jnp.asarray(1e-6)` was refused as not a number.
+    res = sb.minimize(_SQ, jnp.zeros(2), "adam", tol=jnp.asarray(1e-3), **_QUIET)
+    same = sb.minimize(_SQ, jnp.zeros(2), "adam", tol=1e-3, **_QUIET)
+    assert res.steps == same.steps and res.message == same.message
 
 
 @pytest.mark.parametrize("value", [3.0, 1, 1j])

@@ -1,4 +1,4 @@
-"""The second-order methods' own options (`_gn_options.py`): plain Python values, wrong kinds
+"""Option checks (`_option_checks.py`): plain Python values, wrong kinds
 are `TypeError`, values out of range `ValueError`, and a JAX array never reaches a static field."""
 
 import jax.numpy as jnp

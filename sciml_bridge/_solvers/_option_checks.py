@@ -1,10 +1,11 @@
-"""Checks and conversions of the second-order methods' own options (`rcond=`, `cg_tol=`,
-`line_search_steps=`, `c1=`, ...), run when a stepper is built.
+"""Checks and conversions of option values: the verbs' own (`max_steps=`, `chunk_size=`,
+`throw=`, `progress=`, `tol=`; `_setup.py`) and the second-order methods' (`rcond=`,
+`cg_tol=`, `line_search_steps=`, `c1=`, ...), run before anything is traced.
 
-These options are static fields of the steppers (part of the compiled program, keys of the
-`jit` cache), so each is turned into a plain Python value here. A JAX array left in a static
-field broke every later run of the process, not just its own: `jit`'s cache compares static
-fields with `==`, and two arrays compared that way raise ("static arguments should be
+The methods' options are static fields of the steppers (part of the compiled program, keys of
+the `jit` cache), so each is turned into a plain Python value here. A JAX array left in a
+static field broke every later run of the process, not just its own: `jit`'s cache compares
+static fields with `==`, and two arrays compared that way raise ("static arguments should be
 comparable using __eq__"). A value of the wrong kind (a string, a bool where a count is
 meant) is a `TypeError`; one of the right kind out of range a `ValueError` (STYLE.md 6).
 """

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from ._gn_options import count, unit_interval
+from ._option_checks import count, unit_interval
 from ._stepper import RESULTS, AbstractStepper, traced
 from ._wolfe import strong_wolfe
 
@@ -116,7 +116,7 @@ class SelfScaledStepper(AbstractStepper):
     fn: Callable
     kind: str = eqx.field(static=True)
     tol: jax.Array = eqx.field(converter=traced)
-    # Plain Python values (`_gn_options.py`): `0 < c1 < c2 < 1` (Nocedal & Wright, 3.7), at
+    # Plain Python values (`_option_checks.py`): `0 < c1 < c2 < 1` (Nocedal & Wright, 3.7), at
     # least one trial. Out of range they ran silently wrong: `c1 < 0` accepts steps that
     # raise the loss, `c1 >= c2` or no trials stop at `theta0` as a "stall".
     c1: float = eqx.field(static=True, default=1e-4,

@@ -17,6 +17,7 @@ import numpy as np
 
 from .._distributed import host
 from .._precision import guard_x64
+from ._option_checks import count, flag, real
 
 
 _MSG_THETA = """\
@@ -37,7 +38,7 @@ Fix: `args=(x,)` (note the comma) or `args=(x, y)`."""
 
 _MSG_TOL = """\
 `{where}` expected `tol` to be None or a positive real number, but got {got!r}.
-Fix: `tol=1e-6` (a number, not a string)."""
+Fix: {fix}, or `tol=None` for the method's own rule."""
 
 
 _MSG_DIRECTORY = """\
@@ -73,28 +74,13 @@ class Run:
     start: float = dataclasses.field(default_factory=time.perf_counter)
 
 
-def _positive_int(value, name: str, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise TypeError(f"`{where}` expected `{name}` to be a positive int, got {value!r} "
-                        f"({type(value).__name__}).\nFix: pass an int, e.g. `{name}=100`.")
-    if value < 1:
-        raise ValueError(f"`{where}` expected `{name}` to be a positive int, got {value!r}.")
-    return int(value)
-
-
-def _flag(value, name: str, where: str) -> bool:
-    # `bool("no")` is True: a string or a number here is a mistake, not a choice.
-    if not isinstance(value, bool | np.bool_):
-        raise TypeError(f"`{where}` expected `{name}` to be True or False, got {value!r}.")
-    return bool(value)
-
-
 def make_run(where, method, *, max_steps, progress, callback, throw, checkpoint, every, chunk,
              resume="check") -> Run:  # fmt: skip
-    max_steps = _positive_int(max_steps, "max_steps", where)
-    chunk = _positive_int(chunk, "chunk_size", where)
+    verb = where.removeprefix("sb.")
+    max_steps = count(max_steps, "max_steps", verb, 1)
+    chunk = count(chunk, "chunk_size", verb, 1)
     if every is not None:
-        every = _positive_int(every, "checkpoint_every", where)
+        every = count(every, "checkpoint_every", verb, 1)
     if resume not in ("check", "force"):
         raise ValueError(f'`{where}` expected `resume` to be "check" or "force", got {resume!r}.')
     if checkpoint is not None:
@@ -113,7 +99,8 @@ def make_run(where, method, *, max_steps, progress, callback, throw, checkpoint,
     # a buffer of `chunk_size` losses each (20,000 members: 160 MB per chunk at 5 steps).
     chunk = min(chunk, 1 << (max_steps - 1).bit_length())
     return Run(where=where, method=method, max_steps=max_steps, chunk=chunk,
-               progress=bool(progress), callback=callback, throw=_flag(throw, "throw", where),
+               progress=flag(progress, "progress", verb), callback=callback,
+               throw=flag(throw, "throw", verb),
                checkpoint=checkpoint, checkpoint_every=every, resume=resume)  # fmt: skip
 
 
@@ -150,14 +137,18 @@ def prepare_args(args, where: str) -> tuple:
 
 
 def check_tol(tol, where: str):
-    ok = tol is None or (
-        isinstance(tol, int | float | np.integer | np.floating) and not isinstance(tol, bool)
-    )
-    if not ok:
-        raise TypeError(_MSG_TOL.format(where=where, got=tol))
-    if tol is not None and not tol > 0:
-        raise ValueError(_MSG_TOL.format(where=where, got=tol))
-    return None if tol is None else float(tol)
+    """`tol` as a Python float (a real number, also a 0-d NumPy/JAX array), or None."""
+    if tol is None:
+        return None
+    try:
+        value = real(tol, "tol", where.removeprefix("sb."))
+    except TypeError:
+        raise TypeError(_MSG_TOL.format(where=where, got=tol, fix="`tol=1e-6` (a number, not "
+                                        f"a {type(tol).__name__})")) from None  # fmt: skip
+    if not value > 0:
+        raise ValueError(_MSG_TOL.format(where=where, got=tol, fix="a positive tolerance, e.g. "
+                                         "`tol=1e-6`"))  # fmt: skip
+    return value
 
 
 def default_tol(dtype) -> float:
