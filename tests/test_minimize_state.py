@@ -215,3 +215,10 @@ def test_flattening_with_a_wider_dtype_widens_the_models_state_too():
                      axis_name="batch")  # fmt: skip
     y, new = batch(XS, fm.init_state())
     assert y.dtype == jnp.float64 and jax.tree.structure(new) == jax.tree.structure(state)
+
+
+def test_a_state_leaf_jax_cannot_carry_is_named():
+    # Was JAX's "Error interpreting argument ... as an abstract array" from deep in the run.
+    loss = lambda theta, state: (jnp.sum(theta**2), state)
+    with pytest.raises(TypeError, match=r"(?s)`sb.minimize\(..., state=state\)`.*\['a'\].*str"):
+        sb.minimize(loss, jnp.ones(2), "adam", state={"a": "x"}, max_steps=2, progress=False)

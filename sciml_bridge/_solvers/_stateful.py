@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from .._precision import is_lossless
+from .._state_leaves import check_state
 from ._optax import OptaxStepper
 from ._stepper import AbstractStepper
 
@@ -60,7 +61,8 @@ def prepare_state(fn: Callable, theta, state, args: tuple):
     leaf widened to the dtype `fn(theta, state, *args)` gives back for it, where that holds
     it exactly. Flax keeps BatchNorm statistics float32 under float64 parameters and returns
     them float64 after one step, which a loop carry cannot take (a narrowing is left for
-    `StatefulLoss` to report)."""
+    `StatefulLoss` to report). A leaf JAX cannot carry (a string) is our `TypeError`."""
+    check_state(state, "sb.minimize(..., state=state)")
     number = lambda x: jnp.asarray(x) if isinstance(x, bool | int | float | complex) else x
     state = jax.tree.map(number, state)
     out = jax.eval_shape(fn, theta, state, *args)
