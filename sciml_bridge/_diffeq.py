@@ -6,7 +6,9 @@
 - `_diffeq_report.py`: failures of a solve, raised with our remedy (`throw=True`) or turned into
     values that cannot pass for good ones, with NaN derivatives (`throw=False`).
 - `_diffeq_adjoint.py`: adjoints that never return a gradient from a failed backward solve, and
-    the solver/adjoint pairs whose gradient Diffrax gets wrong, refused.
+    the solver/adjoint pairs whose gradient Diffrax gets wrong, refused; derivatives an
+    adjoint cannot take (forward mode through a reverse-mode adjoint, `ts` under
+    `BacksolveAdjoint`) named as ours.
 
 SDEs add two of their own, imported by `_neural_sde.py` directly: `_sde_brownian.py` (the
 Brownian tree with the Lévy area the solver needs) and `_sde_solver.py` (solvers and
@@ -16,7 +18,9 @@ The names are re-exported here for the modules that import them from `_diffeq`.
 """
 
 from ._diffeq_adjoint import (
+    backsolve_times as backsolve_times,
     check_reversible_backsolve as check_reversible_backsolve,
+    diffeqsolve as diffeqsolve,
     honest_adjoint as honest_adjoint,
 )
 from ._diffeq_inputs import (

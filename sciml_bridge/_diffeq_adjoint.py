@@ -11,6 +11,9 @@ from typing import Any
 
 import diffrax
 import equinox as eqx
+import jax
+from jax.custom_derivatives import SymbolicZero
+from jaxtyping import Array
 
 from ._diffeq_report import FIX, is_sub, poison
 
@@ -39,6 +42,57 @@ _MSG_REVERSIBLE_BACKSOLVE = (
     "span alone (`ts = jnp.array([t0, t1])`, or `saveat=diffrax.SaveAt(t1=True)`), or keep "
     "Backsolve with `solver=diffrax.Heun()`."
 )
+
+_MSG_BACKSOLVE_TS = (
+    "`{where}` with `adjoint=diffrax.BacksolveAdjoint()` cannot differentiate with respect to "
+    "`ts`: Diffrax's backward solve differentiates only the vector field, the initial state "
+    "and `args` (it raised \"Unexpected tangent ... cannot be autodifferentiated\"). Fix: "
+    "use `adjoint=diffrax.RecursiveCheckpointAdjoint()` (or `DirectAdjoint()`; "
+    "`ForwardMode()` for `jax.jvp`) to differentiate the times, or hold them fixed "
+    "(`jax.lax.stop_gradient(ts)`)."
+)
+_MSG_FORWARD = (
+    "`{where}` with `adjoint=diffrax.{adjoint}()` differentiates in reverse mode only "
+    "(`jax.grad`, `jax.vjp`, `jax.jacrev`), but was differentiated in forward mode "
+    "(`jax.jvp`, `jax.jacfwd`, `jax.linearize`; JAX: \"can't apply forward-mode autodiff (jvp) "
+    "to a custom_vjp function\"). Fix: `adjoint=diffrax.ForwardMode()` for forward mode (or "
+    "`diffrax.DirectAdjoint()`, which does both, slower), or differentiate with `jax.grad` / "
+    "`jax.jacrev`."
+)
+
+
+def diffeqsolve(where: str, **kwargs: Any) -> diffrax.Solution:
+    """`diffrax.diffeqsolve(**kwargs)`, with forward-mode differentiation of a reverse-mode
+    adjoint our `TypeError` (PITFALLS, Diffrax: `RecursiveCheckpointAdjoint` cannot be
+    differentiated in forward mode; raised here, while tracing the solve)."""
+    try:
+        return diffrax.diffeqsolve(**kwargs)
+    except TypeError as e:
+        if "forward-mode autodiff (jvp) to a custom_vjp" not in str(e):
+            raise
+        adjoint = kwargs["adjoint"]
+        adjoint = ("BacksolveAdjoint" if isinstance(adjoint, diffrax.BacksolveAdjoint) else
+                   type(adjoint).__name__)  # fmt: skip
+        raise TypeError(_MSG_FORWARD.format(where=where, adjoint=adjoint)) from e
+
+
+@ft.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _fixed_times(ts: Array, where: str) -> Array:
+    return ts
+
+
+@ft.partial(_fixed_times.defjvp, symbolic_zeros=True)
+def _fixed_times_jvp(where: str, primals: tuple, tangents: tuple) -> tuple[Array, Any]:
+    if not isinstance(tangents[0], SymbolicZero):
+        raise TypeError(_MSG_BACKSOLVE_TS.format(where=where))
+    return primals[0], tangents[0]
+
+
+def backsolve_times(ts: Array, adjoint: diffrax.AbstractAdjoint, where: str) -> Array:
+    """`ts`, with a derivative that is our error under `BacksolveAdjoint` (traced, so free)."""
+    if isinstance(adjoint, diffrax.BacksolveAdjoint):
+        return _fixed_times(ts, where)
+    return ts
 
 
 class _HonestBacksolve(diffrax.BacksolveAdjoint):

@@ -48,6 +48,14 @@ ORDERS = {
     "strict": "the knots of the control's interpolation must be strictly increasing, without "
               "repeats (Diffrax's `CubicInterpolation` needs it)",
 }  # fmt: skip
+_MSG_HALF = (
+    "`{where}` got 16-bit floats (`theta` {theta}, `{state}` {y0}, `ts` {ts}), which a "
+    "solve cannot step in: with 8 (bfloat16) or 11 (float16) bits of mantissa `t + dt` "
+    "rounds back to `t` and the error estimates are noise, so the solve stalled and was "
+    "blamed on `max_steps` (measured on a smooth 2-state ODE over [0, 1]). Fix: solve in "
+    "float32 or float64, e.g. `theta.astype(jnp.float32)`, `{state}.astype(jnp.float32)` and "
+    "`ts.astype(jnp.float32)`, and cast the result back if you must."
+)
 _MSG_THETA = (
     "`{where}` expected `theta` to be one 1-D floating vector (e.g. "
     "`fm.theta0`), but got shape {shape} and dtype {dtype}. Fix: pass the flat vector; for an "
@@ -109,9 +117,16 @@ def check_inputs(theta: Array, y0: Array, ts: Array, where: str, state: str = "y
         # Else the dtype rule below asked for a complex `ts`, which no solve can use.
         raise TypeError(_MSG_COMPLEX.format(where=where, state=state, theta=theta.dtype,
                                             y0=y0.dtype))
+    if any(jnp.finfo(x.dtype).bits == 16 for x in (theta, y0, ts) if _is_float(x)):
+        raise TypeError(_MSG_HALF.format(where=where, state=state, theta=theta.dtype,
+                                         y0=y0.dtype, ts=ts.dtype))
     if not (y0.dtype == theta.dtype == ts.dtype):
         raise TypeError(_MSG_DTYPE.format(where=where, state=state, theta=theta.dtype,
                                           y0=y0.dtype, ts=ts.dtype))
+
+
+def _is_float(x: Array) -> bool:
+    return jnp.issubdtype(x.dtype, jnp.floating)
 
 
 def check_dt0(dt0: Any, where: str, *, positive: bool = False) -> Any:

@@ -32,8 +32,9 @@ _MSG_TIMES = (
     "`{where}` got non-finite values in `ts` (NaN, or an infinite time other than a "
     "steady-state end), so there is no time span to solve over. Every time must be finite; the "
     "one exception is `ts[-1] = jnp.inf` for `sb.NeuralODE(..., event=diffrax.Event("
-    "diffrax.steady_state_event()))`, which stops at the steady state. Fix: check where `ts` "
-    "came from, e.g. `ts = jnp.linspace(0.0, 1.5, 30)`; " + FIX
+    "diffrax.steady_state_event()), saveat=diffrax.SaveAt(t1=True))`, which stops at the "
+    "steady state (the default `saveat` would save at `t = inf`, never reached). Fix: check "
+    "where `ts` came from, e.g. `ts = jnp.linspace(0.0, 1.5, 30)`, or pass that `saveat`; " + FIX
 )
 _MSG_FIELD = (
     "`{where}`: the vector field returned non-finite values (NaN or inf) at the initial state "
@@ -212,10 +213,14 @@ def report(sol: diffrax.Solution, saveat: diffrax.SaveAt, where: str, throw: boo
     meaningless = bad_inputs | bad_ts | bad_order | bad_field | no_steady
     failed = ~diffrax.is_okay(result) | blew_up
     if throw:
-        index = jnp.select([c for c, _ in causes[:-1]], list(range(len(causes) - 1)),
-                           default=len(causes) - 1)
-        messages = tuple(m.format(where=where) for _, m in causes)
-        return eqx.branched_error_if(sol, meaningless | failed, index, messages)
+        # Ranked most basic = highest, -1 for no failure: under `vmap` Equinox shows the
+        # message of the largest index across the batch (`branched_error_if`), so a member
+        # that did not fail must not win (it named `ImplicitAdjoint`, the default, for a
+        # `max_steps` failure of another member).
+        n = len(causes)
+        rank = jnp.select([c for c, _ in causes], list(range(n - 1, -1, -1)), default=-1)
+        messages = tuple(m.format(where=where) for _, m in reversed(causes))
+        return eqx.branched_error_if(sol, meaningless | failed, rank, messages)
     if sol.ys is not None:
         ys = poison(_poison_failed(sol, saveat, failed, anchor), meaningless, anchor=anchor)
         sol = eqx.tree_at(lambda s: s.ys, sol, ys)

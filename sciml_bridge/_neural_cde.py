@@ -12,6 +12,7 @@ from typing import Any, cast
 import diffrax
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Inexact, PyTree, Real
 
@@ -19,11 +20,13 @@ from ._custom_types import ThetaLike, Validated
 from ._diffeq import (
     all_finite,
     as_arrays,
+    backsolve_times,
     bad_times,
     check_dt0,
     check_inputs,
     check_max_steps,
     check_reversible_backsolve,
+    diffeqsolve,
     field_shape,
     honest_adjoint,
     out_of_order,
@@ -31,6 +34,7 @@ from ._diffeq import (
     report,
     shapes,
 )
+from ._diffeq_report import FIX
 from ._network_field import network_parts
 
 
@@ -61,6 +65,15 @@ _MSG_COEFFS = (
     "`diffrax.backward_hermite_coefficients(ts, xs)`: four arrays of shape "
     "`(len(ts) - 1, channels)` in the dtype of `theta`, but got {got}. Fix: compute them once "
     "from the same `ts` and data `xs` of shape `(len(ts), channels)`."
+)
+_MSG_KNOTS = (
+    "`sb.NeuralCDE(...)(theta, z0, ts, coeffs)`: `coeffs` do not fit `ts`: the cubic of a "
+    "segment does not end where the next one starts (at a knot `ts[i]`, off by more than "
+    "`sqrt(eps)` relative), so the control `X(t)` would jump there and its derivative, which "
+    "drives the CDE, be wrong without a warning. They were computed from other times (e.g. "
+    "`ts` rescaled), are in another order than `(d, c, b, a)`, or come from elsewhere. Fix: "
+    "`coeffs = diffrax.backward_hermite_coefficients(ts, xs)` with the same `ts` as the call; "
+    + FIX
 )
 
 
@@ -117,7 +130,10 @@ class NeuralCDE(eqx.Module):
     increasing); `ValueError` for a field of the wrong shape or `coeffs` that do not fit
     `ts` (`TypeError` for `coeffs` that are not a tuple or list of arrays); `ValueError` for
     `adjoint=diffrax.ImplicitAdjoint()`, at construction (no steady state to differentiate:
-    see the message), and for a `saveat` that saves no values (dense output only).
+    see the message), and for a `saveat` that saves no values (dense output only). Inside
+    the solve (an error under `throw=True`, NaN otherwise): `coeffs` that do not fit `ts`
+    (computed from other times, or in another order than `(d, c, b, a)`: the control would
+    jump at the knots).
     """
 
     fm: Callable
@@ -167,19 +183,26 @@ class NeuralCDE(eqx.Module):
             raise TypeError(_MSG_COEFFS.format(got=f"a {type(coeffs).__name__}"))
         coeffs = tuple(as_arrays(_WHERE, **{f"coeffs[{i}]": c for i, c in enumerate(coeffs)}))
         check_inputs(theta, z0, ts, _WHERE, "z0")
+        ts = backsolve_times(ts, self.adjoint, _WHERE)
         _check_coeffs(coeffs, ts, theta.dtype)
         bad_ts = bad_times(ts, steady_end=False)
         bad_order = out_of_order(ts, "strict")
+        jumps = _off_knots(coeffs, ts)
         ts = placeholder_times(ts, bad_ts | bad_order)
         prepare, field = network_parts(self.fm, False, self.adjoint)
         control = diffrax.CubicInterpolation(ts, coeffs)
         term, p = diffrax.ControlTerm(field, control).to_ode(), (prepare(theta), None)
         _check_field(field, ts[0], z0, p, coeffs[0].shape[-1])
         bad_inputs = ~all_finite((theta, z0, coeffs))
+        off = jumps & ~(bad_inputs | bad_ts | bad_order)
+        if self.throw:
+            z0 = eqx.error_if(z0, off, _MSG_KNOTS)
+        bad_inputs = bad_inputs | off
         saveat = diffrax.SaveAt(ts=ts) if self.saveat is None else self.saveat
         check_reversible_backsolve(self.solver, self.adjoint, saveat, self.saveat is None, _WHERE)
-        sol = diffrax.diffeqsolve(
-            term, self.solver, t0=ts[0], t1=ts[-1], dt0=self.dt0, y0=z0, args=p, saveat=saveat,
+        sol = diffeqsolve(
+            _WHERE, terms=term, solver=self.solver, t0=ts[0], t1=ts[-1], dt0=self.dt0, y0=z0,
+            args=p, saveat=saveat,
             stepsize_controller=_with_knots(self.stepsize_controller, ts),
             adjoint=honest_adjoint(self.adjoint, self.stepsize_controller, _WHERE, self.throw),
             max_steps=self.max_steps, throw=False,
@@ -204,6 +227,22 @@ def _with_knots(controller: Any, ts: Array) -> Any:
     if isinstance(controller, diffrax.PIDController) and ts.shape[0] > 2:
         return diffrax.ClipStepSizeController(controller, jump_ts=ts[1:-1])
     return controller
+
+
+def _off_knots(coeffs: tuple[Array, ...], ts: Array) -> Array:
+    """Whether the cubic of some segment misses the start of the next one (Diffrax's
+    `CubicInterpolation.evaluate`: `a + f (b + f (c + f d))`, `f = t - ts[i]`), relative to
+    the size of its terms. Every continuous cubic spline on `ts` passes (to rounding, 3e-16
+    on uneven knots near 1e4); coefficients of `ts / 2` missed by 0.6, reversed ones by 1e306.
+    """
+    d, c, b, a = (x[:-1] for x in coeffs)
+    h = jnp.diff(ts)[:-1, None]
+    end = a + h * (b + h * (c + h * d))
+    scale = jnp.maximum(jnp.maximum(jnp.abs(a), jnp.abs(coeffs[3][1:])),
+                        jnp.maximum(jnp.abs(h * b), jnp.abs(h * h * c)))
+    scale = jnp.maximum(scale, jnp.abs(h * h * h * d))
+    tol = jnp.sqrt(jnp.finfo(ts.dtype).eps) * scale
+    return jnp.any(jnp.abs(end - coeffs[3][1:]) > tol)
 
 
 def _check_coeffs(coeffs: tuple[Array, ...], ts: Array, dtype: Any) -> None:

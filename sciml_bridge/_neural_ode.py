@@ -11,11 +11,13 @@ from ._custom_types import ThetaLike, Validated
 from ._diffeq import (
     all_finite,
     as_arrays,
+    backsolve_times,
     bad_times,
     check_dt0,
     check_inputs,
     check_max_steps,
     check_reversible_backsolve,
+    diffeqsolve,
     honest_adjoint,
     not_steady,
     out_of_order,
@@ -59,7 +61,8 @@ class NeuralODE(eqx.Module):
     way (same `theta` layout).
 
     Failures never give a silent wrong answer: non-finite `theta`/`y0`/`args`, a NaN or
-    infinite time in `ts` (except `ts[-1] = jnp.inf` with an `event=`), `ts` out of order
+    infinite time in `ts` (except `ts[-1] = jnp.inf` with an `event=` and a `saveat=`: the
+    default would save at `t = inf`), `ts` out of order
     (they may decrease, to solve backwards in time, but not both), a field that is not
     finite at `y0`, a failed forward solve, a solution that turns non-finite although Diffrax
     reports success (constant steps reject nothing), a failed backward solve of
@@ -127,9 +130,13 @@ class NeuralODE(eqx.Module):
     `y0`; `ValueError` for `diffrax.ReversibleHeun()` with `diffrax.BacksolveAdjoint()` when
     values are saved inside the span (Diffrax's gradient is wrong there); `TypeError` if
     `theta` is not a 1-D floating vector, if `theta` or `y0` is complex (split the state into
-    real and imaginary parts), if `y0`, `ts` and `theta` differ in dtype, if float64 NumPy
-    data arrive with x64 off, or if `args` are given without a hybrid vector field. Inside
-    the solve, see `throw`.
+    real and imaginary parts), if any of them is a 16-bit float (`bfloat16`, `float16`: the
+    time steps round away; solve in float32), if `y0`, `ts` and `theta` differ in dtype, if
+    float64 NumPy data arrive with x64 off, if `args` are given without a hybrid vector
+    field, if the vector field does not take the arguments it is called with (e.g.
+    `time_dependent=` the wrong way round), for a derivative with respect to `ts` under
+    `diffrax.BacksolveAdjoint()` (Diffrax cannot), or for forward mode (`jax.jacfwd`) through
+    a reverse-mode adjoint. Inside the solve, see `throw`.
     """
 
     fm: Callable | Hybrid  # `Hybrid`: made by `NeuralODE.hybrid`
@@ -247,19 +254,23 @@ class NeuralODE(eqx.Module):
         theta, y0, ts = as_arrays(_WHERE, theta=theta, y0=y0, ts=ts)
         guard_x64(args, f"`{_WHERE}`", "`args`")
         check_inputs(theta, y0, ts, _WHERE)
+        ts = backsolve_times(ts, self.adjoint, _WHERE)
         prepare, field = ode_parts(self.fm, self.time_dependent, self.adjoint, args)
         term, p = diffrax.ODETerm(field), (prepare(theta), args)
         check_field(field, ts[0], y0, p)
         adjoint = honest_adjoint(self.adjoint, self.stepsize_controller, _WHERE, self.throw)
         bad_inputs = ~all_finite((theta, y0, args))
         # `ts[-1] = inf` is how a steady-state solve (an `event=`) is asked for; NaN never is.
-        bad_ts = bad_times(ts, steady_end=self.event is not None)
+        # Not with the default `saveat`: it saves at `t = inf`, never reached, so the call
+        # returned `[y0, inf]` without a word under `throw=True`.
+        bad_ts = bad_times(ts, steady_end=self.event is not None and self.saveat is not None)
         bad_order = out_of_order(ts, "monotone")
         ts = placeholder_times(ts, bad_ts | bad_order)
         saveat = diffrax.SaveAt(ts=ts) if self.saveat is None else self.saveat
         check_reversible_backsolve(self.solver, self.adjoint, saveat, self.saveat is None, _WHERE)
-        sol = diffrax.diffeqsolve(
-            term, self.solver, t0=ts[0], t1=ts[-1], dt0=self.dt0, y0=y0, args=p, saveat=saveat,
+        sol = diffeqsolve(
+            _WHERE, terms=term, solver=self.solver, t0=ts[0], t1=ts[-1], dt0=self.dt0, y0=y0,
+            args=p, saveat=saveat,
             stepsize_controller=self.stepsize_controller, adjoint=adjoint, event=self.event,
             max_steps=self.max_steps, throw=False, progress_meter=progress_meter(self.progress),
         )  # fmt: skip

@@ -28,6 +28,18 @@ _MSG_FIELD_SHAPE = (
     "dtype of the state `y0`, but it returned {got} for a state {want} (Diffrax would "
     "broadcast it silently). Fix: make `fm(theta, y)` return one value per state entry."
 )
+_MSG_ARITY = (
+    "`sb.NeuralODE(...)(theta, y0, ts)` called the vector field as `{call}`, which it does "
+    "not take ({error}). Fix: {fix}"
+)
+_FIX_ARITY = {
+    False: "for a field of time `fm(theta, t, y)` pass `time_dependent=True`; else write "
+           "`fm(theta, y)`.",
+    True: "for a field without time `fm(theta, y)` drop `time_dependent=True` (default "
+          "`False`); else write `fm(theta, t, y)`.",
+    None: "write the hybrid field as `vf(t, y, theta, args)` (`args` is `None` when the call "
+          "passes none).",
+}  # fmt: skip
 MSG_HYBRID_TIME = (
     "`sb.NeuralODE.hybrid(vf, time_dependent=...)`: a hybrid vector field `vf(t, y, theta, "
     "args)` always receives `t`, so `time_dependent` does not apply. Fix: drop it."
@@ -62,11 +74,29 @@ def ode_parts(fm: Callable | Hybrid, time_dependent: bool, adjoint: diffrax.Abst
 
 def check_field(field: Callable, t0: Array, y0: Array, args: Any) -> None:
     """A field returning another shape than `y` would be broadcast by Diffrax (issue 12)."""
-    out = field_shape("sb.NeuralODE(...)(theta, y0, ts)", "vector field", "y0", field, t0, y0,
-                      args)
+    try:
+        out = field_shape("sb.NeuralODE(...)(theta, y0, ts)", "vector field", "y0", field, t0,
+                          y0, args)
+    except ValueError as e:
+        _arity(field, e)
+        raise
     want = jax.eval_shape(lambda: y0)
     if jtu.tree_structure(out) != jtu.tree_structure(want) or any(
         (o.shape, o.dtype) != (w.shape, w.dtype)
         for o, w in zip(jtu.tree_leaves(out), jtu.tree_leaves(want))
     ):
         raise ValueError(_MSG_FIELD_SHAPE.format(got=shapes(out), want=shapes(want)))
+
+
+def _arity(field: Callable, e: ValueError) -> None:
+    """A field called with the wrong number of arguments (`time_dependent=` the wrong way round)
+    is a `TypeError` naming the call, not "pass a `y0` of the shape the network takes"."""
+    cause = e.__cause__
+    if not (isinstance(cause, TypeError) and "positional argument" in str(cause)):
+        return
+    if isinstance(field, _HybridField):
+        call, key = "vf(t, y, theta, args)", None
+    else:
+        key = bool(getattr(field, "time_dependent", False))
+        call = "fm(theta, t, y)" if key else "fm(theta, y)"
+    raise TypeError(_MSG_ARITY.format(call=call, error=cause, fix=_FIX_ARITY[key])) from cause

@@ -22,11 +22,13 @@ from ._custom_types import KeyLike, Theta, ThetaLike, Validated
 from ._diffeq import (
     all_finite,
     as_arrays,
+    backsolve_times,
     bad_times,
     check_dt0,
     check_inputs,
     check_max_steps,
     check_reversible_backsolve,
+    diffeqsolve,
     field_shape,
     honest_adjoint,
     out_of_order,
@@ -214,6 +216,7 @@ class NeuralSDE(eqx.Module):
         """One sample path from `y0` at `ts[0]`, driven by the Brownian motion of `key`."""
         theta, y0, ts = as_arrays(_WHERE, theta=theta, y0=y0, ts=ts)
         check_inputs(theta, y0, ts, _WHERE)
+        ts = backsolve_times(ts, self.adjoint, _WHERE)
         check_key(key)
         bad_inputs = ~all_finite((theta, y0))
         bad_ts = bad_times(ts, steady_end=False)
@@ -222,9 +225,9 @@ class NeuralSDE(eqx.Module):
         saveat = diffrax.SaveAt(ts=ts)
         check_reversible_backsolve(self.solver, self.adjoint, saveat, True, _WHERE)
         terms, p = self._terms(theta, y0, ts, key)
-        sol = diffrax.diffeqsolve(
-            terms, self.solver, t0=ts[0], t1=ts[-1], dt0=self.dt0, y0=y0, args=p,
-            saveat=saveat,
+        sol = diffeqsolve(
+            _WHERE, terms=terms, solver=self.solver, t0=ts[0], t1=ts[-1], dt0=self.dt0,
+            y0=y0, args=p, saveat=saveat,
             adjoint=honest_adjoint(self.adjoint, None, _WHERE, self.throw),
             max_steps=self.max_steps, throw=False, progress_meter=progress_meter(self.progress),
         )  # fmt: skip

@@ -81,6 +81,17 @@ def test_complex_state_is_refused_with_the_split_fix():
                          jnp.array([0.0, 1.0]))  # fmt: skip
 
 
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_half_precision_is_refused_not_blamed_on_max_steps(dtype):
+    # `t + dt` rounds back to `t`: the solve stalled and was reported as `max_steps` reached.
+    one = lambda n: jnp.ones(n, dtype)
+    with pytest.raises(TypeError, match=r"16-bit floats.*Fix: solve in float32"):
+        sb.NeuralODE(lambda theta, y: -theta * y)(one(1), one(1), jnp.linspace(0, 1, 3, dtype))
+    with pytest.raises(TypeError, match=r"16-bit floats"):
+        sb.NeuralSDE(lambda th, y: -th * y, lambda th, y: th * y)(
+            one(1), one(1), jnp.linspace(0, 1, 3, dtype), jax.random.key(0))  # fmt: skip
+
+
 @pytest.mark.parametrize("shape, error", [(3, TypeError), ((0,), ValueError)])
 def test_brownian_shape_must_be_a_tuple_of_positive_ints(shape, error):
     # `brownian_shape=3` failed with "'int' object is not iterable".
@@ -112,3 +123,21 @@ def test_a_state_the_network_cannot_take_is_our_error(where, which, state, solve
     with pytest.raises(TypeError, match=rf"expected `{state}` to be one array, but got dict"
                                         r".*ravel_pytree"):
         solve({"a": jnp.ones(2)})
+
+
+def test_backsolve_derivative_with_respect_to_ts_is_our_error():
+    # Was Diffrax's raw "Unexpected tangent. `*args` and `**kwargs` to `filter_custom_vjp`".
+    ts, one = jnp.linspace(0.0, 1.0, 3), jnp.ones(1)
+    node = sb.NeuralODE(lambda th, y: -th * y, adjoint=diffrax.BacksolveAdjoint())
+    loss = lambda th, ts: jnp.sum(node(th, one, ts))
+    with pytest.raises(TypeError, match=r"BacksolveAdjoint\(\)` cannot differentiate.*`ts`"):
+        jax.grad(loss, argnums=1)(one, ts)
+
+
+def test_forward_mode_through_a_reverse_mode_adjoint_names_forward_mode():
+    # Was JAX's raw "can't apply forward-mode autodiff (jvp) to a custom_vjp function".
+    ts, one = jnp.linspace(0.0, 1.0, 3), jnp.ones(1)
+    node = sb.NeuralODE(lambda th, y: -th * y)
+    with pytest.raises(TypeError, match=r"RecursiveCheckpointAdjoint\(\)` differentiates in "
+                                        r"reverse mode only.*Fix: `adjoint=diffrax.ForwardMode"):
+        jax.jacfwd(lambda th: node(th, one, ts))(one)

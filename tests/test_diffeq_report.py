@@ -75,3 +75,13 @@ def test_rows_after_an_event_are_not_a_blow_up():
     sol = node.solve(jnp.array([0.5, -1.0]), jnp.array([1.0, 0.5]), jnp.array([0.0, jnp.inf]))
     reached = np.isfinite(sol.ts)
     assert 0 < reached.sum() < reached.size and np.isfinite(sol.ys[reached]).all()
+
+
+def test_under_vmap_the_error_names_the_failing_members_cause():
+    # Equinox shows the message of the largest index across a batch: the member that did not
+    # fail had the default index, and the error named `ImplicitAdjoint` (never used) for the
+    # other member's `max_steps`. Among failures the most basic cause wins (NaN `theta`).
+    solve = jax.vmap(sb.NeuralODE(_blow_up, max_steps=8), in_axes=(0, None, None))
+    thetas = jnp.array([[1.0], [jnp.nan], [0.1]])  # max_steps, NaN, no failure
+    with pytest.raises(eqx.EquinoxRuntimeError, match="non-finite values .NaN or inf. in `theta`"):
+        solve(thetas, jnp.array([1.0]), TS).block_until_ready()

@@ -2,6 +2,7 @@
 against central differences, and the shape checks."""
 
 import diffrax
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -98,3 +99,14 @@ def test_a_saveat_that_saves_no_values_is_refused():
     with pytest.raises(ValueError, match="saves no values"):
         sb.NeuralCDE(sb.FlatMLP((2, 4, 2), key=jax.random.key(0)),
                      saveat=diffrax.SaveAt(dense=True))  # fmt: skip
+
+
+def test_coeffs_of_other_times_are_refused_not_solved():
+    # `X(t)` built from `coeffs` of `TS` but knots at `2 TS` jumps at every knot: the call gave
+    # a finite, wrong path (z1 = 1.29 for 1.58 on a small CDE), reversed `(a, b, c, d)` 27.7.
+    cde = sb.NeuralCDE(_linear)
+    theta, z0 = jnp.array([0.3, -0.4]), jnp.array([1.0, 2.0])
+    for ts, coeffs in [(2.0 * TS, COEFFS), (TS, COEFFS[::-1])]:
+        with pytest.raises(eqx.EquinoxRuntimeError, match="`coeffs` do not fit `ts`"):
+            cde(theta, z0, ts, coeffs).block_until_ready()
+    assert np.isnan(sb.NeuralCDE(_linear, throw=False)(theta, z0, 2.0 * TS, COEFFS)[1:]).all()

@@ -88,6 +88,16 @@ def test_time_dependent_vector_field():
     assert tree_allclose(ys[:, 0], 1.0 + 1.5 * ts**2, rtol=1e-9, atol=1e-9)
 
 
+def test_time_dependent_the_wrong_way_round_names_the_flag():
+    # Was "could not evaluate ... Fix: pass a `y0` of the shape the network takes".
+    with pytest.raises(TypeError, match=r"as `fm\(theta, y\)`.*pass `time_dependent=True`"):
+        sb.NeuralODE(lambda theta, t, y: theta * t)(jnp.ones(1), jnp.ones(1), TS)
+    with pytest.raises(TypeError, match=r"as `fm\(theta, t, y\)`.*drop `time_dependent=True`"):
+        sb.NeuralODE(lambda theta, y: theta * y, time_dependent=True)(Y0, Y0, TS)
+    with pytest.raises(TypeError, match=r"`vf\(t, y, theta, args\)`"):
+        sb.NeuralODE.hybrid(lambda t, y, theta: theta * y)(jnp.ones(1), jnp.ones(1), TS)
+
+
 def test_general_and_fast_paths_give_the_plain_call_trajectory():
     # NeuralODE rebuilds a general FlatModel once outside the solve; FlatMLP keeps theta. Both
     # must be the math of `fm(theta, y)` called inside the vector field.
@@ -457,3 +467,10 @@ def test_reversible_heun_with_backsolve_is_refused_inside_the_span():
     loss = jax.jit(lambda theta: jnp.sum(node(theta, Y0, TS) ** 2))
     fd = central_difference(loss, theta, eps=1e-6)
     assert np.allclose(jax.grad(loss)(theta), fd, rtol=1e-7, atol=1e-8)
+
+
+def test_steady_state_end_with_the_default_saveat_is_named():
+    # The default saves at `t = inf`, never reached: the call returned `[y0, inf]` silently.
+    node = sb.NeuralODE(_relax, event=diffrax.Event(diffrax.steady_state_event()))
+    with pytest.raises(eqx.EquinoxRuntimeError, match=r"non-finite values in `ts`.*SaveAt\(t1"):
+        node(jnp.array([0.5, -1.0]), Y0, jnp.array([0.0, jnp.inf])).block_until_ready()
