@@ -119,31 +119,17 @@ def geodesic_corrections(
 def cgls_step(
     f: Callable[[Array], Array], theta: Array, max_iters: int, tol: float, rcond: float = 0.0
 ) -> tuple[Array, Array, Array]:
-    """`(r, d, g)`: `r = f(theta)`, `d ~ argmin |J d + r|` by CGLS (matrix-free), `g = J^T r`:
-    `cgls` on one `jax.linearize` of `f` (one `jvp` and one `vjp` per iteration)."""
-    r, lin = jax.linearize(f, theta)
-    lin_t = jax.linear_transpose(lin, theta)
-    d, q0 = cgls(r, lin, lambda v: lin_t(v)[0], theta, max_iters, tol, rcond)
-    return r, d, -q0
-
-
-def cgls(
-    r: Array, mv: Callable[[Array], Array], rmv: Callable[[Array], Array], theta: Array,
-    max_iters: int, tol: float, rcond: float = 0.0,
-) -> tuple[Array, Array]:
-    """`(d, J^T (-r))` with `d ~ argmin |J d + r|` by CGLS, `J` given by `mv(p) = J p` and
-    `rmv(s) = J^T s` (`theta` sets the shape and dtype of `d`).
+    """`(r, d, g)`: `r = f(theta)`, `d ~ argmin |J d + r|` by CGLS (matrix-free), `g = J^T r`.
 
     CGLS (conjugate gradients on the normal equations, written with `J` and `J^T` separately
-    for stability; Bjorck, "Numerical Methods for Least Squares Problems", 1996, 7.4) stops
-    after `max_iters` iterations, when `|J^T (J d + r)| <= max(tol, eps) * |J^T r|` (`eps` of
+    for stability; Bjorck, "Numerical Methods for Least Squares Problems", 1996, 7.4) needs one
+    `jvp` and one `vjp` per iteration, from a single `jax.linearize`. It stops after
+    `max_iters` iterations, when `|J^T (J d + r)| <= max(tol, eps) * |J^T r|` (`eps` of
     `theta`'s dtype: below it the recurrence iterates on rounding), or before a step along a
     search direction `p` whose curvature `|J p| / |p|` is at most `max(rcond, eps)` times the
     largest seen so far (an estimate of `sigma_max` from below: the truncation of the dense
-    forms), or at the rounding level of the products it takes: at the start when
-    `|J^T r| <= 4 eps sigma |r|` (a least-squares solution: `d = 0`), later when
-    `|J^T (J d + r)| <= 4 eps sigma |J d|` (it carries `J d`, not the residual `J d + r`,
-    whose unfittable part would swamp the rest in rounding). Without these, CGLS at the
+    forms), or once `|J^T s| <= 4 eps sigma |s|` (the rounding level of `J^T s`; at a
+    least-squares solution that is `J^T r` itself, and `d = 0`). Without these, CGLS at the
     solution of a rank-deficient `J` (where `J^T r` is rounding noise, so the relative rule
     asks for digits that are not there) stepped along noise-level singular directions to
     `|theta| ~ 1e12`, which the line search accepted as a rounding-level "decrease"; in
@@ -151,41 +137,35 @@ def cgls(
     recurrence drifted, `|J^T s|` grew again and `d` reached 1e18 on a two-parameter fit (no
     step lowered the loss: a stall at `theta0`).
     """
-    q0 = rmv(-r)
-    gamma0, rr = q0 @ q0, r @ r
+    r, lin = jax.linearize(f, theta)
+    lin_t = jax.linear_transpose(lin, theta)
+    jt = lambda v: lin_t(v)[0]
+    q0 = jt(-r)
+    gamma0 = q0 @ q0
     zero = jnp.zeros_like(theta)
     eps = float(jnp.finfo(theta.dtype).eps)
     cut, floor = max(rcond, eps) ** 2, max(tol, eps) ** 2
-    tiny = lambda x: jnp.maximum(x, jnp.finfo(x.dtype).tiny)
 
     def cond(c):
         _, _, _, gamma, i, _, flat = c
         return (i < max_iters) & (gamma > floor * gamma0) & ~flat
 
     def body(c):
-        d, u, p, gamma, i, top, _ = c
-        t = mv(p)
+        d, s, p, gamma, i, top, _ = c
+        t = lin(p)
         tt, pp = t @ t, p @ p
-        top = jnp.maximum(top, tt / tiny(pp))
-        # A flat direction; or a `J^T s` at the rounding level of computing it: at the start
-        # `J^T r` itself (~eps sigma |r|: a least-squares solution, no step), later `J^T u`.
-        level = jnp.where(i == 0, rr, u @ u)
-        flat = (tt <= cut * top * pp) | (gamma <= (4 * eps) ** 2 * top * level)
-        alpha = jnp.where(flat, 0, gamma / tiny(tt))
-        d, u = d + alpha * p, u + alpha * t
-        # `J^T s` as `J^T (-r) - J^T (J d)`, with `J^T r` from the start: the residual `s`
-        # itself would carry the part of `r` no step can fit, and its rounding (eps |r| per
-        # product) swamped what is left to fit once that part dominates (float32, columns
-        # scaled 1..1e3, an unfittable part 1e3x the rest: 0.4-0.76 relative error in `d`
-        # against 4e-3..7e-3 for the dense solve).
-        q = q0 - rmv(u)
+        top = jnp.maximum(top, tt / jnp.maximum(pp, jnp.finfo(pp.dtype).tiny))
+        # A flat direction, or `|J^T s|` at the rounding level of computing it (~eps sigma |s|).
+        flat = (tt <= cut * top * pp) | (gamma <= (4 * eps) ** 2 * top * (s @ s))
+        alpha = jnp.where(flat, 0, gamma / jnp.maximum(tt, jnp.finfo(t.dtype).tiny))
+        d, s = d + alpha * p, s - alpha * t
+        q = jt(s)
         new_gamma = q @ q
-        return d, u, q + (new_gamma / gamma) * p, new_gamma, i + 1, top, flat
+        return d, s, q + (new_gamma / gamma) * p, new_gamma, i + 1, top, flat
 
-    init = (zero, jnp.zeros_like(r), q0, gamma0, jnp.asarray(0), jnp.zeros_like(gamma0),
-            jnp.asarray(False))
+    init = (zero, -r, q0, gamma0, jnp.asarray(0), jnp.zeros_like(gamma0), jnp.asarray(False))
     d, *_ = jax.lax.while_loop(cond, body, init)
-    return d, q0
+    return r, d, -q0
 
 
 def grid_line_search(
