@@ -88,3 +88,17 @@ def test_an_optimistix_minimiser_object_minimises_the_sum_of_squares():
     assert res.success
     np.testing.assert_allclose(np.asarray(res.theta), [2.0, -1.0], rtol=1e-10)
 
+
+
+@pytest.mark.parametrize("method", ["lm", "dogleg"])
+def test_an_exact_float32_fit_is_convergence_not_a_stall(method):
+    # The residual left is rounding noise (~eps |y|), whose gradient stays above a small
+    # absolute `tol`: the Gauss-Newton rule alone said "stalled" at the exact parameters. A
+    # Gauss-Newton step below sqrt(eps) |theta| (MINPACK's xtol) is convergence.
+    x = jnp.linspace(0.0, 2.0, 50, dtype=jnp.float32)
+    y = 3000.0 * jnp.exp(-1.3 * x) + 500.0
+    residual = lambda t: t[0] * jnp.exp(-t[1] * x) + t[2] - y
+    res = sb.least_squares(residual, jnp.array([1000.0, 1.0, 0.0], jnp.float32), method,
+                           progress=False, throw=False)  # fmt: skip
+    assert res.success, res.message
+    np.testing.assert_allclose(np.asarray(res.theta), [3000.0, 1.3, 500.0], rtol=1e-5)

@@ -51,9 +51,12 @@ def _residual_jacobian(info) -> tuple[Array, Array] | None:
     return jnp.ravel(residual), J.reshape(-1, J.shape[-1])
 
 
-def rule_met(info, atol: Array, rtol: Array) -> Bool[Array, ""] | None:
-    """Whether the Gauss-Newton rule holds where the solver's `FunctionInfo` was taken (None
-    for a state without a residual and Jacobian: the solver's own verdict stands)."""
+def rule_met(info, atol: Array, rtol: Array, theta: Array) -> Bool[Array, ""] | None:
+    """Whether the Gauss-Newton rule holds where the solver's `FunctionInfo` was taken, at
+    `theta` (None for a state without a residual and Jacobian: the solver's own verdict
+    stands). Also met when the Gauss-Newton step is below `sqrt(eps) |theta|` (MINPACK's
+    `xtol`): at an exact float32 fit the residual is rounding noise `~eps |y|`, whose gradient
+    is above a small absolute `tol` (an exact fit of `3000 exp(-1.3 x) + 500` said "stalled")."""
     parts = _residual_jacobian(info)
     if parts is None:
         return None
@@ -67,7 +70,11 @@ def rule_met(info, atol: Array, rtol: Array) -> Bool[Array, ""] | None:
     predicted, loss = 0.5 * (kept @ kept), 0.5 * (r @ r)
     as_loss = lambda x: jnp.asarray(x).astype(dtype)
     met = model_met(g, predicted, loss, as_loss(atol), as_loss(rtol))
-    return met | at_rounding_level(g, J @ g, r)
+    step = jnp.linalg.norm(jnp.where(sv > _CHECK_RCOND * sv[0], kept / jnp.where(sv > 0, sv, 1), 0))
+    # `theta`'s own precision: "lm" on a float32 `theta` solves in float64.
+    xtol = float(jnp.finfo(theta.dtype).eps) ** 0.5
+    negligible = step <= xtol * jnp.linalg.norm(jnp.ravel(theta).astype(dtype))
+    return met | negligible | at_rounding_level(g, J @ g, r)
 
 
 def at_rounding_level(g: Array, Jg: Array, r: Array) -> Bool[Array, ""]:

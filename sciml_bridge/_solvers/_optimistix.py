@@ -118,11 +118,11 @@ class OptimistixStepper(AbstractStepper):
         failed = result != optx.RESULTS.successful
         result = RESULTS.where(failed, RESULTS.solver_failed, RESULTS.successful)
         if self.least_squares:
-            done, failed, result = self._judge(new_st, done, failed, result)
+            done, failed, result = self._judge(new_y, new_st, done, failed, result)
         result = RESULTS.where(_finite_gradient(new_st), result, RESULTS.nonfinite)
         return (new_y, new_st), loss, done & ~failed, result
 
-    def _judge(self, st, done, failed, result):
+    def _judge(self, y, st, done, failed, result):
         """Optimistix's verdict, checked by the Gauss-Newton rule at the point the step returns
         (`_ls_stationary.py`): "done" where the rule fails is a stall (a trust region shrunk at
         the edge of a NaN region), a failure where it holds is convergence (a zero Jacobian's
@@ -130,7 +130,7 @@ class OptimistixStepper(AbstractStepper):
         atol, rtol = (getattr(self.solver, name, None) for name in ("atol", "rtol"))
         if atol is None or rtol is None:
             return done, failed, result
-        check = lambda: rule_met(st.f_info, atol, rtol)
+        check = lambda: rule_met(st.f_info, atol, rtol, y.astype(self.dtype))
         if jax.eval_shape(check) is None:  # a state without `f_info`: nothing to check with
             return done, failed, result
         # One check per run (where it stops), not per step; `unvmap_any` keeps an ensemble's
