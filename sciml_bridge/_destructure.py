@@ -13,6 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 import equinox as eqx
+import jax
+import jax.core
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
@@ -66,20 +68,32 @@ Fix: use `precision="vector"` (theta's precision wins, here a {stored} theta) or
 model)`."""
 
 
-def _settle_weak(slots: tuple[Slot, ...], weak: list[bool]) -> tuple[Slot, ...]:
-    """Give each weakly typed parameter (`jnp.array(0.5)`, `jnp.full(n, 0.1)`) the dtype it
-    computes in: the promotion of the strongly typed ones (real or complex as the leaf is).
+def _settle_weak(slots: tuple[Slot, ...], weak: list[bool], leaves: list) -> tuple[Slot, ...]:
+    """Give each weakly typed parameter (`jnp.array(0.5)`, `eqx.nn.PReLU`'s slope) the dtype
+    it computes in, the promotion of the strongly typed ones (real or complex as the leaf is),
+    where its value is exact there.
 
     JAX's rule: a weak type does not decide the dtype of a computation (`float32 * 0.5` is
     float32), so a weak float64 scalar beside float32 weights must not make `theta`, and
-    with it the rebuilt model's output, float64. With no strongly typed parameter the weak
-    dtypes are all there is, and stand."""
+    with it the rebuilt model's output, float64. But `theta` holds every parameter exactly:
+    a weak `0.1` (not a float32 number) keeps its own dtype, and a traced one (its value
+    unknown) too. With no strongly typed parameter the weak dtypes are all there is."""
     strong = [s for s, w in zip(slots, weak) if not w and s.size]
     if not strong or not any(weak):
         return slots
     own = promote(s.dtype for s in strong)
     settled = lambda s: complex_dtype(own) if is_complex(s.dtype) else real_dtype(own)
-    return tuple(s._replace(dtype=settled(s)) if w else s for s, w in zip(slots, weak))
+
+    def exact(s: Slot) -> bool:
+        leaf = leaves[s.places[0]]
+        if isinstance(leaf, jax.core.Tracer):
+            return False
+        value = np.asarray(leaf)
+        return bool(np.array_equal(value.astype(settled(s)).astype(value.dtype), value,
+                                   equal_nan=True))  # fmt: skip
+
+    return tuple(s._replace(dtype=settled(s)) if w and exact(s) else s
+                 for s, w in zip(slots, weak))  # fmt: skip
 
 
 def _theta_dtype(slots: tuple[Slot, ...], dtype, precision: Precision, lossy: bool,
@@ -206,7 +220,7 @@ def flatten_as(where: str, model: Model, *, params, dtype, precision: Precision,
         check_filter_ties(paths, leaves, flags, where)
     slots = make_slots(paths, leaves, flags, ties)
     weak = [bool(getattr(leaves[s.places[0]], "weak_type", False)) for s in slots]
-    slots = _settle_weak(slots, weak)
+    slots = _settle_weak(slots, weak, leaves)
     theta_dtype = _theta_dtype(slots, dtype, precision, lossy, where)
     chunks = [jnp.ravel(jnp.asarray(leaves[s.places[0]])).astype(theta_dtype) for s in slots
               if s.size]  # an empty complex leaf may meet a real theta

@@ -133,6 +133,9 @@ def test_a_weakly_typed_parameter_does_not_decide_theta_dtype():
     np.testing.assert_array_equal(fm(fm.theta0, x), net(x))
     # Only weak parameters: their own dtype stands.
     assert sb.destructure({"s": jnp.array(0.5)})[0].dtype == jnp.float64
+    # A weak value float32 cannot hold (0.1) keeps its dtype: theta holds it exactly.
+    theta, re = sb.destructure({"w": jnp.ones(3, jnp.float32), "c": jnp.array(0.1)})
+    assert theta.dtype == jnp.float64 and float(re(theta)["c"]) == 0.1
 
 
 class _Config:
