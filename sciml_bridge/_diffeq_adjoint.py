@@ -68,9 +68,11 @@ def diffeqsolve(where: str, **kwargs: Any) -> diffrax.Solution:
     try:
         return diffrax.diffeqsolve(**kwargs)
     except TypeError as e:
-        if "forward-mode autodiff (jvp) to a custom_vjp" not in str(e):
-            raise
         adjoint = kwargs["adjoint"]
+        # Under `ForwardMode`/`DirectAdjoint` the `custom_vjp` is the user's, inside the field.
+        both = isinstance(adjoint, diffrax.ForwardMode | diffrax.DirectAdjoint)
+        if both or "forward-mode autodiff (jvp) to a custom_vjp" not in str(e):
+            raise
         adjoint = ("BacksolveAdjoint" if isinstance(adjoint, diffrax.BacksolveAdjoint) else
                    type(adjoint).__name__)  # fmt: skip
         raise TypeError(_MSG_FORWARD.format(where=where, adjoint=adjoint)) from e

@@ -141,3 +141,11 @@ def test_forward_mode_through_a_reverse_mode_adjoint_names_forward_mode():
     with pytest.raises(TypeError, match=r"RecursiveCheckpointAdjoint\(\)` differentiates in "
                                         r"reverse mode only.*Fix: `adjoint=diffrax.ForwardMode"):
         jax.jacfwd(lambda th: node(th, one, ts))(one)
+    # Under `ForwardMode()` a `custom_vjp` inside the field is the user's: JAX's words stand
+    # (ours said "Fix: `adjoint=diffrax.ForwardMode()`" to a user already passing it).
+    act = jax.custom_vjp(jnp.tanh)
+    act.defvjp(lambda x: (jnp.tanh(x), x), lambda x, g: (g * (1 - jnp.tanh(x) ** 2),))
+    node = sb.NeuralODE(lambda th, y: act(th * y), adjoint=diffrax.ForwardMode())
+    with pytest.raises(TypeError, match="can't apply forward-mode") as err:
+        jax.jacfwd(lambda th: node(th, one, ts))(one)
+    assert "ForwardMode" not in str(err.value)

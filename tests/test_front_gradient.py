@@ -92,3 +92,14 @@ def test_dense_hessian_of_a_loss_without_forward_mode():
     expected = root[np.abs(root.imag) < 1e-12].real
     assert res.success
     np.testing.assert_allclose(np.asarray(res.theta), np.repeat(expected, 2), rtol=1e-10)
+
+
+def test_a_residual_only_reverse_mode_cannot_take_keeps_jax_s_words():
+    # A `lax.while_loop` (Diffrax's `ForwardMode()` solve) has a forward derivative: "dogleg"
+    # needs reverse mode, and was told the residual cannot be differentiated at all.
+    def residual(t):
+        body = lambda c: (c[0] + 1, 0.5 * c[1] + t)
+        return jax.lax.while_loop(lambda c: c[0] < 3, body, (0, jnp.zeros_like(t)))[1] - 1.0
+
+    with pytest.raises(ValueError, match="Reverse-mode differentiation does not work"):
+        sb.least_squares(residual, jnp.zeros(2), "dogleg", max_steps=2, progress=False)

@@ -2,8 +2,8 @@
 
 Every method of `sb.minimize` but SciPy's derivative-free ones (and an `optimistix.NelderMead`
 object) differentiates the loss. A loss
-JAX cannot differentiate (a `jax.pure_callback` without a JVP rule, a reverse-mode derivative
-of a `lax.while_loop`, a primitive without a differentiation rule) made JAX raise from deep
+JAX cannot differentiate (a `jax.pure_callback` without a JVP rule, a primitive without a
+differentiation rule) made JAX raise from deep
 inside the first traced step: "Pure callbacks do not support JVP", with nothing saying that
 "scipy:Nelder-Mead" would run. The failure is diagnosed only after it happened (no extra
 trace on a run that works): the loss traces alone but its gradient does not.
@@ -17,8 +17,9 @@ from ._failures import first_line
 
 
 # What JAX raises while tracing a derivative it has no rule for: "Pure callbacks do not
-# support JVP" (ValueError), "Reverse-mode differentiation does not work for lax.while_loop"
-# (ValueError), "Differentiation rule for '...' not implemented" (NotImplementedError).
+# support JVP" (ValueError), "Differentiation rule for '...' not implemented"
+# (NotImplementedError). Where only reverse mode fails ("Reverse-mode differentiation does not
+# work for lax.while_loop"), JAX's message stands: it names the mode.
 TRACE_ERRORS = (ValueError, TypeError, NotImplementedError)
 
 DERIVATIVE_FREE = ("Nelder-Mead", "Powell", "COBYLA", "COBYQA")
@@ -66,6 +67,12 @@ def not_differentiable(e: Exception, value: Callable, theta, args: tuple, where:
         return None
     grad = _raised(jax.grad(value), theta, args)
     if grad is None or _head(grad) != _head(e):
+        return None
+    # Forward mode works (a `lax.while_loop`, Diffrax's `ForwardMode()`): the method needs
+    # reverse mode, which JAX's own message says; "cannot differentiate" would be wrong
+    # ("dogleg" on a `ForwardMode()` solve, which "lm" and "gauss-newton" fit).
+    forward = lambda t, a: jax.jvp(lambda x: value(x, a), (t,), (t,))
+    if _raised(forward, theta, args) is None:
         return None
     free = ", ".join(f'"scipy:{m}"' for m in DERIVATIVE_FREE)
     shown = repr(method) if isinstance(method, str) else type(method).__name__
