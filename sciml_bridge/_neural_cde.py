@@ -233,7 +233,8 @@ def _off_knots(coeffs: tuple[Array, ...], ts: Array) -> Array:
     """Whether the cubic of some segment misses the start of the next one (Diffrax's
     `CubicInterpolation.evaluate`: `a + f (b + f (c + f d))`, `f = t - ts[i]`), relative to
     the size of its terms. Every continuous cubic spline on `ts` passes (to rounding, 3e-16
-    on uneven knots near 1e4); coefficients of `ts / 2` missed by 0.6, reversed ones by 1e306.
+    on uneven knots near 1e4, plus the rounding of the knots themselves); coefficients of
+    `ts / 2` missed by 0.6, reversed ones by 1e306.
     """
     d, c, b, a = (x[:-1] for x in coeffs)
     h = jnp.diff(ts)[:-1, None]
@@ -241,7 +242,11 @@ def _off_knots(coeffs: tuple[Array, ...], ts: Array) -> Array:
     scale = jnp.maximum(jnp.maximum(jnp.abs(a), jnp.abs(coeffs[3][1:])),
                         jnp.maximum(jnp.abs(h * b), jnp.abs(h * h * c)))
     scale = jnp.maximum(scale, jnp.abs(h * h * h * d))
-    tol = jnp.sqrt(jnp.finfo(ts.dtype).eps) * scale
+    eps = jnp.finfo(ts.dtype).eps
+    # Knots rounded to `ts`'s dtype (float32 times near 1e4: 2e-3 of a step of 0.25) move the
+    # end by the slope times that rounding.
+    slope = jnp.abs(b + h * (2 * c + 3 * h * d))
+    tol = jnp.sqrt(eps) * scale + slope * 8 * eps * jnp.max(jnp.abs(ts))
     return jnp.any(jnp.abs(end - coeffs[3][1:]) > tol)
 
 

@@ -110,3 +110,10 @@ def test_coeffs_of_other_times_are_refused_not_solved():
         with pytest.raises(eqx.EquinoxRuntimeError, match="`coeffs` do not fit `ts`"):
             cde(theta, z0, ts, coeffs).block_until_ready()
     assert np.isnan(sb.NeuralCDE(_linear, throw=False)(theta, z0, 2.0 * TS, COEFFS)[1:]).all()
+    # Float64 coefficients of late float64 times, both cast to float32: the knots' own rounding
+    # (2e-3 of a step near 1e4) is not a mismatch.
+    late = 1e4 + jnp.linspace(0.0, 50.0, 60)
+    coeffs = diffrax.backward_hermite_coefficients(late, jnp.stack([jnp.sin(late)] * 2, axis=1))
+    f32 = lambda x: jax.tree.map(lambda a: a.astype(jnp.float32), x)
+    zs = sb.NeuralCDE(_linear)(f32(theta), f32(z0), f32(late), f32(coeffs))
+    assert np.isfinite(zs).all()
