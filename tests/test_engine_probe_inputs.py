@@ -120,9 +120,11 @@ def test_tol_with_an_optimistix_solver_object_is_refused_not_ignored():
 ])  # fmt: skip
 def test_counts_and_flags_of_the_wrong_kind_are_type_errors(kw, error, match):
     # `max_steps=2.0` was a ValueError without a fix; `throw="no"` and `progress="no"`
-    # counted as True; `max_steps=0` had no fix; `tol=0` was told "a number, not a string".
+    # counted as True (an int, `progress=verbose`, still counts); `max_steps=0` had no fix;
+    # `tol=0` was told "a number, not a string".
     with pytest.raises(error, match=match):
         sb.minimize(_SQ, jnp.zeros(2), "adam", **{**_QUIET, **kw})
+    assert sb.minimize(_SQ, jnp.zeros(2), "adam", max_steps=3, progress=0).steps == 3
 
 
 def test_a_zero_dimensional_array_tol_is_a_number():

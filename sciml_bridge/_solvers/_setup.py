@@ -74,6 +74,14 @@ class Run:
     start: float = dataclasses.field(default_factory=time.perf_counter)
 
 
+def _verbosity(progress, verb: str) -> bool:
+    # An int is a verbosity level (`progress=verbose`, 0/1), as before; `progress="no"` (truthy)
+    # is a mistake.
+    if isinstance(progress, int | np.integer) and not isinstance(progress, bool | np.bool_):
+        return bool(progress)
+    return flag(progress, "progress", verb)
+
+
 def make_run(where, method, *, max_steps, progress, callback, throw, checkpoint, every, chunk,
              resume="check") -> Run:  # fmt: skip
     verb = where.removeprefix("sb.")
@@ -99,7 +107,7 @@ def make_run(where, method, *, max_steps, progress, callback, throw, checkpoint,
     # a buffer of `chunk_size` losses each (20,000 members: 160 MB per chunk at 5 steps).
     chunk = min(chunk, 1 << (max_steps - 1).bit_length())
     return Run(where=where, method=method, max_steps=max_steps, chunk=chunk,
-               progress=flag(progress, "progress", verb), callback=callback,
+               progress=_verbosity(progress, verb), callback=callback,
                throw=flag(throw, "throw", verb),
                checkpoint=checkpoint, checkpoint_every=every, resume=resume)  # fmt: skip
 
