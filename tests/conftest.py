@@ -18,6 +18,15 @@ os.environ.setdefault(
     "--xla_cpu_use_fusion_emitters=false",
 )
 
+# Tests compile many of the same programs (two pytest workers, and subprocess tests that start
+# JAX afresh): a compilation cache shared by all of one run's processes cut ~8% of the suite's
+# time. Keyed by the program, JAX's version and flags, so a stale entry is never used wrongly;
+# `make clean` removes it. Programs with host callbacks are never cached (JAX's rule).
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(os.path.dirname(os.path.dirname(__file__)), ".pytest_cache",
+                                   "jax"))  # fmt: skip
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
