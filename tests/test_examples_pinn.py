@@ -101,10 +101,3 @@ def test_helmholtz_example_keeps_the_boundary_exact_and_trains(tmp_path):
     values = jax.vmap(lambda p: out["model"](out["theta"], p))(x[on_edge])
     np.testing.assert_array_equal(np.asarray(values), 0.0)
     assert out["png"].is_file() and out["png"].stat().st_size > 10_000
-    # `fine_steps=0`: SSBroyden goes on from the coarse stage, on the fine grid's loss (a
-    # shorter coarse stage: only the order of the stages is checked here).
-    out = helmholtz.main(coarse=20, coarse_steps=5, fine=24, fine_steps=0, polish_steps=5,
-                         test_n=21, out_dir=str(tmp_path), progress=False, plot=False)
-    again, polish = out["stages"]
-    assert again["grid"] == 20 and again["steps"] == 5
-    assert polish["grid"] == 24 and 0 < polish["steps"] <= 5
